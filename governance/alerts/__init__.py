@@ -1,0 +1,1 @@
+"""Alerts raised by monitors, replicas and the gate; acknowledged by compliance officers."""

@@ -1,0 +1,45 @@
+"""Shared CLI plumbing: one clear line and a non-zero exit instead of a traceback."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def not_built(what: str) -> NoReturn:
+    fail(f"`{what}` is not built yet in this release (see the open issues)", code=3)
+
+
+def clear_errors(fn: F) -> F:
+    """Turn the errors users can fix (configuration, unreachable services) into one line."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from governance.db import DatabaseUnavailable
+        from governance.embedded import ServicesNotRunning
+        from governance.settings import SettingsError
+
+        try:
+            return fn(*args, **kwargs)
+        except (SettingsError, DatabaseUnavailable, ServicesNotRunning) as exc:
+            fail(str(exc))
+        except FileNotFoundError as exc:
+            fail(f"file not found: {exc.filename}")
+        except PermissionError as exc:
+            fail(f"permission denied: {exc.filename}")
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""Deployments, promotion, rollback and freeze."""

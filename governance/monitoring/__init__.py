@@ -1,0 +1,1 @@
+"""Stored drift checks, references and sequential-detector state (the monitors write them)."""

@@ -1,0 +1,1 @@
+"""Transactional outbox: messages written in the same transaction as the change, published after commit."""

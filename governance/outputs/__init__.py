@@ -1,0 +1,1 @@
+"""Production outputs recorded by serving replicas (ours or anyone's) for the monitors."""

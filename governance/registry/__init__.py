@@ -1,0 +1,1 @@
+"""Registry of base models, adapters and content-addressed token versions, with their lifecycle."""

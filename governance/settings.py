@@ -1,0 +1,129 @@
+"""One typed settings object for every process (API, CLI, workers, replicas).
+
+Everything comes from environment variables with the ``GOVERN_`` prefix (or a ``.env``
+file). When the database or Redis URL is unset, the embedded default (``govern services
+up``) supplies them; see ``governance.embedded``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SESSION_SECRET = "change-me-development-only"
+
+
+class SettingsError(ValueError):
+    """Configuration that cannot work; the message says what to change."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GOVERN_", env_file=".env", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = Field(
+        "development", description="production refuses default secrets"
+    )
+    database_url: str | None = Field(
+        None, description="postgresql+psycopg://user@host:port/db; unset: embedded"
+    )
+    redis_url: str | None = Field(None, description="redis://host:port/db; unset: embedded")
+    state_dir: Path = Field(Path("state"), description="embedded servers, model cache, reports, keys")
+    api_url: str = Field("http://127.0.0.1:8400", description="where the CLI and replicas reach the API")
+    api_key: SecretStr | None = Field(None, description="the caller's API key (CLI, replicas, workers)")
+    session_secret: SecretStr = Field(SecretStr(DEFAULT_SESSION_SECRET), description="signs web UI sessions")
+    signing_key_path: Path | None = Field(None, description="Ed25519 private key for audit checkpoints")
+    base_model: str = Field("smollm2-135m-instruct", description="default base model provider name")
+    max_artifact_bytes: int = Field(1_000_000, gt=0, description="largest token artifact accepted")
+    max_request_bytes: int = Field(2_000_000, gt=0, description="largest ordinary request body")
+    max_ingest_batch: int = Field(1_000, gt=0, description="most outputs in one ingest batch")
+    rate_limit_writes_per_minute: int = Field(120, gt=0)
+    rate_limit_ingest_per_minute: int = Field(6_000, gt=0)
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+            raise ValueError(
+                f"GOVERN_DATABASE_URL must start with postgresql+psycopg:// (got {v.split(':', 1)[0]!r}://...)"
+            )
+        if v.startswith("postgres://"):
+            v = "postgresql+psycopg://" + v[len("postgres://") :]
+        elif v.startswith("postgresql://"):
+            v = "postgresql+psycopg://" + v[len("postgresql://") :]
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"GOVERN_REDIS_URL must start with redis:// (got {v!r})")
+        return v
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        if self.environment == "production":
+            if self.session_secret.get_secret_value() == DEFAULT_SESSION_SECRET:
+                raise ValueError(
+                    "GOVERN_SESSION_SECRET is the development default; set a random secret in production"
+                )
+            if self.database_url is None or self.redis_url is None:
+                raise ValueError(
+                    "production needs GOVERN_DATABASE_URL and GOVERN_REDIS_URL (no embedded servers)"
+                )
+        return self
+
+    @property
+    def state_path(self) -> Path:
+        return self.state_dir.resolve()
+
+    def ensure_state_dir(self) -> Path:
+        """Create the state folder or fail with one line saying how to fix it."""
+        path = self.state_path
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise SettingsError(
+                f"state folder {path} is not writable ({exc.strerror}); set GOVERN_STATE_DIR to a writable folder"
+            ) from None
+        return path
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:  # pydantic ValidationError is a ValueError
+        raise SettingsError(_first_line(exc)) from None
+
+
+def reset_settings_cache() -> None:
+    get_settings.cache_clear()
+
+
+def _first_line(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        parts = []
+        for err in errors():
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            name = f"GOVERN_{loc.upper()}" if loc else "settings"
+            parts.append(f"{name}: {err.get('msg', '')}".replace("Value error, ", ""))
+        return "; ".join(parts)
+    return str(exc).splitlines()[0]
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in {"1", "true", "yes"}
