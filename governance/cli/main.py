@@ -69,7 +69,10 @@ def _optional_commands(module: str, names: list[str]) -> None:
 
 
 _optional_commands("governance.cli.deploy_cmds", ["submit", "promote", "rollback", "freeze", "unfreeze"])
-_optional_commands("governance.cli.process_cmds", ["api", "worker", "beat", "serve", "demo"])
+_optional_commands("governance.cli.process_cmds", ["api"])
+_optional_commands("governance.cli.worker_cmds", ["worker", "beat"])
+_optional_commands("governance.cli.serve_cmds", ["serve"])
+_optional_commands("governance.cli.demo_cmds", ["demo"])
 
 
 if __name__ == "__main__":
