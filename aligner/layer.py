@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 if TYPE_CHECKING:
@@ -32,12 +31,12 @@ if TYPE_CHECKING:
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
-def project_prefix(attn: nn.Module, prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def project_prefix(attn: Any, prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """K_p, V_p of one layer for prefix (Bp, n, d): each (Bp, H, n, head_dim), GQA repeated."""
     Bp, n, _ = prefix.shape
-    head_dim: int = attn.head_dim  # type: ignore[assignment]
-    groups: int = attn.num_key_value_groups  # type: ignore[assignment]
-    x = prefix.to(attn.k_proj.weight.dtype)  # type: ignore[union-attr]
+    head_dim: int = attn.head_dim
+    groups: int = attn.num_key_value_groups
+    x = prefix.to(attn.k_proj.weight.dtype)
     k = attn.k_proj(x).view(Bp, n, -1, head_dim).transpose(1, 2)  # (Bp, Hkv, n, hd)
     v = attn.v_proj(x).view(Bp, n, -1, head_dim).transpose(1, 2)  # (Bp, Hkv, n, hd)
     Hkv = k.shape[1]
@@ -65,12 +64,12 @@ def prefix_attention(
     return torch.matmul(weights, v_gated).transpose(1, 2)  # (B, T, H, hd)
 
 
-def make_forward(adapter: AlignerAdapter, layer_index: int, attn: nn.Module) -> Callable[..., Any]:
+def make_forward(adapter: AlignerAdapter, layer_index: int, attn: Any) -> Callable[..., Any]:
     """Build the patched forward for one attention module (bound to it by the caller)."""
     family = sys.modules[type(attn).__module__]
     apply_rotary_pos_emb = family.apply_rotary_pos_emb
     eager_attention_forward = family.eager_attention_forward
-    model_type = attn.config.model_type  # type: ignore[union-attr]
+    model_type = attn.config.model_type
     if model_type == "qwen2":
         extra: dict[str, Any] = {"sliding_window": getattr(attn, "sliding_window", None)}
     elif model_type == "mistral":
