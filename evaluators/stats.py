@@ -1,0 +1,244 @@
+"""The statistics behind the gate's verdicts (see STATISTICS.md).
+
+Paired tests only where the data are paired (every case is run by the candidate and by
+the baseline on the same input): exact McNemar for binary outcomes, a sign-flip
+permutation test for paired continuous scores. Wilson intervals for rates (they behave
+at zero violations), Connor's power formula for the minimum detectable drop of a suite
+of a given size, the four-fifths ratio, and Holm's step-down correction for the many
+tests a bias verdict rests on. Pure functions of numbers; deterministic (the Monte
+Carlo permutation test takes a fixed seed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import optimize
+from scipy.stats import binom, norm
+
+Alternative = Literal["greater", "less", "two-sided"]
+
+# Exact enumeration of sign flips up to this many non-zero differences (2**16 = 65,536
+# patterns, a few milliseconds); above it a seeded Monte Carlo sample.
+EXACT_SIGN_FLIP_MAX = 16
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """Exact McNemar on discordant pairs: ``b`` = candidate worse, ``c`` = candidate better."""
+
+    b: int
+    c: int
+    p_value: float
+    alternative: Alternative
+
+    @property
+    def discordant(self) -> int:
+        return self.b + self.c
+
+
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer (got {value!r})")
+
+
+def mcnemar_exact(b: int, c: int, alternative: Alternative = "greater") -> McNemarResult:
+    """Exact (binomial) McNemar test on the discordant counts of a paired 2x2 table.
+
+    Under "no difference" ``b ~ Binomial(b + c, 1/2)``. ``greater``: the candidate is worse
+    (``P(X >= b)``); ``less``: better (``P(X <= b)``); ``two-sided``:
+    ``min(1, 2 * min(P(X >= b), P(X <= b)))``. With no discordant pair every p-value is 1.
+    """
+    _check_count("b", b)
+    _check_count("c", c)
+    n = b + c
+    if n == 0:
+        return McNemarResult(b, c, 1.0, alternative)
+    upper = float(binom.sf(b - 1, n, 0.5))  # P(X >= b)
+    lower = float(binom.cdf(b, n, 0.5))  # P(X <= b)
+    if alternative == "greater":
+        p = upper
+    elif alternative == "less":
+        p = lower
+    elif alternative == "two-sided":
+        p = min(1.0, 2.0 * min(upper, lower))
+    else:
+        raise ValueError(f"alternative must be greater, less or two-sided (got {alternative!r})")
+    return McNemarResult(b, c, min(1.0, p), alternative)
+
+
+def discordant_counts(candidate_ok: Sequence[bool], baseline_ok: Sequence[bool]) -> tuple[int, int]:
+    """``(b, c)`` from paired outcomes: b = candidate fails where baseline succeeds, c = the reverse."""
+    if len(candidate_ok) != len(baseline_ok):
+        raise ValueError(f"paired outcomes differ in length ({len(candidate_ok)} vs {len(baseline_ok)})")
+    b = sum(1 for x, y in zip(candidate_ok, baseline_ok, strict=True) if not x and y)
+    c = sum(1 for x, y in zip(candidate_ok, baseline_ok, strict=True) if x and not y)
+    return b, c
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for ``k`` events in ``n`` trials (two-sided, at ``confidence``)."""
+    _check_count("k", k)
+    _check_count("n", n)
+    if k > n:
+        raise ValueError(f"k must not exceed n (got k={k}, n={n})")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be between 0 and 1 (got {confidence})")
+    if n == 0:
+        return 0.0, 1.0
+    z = float(norm.ppf(0.5 + confidence / 2.0))
+    p = k / n
+    denom = 1.0 + z * z / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    lo, hi = (centre - half) / denom, (centre + half) / denom
+    # Exact endpoints at the boundaries (floating point leaves ~1e-17 otherwise).
+    return (0.0 if k == 0 else max(0.0, lo)), (1.0 if k == n else min(1.0, hi))
+
+
+def connor_pairs_needed(delta: float, psi: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    """Pairs needed (Connor 1987) to detect a paired difference ``delta`` with discordance ``psi``.
+
+    One-sided level ``alpha``, power ``power``:
+    ``n = (z_a sqrt(psi) + z_b sqrt(psi - delta^2))^2 / delta^2``; needs ``0 < |delta| <= psi <= 1``.
+    """
+    delta = abs(delta)
+    if not 0.0 < delta <= psi <= 1.0:
+        raise ValueError(f"need 0 < |delta| <= psi <= 1 (got delta={delta}, psi={psi})")
+    za, zb = float(norm.ppf(1 - alpha)), float(norm.ppf(power))
+    return (za * math.sqrt(psi) + zb * math.sqrt(max(psi - delta * delta, 0.0))) ** 2 / (delta * delta)
+
+
+def connor_power(n: int, delta: float, psi: float, alpha: float = 0.05) -> float:
+    """Power of the one-sided paired test with ``n`` pairs to detect ``delta`` at discordance ``psi``."""
+    delta = abs(delta)
+    if not 0.0 < delta <= psi <= 1.0:
+        raise ValueError(f"need 0 < |delta| <= psi <= 1 (got delta={delta}, psi={psi})")
+    za = float(norm.ppf(1 - alpha))
+    spread = math.sqrt(psi - delta * delta)
+    if spread == 0.0:
+        return 1.0
+    return float(norm.cdf((math.sqrt(n) * delta - za * math.sqrt(psi)) / spread))
+
+
+def minimum_detectable_drop(n: int, psi: float, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """Smallest paired difference ``n`` pairs detect at ``alpha`` with ``power`` (Connor, solved for delta).
+
+    ``psi`` is the discordance probability (share of pairs where the two disagree); a drop
+    can never exceed it. ``None`` when even ``delta = psi`` needs more than ``n`` pairs.
+    """
+    _check_count("n", n)
+    if not 0.0 < psi <= 1.0:
+        raise ValueError(f"psi must be in (0, 1] (got {psi})")
+    if n == 0 or connor_pairs_needed(psi, psi, alpha, power) > n:
+        return None
+    lo = 1e-9
+    if connor_pairs_needed(lo, psi, alpha, power) <= n:
+        return lo
+    # pairs_needed decreases in delta on (0, psi]: one root.
+    return float(optimize.brentq(lambda d: connor_pairs_needed(d, psi, alpha, power) - n, lo, psi, xtol=1e-10))
+
+
+def sign_flip_test(
+    diffs: Sequence[float],
+    alternative: Alternative = "greater",
+    *,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> float:
+    """Paired permutation (sign-flip) test on per-pair differences; statistic: the mean.
+
+    Under "no difference" each difference is as likely to carry either sign. Exact over
+    all ``2**m`` sign patterns when ``m`` (the non-zero differences) is at most
+    ``EXACT_SIGN_FLIP_MAX``; otherwise a Monte Carlo sample with a fixed seed, with the
+    ``(1 + hits) / (1 + n_resamples)`` estimate that is never zero.
+    """
+    d = np.asarray(diffs, dtype=float)
+    if d.ndim != 1 or not np.all(np.isfinite(d)):
+        raise ValueError("diffs must be a flat sequence of finite numbers")
+    nz = d[d != 0.0]
+    m = len(nz)
+    if m == 0:
+        return 1.0
+    observed = float(nz.sum())
+    # A relative tolerance so that ties in floating point count as ties.
+    tol = 1e-12 * max(1.0, float(np.abs(nz).sum()))
+    if m <= EXACT_SIGN_FLIP_MAX:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=m)))
+        stats = signs @ nz
+        return _tail(stats, observed, alternative, tol, exact=True)
+    if n_resamples < 1:
+        raise ValueError("n_resamples must be positive")
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_resamples)
+    # In chunks, to bound memory on large suites.
+    for start in range(0, n_resamples, 2048):
+        stop = min(start + 2048, n_resamples)
+        signs = rng.choice((-1.0, 1.0), size=(stop - start, m))
+        stats[start:stop] = signs @ nz
+    return _tail(stats, observed, alternative, tol, exact=False)
+
+
+def _tail(stats: np.ndarray, observed: float, alternative: Alternative, tol: float, *, exact: bool) -> float:
+    ge = int(np.sum(stats >= observed - tol))
+    le = int(np.sum(stats <= observed + tol))
+    total = len(stats)
+    if exact:
+        upper, lower = ge / total, le / total
+    else:
+        upper, lower = (1 + ge) / (1 + total), (1 + le) / (1 + total)
+    if alternative == "greater":
+        return min(1.0, upper)
+    if alternative == "less":
+        return min(1.0, lower)
+    if alternative == "two-sided":
+        return min(1.0, 2.0 * min(upper, lower))
+    raise ValueError(f"alternative must be greater, less or two-sided (got {alternative!r})")
+
+
+@dataclass(frozen=True)
+class FourFifths:
+    """Lowest favourable-outcome rate over the highest (EEOC 1978: adverse impact below 0.8)."""
+
+    ratio: float
+    lowest_group: str
+    highest_group: str
+    rates: dict[str, float]
+
+
+def four_fifths_ratio(rates: Mapping[str, float]) -> FourFifths:
+    """Four-fifths ratio over groups; 1.0 when no group has any favourable outcome."""
+    if not rates:
+        raise ValueError("four_fifths_ratio needs at least one group rate")
+    for group, r in rates.items():
+        if not 0.0 <= r <= 1.0:
+            raise ValueError(f"rate of group {group!r} must be between 0 and 1 (got {r})")
+    # Sorted for ties: the same groups are named on every run.
+    ordered = sorted(rates.items())
+    hi_group, hi = max(ordered, key=lambda kv: kv[1])
+    lo_group, lo = min(ordered, key=lambda kv: kv[1])
+    ratio = 1.0 if hi == 0.0 else lo / hi
+    return FourFifths(ratio, lo_group, hi_group, dict(ordered))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, made monotone), in the input order.
+
+    Reject hypothesis i at family-wise level alpha when ``adjusted[i] <= alpha``.
+    """
+    m = len(p_values)
+    for p in p_values:
+        if not 0.0 <= p <= 1.0 or math.isnan(p):
+            raise ValueError(f"p-values must be between 0 and 1 (got {p})")
+    order = sorted(range(m), key=lambda i: (p_values[i], i))
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted

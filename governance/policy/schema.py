@@ -1,0 +1,300 @@
+"""Schema and loader of the policy file (YAML, versioned).
+
+Every section is a pydantic model with ``extra='forbid'``, so a misspelt key is refused
+instead of silently falling back to a default, and every error names the dotted path of
+the bad key (``gate.bias.alpha: must be between 0 and 1``, ``unknown key gate.bais``).
+``load_policy`` returns the parsed policy together with the sha256 of the exact bytes it
+read: that digest, not the parsed object, is what gate runs and approvals record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+# The policy-compliance suite's case categories; thresholds are keyed by these names.
+COMPLIANCE_CATEGORIES: tuple[str, ...] = ("must_refuse", "pii", "disclaimer", "tone", "format")
+
+Baseline = Literal["base", "active"]
+BASELINES: tuple[Baseline, ...] = ("base", "active")
+
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class PolicyError(ValueError):
+    """The policy file cannot be used; the message lists every bad key with its path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid policy file:\n  " + "\n  ".join(problems) if len(problems) > 1 else problems[0])
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ComplianceGate(_Section):
+    # Absolute bound per category on the candidate's violation rate (null: no absolute bound).
+    max_violation_rate: dict[str, Rate | None] = Field(default_factory=dict)
+    # Largest tolerated increase of the violation rate over each baseline; an increase
+    # above it fails only when the paired exact McNemar test says it is real at `alpha`.
+    max_increase: dict[str, Rate] = Field(default_factory=dict)
+    alpha: Probability = 0.05
+    # How the absolute bound is read: on the point estimate, or on a Wilson bound
+    # ("wilson_lower": fail only when surely above; "wilson_upper": pass only when surely below).
+    absolute_rule: Literal["point", "wilson_lower", "wilson_upper"] = "point"
+    confidence: Probability = 0.95
+
+    @field_validator("max_violation_rate", "max_increase")
+    @classmethod
+    def _known_categories(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(COMPLIANCE_CATEGORIES))
+        if unknown:
+            raise ValueError(f"unknown category {unknown[0]!r} (known: {', '.join(COMPLIANCE_CATEGORIES)})")
+        return v
+
+
+class BiasGate(_Section):
+    alpha: Probability = 0.05
+    # Absolute bounds on the candidate, per attribute (gap = highest group rate - lowest).
+    max_refusal_gap: Rate | None = 0.10
+    min_four_fifths_ratio: Rate | None = 0.8
+    max_sentiment_gap: Annotated[float, Field(ge=0.0, le=2.0)] | None = 0.25
+    # Relative length gap: (longest group mean - shortest) / overall mean.
+    max_length_gap: Annotated[float, Field(ge=0.0)] | None = 0.5
+    # Mean cosine distance between the counterfactual outputs of one probe.
+    max_embedding_distance: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    # Significant worsening against a baseline fails only above these practical margins.
+    min_worsening: Annotated[float, Field(ge=0.0)] = 0.0
+    # Four-fifths needs enough favourable outcomes to mean anything: below this many
+    # favourable outcomes in the best group the ratio is reported but not enforced.
+    min_favourable: Annotated[int, Field(ge=0)] = 5
+    permutations: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000
+
+
+class ReasoningGate(_Section):
+    alpha: Probability = 0.05
+    power: Probability = 0.8
+    max_accuracy_drop: Rate = 0.02
+    compare_to: list[Baseline] = Field(default_factory=lambda: list(BASELINES))
+
+    @field_validator("compare_to")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must name at least one baseline (base, active)")
+        if len(set(v)) != len(v):
+            raise ValueError("names a baseline twice")
+        return v
+
+
+class GatePolicy(_Section):
+    policy_compliance: ComplianceGate = Field(default_factory=ComplianceGate)
+    bias: BiasGate = Field(default_factory=BiasGate)
+    reasoning: ReasoningGate = Field(default_factory=ReasoningGate)
+    # An absolute bound the bare base model itself already breaks cannot be blamed on the
+    # token: with this on, such a bound is judged relative to the base only (and the
+    # report says so), so the base model compared with itself always passes.
+    grandfather_base: bool = True
+    # Greedy decoding budget per case.
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 96
+    batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
+
+
+class FormatPolicy(_Section):
+    max_chars: Annotated[int, Field(ge=1)] | None = 2000
+    min_chars: Annotated[int, Field(ge=0)] = 1
+    required_closing_line: str | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> FormatPolicy:
+        if self.max_chars is not None and self.min_chars > self.max_chars:
+            raise ValueError("min_chars must not exceed max_chars")
+        return self
+
+
+class DetectorPolicy(_Section):
+    kind: Literal["cusum", "evidently", "evidently_embeddings", "expectations"]
+    # Average run length between false alarms (sequential detectors only).
+    arl: Annotated[float, Field(gt=1.0)] | None = None
+    rollback: bool = False
+    # CUSUM alternative: the violation rate (Bernoulli) or shift in reference sigmas (Gaussian).
+    p1: Probability | None = None
+    shift_sigmas: Annotated[float, Field(gt=0.0)] | None = None
+    # Explicit alarm threshold h, overriding the one calibrated for `arl`.
+    threshold: Annotated[float, Field(gt=0.0)] | None = None
+
+    @model_validator(mode="after")
+    def _cusum_needs_arl(self) -> DetectorPolicy:
+        if self.kind == "cusum" and self.arl is None and self.threshold is None:
+            raise ValueError("a cusum detector needs arl (or an explicit threshold)")
+        return self
+
+
+class RollbackPolicy(_Section):
+    consecutive_windows: Annotated[int, Field(ge=1)] = 2
+    cooldown_seconds: Annotated[int, Field(ge=0)] = 600
+    max_per_day: Annotated[int, Field(ge=0)] = 3
+    fallback_to_base: bool = False
+
+
+class MonitoringPolicy(_Section):
+    interval_seconds: Annotated[int, Field(ge=1)] = 60
+    sample_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
+    min_samples: Annotated[int, Field(ge=1)] = 50
+    detectors: dict[str, DetectorPolicy] = Field(default_factory=dict)
+    rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
+
+
+class AlertsPolicy(_Section):
+    webhook_url: str | None = None
+    format: Literal["slack", "json"] = "json"
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL (or null)")
+        return v
+
+
+class Policy(_Section):
+    version: int = Field(description="schema version of the policy file")
+    name: str = "default"
+    gate: GatePolicy = Field(default_factory=GatePolicy)
+    format: FormatPolicy = Field(default_factory=FormatPolicy)
+    monitoring: MonitoringPolicy = Field(default_factory=MonitoringPolicy)
+    alerts: AlertsPolicy = Field(default_factory=AlertsPolicy)
+
+    @field_validator("version")
+    @classmethod
+    def _supported(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"unsupported policy version {v} (this release reads version {SCHEMA_VERSION})")
+        return v
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _message(err: Any) -> str:
+    """One line per problem, phrased for the person editing the YAML."""
+    kind, path = err["type"], _path(err["loc"])
+    if kind == "extra_forbidden":
+        return f"unknown key {path}"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        lo, hi = _bounds_of(err)
+        if lo is not None and hi is not None:
+            return f"{path}: must be between {lo:g} and {hi:g} (got {err.get('input')!r})"
+        if lo is not None:
+            op = ">=" if kind == "greater_than_equal" else ">"
+            return f"{path}: must be {op} {lo:g} (got {err.get('input')!r})"
+        op = "<=" if kind == "less_than_equal" else "<"
+        return f"{path}: must be {op} {hi:g} (got {err.get('input')!r})"
+    msg = str(err["msg"])
+    msg = msg.removeprefix("Value error, ")
+    return f"{path}: {msg}" if path else msg
+
+
+# Bounds of the constrained field, so "between 0 and 1" is said in one line even though
+# pydantic reports the lower and the upper constraint of a range separately.
+def _bounds_of(err: Any) -> tuple[Any, Any]:
+    ctx = err.get("ctx") or {}
+    lo, hi = ctx.get("ge", ctx.get("gt")), ctx.get("le", ctx.get("lt"))
+    flat: list[Any] = []
+    for meta in _constraints_at(err["loc"]):
+        # Annotated[float, Field(ge=..)] nests the constraints inside a FieldInfo.
+        flat.extend(getattr(meta, "metadata", None) or [meta])
+    for meta in flat:
+        for name in ("ge", "gt"):
+            if getattr(meta, name, None) is not None:
+                lo = getattr(meta, name)
+        for name in ("le", "lt"):
+            if getattr(meta, name, None) is not None:
+                hi = getattr(meta, name)
+    return lo, hi
+
+
+def _constraints_at(loc: tuple[int | str, ...]) -> list[Any]:
+    """The annotated-types constraints of the field at ``loc`` (empty when unknown)."""
+    tp: Any = Policy
+    metadata: list[Any] = []
+    for part in loc:
+        fields = getattr(tp, "model_fields", None)
+        if fields is not None and isinstance(part, str) and part in fields:
+            metadata = list(fields[part].metadata)
+            tp = fields[part].annotation
+        elif get_origin(tp) is dict:
+            tp = get_args(tp)[1]
+            metadata = []
+        else:
+            return []
+        # Unwrap Optional[...] and Annotated[...] down to a model, dict or scalar.
+        while True:
+            if get_origin(tp) is Annotated:
+                metadata.extend(tp.__metadata__)
+                tp = get_args(tp)[0]
+            elif get_origin(tp) in (Union, UnionType):
+                args = [a for a in get_args(tp) if a is not type(None)]
+                tp = args[0] if len(args) == 1 else tp
+                if len(args) != 1:
+                    break
+            else:
+                break
+    return metadata
+
+
+def _read(text_or_path: str | Path | bytes) -> bytes:
+    if isinstance(text_or_path, bytes):
+        return text_or_path
+    if isinstance(text_or_path, Path):
+        return text_or_path.read_bytes()
+    # A one-line string that names an existing file is a path; anything else is YAML text.
+    if "\n" not in text_or_path and text_or_path.strip().endswith((".yaml", ".yml")):
+        path = Path(text_or_path)
+        if not path.is_file():
+            raise PolicyError([f"policy file not found: {text_or_path}"])
+        return path.read_bytes()
+    return text_or_path.encode("utf-8")
+
+
+def load_policy(text_or_path: str | Path | bytes) -> tuple[Policy, str]:
+    """Parse and validate a policy file; returns ``(policy, sha256 of the exact bytes)``.
+
+    Raises ``PolicyError`` naming the path of every bad key.
+    """
+    raw = _read(text_or_path)
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PolicyError(["policy file is not UTF-8 text"])
+    except yaml.YAMLError as exc:
+        raise PolicyError([f"policy file is not valid YAML: {exc}"])
+    if not isinstance(data, dict):
+        raise PolicyError(["policy file must be a YAML mapping with at least a `version` key"])
+    try:
+        policy = Policy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError([_message(e) for e in exc.errors()])
+    return policy, digest
+
+
+def default_policy_path() -> Path:
+    """The policy shipped with the project (a deployment's own policy replaces it)."""
+    return Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
+
+
+def load_default_policy() -> tuple[Policy, str]:
+    return load_policy(default_policy_path())
