@@ -65,9 +65,14 @@ def _normalize(value: Any, path: str = "$") -> Any:
 
 
 def canonical_json(value: Any) -> str:
-    return json.dumps(
-        _normalize(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    try:
+        return json.dumps(
+            _normalize(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except ValueError as exc:  # e.g. an integer beyond Python's 4300-digit str() limit
+        if isinstance(exc, CanonicalError):
+            raise
+        raise CanonicalError(f"cannot encode value canonically: {exc}") from None
 
 
 def entry_body(
@@ -93,6 +98,43 @@ def entry_body(
             "subject_id": subject_id,
             "payload": payload,
         }
+    )
+
+
+# The body's keys in canonical (sorted) order; ``body_from_stored`` relies on it.
+ENTRY_FIELDS = ("action", "actor", "actor_key_id", "payload", "seq", "subject_id", "subject_type", "ts")
+
+_dump_scalar = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+
+
+def body_from_stored(
+    *,
+    seq: int,
+    ts: str,
+    actor: str,
+    actor_key_id: str | None,
+    action: str,
+    subject_type: str,
+    subject_id: str,
+    payload_text: str,
+) -> str:
+    """The same text as ``entry_body``, assembled from a stored canonical payload text.
+
+    No re-parsing of the payload: this is what makes export and in-database verification
+    fast, and it is exact because ``payload_text`` is already canonical (if it was altered,
+    the assembled body differs and the hash check fails, which is the point).
+    """
+    d = _dump_scalar
+    return (
+        '{"action":' + d(action)
+        + ',"actor":' + d(actor)
+        + ',"actor_key_id":' + d(actor_key_id)
+        + ',"payload":' + payload_text
+        + ',"seq":' + str(int(seq))
+        + ',"subject_id":' + d(subject_id)
+        + ',"subject_type":' + d(subject_type)
+        + ',"ts":' + d(ts)
+        + "}"
     )
 
 

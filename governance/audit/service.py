@@ -3,20 +3,36 @@
 ``append`` runs inside the caller's transaction, so the entry commits with the change it
 records or not at all. A transaction-scoped advisory lock serializes writers on the
 chain head: no forks, and since the sequence number is taken under that lock from the
-committed head, a rolled-back transaction leaves no gap.
+committed head, a rolled-back transaction leaves no gap. (The head is read with a fresh
+snapshot, so callers run at READ COMMITTED, the default; under REPEATABLE READ a stale
+head makes the insert fail on the primary key rather than fork the chain.)
+
+Also here: signed checkpoints (``write_checkpoint``, which the scheduler calls), the chain
+check the dashboard runs (``verify_chain_in_db``) and the listing behind ``GET /v1/audit``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from governance.audit.canonical import GENESIS_HASH, canonical_json, chain_hash, entry_body
-from governance.audit.models import AuditEntry
+from governance.audit.canonical import (
+    GENESIS_HASH,
+    body_from_stored,
+    canonical_json,
+    chain_hash,
+    entry_body,
+    format_ts,
+)
+from governance.audit.models import AuditCheckpoint, AuditEntry
+from governance.audit.signing import check_signed_checkpoint, sign_checkpoint
 
 # arbitrary constant naming "the audit chain head" among advisory locks
 AUDIT_LOCK_KEY = 0x6A75_6469_7400
@@ -38,12 +54,12 @@ def append(
     actor_key_id: str | None = None,
 ) -> AuditEntry:
     """Append one entry to the chain inside the current transaction and return it."""
+    # an empty key id would be indistinguishable from "no key" in the CSV export
+    actor_key_id = actor_key_id or None
     payload_text = canonical_json(payload or {})
     session.execute(text("select pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
-    head = session.execute(
-        select(AuditEntry.seq, AuditEntry.hash).order_by(AuditEntry.seq.desc()).limit(1)
-    ).first()
-    seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
+    top = session.execute(select(AuditEntry.seq, AuditEntry.hash).order_by(AuditEntry.seq.desc()).limit(1)).first()
+    seq, prev = (top[0] + 1, top[1]) if top else (1, GENESIS_HASH)
     ts = _now()
     body = entry_body(
         seq=seq,
@@ -70,3 +86,166 @@ def append(
     session.add(entry)
     session.flush()
     return entry
+
+
+def head(session: Session) -> tuple[int, str]:
+    """(size, head hash) of the committed chain as this transaction sees it; (0, genesis) if empty."""
+    row = session.execute(select(AuditEntry.seq, AuditEntry.hash).order_by(AuditEntry.seq.desc()).limit(1)).first()
+    return (row[0], row[1]) if row else (0, GENESIS_HASH)
+
+
+def list_entries(
+    session: Session,
+    *,
+    limit: int = 100,
+    before_seq: int | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    subject_type: str | None = None,
+    subject_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[AuditEntry]:
+    """Newest first, keyset-paginated by ``before_seq`` (pass the last seq of the previous page)."""
+    if not 1 <= limit <= 1000:
+        raise ValueError("limit must be between 1 and 1000")
+    stmt = select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(limit)
+    if before_seq is not None:
+        stmt = stmt.where(AuditEntry.seq < before_seq)
+    if actor is not None:
+        stmt = stmt.where(AuditEntry.actor == actor)
+    if action is not None:
+        stmt = stmt.where(AuditEntry.action == action)
+    if subject_type is not None:
+        stmt = stmt.where(AuditEntry.subject_type == subject_type)
+    if subject_id is not None:
+        stmt = stmt.where(AuditEntry.subject_id == str(subject_id))
+    if since is not None:
+        stmt = stmt.where(AuditEntry.ts >= since)
+    if until is not None:
+        stmt = stmt.where(AuditEntry.ts < until)
+    return list(session.scalars(stmt))
+
+
+def checkpoint_record(row: AuditCheckpoint) -> dict[str, Any]:
+    """The portable JSON form of a stored checkpoint (what ``govern audit verify --checkpoint`` reads)."""
+    return {
+        "record": "checkpoint",
+        "size": row.size,
+        "head_hash": row.head_hash,
+        "time": format_ts(row.ts),
+        "key_id": row.key_id,
+        "signature": row.signature,
+    }
+
+
+def write_checkpoint(
+    session: Session, *, key: Ed25519PrivateKey, reason: str = "schedule", size: int | None = None
+) -> AuditCheckpoint:
+    """Sign and store a checkpoint of the chain (the head, or the first ``size`` entries).
+
+    The scheduler calls this with ``reason="schedule"``; exports with ``reason="export"``.
+    Commits with the caller's transaction.
+    """
+    if size is None:
+        size, head_hash = head(session)
+    elif size == 0:
+        head_hash = GENESIS_HASH
+    else:
+        found = session.scalar(select(AuditEntry.hash).where(AuditEntry.seq == size))
+        if found is None:
+            raise ValueError(f"cannot checkpoint at #{size}: the log has no such entry")
+        head_hash = found
+    now = _now()
+    cp = sign_checkpoint(key, size=size, head_hash=head_hash, time=now)
+    row = AuditCheckpoint(
+        size=size, head_hash=head_hash, ts=now, key_id=cp["key_id"], signature=cp["signature"], reason=reason
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def latest_checkpoint(session: Session) -> AuditCheckpoint | None:
+    return session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.id.desc()).limit(1)).first()
+
+
+@dataclass(frozen=True)
+class ChainCheck:
+    """Outcome of ``verify_chain_in_db``; ``as_dict()`` is ready for JSON/the dashboard."""
+
+    ok: bool
+    size: int
+    head_hash: str
+    checkpoints_checked: int
+    bad_seq: int | None = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def verify_chain_in_db(session: Session, *, public_key: Ed25519PublicKey | None = None) -> ChainCheck:
+    """Recompute the whole chain from the stored rows and match it against the stored checkpoints.
+
+    Stops at the first problem: a gap, a broken link, a hash that does not match the stored
+    content, or a checkpoint whose head differs (or, given ``public_key``, whose signature
+    does not verify). One streaming pass; constant memory apart from the checkpoints.
+    """
+    from governance.audit.export import iter_rows
+
+    cps: dict[int, list[AuditCheckpoint]] = {}
+    for cp in session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.id)):
+        cps.setdefault(cp.size, []).append(cp)
+    checked = 0
+
+    def bad(seq: int | None, reason: str, size: int, head_hash: str) -> ChainCheck:
+        return ChainCheck(False, size, head_hash, checked, seq, reason)
+
+    def check_cps(size: int, head_hash: str) -> str | None:
+        nonlocal checked
+        for cp in cps.pop(size, []):
+            if cp.head_hash != head_hash:
+                return f"checkpoint {cp.id} ({cp.reason}, {format_ts(cp.ts)}) records a different head hash"
+            if public_key is not None:
+                problem = check_signed_checkpoint(checkpoint_record(cp), public_key)
+                if problem:
+                    return f"checkpoint {cp.id}: {problem}"
+            checked += 1
+        return None
+
+    prev, exp = GENESIS_HASH, 1
+    problem = check_cps(0, prev)
+    if problem:
+        return bad(0, problem, 0, prev)
+    last_seq = session.scalar(select(AuditEntry.seq).order_by(AuditEntry.seq.desc()).limit(1)) or 0
+    sha256 = hashlib.sha256
+    for r in iter_rows(session, 1, last_seq):
+        if r.seq != exp:
+            return bad(exp, f"entry #{exp} is missing (next stored entry is #{r.seq})", exp - 1, prev)
+        if r.prev_hash != prev:
+            return bad(exp, "prev_hash does not match the hash of the entry before it", exp - 1, prev)
+        body = body_from_stored(
+            seq=r.seq,
+            ts=format_ts(r.ts),
+            actor=r.actor,
+            actor_key_id=r.actor_key_id,
+            action=r.action,
+            subject_type=r.subject_type,
+            subject_id=r.subject_id,
+            payload_text=r.payload,
+        )
+        if sha256((prev + body).encode("utf-8")).hexdigest() != r.hash:
+            return bad(exp, "stored hash does not match the stored content (row altered)", exp - 1, prev)
+        prev = r.hash
+        if exp in cps:
+            problem = check_cps(exp, prev)
+            if problem:
+                return bad(exp, problem, exp, prev)
+        exp += 1
+    if cps:
+        size = min(cps)
+        return bad(
+            exp, f"checkpoint at #{size} lies beyond the log's end #{exp - 1}: entries were removed", exp - 1, prev
+        )
+    return ChainCheck(True, exp - 1, prev, checked)
