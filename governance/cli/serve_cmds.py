@@ -1,0 +1,63 @@
+"""`govern serve`: run one serving replica for a deployment (OpenAI-compatible, hot-swapping tokens).
+
+The replica reaches the API with GOVERN_API_URL / GOVERN_API_KEY (a service-role key),
+Redis for push notifications and PostgreSQL for recording outputs through the same
+settings as every other process (the embedded servers when the URLs are unset).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from governance.cli.common import clear_errors, console, fail
+
+
+@clear_errors
+def serve_cmd(
+    deployment: str = typer.Option(..., "--deployment", "-d", help="deployment whose active token to serve"),
+    port: int = typer.Option(8500, "--port", "-p", help="port to listen on"),
+    host: str = typer.Option("127.0.0.1", "--host", help="interface to bind"),
+    model: str | None = typer.Option(
+        None, "--model", help="base model (provider name or local dir); default: settings"
+    ),
+    max_batch: int = typer.Option(8, "--max-batch", min=1, help="requests decoded together"),
+    queue_size: int = typer.Option(64, "--queue-size", min=1, help="waiting requests before answering 429"),
+    reconcile_interval: float = typer.Option(5.0, "--reconcile-interval", min=0.05, help="seconds between API checks"),
+    fence: bool = typer.Option(True, "--fence/--no-fence", help="check the active generation before each batch"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16"),
+    replica_id: str | None = typer.Option(None, "--replica-id", help="names this replica's spool file"),
+) -> None:
+    """Serve the deployment's active Aligner token over an OpenAI-compatible API."""
+    import uvicorn
+
+    from governance.embedded import resolve_database_url, resolve_redis_url
+    from governance.settings import get_settings
+    from serving.app import ServingConfig, create_app
+
+    settings = get_settings()
+    settings.ensure_state_dir()
+    if settings.api_key is None:
+        fail("GOVERN_API_KEY is not set: create a service user (`govern users create NAME --role service`)")
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServingConfig(
+        deployment=deployment,
+        model=model or settings.base_model,
+        dtype=dtype,
+        max_batch=max_batch,
+        queue_size=queue_size,
+        api_url=settings.api_url,
+        api_key=settings.api_key.get_secret_value(),
+        redis_url=resolve_redis_url(settings),
+        database_url=resolve_database_url(settings),
+        state_dir=settings.state_path,
+        reconcile_interval=reconcile_interval,
+        fence=fence,
+    )
+    if replica_id:
+        config.replica_id = replica_id
+    console.print(f"loading {config.model} for deployment [bold]{deployment}[/] ...")
+    app = create_app(config)
+    console.print(f"serving on http://{host}:{port}/v1 (replica {config.replica_id})")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,427 @@
+"""The model thread: dynamic batching, per-row sampling and the in-place token swap.
+
+One thread owns the model. Requests wait in a bounded queue; the thread takes up to
+`max_batch` of them, left-pads their prompts and decodes them together with a KV cache,
+one forward pass per step for the whole batch. Each row keeps its own sampling
+parameters (temperature, top_p, seed, stop, max_tokens), so requests need not agree to
+share a batch. A full queue raises `Overloaded` at once instead of letting callers hang.
+
+Token swaps happen only between batches, on this thread: a whole batch runs with one
+token, and a swap waits for at most one batch, so no request ever fails or mixes tokens
+because of a swap. Before each batch the optional `fence` hook runs (see
+`serving.watcher`): it may propose a newer token that is then applied before the batch
+starts. Events go back to callers through `GenerationRequest.emit`, which is thread-safe
+towards asyncio (`call_soon_threadsafe`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from serving.tokens import ServedToken
+
+log = logging.getLogger(__name__)
+_ids = itertools.count(1)
+
+
+class Overloaded(RuntimeError):
+    """The request queue is full; the caller should retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Started:
+    token: ServedToken
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    text: str
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    completion_tokens: int
+    token: ServedToken
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+
+
+Event = Started | Delta | Finished | Failed
+
+
+@dataclass
+class GenerationRequest:
+    prompt_ids: list[int]
+    params: SamplingParams
+    emit: Callable[[Event], None]  # called on the model thread; must not block
+    stream: bool = False
+    request_id: str = field(default_factory=lambda: f"req-{next(_ids)}")
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    created: float = field(default_factory=time.monotonic)
+    created_wall: float = field(default_factory=time.time)
+
+
+@dataclass
+class EngineStats:
+    batches: int = 0
+    rows: int = 0
+    completion_tokens: int = 0
+    swaps: int = 0
+    last_batch_tokens_per_s: float = 0.0
+
+
+class _Row:
+    """Decoding state of one request inside a batch."""
+
+    def __init__(self, req: GenerationRequest, tokenizer: Any, eos: set[int]) -> None:
+        self.req = req
+        self.tokenizer = tokenizer
+        self.eos = eos
+        self.ids: list[int] = []
+        self.text = ""
+        self.sent = 0  # characters already streamed
+        self.done = False
+        self.finish_reason = "length"
+        self.generator: torch.Generator | None = None
+        if req.params.seed is not None:
+            self.generator = torch.Generator().manual_seed(int(req.params.seed))
+        self.hold = max((len(s) for s in req.params.stop), default=1) - 1
+
+    def push(self, token_id: int) -> None:
+        params = self.req.params
+        if token_id in self.eos:
+            self.done, self.finish_reason = True, "stop"
+        else:
+            self.ids.append(token_id)
+            self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+            for stop in params.stop:
+                at = self.text.find(stop)
+                if at != -1:
+                    self.text = self.text[:at]
+                    self.done, self.finish_reason = True, "stop"
+                    break
+        if not self.done and len(self.ids) >= params.max_tokens:
+            self.done, self.finish_reason = True, "length"
+        if self.req.stream:
+            self._stream()
+
+    def _stream(self) -> None:
+        if self.done:
+            safe = len(self.text)
+        else:
+            # Hold back what could still become a stop string, and half-decoded UTF-8.
+            safe = len(self.text) - self.hold
+            while safe > self.sent and self.text[safe - 1] == "\ufffd":
+                safe -= 1
+        if safe > self.sent:
+            self.req.emit(Delta(self.text[self.sent : safe]))
+            self.sent = safe
+
+
+class Engine:
+    """Owns the model on one thread; `submit` enqueues, `propose` offers a newer token."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        max_batch: int = 8,
+        queue_size: int = 64,
+        batch_wait_s: float = 0.002,
+        max_context: int | None = None,
+        on_finish: Callable[[GenerationRequest, Finished], None] | None = None,
+        fence: Callable[[], None] | None = None,
+    ) -> None:
+        from aligner.model import get_adapter
+
+        if max_batch < 1 or queue_size < 1:
+            raise ValueError("max_batch and queue_size must be at least 1")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.adapter = get_adapter(model)
+        self.max_batch = max_batch
+        self.queue_size = queue_size
+        self.batch_wait_s = batch_wait_s
+        self.max_context = max_context or int(getattr(model.config, "max_position_embeddings", 2048))
+        self.on_finish = on_finish
+        self.fence = fence
+        self.stats = EngineStats()
+        self._queue: deque[GenerationRequest] = deque()
+        self._cond = threading.Condition()
+        self._pending: ServedToken | None = None
+        self._current: ServedToken | None = None
+        self._stop = False
+        self._busy = False
+        self._thread: threading.Thread | None = None
+        self._swap_listeners: list[Callable[[ServedToken], None]] = []
+        eos: set[int] = set()
+        for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+            if isinstance(source, int):
+                eos.add(source)
+            elif isinstance(source, list | tuple):
+                eos.update(int(x) for x in source)
+        self.eos = eos
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="serving-model", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    # -- tokens ----------------------------------------------------------------------------
+    @property
+    def current(self) -> ServedToken | None:
+        """The token the engine serves now (None until the first verified token is applied)."""
+        return self._current
+
+    @property
+    def known_generation(self) -> int:
+        """The highest generation applied or waiting to be applied; -1 before the first."""
+        best = -1
+        for t in (self._current, self._pending):
+            if t is not None and t.generation > best:
+                best = t.generation
+        return best
+
+    def propose(self, token: ServedToken) -> bool:
+        """Offer a verified token; it is applied before the next batch if its generation is newer."""
+        with self._cond:
+            if token.generation <= self.known_generation:
+                return False
+            self._pending = token
+            self._cond.notify_all()
+        # Applied right away when idle: the model thread wakes on the notify.
+        return True
+
+    def add_swap_listener(self, fn: Callable[[ServedToken], None]) -> None:
+        self._swap_listeners.append(fn)
+
+    def _apply_pending(self) -> None:
+        with self._cond:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        if self._current is not None and pending.generation <= self._current.generation:
+            return
+        if self.adapter is not None:
+            self.adapter.set_token(pending.token)
+        elif pending.token is not None:
+            raise RuntimeError("a token was proposed but no Aligner adapter is attached")
+        self._current = pending
+        self.stats.swaps += 1
+        for fn in self._swap_listeners:
+            try:
+                fn(pending)
+            except Exception:  # a listener (metrics) must never stop the model thread
+                log.exception("swap listener failed")
+
+    # -- requests --------------------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def ready(self) -> bool:
+        return self._current is not None and self._thread is not None and self._thread.is_alive()
+
+    def encode(self, messages: list[dict[str, Any]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def submit(self, req: GenerationRequest) -> None:
+        """Enqueue or raise Overloaded (never blocks)."""
+        with self._cond:
+            if self._stop:
+                raise Overloaded("the server is shutting down", retry_after=5.0)
+            if len(self._queue) >= self.queue_size:
+                raise Overloaded(f"the request queue is full ({self.queue_size} waiting); retry shortly")
+            self._queue.append(req)
+            self._cond.notify_all()
+
+    def _take_batch(self) -> list[GenerationRequest] | None:
+        with self._cond:
+            while not self._stop and not self._queue and self._pending is None:
+                self._cond.wait()
+            if self._stop:
+                return None
+            if not self._queue:
+                return []
+            if len(self._queue) < self.max_batch and self.batch_wait_s > 0:
+                # A short wait lets requests that arrive together share one batch.
+                self._cond.wait(self.batch_wait_s)
+            batch: list[GenerationRequest] = []
+            while self._queue and len(batch) < self.max_batch:
+                batch.append(self._queue.popleft())
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                break
+            try:
+                if batch and self.fence is not None:
+                    try:
+                        self.fence()
+                    except Exception:  # the fence is best effort; the push path still runs
+                        log.exception("token fence failed")
+                self._apply_pending()
+            except Exception as exc:
+                log.exception("token swap failed")
+                for req in batch:
+                    req.emit(Failed(f"token swap failed: {exc}"))
+                continue
+            if not batch:
+                continue
+            if self._current is None:
+                for req in batch:
+                    req.emit(Failed("no verified token yet: the replica is not ready"))
+                continue
+            try:
+                self._run_batch(batch)
+            except Exception as exc:
+                log.exception("batch failed")
+                for req in batch:
+                    req.emit(Failed(f"generation failed: {type(exc).__name__}"))
+        with self._cond:
+            left = list(self._queue)
+            self._queue.clear()
+        for req in left:
+            req.emit(Failed("the server is shutting down"))
+
+    # -- decoding --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _run_batch(self, batch: list[GenerationRequest]) -> None:
+        from transformers import DynamicCache
+
+        token = self._current
+        assert token is not None
+        started = time.perf_counter()
+        for req in batch:
+            req.emit(Started(token))
+        rows = [_Row(req, self.tokenizer, self.eos) for req in batch]
+        B = len(batch)
+        T = max(len(r.prompt_ids) for r in batch)
+        input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)  # (B, T)
+        mask = torch.zeros((B, T), dtype=torch.long)  # (B, T)
+        for i, req in enumerate(batch):
+            n = len(req.prompt_ids)
+            input_ids[i, T - n :] = torch.tensor(req.prompt_ids, dtype=torch.long)
+            mask[i, T - n :] = 1
+        device = next(self.model.parameters()).device
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        cache = DynamicCache()
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        logits = out.logits[:, -1, :].float()  # (B, V)
+        steps = max(r.params.max_tokens for r in batch)
+        produced = 0
+        for _ in range(steps):
+            next_ids = self._sample(logits, rows)  # (B,)
+            for row, tid in zip(rows, next_ids.tolist(), strict=True):
+                if not row.done:
+                    row.push(int(tid))
+                    produced += 1
+            if all(r.done for r in rows):
+                break
+            # Finished rows keep decoding a pad token; their results are already final.
+            feed = torch.tensor(
+                [self.pad_id if r.done else int(t) for r, t in zip(rows, next_ids.tolist(), strict=True)]
+            )
+            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)  # (B, T+k)
+            positions = positions[:, -1:] + 1  # (B, 1)
+            out = self.model(
+                input_ids=feed[:, None].to(device),
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1, :].float()
+        elapsed = time.perf_counter() - started
+        self.stats.batches += 1
+        self.stats.rows += B
+        self.stats.completion_tokens += produced
+        self.stats.last_batch_tokens_per_s = produced / elapsed if elapsed > 0 else 0.0
+        now = time.monotonic()
+        for row in rows:
+            done = Finished(
+                text=row.text,
+                finish_reason=row.finish_reason,
+                prompt_tokens=len(row.req.prompt_ids),
+                completion_tokens=len(row.ids),
+                token=token,
+                latency_ms=(now - row.req.created) * 1000.0,
+            )
+            if self.on_finish is not None:
+                try:
+                    self.on_finish(row.req, done)
+                except Exception:  # recording must never fail a response
+                    log.exception("on_finish hook failed")
+            row.req.emit(done)
+
+    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+        """Next token per row: greedy for temperature 0, else nucleus sampling with the row's RNG."""
+        chosen = logits.argmax(dim=-1)  # (B,)
+        for i, row in enumerate(rows):
+            p = row.req.params
+            if row.done or p.temperature <= 0:
+                continue
+            probs = torch.softmax(logits[i].cpu() / p.temperature, dim=-1)  # (V,)
+            if p.top_p < 1.0:
+                sorted_p, order = probs.sort(descending=True)
+                keep = sorted_p.cumsum(0) - sorted_p < p.top_p  # always keeps the top token
+                sorted_p = sorted_p * keep
+                probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+            chosen[i] = torch.multinomial(probs, 1, generator=row.generator)[0].to(chosen.device)
+        return chosen.cpu()
+
+
+def load_engine_model(name: str, *, state_dir: str, dtype: str = "float32") -> tuple[Any, Any, Any]:
+    """Load the base model once and attach an Aligner adapter (bare base model until a token is set)."""
+    from aligner import attach
+    from aligner.providers import load_base_model
+
+    model, tokenizer, digests = load_base_model(name, state_dir=state_dir, dtype=dtype)
+    adapter = attach(model, base_digest=digests.weights)
+    adapter.set_token(None)
+    return model, tokenizer, digests

@@ -1,0 +1,261 @@
+"""Keeps a replica on the deployment's active token: Redis push, periodic reconcile, per-batch fence.
+
+Three paths lead to the same `sync(desired)`: a message on the Redis channel
+`govern:deployment:<name>` (milliseconds after the commit), a reconcile loop that asks
+the API every `reconcile_interval` seconds (so a lost message or a Redis restart only
+delays a swap), and an optional fence the model thread runs before each batch (one GET
+of the active state, so a request never runs on a generation older than the one
+committed before it arrived). `sync` ignores generations at or below the one the engine
+already has, fetches the artifact (cached by sha256), verifies it (`serving.tokens`) and
+proposes it to the engine. A token that fails verification is never served: the replica
+keeps its previous token, remembers the rejected sha256 and raises one alert through the API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aligner.model import ModelShape
+from serving.control import ActiveState, ControlPlane, ControlPlaneError
+from serving.engine import Engine
+from serving.tokens import ServedToken, TokenVerificationError, sha256_hex, verify_artifact
+
+log = logging.getLogger(__name__)
+
+
+def channel_name(deployment: str) -> str:
+    return f"govern:deployment:{deployment}"
+
+
+class TokenWatcher:
+    def __init__(
+        self,
+        *,
+        control: ControlPlane,
+        deployment: str,
+        engine: Engine,
+        base_digest: str,
+        shape: ModelShape,
+        redis_url: str | None,
+        reconcile_interval: float = 5.0,
+        fence: bool = True,
+        fence_backoff: float = 1.0,
+        artifact_dir: Path | None = None,
+        on_reject: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.control = control
+        self.deployment = deployment
+        self.engine = engine
+        self.base_digest = base_digest
+        self.shape = shape
+        self.redis_url = redis_url
+        self.reconcile_interval = reconcile_interval
+        self.fence_enabled = fence
+        self.fence_backoff = fence_backoff
+        self.artifact_dir = artifact_dir
+        self.on_reject = on_reject
+        self.rejected: dict[str, str] = {}  # sha256 -> why it was refused
+        self._alerted: set[str] = set()
+        self._cache: dict[str, Any] = {}  # sha256 -> verified token
+        self._sync_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._fence_open_until = 0.0
+        self.last_reconcile: float | None = None
+        self.pubsub_connected = False
+        self.messages_seen = 0
+        if fence:
+            engine.fence = self.fence
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        targets: list[tuple[str, Callable[[], None]]] = [("serving-reconcile", self._reconcile_loop)]
+        if self.redis_url:
+            targets.append(("serving-pubsub", self._pubsub_loop))
+        for name, target in targets:
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5.0)
+        self._threads.clear()
+
+    # -- the one sync path -----------------------------------------------------------------
+    def sync(self, desired: ActiveState) -> bool:
+        """Bring the engine to `desired` if it is newer; True if a token was proposed."""
+        if desired.generation <= self.engine.known_generation:
+            return False
+        with self._sync_lock:
+            if desired.generation <= self.engine.known_generation:
+                return False
+            if desired.sha256 is None:
+                return self.engine.propose(ServedToken(None, None, desired.generation, None))
+            if desired.sha256 in self.rejected:
+                self._alert(desired, self.rejected[desired.sha256])
+                return False
+            token = self._cache.get(desired.sha256)
+            if token is None:
+                token = self._load(desired)
+                if token is None:
+                    return False
+            return self.engine.propose(ServedToken(desired.version_id, desired.sha256, desired.generation, token))
+
+    def _load(self, desired: ActiveState) -> Any | None:
+        assert desired.sha256 is not None
+        data = self._read_disk(desired.sha256)
+        if data is None:
+            data = self.control.get_artifact(desired.sha256)  # ControlPlaneError: retried by the next sync
+        try:
+            token = verify_artifact(
+                data, expected_sha256=desired.sha256, base_digest=self.base_digest, shape=self.shape
+            )
+        except TokenVerificationError as exc:
+            reason = str(exc)
+            log.error("refusing token %s (version %s): %s", desired.sha256[:12], desired.version_id, reason)
+            self.rejected[desired.sha256] = reason
+            if self.on_reject is not None:
+                self.on_reject(desired.sha256, reason)
+            self._alert(desired, reason)
+            return None
+        self._cache[desired.sha256] = token
+        self._write_disk(desired.sha256, data)
+        return token
+
+    def _alert(self, desired: ActiveState, reason: str) -> None:
+        assert desired.sha256 is not None
+        if desired.sha256 in self._alerted:
+            return
+        try:
+            self.control.post_alert(
+                deployment=self.deployment,
+                kind="token_verification_failed",
+                severity="critical",
+                message=(
+                    f"replica refused version {desired.version_id} (generation {desired.generation}) "
+                    f"of deployment {self.deployment}: {reason}; it keeps serving its previous token"
+                ),
+                incident_key=f"serving:{self.deployment}:verify:{desired.sha256}",
+                details={
+                    "version_id": desired.version_id,
+                    "sha256": desired.sha256,
+                    "generation": desired.generation,
+                    "reason": reason,
+                },
+            )
+            self._alerted.add(desired.sha256)
+        except ControlPlaneError as exc:  # retried on the next sync of the same state
+            log.warning("could not raise the verification alert: %s", exc)
+
+    # -- disk cache (optional): verified bytes by sha256, re-verified on every read ---------
+    def _read_disk(self, sha: str) -> bytes | None:
+        if self.artifact_dir is None:
+            return None
+        path = self.artifact_dir / f"{sha}.bin"
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        return data if sha256_hex(data) == sha else None
+
+    def _write_disk(self, sha: str, data: bytes) -> None:
+        if self.artifact_dir is None:
+            return
+        try:
+            self.artifact_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.artifact_dir / f".{sha}.tmp"
+            tmp.write_bytes(data)
+            tmp.replace(self.artifact_dir / f"{sha}.bin")
+        except OSError as exc:  # the cache is an optimisation; serving goes on without it
+            log.warning("could not cache artifact %s: %s", sha[:12], exc)
+
+    # -- the three paths -------------------------------------------------------------------
+    def reconcile_once(self) -> bool:
+        desired = self.control.get_active(self.deployment)
+        self.last_reconcile = time.time()
+        return self.sync(desired)
+
+    def fence(self) -> None:
+        """Run on the model thread before a batch: catch up with the API if a newer generation exists."""
+        now = time.monotonic()
+        if now < self._fence_open_until:
+            return
+        try:
+            self.reconcile_once()
+        except ControlPlaneError as exc:
+            # Fail open for a while: serve what we have rather than stall every batch on a dead API.
+            self._fence_open_until = now + self.fence_backoff
+            log.warning("fence skipped for %.1f s: %s", self.fence_backoff, exc)
+
+    def _reconcile_loop(self) -> None:
+        delay = 0.2  # the first sync happens at once; retry fast until the replica is ready
+        while not self._stop.is_set():
+            try:
+                self.reconcile_once()
+                delay = self.reconcile_interval
+            except ControlPlaneError as exc:
+                log.warning("reconcile failed: %s", exc)
+                delay = min(self.reconcile_interval, 1.0) if self.engine.current is None else self.reconcile_interval
+            except Exception:
+                log.exception("reconcile crashed; retrying")
+            self._stop.wait(delay)
+
+    def _pubsub_loop(self) -> None:
+        import redis
+
+        assert self.redis_url is not None
+        backoff = 0.1
+        while not self._stop.is_set():
+            client = None
+            try:
+                client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=1.0, health_check_interval=5)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(channel_name(self.deployment))
+                self.pubsub_connected = True
+                backoff = 0.1
+                # Anything published while we were away is caught by asking once now.
+                self._safe_reconcile()
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message is not None and message.get("type") == "message":
+                        self.messages_seen += 1
+                        self._on_message(message.get("data"))
+            except (redis.RedisError, OSError) as exc:
+                if self.pubsub_connected:
+                    log.warning("redis pub/sub lost (%s); reconnecting, reconcile covers the gap", exc)
+                self.pubsub_connected = False
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        client.close()
+
+    def _safe_reconcile(self) -> None:
+        try:
+            self.reconcile_once()
+        except ControlPlaneError as exc:
+            log.warning("reconcile after subscribe failed: %s", exc)
+
+    def _on_message(self, raw: Any) -> None:
+        try:
+            data = json.loads(raw)
+            if data.get("deployment") not in (None, self.deployment):
+                return
+            desired = ActiveState.from_json(data)
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning("ignoring a malformed message on %s: %s", channel_name(self.deployment), exc)
+            return
+        try:
+            self.sync(desired)
+        except ControlPlaneError as exc:
+            log.warning("fetching the pushed token failed (%s); reconcile will retry", exc)
