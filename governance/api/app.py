@@ -1,0 +1,165 @@
+"""The FastAPI application factory: routes, the error envelope, health, readiness and metrics.
+
+`create_app(settings)` builds one app bound to the settings' database and Redis (the
+embedded ones when the URLs are unset). Every error leaves as
+``{"error": {"code", "message", "details"}}``: domain errors with their status and
+message, request validation as 422 with the offending fields, anything unexpected as a
+generic 500 (logged here, never echoed: no stack traces or SQL reach a client).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from governance.api import metrics
+from governance.api.errors import DomainError
+from governance.settings import Settings, get_settings
+
+log = logging.getLogger("governance.api")
+
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+)
+
+
+def _envelope(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "details": details}}, status_code=status)
+
+
+def _body_limit(settings: Settings, path: str) -> int:
+    if path == "/v1/versions":
+        return settings.max_artifact_bytes + 64_000
+    if path.endswith("/outputs"):
+        # a full batch of chat transcripts is larger than an ordinary request
+        return max(settings.max_request_bytes, settings.max_ingest_batch * 32_000)
+    return settings.max_request_bytes
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    from governance.db import engine_for
+    from governance.embedded import resolve_database_url
+
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Aligner governance API",
+        version="1",
+        description="Registry, gate, four-eyes review, deployments, alerts and the audit log.",
+    )
+    app.state.settings = settings
+    app.state.engine = engine_for(resolve_database_url(settings))
+    app.state.redis_url = None
+
+    def redis_url() -> str:
+        if app.state.redis_url is None:
+            from governance.embedded import resolve_redis_url
+
+            app.state.redis_url = resolve_redis_url(settings)
+        return str(app.state.redis_url)
+
+    def publish_outbox() -> None:
+        from governance.outbox.service import publish_pending
+
+        try:
+            publish_pending(app.state.engine, redis_url())
+        except Exception:  # the periodic sweep sends what is left
+            log.exception("outbox publish after commit failed; the sweep will retry")
+
+    app.state.redis_url_fn = redis_url
+    app.state.publish_outbox = publish_outbox
+
+    @app.exception_handler(DomainError)
+    async def _domain(_: Request, exc: DomainError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        resp = _envelope(exc.status, exc.code, exc.message, exc.details)
+        if headers:
+            resp.headers.update(headers)
+        return resp
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "problem": e.get("msg", "")}
+            for e in exc.errors()
+        ]
+        fields = ", ".join(f"{d['field']}: {d['problem']}" for d in details[:5])
+        return _envelope(422, "invalid_input", f"the request is invalid ({fields})", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _envelope(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _envelope(500, "internal_error", "internal error; the server log has the details")
+
+    @app.middleware("http")
+    async def _limits_and_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        declared = request.headers.get("content-length")
+        limit = _body_limit(settings, request.url.path)
+        if declared and declared.isdigit() and int(declared) > limit:
+            return _envelope(413, "payload_too_large", f"the request body is {declared} bytes; the limit is {limit}")
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            response = _envelope(500, "internal_error", "internal error; the server log has the details")
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        metrics.REQUESTS.labels(method=request.method, route=template, status=str(response.status_code)).inc()
+        metrics.LATENCY.labels(method=request.method, route=template).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONResponse:
+        import redis as redis_lib
+        from sqlalchemy import text
+
+        checks: dict[str, str] = {}
+        try:
+            with app.state.engine.connect() as conn:
+                conn.execute(text("select 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unreachable ({type(exc).__name__})"
+        try:
+            client = redis_lib.Redis.from_url(redis_url(), socket_timeout=2, socket_connect_timeout=2)
+            client.ping()
+            client.close()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"unreachable ({type(exc).__name__})"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503
+        )
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics_endpoint() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    from governance.alerts.views import router as alerts_router
+    from governance.api.audit_routes import router as audit_router
+    from governance.auth.views import router as auth_router
+    from governance.deployments.views import router as deployments_router
+    from governance.outputs.views import router as outputs_router
+    from governance.registry.views import router as registry_router
+
+    for router in (auth_router, registry_router, deployments_router, outputs_router, alerts_router, audit_router):
+        app.include_router(router)
+    return app

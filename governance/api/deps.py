@@ -1,0 +1,121 @@
+"""Request dependencies: the session (one transaction per request), the principal, roles, paging.
+
+`SessionDep` opens a transaction around the route function and commits it before the
+response is sent (dependency scope "function"), so a failed commit is an error
+response, never a lost success. A refused governed action is rolled back and then its
+``denied`` entry is written in a transaction of its own. After a commit that wrote
+outbox rows, they are published right away (the periodic sweep is the safety net).
+
+Every route declares `RequireRole(...)`; a test walks the app's routes and fails on a
+route without one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Query, Request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from governance.api.errors import DomainError, Forbidden, Refusal, Unauthorized, record_refusal
+from governance.auth.models import Role
+from governance.auth.service import Principal, authenticate
+from governance.db import session_factory
+from governance.outbox import service as outbox
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 500
+
+
+def get_engine(request: Request) -> Engine:
+    return request.app.state.engine  # type: ignore[no-any-return]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    engine = get_engine(request)
+    session = session_factory(engine)()
+    try:
+        with session.begin():
+            yield session
+    except DomainError as exc:
+        record_refusal(engine, exc)
+        raise
+    finally:
+        pending = outbox.has_pending(session)
+        session.close()
+    if pending:
+        request.app.state.publish_outbox()
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def _raw_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+def get_principal(request: Request, session: SessionDep) -> Principal:
+    raw = _raw_key(request)
+    principal = authenticate(session, raw_key=raw) if raw else None
+    if principal is None:
+        # one answer for missing, unknown, revoked and expired keys
+        raise Unauthorized("a valid API key is required (Authorization: Bearer gov_...)")
+    request.state.principal = principal
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(get_principal, scope="function")]
+
+
+class RequireRole:
+    """Dependency that admits only the listed roles; a refusal is a 403 with a ``denied`` entry."""
+
+    def __init__(self, *roles: Role) -> None:
+        if not roles:
+            raise ValueError("RequireRole needs at least one role")
+        self.roles = frozenset(roles)
+
+    def __call__(self, request: Request, principal: CurrentUser) -> Principal:
+        if principal.role not in self.roles:
+            route = request.scope.get("route")
+            path = getattr(route, "path", request.url.path)
+            raise Forbidden(
+                f"role {principal.role} may not call {request.method} {path} "
+                f"(allowed: {', '.join(sorted(r.value for r in self.roles))})",
+                refusal=Refusal.of(principal, f"{request.method} {path}", "route", request.url.path),
+            )
+        return principal
+
+
+def role(*roles: Role) -> object:
+    """``principal: Annotated[Principal, role(Role.admin)]`` in a route signature."""
+    return Depends(RequireRole(*roles), scope="function")
+
+
+ALL_ROLES = tuple(Role)
+HUMANS = (Role.ml_engineer, Role.compliance_officer, Role.auditor, Role.admin)
+READERS = ALL_ROLES  # read routes open to people and to service keys
+
+
+@dataclass(frozen=True)
+class Page:
+    limit: int
+    offset: int
+
+
+def get_page(
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"at most {MAX_PAGE}")] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Page:
+    return Page(limit, offset)
+
+
+PageDep = Annotated[Page, Depends(get_page)]

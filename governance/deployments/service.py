@@ -1,0 +1,426 @@
+"""Deployments: creation, promotion, rollback, freeze; the active version and its generation.
+
+A promotion or rollback locks the deployment row first (SELECT ... FOR UPDATE), so
+concurrent changes of one deployment serialize: exactly one wins each generation, and
+the generation only increases. In one transaction: the version transitions, the
+deployment's generation, a `Promotion` history row, one audit entry and an outbox
+``publish`` row on ``govern:deployment:<name>`` (sent after commit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from governance.api import metrics
+from governance.api.errors import BindingMismatch, Conflict, InvalidInput, NoRollbackTarget, NotFound, Refusal
+from governance.audit import service as audit
+from governance.auth.models import Role
+from governance.auth.service import Principal, require_role
+from governance.db import utcnow
+from governance.deployments.models import Deployment, Promotion
+from governance.outbox import service as outbox
+from governance.policy_store import store_policy
+from governance.registry import lifecycle
+from governance.registry import service as registry
+from governance.registry.models import BaseModel_, Policy, TokenVersion, VersionState
+
+ADMINS = (Role.admin,)
+PROMOTERS = (Role.ml_engineer, Role.admin)
+ROLLBACKERS = (Role.compliance_officer, Role.admin, Role.service)
+FREEZERS = (Role.compliance_officer, Role.admin)
+
+
+@dataclass(frozen=True)
+class ActiveInfo:
+    deployment: str
+    version_id: int | None
+    sha256: str | None
+    generation: int
+
+
+@dataclass(frozen=True)
+class RollbackOutcome:
+    """What a rollback did. The monitor's path reads ``status`` instead of catching errors."""
+
+    status: Literal["rolled_back", "no_target", "frozen", "stale", "no_active"]
+    deployment: str
+    from_version_id: int | None = None
+    to_version_id: int | None = None
+    generation: int | None = None
+    message: str = ""
+
+
+def create_deployment(
+    session: Session, *, name: str, base_model: str, policy_text: str, principal: Principal
+) -> Deployment:
+    require_role(principal, ADMINS, "deployment.create", "deployment", name)
+    registry.check_name(name, "deployment name")
+    if len(name) > 100:
+        raise InvalidInput("a deployment name has at most 100 characters")
+    base = registry.get_base_model_or_raise(session, name=base_model)
+    if session.scalar(select(Deployment.id).where(Deployment.name == name)) is not None:
+        raise Conflict(f"a deployment named {name!r} already exists")
+    policy = store_policy(session, content=policy_text)
+    dep = Deployment(name=name, base_model_id=base.id, policy_id=policy.id, created_by=principal.user_id)
+    session.add(dep)
+    session.flush()
+    audit.append(
+        session,
+        actor=principal.actor,
+        actor_key_id=principal.key_prefix,
+        action="deployment.create",
+        subject_type="deployment",
+        subject_id=name,
+        payload={"base_model": base.name, "policy_sha256": policy.sha256},
+    )
+    return dep
+
+
+def get_deployment(session: Session, *, name: str, lock: bool = False) -> Deployment | None:
+    stmt = select(Deployment).where(Deployment.name == name)
+    if lock:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return session.scalars(stmt).first()
+
+
+def get_deployment_or_raise(session: Session, *, name: str, lock: bool = False) -> Deployment:
+    dep = get_deployment(session, name=name, lock=lock)
+    if dep is None:
+        raise NotFound(f"no deployment named {name!r}")
+    return dep
+
+
+def list_deployments(session: Session) -> list[Deployment]:
+    return list(session.scalars(select(Deployment).order_by(Deployment.id)))
+
+
+def policy_of(session: Session, *, deployment: Deployment) -> Policy:
+    policy = session.get(Policy, deployment.policy_id)
+    assert policy is not None  # foreign key
+    return policy
+
+
+def base_model_of(session: Session, *, deployment: Deployment) -> BaseModel_:
+    base = session.get(BaseModel_, deployment.base_model_id)
+    assert base is not None  # foreign key
+    return base
+
+
+def active_version(session: Session, *, deployment: Deployment, lock: bool = False) -> TokenVersion | None:
+    stmt = select(TokenVersion).where(
+        TokenVersion.deployment_id == deployment.id, TokenVersion.state == VersionState.active.value
+    )
+    if lock:
+        stmt = stmt.with_for_update()
+    return session.scalars(stmt).first()
+
+
+def active_info(session: Session, *, name: str) -> ActiveInfo:
+    dep = get_deployment_or_raise(session, name=name)
+    row = session.execute(
+        select(TokenVersion.id, TokenVersion.sha256).where(
+            TokenVersion.deployment_id == dep.id, TokenVersion.state == VersionState.active.value
+        )
+    ).first()
+    return ActiveInfo(name, row[0] if row else None, row[1] if row else None, int(dep.generation))
+
+
+def is_frozen(deployment: Deployment, now: datetime | None = None) -> bool:
+    if not deployment.frozen:
+        return False
+    return deployment.frozen_until is None or deployment.frozen_until > (now or utcnow())
+
+
+def promotions(session: Session, *, name: str, limit: int = 50, offset: int = 0) -> list[Promotion]:
+    dep = get_deployment_or_raise(session, name=name)
+    return list(
+        session.scalars(
+            select(Promotion)
+            .where(Promotion.deployment_id == dep.id)
+            .order_by(Promotion.generation.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+    )
+
+
+def check_approval_binding(
+    session: Session, *, version: TokenVersion, deployment: Deployment, principal: Principal, attempted: str
+) -> None:
+    """Refuse (409) unless what the approval was bound to is still what we would serve."""
+    refusal = Refusal.of(principal, attempted, "version", version.id)
+    review = registry.latest_review(session, version_id=version.id)
+    if review is None or review.decision != "approve":
+        raise BindingMismatch(f"version {version.id} has no standing approval", refusal=refusal)
+    actual_sha = hashlib.sha256(version.artifact).hexdigest()
+    if not (actual_sha == version.sha256 == review.artifact_sha256):
+        raise BindingMismatch(
+            f"version {version.id}'s artifact digest differs from the one approved",
+            details={"approved": review.artifact_sha256, "stored": actual_sha},
+            refusal=refusal,
+        )
+    gate = registry.latest_passed_gate_run(session, version_id=version.id)
+    current_evidence = gate.evidence_digest if gate else None
+    current_gate_policy = gate.policy_sha256 if gate else None
+    if current_evidence != review.evidence_digest or current_gate_policy != review.policy_sha256:
+        raise BindingMismatch(
+            f"version {version.id}'s gate evidence changed since it was approved; review it again",
+            details={"approved": review.evidence_digest, "current": current_evidence},
+            refusal=refusal,
+        )
+    policy = policy_of(session, deployment=deployment)
+    if review.policy_sha256 is not None and review.policy_sha256 != policy.sha256:
+        raise BindingMismatch(
+            f"version {version.id} was gated and approved under policy {review.policy_sha256[:12]}..., "
+            f"but deployment {deployment.name!r} runs policy {policy.sha256[:12]}...; gate it under this policy",
+            details={"approved_policy": review.policy_sha256, "deployment_policy": policy.sha256},
+            refusal=refusal,
+        )
+
+
+def _check_fits(version: TokenVersion, dep: Deployment, principal: Principal, attempted: str) -> None:
+    refusal = Refusal.of(principal, attempted, "version", version.id)
+    if version.base_model_id != dep.base_model_id:
+        raise Conflict(
+            f"version {version.id} was trained for another base model than {dep.name!r} serves", refusal=refusal
+        )
+    if version.deployment_id is not None and version.deployment_id != dep.id:
+        raise Conflict(f"version {version.id} belongs to another deployment, not {dep.name!r}", refusal=refusal)
+
+
+def _record_change(
+    session: Session,
+    *,
+    dep: Deployment,
+    kind: str,
+    version: TokenVersion,
+    previous: TokenVersion | None,
+    principal: Principal,
+    reason: str | None,
+) -> Promotion:
+    dep.generation = int(dep.generation) + 1
+    promo = Promotion(
+        deployment_id=dep.id,
+        generation=dep.generation,
+        kind=kind,
+        version_id=version.id,
+        previous_version_id=previous.id if previous else None,
+        actor=principal.actor,
+        reason=reason,
+    )
+    session.add(promo)
+    session.flush()
+    message = {"deployment": dep.name, "version_id": version.id, "sha256": version.sha256, "generation": dep.generation}
+    audit.append(
+        session,
+        actor=principal.actor,
+        actor_key_id=principal.key_prefix,
+        action=f"deployment.{kind}",
+        subject_type="deployment",
+        subject_id=dep.name,
+        payload={**message, "previous_version_id": previous.id if previous else None, "reason": reason},
+    )
+    outbox.enqueue_publish(session, channel=outbox.deployment_channel(dep.name), payload={**message, "kind": kind})
+    metrics.PROMOTIONS.labels(deployment=dep.name, kind=kind).inc()
+    metrics.ACTIVE_GENERATION.labels(deployment=dep.name).set(dep.generation)
+    return promo
+
+
+def promote(session: Session, *, deployment: str, version_id: int, principal: Principal) -> Promotion:
+    """Make an approved version active; the previous active one becomes superseded."""
+    require_role(principal, PROMOTERS, "deployment.promote", "deployment", deployment)
+    dep = get_deployment_or_raise(session, name=deployment, lock=True)
+    version = lifecycle.lock_version(session, version_id)
+    lifecycle.check_move(version, to=VersionState.active.value, action="promote", principal=principal)
+    _check_fits(version, dep, principal, "version.promote")
+    check_approval_binding(session, version=version, deployment=dep, principal=principal, attempted="version.promote")
+    previous = active_version(session, deployment=dep, lock=True)
+    if previous is not None:
+        # before the new one turns active: the partial unique index allows one active row
+        lifecycle.transition(
+            session,
+            version_id=previous.id,
+            to=VersionState.superseded.value,
+            principal=principal,
+            action="supersede",
+            audited=False,
+        )
+    version.deployment_id = dep.id
+    lifecycle.transition(
+        session,
+        version_id=version.id,
+        to=VersionState.active.value,
+        principal=principal,
+        action="promote",
+        audited=False,
+    )
+    return _record_change(
+        session, dep=dep, kind="promote", version=version, previous=previous, principal=principal, reason=None
+    )
+
+
+def last_approved_target(
+    session: Session, *, deployment: Deployment, exclude_version_id: int | None
+) -> TokenVersion | None:
+    """The most recently active version of this deployment that is still a valid target (superseded)."""
+    last_active = (
+        select(Promotion.version_id, func.max(Promotion.generation).label("gen"))
+        .where(Promotion.deployment_id == deployment.id)
+        .group_by(Promotion.version_id)
+        .subquery()
+    )
+    stmt = (
+        select(TokenVersion)
+        .join(last_active, last_active.c.version_id == TokenVersion.id)
+        .where(TokenVersion.deployment_id == deployment.id, TokenVersion.state == VersionState.superseded.value)
+        .order_by(last_active.c.gen.desc())
+        .limit(1)
+    )
+    if exclude_version_id is not None:
+        stmt = stmt.where(TokenVersion.id != exclude_version_id)
+    return session.scalars(stmt).first()
+
+
+def rollback(
+    session: Session,
+    *,
+    deployment: str,
+    principal: Principal,
+    reason: str,
+    to_version_id: int | None = None,
+    expected_active_version_id: int | None = None,
+    automatic: bool = False,
+) -> RollbackOutcome:
+    """Roll the active version back to the last approved token (or a named one).
+
+    Manual calls (``automatic=False``) raise on every refusal. The monitor's call
+    (``automatic=True``, actor ``system:monitor``) gets a `RollbackOutcome` whose status
+    says "no_target" (raise a critical alert), "frozen" or "stale" (the active version
+    is no longer the one it judged) instead of an exception, so redelivery is harmless.
+    """
+    attempted = "deployment.auto_rollback" if automatic else "deployment.rollback"
+    require_role(principal, ROLLBACKERS, attempted, "deployment", deployment)
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("a rollback needs a reason")
+    dep = get_deployment_or_raise(session, name=deployment, lock=True)
+    refusal = Refusal.of(principal, attempted, "deployment", deployment)
+    current = active_version(session, deployment=dep, lock=True)
+
+    def _out(status: Literal["no_target", "frozen", "stale", "no_active"], message: str) -> RollbackOutcome:
+        if not automatic:
+            cls = NoRollbackTarget if status == "no_target" else Conflict
+            raise cls(message, details={"deployment": deployment, "status": status}, refusal=refusal)
+        return RollbackOutcome(status, deployment, current.id if current else None, message=message)
+
+    if automatic and is_frozen(dep):
+        until = f" until {dep.frozen_until.isoformat()}" if dep.frozen_until else ""
+        return _out("frozen", f"deployment {deployment!r} is frozen{until}: automatic rollback is off")
+    if expected_active_version_id is not None and (current is None or current.id != expected_active_version_id):
+        return _out(
+            "stale",
+            f"deployment {deployment!r} now serves version {current.id if current else None}, "
+            f"not {expected_active_version_id}; nothing rolled back",
+        )
+    if current is None:
+        return _out("no_active", f"deployment {deployment!r} has no active version to roll back")
+    if to_version_id is not None:
+        target = lifecycle.lock_version(session, to_version_id)
+        if target.id == current.id:
+            raise Conflict(f"version {target.id} is already the active version", refusal=refusal)
+        if target.state not in (VersionState.superseded.value, VersionState.approved.value):
+            raise Conflict(
+                f"version {target.id} is {target.state}; a rollback target must be superseded or approved",
+                details={"version_id": target.id, "current_state": target.state},
+                refusal=refusal,
+            )
+        _check_fits(target, dep, principal, attempted)
+        if target.state == VersionState.approved.value:
+            check_approval_binding(session, version=target, deployment=dep, principal=principal, attempted=attempted)
+    else:
+        found = last_approved_target(session, deployment=dep, exclude_version_id=current.id)
+        if found is None:
+            return _out(
+                "no_target",
+                f"deployment {deployment!r} has no earlier approved version to roll back to "
+                "(none was active before and is still valid)",
+            )
+        target = lifecycle.lock_version(session, found.id)
+    # the current one leaves 'active' first: one active row per deployment
+    lifecycle.transition(
+        session,
+        version_id=current.id,
+        to=VersionState.rolled_back.value,
+        principal=principal,
+        action="rollback",
+        audited=False,
+    )
+    target.deployment_id = dep.id
+    lifecycle.transition(
+        session,
+        version_id=target.id,
+        to=VersionState.active.value,
+        principal=principal,
+        action="restore",
+        audited=False,
+    )
+    promo = _record_change(
+        session,
+        dep=dep,
+        kind="auto_rollback" if automatic else "rollback",
+        version=target,
+        previous=current,
+        principal=principal,
+        reason=reason,
+    )
+    return RollbackOutcome("rolled_back", deployment, current.id, target.id, promo.generation, "rolled back")
+
+
+def freeze(
+    session: Session, *, deployment: str, principal: Principal, until: datetime | None = None, reason: str | None = None
+) -> Deployment:
+    """Switch automatic rollback off for a deployment (optionally until a time)."""
+    require_role(principal, FREEZERS, "deployment.freeze", "deployment", deployment)
+    if until is not None and until.tzinfo is None:
+        raise InvalidInput("the freeze expiry needs a timezone (e.g. 2026-12-01T12:00:00Z)")
+    if until is not None and until <= utcnow():
+        raise InvalidInput("the freeze expiry is in the past")
+    dep = get_deployment_or_raise(session, name=deployment, lock=True)
+    dep.frozen, dep.frozen_until = True, until
+    audit.append(
+        session,
+        actor=principal.actor,
+        actor_key_id=principal.key_prefix,
+        action="deployment.freeze",
+        subject_type="deployment",
+        subject_id=deployment,
+        payload={"until": until, "reason": reason},
+    )
+    return dep
+
+
+def unfreeze(session: Session, *, deployment: str, principal: Principal, reason: str | None = None) -> Deployment:
+    require_role(principal, FREEZERS, "deployment.unfreeze", "deployment", deployment)
+    dep = get_deployment_or_raise(session, name=deployment, lock=True)
+    if not dep.frozen:
+        raise Conflict(
+            f"deployment {deployment!r} is not frozen",
+            refusal=Refusal.of(principal, "deployment.unfreeze", "deployment", deployment),
+        )
+    dep.frozen, dep.frozen_until = False, None
+    audit.append(
+        session,
+        actor=principal.actor,
+        actor_key_id=principal.key_prefix,
+        action="deployment.unfreeze",
+        subject_type="deployment",
+        subject_id=deployment,
+        payload={"reason": reason},
+    )
+    return dep

@@ -1,0 +1,122 @@
+"""Routes of deployments: create, read, the active version, promote, roll back, freeze."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter
+from sqlalchemy.orm import Session
+
+from governance.api.deps import READERS, PageDep, SessionDep, role
+from governance.auth.models import Role
+from governance.auth.service import Principal
+from governance.deployments import service
+from governance.deployments.models import Deployment, Promotion
+from governance.deployments.schemas import (
+    ActiveRead,
+    DeploymentCreate,
+    DeploymentRead,
+    FreezeIn,
+    PromoteIn,
+    PromotionRead,
+    RollbackIn,
+    UnfreezeIn,
+)
+
+router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
+Reader = Annotated[Principal, role(*READERS)]
+Officer = Annotated[Principal, role(Role.compliance_officer, Role.admin)]
+
+
+def deployment_read(session: Session, dep: Deployment) -> DeploymentRead:
+    active = service.active_version(session, deployment=dep)
+    return DeploymentRead(
+        name=dep.name,
+        base_model=service.base_model_of(session, deployment=dep).name,
+        policy_sha256=service.policy_of(session, deployment=dep).sha256,
+        generation=dep.generation,
+        frozen=service.is_frozen(dep),
+        frozen_until=dep.frozen_until,
+        active_version_id=active.id if active else None,
+        active_sha256=active.sha256 if active else None,
+        created_at=dep.created_at,
+    )
+
+
+def promotion_read(name: str, p: Promotion) -> PromotionRead:
+    return PromotionRead(
+        deployment=name,
+        generation=p.generation,
+        kind=p.kind,
+        version_id=p.version_id,
+        previous_version_id=p.previous_version_id,
+        actor=p.actor,
+        reason=p.reason,
+        created_at=p.created_at,
+    )
+
+
+@router.post("", response_model=DeploymentRead, status_code=201)
+def create(
+    body: DeploymentCreate, session: SessionDep, principal: Annotated[Principal, role(Role.admin)]
+) -> DeploymentRead:
+    dep = service.create_deployment(
+        session, name=body.name, base_model=body.base_model, policy_text=body.policy, principal=principal
+    )
+    return deployment_read(session, dep)
+
+
+@router.get("", response_model=list[DeploymentRead])
+def list_all(session: SessionDep, _: Reader) -> list[DeploymentRead]:
+    return [deployment_read(session, d) for d in service.list_deployments(session)]
+
+
+@router.get("/{name}", response_model=DeploymentRead)
+def show(name: str, session: SessionDep, _: Reader) -> DeploymentRead:
+    return deployment_read(session, service.get_deployment_or_raise(session, name=name))
+
+
+@router.get("/{name}/active", response_model=ActiveRead)
+def active(name: str, session: SessionDep, _: Reader) -> ActiveRead:
+    info = service.active_info(session, name=name)
+    return ActiveRead(
+        deployment=info.deployment, version_id=info.version_id, sha256=info.sha256, generation=info.generation
+    )
+
+
+@router.get("/{name}/promotions", response_model=list[PromotionRead])
+def history(name: str, session: SessionDep, page: PageDep, _: Reader) -> list[PromotionRead]:
+    return [
+        promotion_read(name, p) for p in service.promotions(session, name=name, limit=page.limit, offset=page.offset)
+    ]
+
+
+@router.post("/{name}/promote", response_model=PromotionRead)
+def promote(
+    name: str, body: PromoteIn, session: SessionDep, principal: Annotated[Principal, role(Role.ml_engineer, Role.admin)]
+) -> PromotionRead:
+    return promotion_read(
+        name, service.promote(session, deployment=name, version_id=body.version_id, principal=principal)
+    )
+
+
+@router.post("/{name}/rollback", response_model=PromotionRead)
+def rollback(name: str, body: RollbackIn, session: SessionDep, principal: Officer) -> PromotionRead:
+    outcome = service.rollback(
+        session, deployment=name, principal=principal, reason=body.reason, to_version_id=body.to_version_id
+    )
+    promos = service.promotions(session, name=name, limit=1)
+    assert outcome.status == "rolled_back" and promos
+    return promotion_read(name, promos[0])
+
+
+@router.post("/{name}/freeze", response_model=DeploymentRead)
+def freeze(name: str, body: FreezeIn, session: SessionDep, principal: Officer) -> DeploymentRead:
+    return deployment_read(
+        session, service.freeze(session, deployment=name, principal=principal, until=body.until, reason=body.reason)
+    )
+
+
+@router.post("/{name}/unfreeze", response_model=DeploymentRead)
+def unfreeze(name: str, body: UnfreezeIn, session: SessionDep, principal: Officer) -> DeploymentRead:
+    return deployment_read(session, service.unfreeze(session, deployment=name, principal=principal, reason=body.reason))

@@ -1,0 +1,29 @@
+"""Route of production output ingest (service keys: serving replicas)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Request
+
+from governance.api.deps import SessionDep, role
+from governance.api.errors import PayloadTooLarge
+from governance.auth.models import Role
+from governance.auth.service import Principal
+from governance.outputs import service
+from governance.outputs.schemas import IngestIn, IngestResult
+
+router = APIRouter(prefix="/v1/deployments", tags=["outputs"])
+
+
+@router.post("/{name}/outputs", response_model=IngestResult)
+def ingest(
+    name: str, body: IngestIn, request: Request, session: SessionDep, _: Annotated[Principal, role(Role.service)]
+) -> IngestResult:
+    cap: int = request.app.state.settings.max_ingest_batch
+    if len(body.outputs) > cap:
+        raise PayloadTooLarge(f"{len(body.outputs)} outputs in one batch; the limit is {cap} (GOVERN_MAX_INGEST_BATCH)")
+    inserted, dups = service.ingest_outputs(
+        session, deployment=name, rows=[o.model_dump(exclude_none=False) for o in body.outputs]
+    )
+    return IngestResult(accepted=inserted, duplicates=dups)

@@ -1,0 +1,85 @@
+"""Registry resources as the API shows them: base models, versions, reviews, gate runs."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import Field
+
+from governance.api.schemas import Out, StrictIn
+
+
+class BaseModelCreate(StrictIn):
+    name: str = Field(min_length=1, max_length=200)
+    weights_digest: str = Field(min_length=64, max_length=64)
+    tokenizer_digest: str = Field(min_length=64, max_length=64)
+    config: dict[str, Any] = Field(default_factory=dict, description="hidden_size, num_layers, num_heads, ...")
+
+
+class BaseModelRead(Out):
+    id: int
+    name: str
+    weights_digest: str
+    tokenizer_digest: str
+    config: dict[str, Any]
+    created_at: datetime
+
+
+class VersionRead(Out):
+    id: int
+    adapter: str
+    base_model_id: int
+    sha256: str
+    size_bytes: int
+    manifest: dict[str, Any]
+    n_tokens: int
+    param_count: int
+    data_digest: str | None
+    parent_id: int | None
+    deployment_id: int | None
+    state: str
+    submitted_by: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class SubmitResult(VersionRead):
+    created: bool = Field(description="false when these bytes were already registered")
+
+
+class ReviewIn(StrictIn):
+    comment: str = Field(min_length=1, max_length=10_000)
+
+
+class ReviewRead(Out):
+    id: int
+    version_id: int
+    reviewer: str
+    decision: str
+    comment: str
+    artifact_sha256: str
+    evidence_digest: str | None
+    policy_sha256: str | None
+    created_at: datetime
+    state: str = Field(description="the version's state after the review")
+
+
+class GateRunRead(Out):
+    id: int
+    version_id: int
+    policy_sha256: str
+    status: str
+    evidence_digest: str | None
+    summary: dict[str, Any]
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class GateView(Out):
+    version_id: int
+    state: str
+    runs: list[GateRunRead]
+    reviews: list[ReviewRead]

@@ -1,0 +1,371 @@
+"""Registry services: base models, adapters, token versions, the gate hand-off and four-eyes review.
+
+Keyword-only verbs that take the session and never commit; the edge commits. Every
+state change goes through `governance.registry.lifecycle.transition`, and each
+governed action writes exactly one audit entry in the same transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from governance.api.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Refusal
+from governance.audit import service as audit
+from governance.auth.models import Role
+from governance.auth.service import Principal, require_role
+from governance.deployments.models import Deployment
+from governance.gates.models import GateRun
+from governance.outbox import service as outbox
+from governance.registry import lifecycle
+from governance.registry.artifacts import check_against_base_model, parse_artifact
+from governance.registry.models import Adapter, BaseModel_, Review, TokenVersion, VersionState
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+SUBMITTERS = (Role.ml_engineer, Role.admin)
+
+
+def _digest(value: str, what: str) -> str:
+    value = value.strip().lower()
+    if not _HEX64.match(value):
+        raise InvalidInput(f"{what} must be 64 lowercase hex characters (a sha256)")
+    return value
+
+
+def check_name(name: str, what: str) -> str:
+    if not _NAME.match(name or ""):
+        raise InvalidInput(
+            f"{what} {name!r}: use 1-200 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+# ---------------------------------------------------------------- base models
+
+
+def register_base_model(
+    session: Session,
+    *,
+    name: str,
+    weights_digest: str,
+    tokenizer_digest: str,
+    config: dict[str, Any],
+    actor: str = "system:cli",
+    actor_key_id: str | None = None,
+) -> BaseModel_:
+    """Register a base model (idempotent for the same name and digests); audited when new."""
+    check_name(name, "base model name")
+    weights_digest = _digest(weights_digest, "weights_digest")
+    tokenizer_digest = _digest(tokenizer_digest, "tokenizer_digest")
+    existing = session.scalars(
+        select(BaseModel_).where((BaseModel_.name == name) | (BaseModel_.weights_digest == weights_digest))
+    ).first()
+    if existing is not None:
+        if existing.name == name and existing.weights_digest == weights_digest:
+            return existing
+        if existing.name == name:
+            raise Conflict(
+                f"base model {name!r} is registered with other weights ({existing.weights_digest[:12]}...); "
+                "register these weights under a new name"
+            )
+        raise Conflict(f"these weights are already registered as base model {existing.name!r}")
+    base = BaseModel_(name=name, weights_digest=weights_digest, tokenizer_digest=tokenizer_digest, config=config)
+    session.add(base)
+    session.flush()
+    audit.append(
+        session,
+        actor=actor,
+        actor_key_id=actor_key_id,
+        action="base_model.register",
+        subject_type="base_model",
+        subject_id=name,
+        payload={"weights_digest": weights_digest, "tokenizer_digest": tokenizer_digest, "config": config},
+    )
+    return base
+
+
+def get_base_model_or_raise(session: Session, *, name: str) -> BaseModel_:
+    base = session.scalars(select(BaseModel_).where(BaseModel_.name == name)).first()
+    if base is None:
+        raise NotFound(f"no base model named {name!r}; register it with `govern model prepare`")
+    return base
+
+
+def list_base_models(session: Session) -> list[BaseModel_]:
+    return list(session.scalars(select(BaseModel_).order_by(BaseModel_.id)))
+
+
+# ---------------------------------------------------------------- versions
+
+
+def get_version(session: Session, *, version_id: int) -> TokenVersion | None:
+    return session.get(TokenVersion, version_id)
+
+
+def get_version_or_raise(session: Session, *, version_id: int) -> TokenVersion:
+    version = session.get(TokenVersion, version_id)
+    if version is None:
+        raise NotFound(f"no token version {version_id}")
+    return version
+
+
+def get_version_by_sha(session: Session, *, sha256: str) -> TokenVersion | None:
+    return session.scalars(select(TokenVersion).where(TokenVersion.sha256 == sha256.lower())).first()
+
+
+def list_versions(
+    session: Session,
+    *,
+    state: str | None = None,
+    adapter: str | None = None,
+    deployment: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[TokenVersion]:
+    stmt = select(TokenVersion).order_by(TokenVersion.id.desc())
+    if state is not None:
+        if state not in {s.value for s in VersionState}:
+            raise InvalidInput(f"unknown state {state!r}; use one of {', '.join(s.value for s in VersionState)}")
+        stmt = stmt.where(TokenVersion.state == state)
+    if adapter is not None:
+        stmt = stmt.join(Adapter, Adapter.id == TokenVersion.adapter_id).where(Adapter.name == adapter)
+    if deployment is not None:
+        stmt = stmt.join(Deployment, Deployment.id == TokenVersion.deployment_id).where(Deployment.name == deployment)
+    return list(session.scalars(stmt.limit(limit).offset(offset)))
+
+
+def adapter_name(session: Session, *, adapter_id: int) -> str:
+    return session.scalar(select(Adapter.name).where(Adapter.id == adapter_id)) or ""
+
+
+@dataclass(frozen=True)
+class Submission:
+    version: TokenVersion
+    created: bool
+
+
+def submit_version(
+    session: Session,
+    *,
+    data: bytes,
+    adapter: str,
+    principal: Principal,
+    max_bytes: int,
+    deployment: str | None = None,
+    parent_id: int | None = None,
+) -> Submission:
+    """Validate and register an artifact, queue its gate; a known sha256 returns the existing version."""
+    require_role(principal, SUBMITTERS, "version.submit", "adapter", adapter)
+    if len(data) > max_bytes:
+        raise PayloadTooLarge(
+            f"the artifact is {len(data)} bytes; the limit is {max_bytes} (GOVERN_MAX_ARTIFACT_BYTES)"
+        )
+    check_name(adapter, "adapter name")
+    parsed = parse_artifact(data)
+    # serialize uploads of the same bytes so a race cannot hit the unique index
+    session.execute(text("select pg_advisory_xact_lock(hashtext(:s))"), {"s": "version:" + parsed.sha256})
+    existing = get_version_by_sha(session, sha256=parsed.sha256)
+    if existing is not None:
+        return Submission(existing, False)
+    if not parsed.base_model_digest:
+        raise InvalidInput("the artifact's manifest names no base_model_digest")
+    base = session.scalars(select(BaseModel_).where(BaseModel_.weights_digest == parsed.base_model_digest)).first()
+    if base is None:
+        raise InvalidInput(
+            f"the artifact was trained on base model {parsed.base_model_digest[:12]}..., which is not registered; "
+            "register it with `govern model prepare` (or POST /v1/base-models)"
+        )
+    check_against_base_model(parsed, base.config)
+    dep: Deployment | None = None
+    if deployment is not None:
+        dep = session.scalars(select(Deployment).where(Deployment.name == deployment)).first()
+        if dep is None:
+            raise NotFound(f"no deployment named {deployment!r}")
+        if dep.base_model_id != base.id:
+            raise InvalidInput(
+                f"deployment {deployment!r} serves another base model than this artifact's ({base.name})"
+            )
+    if parent_id is not None:
+        parent = session.get(TokenVersion, parent_id)
+        if parent is None:
+            raise NotFound(f"parent version {parent_id} does not exist")
+        if parent.base_model_id != base.id:
+            raise InvalidInput(f"parent version {parent_id} belongs to another base model")
+    line = session.scalars(select(Adapter).where(Adapter.name == adapter).with_for_update()).first()
+    if line is None:
+        session.execute(text("select pg_advisory_xact_lock(hashtext(:s))"), {"s": "adapter:" + adapter})
+        line = session.scalars(select(Adapter).where(Adapter.name == adapter)).first()
+        if line is None:
+            line = Adapter(name=adapter, base_model_id=base.id, created_by=principal.user_id)
+            session.add(line)
+            session.flush()
+    if line.base_model_id != base.id:
+        raise InvalidInput(f"adapter {adapter!r} is a line of another base model; use a new adapter name")
+    if principal.user_id is None:
+        raise Forbidden("a version is submitted by a person (a user key), not by automation")
+    version = TokenVersion(
+        adapter_id=line.id,
+        base_model_id=base.id,
+        sha256=parsed.sha256,
+        artifact=data,
+        size_bytes=len(data),
+        manifest=parsed.manifest,
+        n_tokens=parsed.n_tokens,
+        param_count=parsed.param_count,
+        data_digest=parsed.data_digest if parsed.data_digest and _HEX64.match(str(parsed.data_digest)) else None,
+        parent_id=parent_id,
+        deployment_id=dep.id if dep else None,
+        state=VersionState.submitted.value,
+        submitted_by=principal.user_id,
+    )
+    session.add(version)
+    session.flush()
+    audit.append(
+        session,
+        actor=principal.actor,
+        actor_key_id=principal.key_prefix,
+        action="version.submit",
+        subject_type="version",
+        subject_id=version.id,
+        payload={
+            "sha256": version.sha256,
+            "adapter": adapter,
+            "base_model": base.name,
+            "deployment": deployment,
+            "parent_id": parent_id,
+            "size_bytes": version.size_bytes,
+        },
+    )
+    outbox.enqueue_gate(session, version_id=version.id)
+    return Submission(version, True)
+
+
+# ---------------------------------------------------------------- gate hand-off (evaluators call these)
+
+
+def begin_gate(session: Session, *, version_id: int, principal: Principal) -> TokenVersion:
+    """submitted -> evaluating (role service, actor e.g. system:gate)."""
+    return lifecycle.transition(
+        session, version_id=version_id, to=VersionState.evaluating.value, principal=principal, action="gate_start"
+    )
+
+
+def finish_gate(
+    session: Session,
+    *,
+    version_id: int,
+    passed: bool,
+    evidence_digest: str | None,
+    policy_sha256: str | None,
+    principal: Principal,
+) -> TokenVersion:
+    """evaluating -> gate_passed | gate_failed, recording the digests the verdict rests on."""
+    to, action = (VersionState.gate_passed, "gate_pass") if passed else (VersionState.gate_failed, "gate_fail")
+    return lifecycle.transition(
+        session,
+        version_id=version_id,
+        to=to.value,
+        principal=principal,
+        action=action,
+        payload={"evidence_digest": evidence_digest, "policy_sha256": policy_sha256},
+    )
+
+
+def latest_passed_gate_run(session: Session, *, version_id: int) -> GateRun | None:
+    return session.scalars(
+        select(GateRun)
+        .where(GateRun.version_id == version_id, GateRun.status == "passed")
+        .order_by(GateRun.id.desc())
+        .limit(1)
+    ).first()
+
+
+def gate_runs(session: Session, *, version_id: int) -> list[GateRun]:
+    return list(session.scalars(select(GateRun).where(GateRun.version_id == version_id).order_by(GateRun.id.desc())))
+
+
+# ---------------------------------------------------------------- review
+
+
+def latest_review(session: Session, *, version_id: int) -> Review | None:
+    return session.scalars(
+        select(Review).where(Review.version_id == version_id).order_by(Review.id.desc()).limit(1)
+    ).first()
+
+
+def reviews(session: Session, *, version_id: int) -> list[Review]:
+    return list(session.scalars(select(Review).where(Review.version_id == version_id).order_by(Review.id)))
+
+
+def _review(session: Session, *, version_id: int, principal: Principal, comment: str, decision: str) -> Review:
+    action = "approve" if decision == "approve" else "reject"
+    to = VersionState.approved if decision == "approve" else VersionState.rejected
+    comment = (comment or "").strip()
+    if not comment:
+        raise InvalidInput("a review needs a comment that says why")
+    version = lifecycle.lock_version(session, version_id)
+    lifecycle.check_move(version, to=to.value, action=action, principal=principal)
+    if principal.user_id is None or principal.user_id == version.submitted_by:
+        raise Forbidden(
+            f"four eyes: {principal.actor} submitted version {version_id} and may not review it",
+            details={"version_id": version_id, "current_state": version.state},
+            refusal=Refusal.of(principal, f"version.{action}", "version", version_id),
+        )
+    gate = latest_passed_gate_run(session, version_id=version_id)
+    if decision == "approve" and gate is None:
+        raise Conflict(
+            f"version {version_id} has no passed gate run to bind the approval to",
+            details={"version_id": version_id, "current_state": version.state},
+            refusal=Refusal.of(principal, f"version.{action}", "version", version_id),
+        )
+    artifact_sha = hashlib.sha256(version.artifact).hexdigest()
+    if artifact_sha != version.sha256:
+        raise Conflict(
+            f"version {version_id}'s stored artifact no longer matches its sha256; refusing to review it",
+            refusal=Refusal.of(principal, f"version.{action}", "version", version_id),
+        )
+    review = Review(
+        version_id=version_id,
+        reviewer_id=principal.user_id,
+        decision=decision,
+        comment=comment,
+        artifact_sha256=artifact_sha,
+        evidence_digest=gate.evidence_digest if gate else None,
+        policy_sha256=gate.policy_sha256 if gate else None,
+    )
+    session.add(review)
+    session.flush()
+    lifecycle.transition(
+        session,
+        version_id=version_id,
+        to=to.value,
+        principal=principal,
+        action=action,
+        payload={
+            "comment": comment,
+            "review_id": review.id,
+            "artifact_sha256": review.artifact_sha256,
+            "evidence_digest": review.evidence_digest,
+            "policy_sha256": review.policy_sha256,
+        },
+    )
+    return review
+
+
+def approve(session: Session, *, version_id: int, principal: Principal, comment: str) -> Review:
+    """Four-eyes approval of a gate-passed (or rolled-back) version, bound to its digests."""
+    return _review(session, version_id=version_id, principal=principal, comment=comment, decision="approve")
+
+
+def reject(session: Session, *, version_id: int, principal: Principal, comment: str) -> Review:
+    return _review(session, version_id=version_id, principal=principal, comment=comment, decision="reject")
+
+
+def count_versions(session: Session) -> int:
+    return int(session.scalar(select(func.count()).select_from(TokenVersion)) or 0)

@@ -1,0 +1,233 @@
+"""Routes of the registry: base models, token versions (upload, read, artifact bytes), review."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from governance.api.deps import HUMANS, READERS, PageDep, SessionDep, role
+from governance.api.errors import InvalidInput, NotFound, PayloadTooLarge
+from governance.auth.models import Role, User
+from governance.auth.service import Principal
+from governance.registry import service
+from governance.registry.models import Review, TokenVersion
+from governance.registry.schemas import (
+    BaseModelCreate,
+    BaseModelRead,
+    GateRunRead,
+    GateView,
+    ReviewIn,
+    ReviewRead,
+    SubmitResult,
+    VersionRead,
+)
+
+router = APIRouter(prefix="/v1", tags=["registry"])
+Reader = Annotated[Principal, role(*READERS)]
+Reviewer = Annotated[Principal, role(Role.compliance_officer, Role.admin)]
+
+
+def _user_name(session: Session, user_id: int) -> str:
+    return session.scalar(select(User.name).where(User.id == user_id)) or str(user_id)
+
+
+def version_read(session: Session, v: TokenVersion) -> VersionRead:
+    return VersionRead(
+        id=v.id,
+        adapter=service.adapter_name(session, adapter_id=v.adapter_id),
+        base_model_id=v.base_model_id,
+        sha256=v.sha256,
+        size_bytes=v.size_bytes,
+        manifest=v.manifest,
+        n_tokens=v.n_tokens,
+        param_count=v.param_count,
+        data_digest=v.data_digest,
+        parent_id=v.parent_id,
+        deployment_id=v.deployment_id,
+        state=v.state,
+        submitted_by=_user_name(session, v.submitted_by),
+        created_at=v.created_at,
+        updated_at=v.updated_at,
+    )
+
+
+def review_read(session: Session, r: Review, state: str) -> ReviewRead:
+    return ReviewRead(
+        id=r.id,
+        version_id=r.version_id,
+        reviewer=_user_name(session, r.reviewer_id),
+        decision=r.decision,
+        comment=r.comment,
+        artifact_sha256=r.artifact_sha256,
+        evidence_digest=r.evidence_digest,
+        policy_sha256=r.policy_sha256,
+        created_at=r.created_at,
+        state=state,
+    )
+
+
+@router.post("/base-models", response_model=BaseModelRead, status_code=201)
+def register_base_model(
+    body: BaseModelCreate, session: SessionDep, principal: Annotated[Principal, role(Role.admin)]
+) -> BaseModelRead:
+    base = service.register_base_model(
+        session,
+        name=body.name,
+        weights_digest=body.weights_digest,
+        tokenizer_digest=body.tokenizer_digest,
+        config=body.config,
+        actor=principal.actor,
+        actor_key_id=principal.key_prefix,
+    )
+    return BaseModelRead.model_validate(base)
+
+
+@router.get("/base-models", response_model=list[BaseModelRead])
+def list_base_models(session: SessionDep, _: Reader) -> list[BaseModelRead]:
+    return [BaseModelRead.model_validate(b) for b in service.list_base_models(session)]
+
+
+@dataclass
+class Upload:
+    data: bytes
+    adapter: str | None
+    deployment: str | None
+    parent_id: int | None
+
+
+async def read_upload(
+    request: Request,
+    adapter: Annotated[str | None, Query(description="adapter (line) name; or a multipart form field")] = None,
+    deployment: Annotated[str | None, Query()] = None,
+    parent_id: Annotated[int | None, Query()] = None,
+) -> Upload:
+    """The artifact from a multipart form (field ``artifact``) or a raw octet-stream body."""
+    limit: int = request.app.state.settings.max_artifact_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + 64_000:
+        raise PayloadTooLarge(
+            f"the upload is {declared} bytes; the artifact limit is {limit} (GOVERN_MAX_ARTIFACT_BYTES)"
+        )
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=10)
+        upload = form.get("artifact")
+        if upload is None or isinstance(upload, str):
+            raise InvalidInput("the multipart form needs a file field named 'artifact'")
+        data = await upload.read(limit + 1)
+        adapter = adapter or _form_str(form.get("adapter"))
+        deployment = deployment or _form_str(form.get("deployment"))
+        parent = _form_str(form.get("parent_id"))
+        if parent_id is None and parent:
+            if not parent.isdigit():
+                raise InvalidInput("parent_id must be a version id (an integer)")
+            parent_id = int(parent)
+    else:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                break
+            chunks.append(chunk)
+        data = b"".join(chunks) if size <= limit else b"\0" * (limit + 1)
+    return Upload(data, adapter, deployment, parent_id)
+
+
+def _form_str(value: object) -> str | None:
+    return value.strip() or None if isinstance(value, str) else None
+
+
+@router.post("/versions", response_model=SubmitResult, status_code=201)
+def submit_version(
+    request: Request,
+    response: Response,
+    upload: Annotated[Upload, Depends(read_upload)],
+    session: SessionDep,
+    principal: Annotated[Principal, role(Role.ml_engineer, Role.admin)],
+) -> SubmitResult:
+    if not upload.adapter:
+        raise InvalidInput("name the adapter (query parameter or form field 'adapter')")
+    sub = service.submit_version(
+        session,
+        data=upload.data,
+        adapter=upload.adapter,
+        principal=principal,
+        max_bytes=request.app.state.settings.max_artifact_bytes,
+        deployment=upload.deployment,
+        parent_id=upload.parent_id,
+    )
+    if not sub.created:
+        response.status_code = 200
+    return SubmitResult(**version_read(session, sub.version).model_dump(), created=sub.created)
+
+
+@router.get("/versions", response_model=list[VersionRead])
+def list_versions(
+    session: SessionDep,
+    page: PageDep,
+    _: Reader,
+    state: str | None = None,
+    adapter: str | None = None,
+    deployment: str | None = None,
+) -> list[VersionRead]:
+    rows = service.list_versions(
+        session, state=state, adapter=adapter, deployment=deployment, limit=page.limit, offset=page.offset
+    )
+    return [version_read(session, v) for v in rows]
+
+
+@router.get("/versions/by-sha/{sha256}/artifact", response_class=Response)
+def artifact_by_sha(sha256: str, session: SessionDep, _: Reader) -> Response:
+    version = service.get_version_by_sha(session, sha256=sha256)
+    if version is None:
+        raise NotFound(f"no token version with sha256 {sha256[:16]}...")
+    return _artifact_response(version)
+
+
+@router.get("/versions/{version_id}", response_model=VersionRead)
+def get_version(version_id: int, session: SessionDep, _: Reader) -> VersionRead:
+    return version_read(session, service.get_version_or_raise(session, version_id=version_id))
+
+
+@router.get("/versions/{version_id}/artifact", response_class=Response)
+def get_artifact(version_id: int, session: SessionDep, _: Reader) -> Response:
+    return _artifact_response(service.get_version_or_raise(session, version_id=version_id))
+
+
+def _artifact_response(version: TokenVersion) -> Response:
+    return Response(
+        content=bytes(version.artifact),
+        media_type="application/octet-stream",
+        headers={
+            "X-Artifact-Sha256": version.sha256,
+            "ETag": f'"{version.sha256}"',
+            "Content-Disposition": f'attachment; filename="token-{version.id}.safetensors"',
+        },
+    )
+
+
+@router.get("/versions/{version_id}/gate", response_model=GateView)
+def get_gate(version_id: int, session: SessionDep, _: Annotated[Principal, role(*HUMANS)]) -> GateView:
+    version = service.get_version_or_raise(session, version_id=version_id)
+    return GateView(
+        version_id=version.id,
+        state=version.state,
+        runs=[GateRunRead.model_validate(r) for r in service.gate_runs(session, version_id=version_id)],
+        reviews=[review_read(session, r, version.state) for r in service.reviews(session, version_id=version_id)],
+    )
+
+
+@router.post("/versions/{version_id}/approve", response_model=ReviewRead)
+def approve(version_id: int, body: ReviewIn, session: SessionDep, principal: Reviewer) -> ReviewRead:
+    review = service.approve(session, version_id=version_id, principal=principal, comment=body.comment)
+    return review_read(session, review, "approved")
+
+
+@router.post("/versions/{version_id}/reject", response_model=ReviewRead)
+def reject(version_id: int, body: ReviewIn, session: SessionDep, principal: Reviewer) -> ReviewRead:
+    review = service.reject(session, version_id=version_id, principal=principal, comment=body.comment)
+    return review_read(session, review, "rejected")
