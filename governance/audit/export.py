@@ -250,8 +250,18 @@ def iter_export_lines(session: Session, plan: ExportPlan) -> Iterator[str]:
                 yield entry_line(r.prev_hash, r.hash, body)
             else:
                 writer.writerow(
-                    (r.seq, ts, r.actor, r.actor_key_id or "", r.action, r.subject_type, r.subject_id,
-                     r.payload, r.prev_hash, r.hash)
+                    (
+                        r.seq,
+                        ts,
+                        r.actor,
+                        r.actor_key_id or "",
+                        r.action,
+                        r.subject_type,
+                        r.subject_id,
+                        r.payload,
+                        r.prev_hash,
+                        r.hash,
+                    )
                 )
                 if buf.tell() > 1 << 16:
                     yield buf.getvalue()

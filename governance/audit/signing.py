@@ -74,9 +74,7 @@ def generate_keypair(private_path: Path, *, force: bool = False) -> KeyPairFiles
                 raise AuditKeyError(f"{p} already exists; keep it, or pass --force to replace the key pair")
     private_path.parent.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     tmp = private_path.with_name(private_path.name + ".tmp")
     # created 0600 from the first byte: never a moment where others can read it
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -97,9 +97,13 @@ def load_checkpoint_file(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(2, "No such file", str(path))
-    text = path.read_text(encoding="utf-8")
-    candidates: list[str] = [text]
-    lines = [ln for ln in text.splitlines() if ln.strip()]
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        # an export can be huge; its checkpoint is the last line, so its tail is enough
+        f.seek(max(0, size - 65536))
+        text = f.read().decode("utf-8", errors="replace")
+    candidates: list[str] = [text] if size <= 65536 else []
+    lines = [ln for ln in text.split("\n") if ln.strip()]
     if lines:
         candidates.append(lines[-1])
     for cand in candidates:
@@ -147,7 +151,7 @@ def _jsonl_entries(lines: Iterator[str], holder: dict[str, Any]) -> Iterator[tup
     """Yield (prev_hash, hash, entry_text) per entry line; park the checkpoint in ``holder``."""
     for ln in lines:
         if ln.endswith("\n"):
-            ln = ln[:-1]
+            ln = ln[:-2] if ln.endswith("\r\n") else ln[:-1]
         if ln.startswith(ENTRY_LINE_PREFIX):
             if "checkpoint" in holder:
                 yield "", "", "\0after-checkpoint"
@@ -270,7 +274,8 @@ def _verify(path: Path, public_key: Ed25519PublicKey, older: dict[str, Any] | No
         older_size = older["size"]
     is_csv = path.suffix.lower() == ".csv"
     holder: dict[str, Any] = {}
-    with path.open(encoding="utf-8", newline="" if is_csv else None) as f:
+    # newline="\n": split lines on LF only; JSON leaves U+2028/U+0085 unescaped inside strings
+    with path.open(encoding="utf-8", newline="" if is_csv else "\n") as f:
         if is_csv:
             sidecar = csv_sidecar_path(path)
             if not sidecar.exists():

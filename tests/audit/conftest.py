@@ -67,7 +67,9 @@ def scratch_db(engine: Engine) -> Iterator[Callable[[], str]]:
 
 
 def read_lines(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").splitlines(keepends=True)
+    # split on "\n" only: str.splitlines() would also split inside strings holding U+0085 or U+2028
+    with path.open(encoding="utf-8", newline="\n") as f:
+        return list(f)
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
