@@ -1,0 +1,464 @@
+"""Train an Aligner token: SFT on chat data, DPO on preference pairs; CPU-friendly and deterministic.
+
+Only the adapter's prefix and gates receive gradients; the base model is frozen by
+`attach`. DPO's reference policy is the same model with the token switched off
+(`adapter.disabled()`), so no second model is held in memory, and since the reference
+never changes its log-probabilities are computed once up front. The loss is computed
+only where it counts: the LM head runs on response positions alone (prompt tokens are
+not scored), which on SmolLM2 saves most of its 28M-parameter output projection.
+
+Entry points: `train_sft` / `train_dpo` on a loaded model, and `train_file` which loads
+the base model, reads and validates the JSONL files first, trains, and writes the
+best token (lowest eval loss) as an artifact directory, checkpointing on every
+improvement.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from aligner.artifact import AlignerToken, data_digest
+from aligner.config import AlignerConfig
+from aligner.errors import DataError
+from aligner.model import AlignerAdapter, attach, get_adapter
+
+Method = Literal["sft", "dpo"]
+
+
+# -- data ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SFTExample:
+    messages: list[dict[str, str]]  # ends with the assistant message that is trained on
+
+
+@dataclass(frozen=True)
+class DPOExample:
+    prompt: str | list[dict[str, str]]
+    chosen: str
+    rejected: str
+    label: str | None = None
+
+
+def _read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    rows: list[tuple[int, dict[str, Any]]] = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise DataError(f"{path}:{number}: not valid JSON ({exc.args[0]})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            rows.append((number, row))
+    if not rows:
+        raise DataError(f"{path}: the file has no examples")
+    return rows
+
+
+def _text(path: Path, number: int, row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{path}:{number}: field {key!r} must be a non-empty string")
+    return value
+
+
+def _messages(path: Path, number: int, value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{path}:{number}: 'messages' must be a non-empty list")
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise DataError(f"{path}:{number}: messages[{i}] must be an object with string 'role' and 'content'")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise DataError(f"{path}:{number}: messages[{i}] has unknown role {m['role']!r}")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+def load_sft_jsonl(path: str | Path) -> list[SFTExample]:
+    """{"messages": [...]} (ending with an assistant turn) or {"prompt", "response"} per line."""
+    p = Path(path)
+    out: list[SFTExample] = []
+    for number, row in _read_jsonl(p):
+        if "messages" in row:
+            messages = _messages(p, number, row["messages"])
+            if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
+                raise DataError(f"{p}:{number}: the last message must be a non-empty assistant turn")
+        elif "prompt" in row or "response" in row:
+            messages = [
+                {"role": "user", "content": _text(p, number, row, "prompt")},
+                {"role": "assistant", "content": _text(p, number, row, "response")},
+            ]
+        else:
+            raise DataError(f"{p}:{number}: expected 'messages' or 'prompt' and 'response' (got {sorted(row)})")
+        out.append(SFTExample(messages))
+    return out
+
+
+def load_dpo_jsonl(path: str | Path) -> list[DPOExample]:
+    """{"prompt", "chosen", "rejected"} per line (prompt may also be a list of messages)."""
+    p = Path(path)
+    out: list[DPOExample] = []
+    for number, row in _read_jsonl(p):
+        missing = [k for k in ("prompt", "chosen", "rejected") if k not in row]
+        if missing:
+            raise DataError(f"{p}:{number}: missing field(s) {', '.join(missing)}")
+        prompt = row["prompt"]
+        prompt = _messages(p, number, prompt) if isinstance(prompt, list) else _text(p, number, row, "prompt")
+        chosen, rejected = _text(p, number, row, "chosen"), _text(p, number, row, "rejected")
+        if chosen == rejected:
+            raise DataError(f"{p}:{number}: 'chosen' and 'rejected' are identical")
+        label = row.get("label")
+        out.append(DPOExample(prompt, chosen, rejected, label if isinstance(label, str) else None))
+    return out
+
+
+# -- tokenization ------------------------------------------------------------------------
+def encode_pair(
+    tokenizer: Any, prompt: Sequence[dict[str, str]], response: str, max_length: int
+) -> tuple[list[int], int]:
+    """(ids of chat prompt + response + end of turn, number of prompt ids); the response is
+    what the chat template renders after the generation prompt, so training sees exactly
+    what generation will produce."""
+    prompt_text = tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(
+        [*prompt, {"role": "assistant", "content": response}], tokenize=False
+    )
+    suffix = full[len(prompt_text) :] if full.startswith(prompt_text) else response + tokenizer.eos_token
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(suffix.rstrip("\n"), add_special_tokens=False)["input_ids"]
+    ids = (prompt_ids + response_ids)[:max_length]
+    return ids, min(len(prompt_ids), len(ids))
+
+
+def _as_messages(prompt: str | Sequence[dict[str, str]], system: str | None) -> list[dict[str, str]]:
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system is not None and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system}, *messages]
+    return messages
+
+
+@dataclass
+class _Batch:
+    input_ids: torch.Tensor  # (B, T), right padded
+    attention_mask: torch.Tensor  # (B, T)
+    labels: torch.Tensor  # (B, T), -100 outside the response
+
+
+def _collate(items: Sequence[tuple[list[int], int]], pad_id: int) -> _Batch:
+    T = max(len(ids) for ids, _ in items)
+    B = len(items)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, T, dtype=torch.long)
+    labels = torch.full((B, T), -100, dtype=torch.long)
+    for i, (ids, n_prompt) in enumerate(items):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        mask[i, : len(ids)] = 1
+        labels[i, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:], dtype=torch.long)
+    return _Batch(input_ids, mask, labels)
+
+
+def response_logprobs(model: Any, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row sum of response-token log-probs (B,) and the token count per row (B,)."""
+    decoder = model.get_decoder()
+    head = model.get_output_embeddings()
+    hidden = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    h = hidden.last_hidden_state[:, :-1]  # (B, T-1, d): position t predicts token t+1
+    target = batch.labels[:, 1:]  # (B, T-1)
+    sel = target != -100  # (B, T-1)
+    logits = head(h[sel]).float()  # (N, V), only the scored positions
+    logp = torch.log_softmax(logits, dim=-1).gather(1, target[sel][:, None])[:, 0]  # (N,)
+    rows = torch.arange(target.shape[0])[:, None].expand_as(target)[sel]  # (N,)
+    B = target.shape[0]
+    sums = torch.zeros(B, dtype=logp.dtype).index_add(0, rows, logp)  # (B,)
+    counts = torch.zeros(B, dtype=logp.dtype).index_add(0, rows, torch.ones_like(logp))  # (B,)
+    return sums, counts
+
+
+# -- training --------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    n_tokens: int = 1  # global tokens of the new version (the paper uses 1; DPO may use up to 10)
+    epochs: int = 2
+    lr: float = 2e-2  # few parameters, large steps (LLaMA-Adapter used 9e-3)
+    batch_size: int = 8
+    seed: int = 0
+    max_length: int = 384  # tokens per example; longer ones are cut
+    beta: float = 0.1  # DPO temperature on the log-ratio margin
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    eval_every: int = 0  # steps between evaluations; 0 = once per epoch
+    eval_fraction: float = 0.1  # held out of the training file when no eval file is given
+    system: str | None = None  # system prompt added to every example (None: the template's default)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    token: AlignerToken
+    best_eval_loss: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    out_dir: Path | None = None
+
+
+def _adapter_for(model: Any, config: TrainConfig, base_digest: str | None) -> AlignerAdapter:
+    adapter = get_adapter(model)
+    aligner_config = AlignerConfig(n_tokens=config.n_tokens, seed=config.seed, dtype="float32")
+    if adapter is None:
+        return attach(model, aligner_config, base_digest=base_digest)
+    fresh = AlignerAdapter(model, aligner_config, adapter.__dict__["_attentions"])
+    adapter.load_trainable((fresh.prefix.detach(), fresh.gates.detach()))
+    return adapter
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[list[int]]:
+    order = torch.randperm(n, generator=generator).tolist() if generator is not None else list(range(n))
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _split(items: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    if len(items) < 2:
+        raise DataError("need at least 2 examples to hold out an evaluation split; pass an eval file")
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    k = max(1, round(len(items) * fraction))
+    return [items[i] for i in order[k:]], [items[i] for i in order[:k]]
+
+
+class _Progress:
+    """A rich progress bar when asked for, silence otherwise (tests, library use)."""
+
+    def __init__(self, enabled: bool, total: int, description: str) -> None:
+        self.bar: Any = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(description, total=total, info="")
+
+    def advance(self, info: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, info=info)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _run(
+    model: Any,
+    adapter: AlignerAdapter,
+    config: TrainConfig,
+    n_train: int,
+    step_loss: Callable[[list[int]], tuple[torch.Tensor, dict[str, float]]],
+    evaluate: Callable[[], dict[str, float]],
+    on_best: Callable[[dict[str, float]], None],
+    progress: bool,
+    description: str,
+) -> tuple[float, list[dict[str, float]]]:
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    eval_every = config.eval_every or steps_per_epoch
+    model.eval()  # no dropout: the base model is frozen and runs as in serving
+    adapter.use_trainable()
+    history: list[dict[str, float]] = []
+    best = math.inf
+    bar = _Progress(progress, total, description)
+    try:
+        step = 0
+        for epoch in range(config.epochs):
+            for batch in _batches(n_train, config.batch_size, generator):
+                loss, info = step_loss(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(adapter.parameters(), config.grad_clip)
+                optimizer.step()
+                step += 1
+                bar.advance(f"epoch {epoch + 1} loss {loss.item():.4f}")
+                if step % eval_every == 0 or step == total:
+                    with torch.no_grad():
+                        metrics = {"step": float(step), "train_loss": float(loss.item()), **info, **evaluate()}
+                    history.append(metrics)
+                    if metrics["eval_loss"] < best:
+                        best = metrics["eval_loss"]
+                        on_best(metrics)
+    finally:
+        bar.close()
+    return best, history
+
+
+def train_sft(
+    model: Any,
+    tokenizer: Any,
+    train: Sequence[SFTExample],
+    eval_set: Sequence[SFTExample],
+    config: TrainConfig,
+    *,
+    base_digest: str | None = None,
+    on_best: Callable[[AlignerAdapter, dict[str, float]], None] | None = None,
+    progress: bool = False,
+) -> tuple[AlignerAdapter, float, list[dict[str, float]]]:
+    """Train the adapter's token on the response tokens of `train`; returns (adapter, best eval loss, history).
+
+    The adapter's trainable tensors hold the *last* state at return; `on_best` sees every improvement.
+    """
+    adapter = _adapter_for(model, config, base_digest)
+    pad = tokenizer.pad_token_id
+    enc = [encode_pair(tokenizer, _as_messages(e.messages[:-1], config.system), e.messages[-1]["content"],
+                       config.max_length) for e in train]
+    enc_eval = [encode_pair(tokenizer, _as_messages(e.messages[:-1], config.system), e.messages[-1]["content"],
+                            config.max_length) for e in eval_set]
+
+    def step_loss(idx: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
+        sums, counts = response_logprobs(model, _collate([enc[i] for i in idx], pad))
+        return -sums.sum() / counts.sum(), {}
+
+    def evaluate() -> dict[str, float]:
+        total, count = 0.0, 0.0
+        for idx in _batches(len(enc_eval), config.batch_size, None):
+            sums, counts = response_logprobs(model, _collate([enc_eval[i] for i in idx], pad))
+            total, count = total - sums.sum().item(), count + counts.sum().item()
+        return {"eval_loss": total / max(count, 1.0)}
+
+    best, history = _run(
+        model, adapter, config, len(enc), step_loss, evaluate,
+        lambda m: on_best(adapter, m) if on_best else None, progress, "SFT",
+    )
+    return adapter, best, history
+
+
+def train_dpo(
+    model: Any,
+    tokenizer: Any,
+    train: Sequence[DPOExample],
+    eval_set: Sequence[DPOExample],
+    config: TrainConfig,
+    *,
+    base_digest: str | None = None,
+    on_best: Callable[[AlignerAdapter, dict[str, float]], None] | None = None,
+    progress: bool = False,
+) -> tuple[AlignerAdapter, float, list[dict[str, float]]]:
+    """DPO with the token-off model as the reference; returns (adapter, best eval loss, history)."""
+    adapter = _adapter_for(model, config, base_digest)
+    pad = tokenizer.pad_token_id
+
+    def encode(examples: Sequence[DPOExample]) -> list[tuple[tuple[list[int], int], tuple[list[int], int]]]:
+        return [
+            (
+                encode_pair(tokenizer, _as_messages(e.prompt, config.system), e.chosen, config.max_length),
+                encode_pair(tokenizer, _as_messages(e.prompt, config.system), e.rejected, config.max_length),
+            )
+            for e in examples
+        ]
+
+    enc, enc_eval = encode(train), encode(eval_set)
+
+    def pair_batch(pairs: Sequence[tuple[tuple[list[int], int], tuple[list[int], int]]]) -> _Batch:
+        return _collate([c for c, _ in pairs] + [r for _, r in pairs], pad)  # chosen rows, then rejected rows
+
+    @torch.no_grad()
+    def reference(pairs: list[Any]) -> torch.Tensor:
+        out = []
+        with adapter.disabled():
+            for idx in _batches(len(pairs), config.batch_size, None):
+                sums, _ = response_logprobs(model, pair_batch([pairs[i] for i in idx]))
+                out.append(sums.view(2, -1).T)  # (b, 2): chosen, rejected
+        return torch.cat(out)  # (N, 2)
+
+    ref, ref_eval = reference(enc), reference(enc_eval)
+
+    def dpo_loss(idx: list[int], pairs: list[Any], ref_lp: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        sums, _ = response_logprobs(model, pair_batch([pairs[i] for i in idx]))
+        policy = sums.view(2, -1).T  # (b, 2)
+        logratio = policy - ref_lp[idx]  # (b, 2)
+        margin = config.beta * (logratio[:, 0] - logratio[:, 1])  # (b,)
+        loss = -F.logsigmoid(margin).mean()
+        m = margin.detach()
+        return loss, {"reward_accuracy": float((m > 0).float().mean()), "margin": float(m.mean())}
+
+    def evaluate() -> dict[str, float]:
+        losses, accs, n = 0.0, 0.0, 0
+        for idx in _batches(len(enc_eval), config.batch_size, None):
+            loss, info = dpo_loss(idx, enc_eval, ref_eval)
+            losses += loss.item() * len(idx)
+            accs += info["reward_accuracy"] * len(idx)
+            n += len(idx)
+        return {"eval_loss": losses / n, "eval_reward_accuracy": accs / n}
+
+    best, history = _run(
+        model, adapter, config, len(enc), lambda idx: dpo_loss(idx, enc, ref), evaluate,
+        lambda m: on_best(adapter, m) if on_best else None, progress, "DPO",
+    )
+    return adapter, best, history
+
+
+def train_file(
+    method: Method,
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    eval_data: str | Path | None = None,
+    model_name: str = "smollm2-135m-instruct",
+    state_dir: str | Path = "state",
+    config: TrainConfig | None = None,
+    parent: AlignerToken | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Validate the data, load the base model, train, and write the best token to `out_dir`."""
+    from aligner.providers import load_base_model
+
+    config = config or TrainConfig()
+    loader: Callable[[str | Path], Sequence[Any]] = load_sft_jsonl if method == "sft" else load_dpo_jsonl
+    examples = list(loader(data))  # validate before the heavy work
+    if eval_data is not None:
+        train, held_out = examples, list(loader(eval_data))
+    else:
+        train, held_out = _split(examples, config.eval_fraction, config.seed)
+    digest = data_digest(data, *([eval_data] if eval_data is not None else []))
+    model, tokenizer, digests = load_base_model(model_name, state_dir=state_dir, dtype="float32")
+    if parent is not None:
+        parent.check_base(digests)
+    out = Path(out_dir)
+    started = time.time()
+    state: dict[str, Any] = {}
+
+    def save_best(adapter: AlignerAdapter, metrics: dict[str, float]) -> None:
+        prefix, gates = adapter.export()
+        token = AlignerToken.create(
+            prefix, gates,
+            base_model=model_name, base_model_digest=digests.weights, tokenizer_digest=digests.tokenizer,
+            training_method=method, data_digest=digest, seed=config.seed,
+            parent_sha256=parent.sha256 if parent is not None else None,
+            hyperparameters=config.to_dict(),
+            metrics={**metrics, "train_examples": len(train), "eval_examples": len(held_out),
+                     "seconds": round(time.time() - started, 1)},
+        )
+        token.save(out)  # checkpoint on every improvement: a crash keeps the best so far
+        state["token"] = token
+
+    trainer = train_sft if method == "sft" else train_dpo
+    _, best, history = trainer(
+        model, tokenizer, train, held_out, config, base_digest=digests.weights, on_best=save_best, progress=progress,
+    )
+    return TrainResult(state["token"], best, history, time.time() - started, out)
