@@ -1,0 +1,57 @@
+"""Small helpers the page modules share: paging, name lookups, post-redirect-get."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from fastapi import Request
+from fastapi.responses import RedirectResponse
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from governance.auth.models import User
+
+PAGE_SIZE = 25
+MAX_PAGE = 10_000
+
+
+@dataclass(frozen=True)
+class Paging:
+    page: int
+    size: int
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.size
+
+    @classmethod
+    def of(cls, page: int | None, size: int = PAGE_SIZE) -> Paging:
+        return cls(max(1, min(int(page or 1), MAX_PAGE)), size)
+
+
+def user_names(session: Session, ids: set[int | None]) -> dict[int, str]:
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return {}
+    return {uid: name for uid, name in session.execute(select(User.id, User.name).where(User.id.in_(wanted))).tuples()}
+
+
+def base(request: Request) -> str:
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def redirect(request: Request, path: str, **query: str) -> RedirectResponse:
+    """303 See Other back to a page after a successful form post (post/redirect/get)."""
+    q = f"?{urlencode(query)}" if query else ""
+    return RedirectResponse(f"{base(request)}{path}{q}", status_code=303)
+
+
+DONE_MESSAGES = {
+    "approved": "Approved. The approval is bound to the artifact, the gate evidence and the policy digests.",
+    "rejected": "Rejected.",
+    "rolled_back": "Rolled back. Replicas pick up the new generation.",
+    "frozen": "Frozen: automatic rollback is off for this deployment.",
+    "unfrozen": "Unfrozen: automatic rollback is on again.",
+    "acked": "Alert acknowledged.",
+}

@@ -1,0 +1,94 @@
+"""Drift: per deployment, charts of detector statistics and descriptors, the checks, their reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response
+
+from dashboards import reports
+from dashboards.deps import UI_ROLES, SessionDep, ViewerDep, render, require
+from dashboards.security import REPORT_CSP
+from governance.api.errors import NotFound
+from governance.deployments import service as deployments
+from governance.deployments.models import Deployment
+from governance.settings import get_settings
+
+router = APIRouter()
+CHART_POINTS = 200
+LIST_PAGE = 50
+
+
+def _chart_json(figure: dict[str, object]) -> str:
+    # embedded in <script type="application/json">: '<' escaped so no text can close the element
+    return json.dumps(figure, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+@router.get("/deployments/{name}/drift")
+def drift_page(
+    request: Request, name: str, session: SessionDep, viewer: ViewerDep, before: int | None = None
+) -> Response:
+    require(viewer, UI_ROLES, "view drift")
+    dep = deployments.get_deployment_or_raise(session, name=name)
+    recent = reports.list_checks(session, deployment_id=dep.id, limit=CHART_POINTS)
+    stat_series, desc_series = reports.drift_series(recent)
+    checks = recent[:LIST_PAGE] if before is None else reports.list_checks(
+        session, deployment_id=dep.id, limit=LIST_PAGE, before_id=before
+    )
+    charts = []
+    if stat_series:
+        charts.append(("detectors", _chart_json(reports.plotly_figure(
+            stat_series, title="Detector statistics and thresholds", with_thresholds=True))))
+    if desc_series:
+        charts.append(("descriptors", _chart_json(reports.plotly_figure(
+            desc_series, title="Main descriptors", with_thresholds=False))))
+    return render(
+        request, "drift.html", viewer, dep=dep, checks=checks, charts=charts,
+        next_before=checks[-1].id if len(checks) == LIST_PAGE else None,
+        detector_rows=reports.detector_rows,
+    )
+
+
+def _check_for(session: SessionDep, check_id: int) -> tuple[object, Deployment]:
+    check = reports.get_check(session, check_id=check_id)
+    if check is None:
+        raise NotFound(f"no drift check {check_id}")
+    dep = session.get(Deployment, check.deployment_id)
+    if dep is None:
+        raise NotFound(f"no deployment for drift check {check_id}")
+    return check, dep
+
+
+@router.get("/drift/checks/{check_id}")
+def check_page(request: Request, check_id: int, session: SessionDep, viewer: ViewerDep) -> Response:
+    require(viewer, UI_ROLES, "view drift")
+    check, dep = _check_for(session, check_id)
+    has_report = report_file(getattr(check, "report_path", None)) is not None
+    return render(request, "check.html", viewer, check=check, dep=dep, rows=reports.detector_rows(check),  # type: ignore[arg-type]
+                  has_report=has_report, details=json.dumps(getattr(check, "detectors", {}), indent=2,
+                                                            sort_keys=True, default=str))
+
+
+def report_file(report_path: str | None) -> Path | None:
+    """The stored report's file, only if it lies inside the state folder (no path tricks)."""
+    if not report_path:
+        return None
+    state = get_settings().state_path
+    path = Path(report_path)
+    path = (path if path.is_absolute() else state / path).resolve()
+    if not path.is_relative_to(state) or not path.is_file() or path.suffix.lower() not in {".html", ".htm"}:
+        return None
+    return path
+
+
+@router.get("/drift/checks/{check_id}/report")
+def check_report(check_id: int, session: SessionDep, viewer: ViewerDep) -> Response:
+    require(viewer, UI_ROLES, "view drift reports")
+    check, _ = _check_for(session, check_id)
+    path = report_file(getattr(check, "report_path", None))
+    if path is None:
+        raise NotFound(f"drift check {check_id} has no stored report")
+    # Evidently's page runs its own inline scripts: sandboxed, in an opaque origin
+    return FileResponse(path, media_type="text/html", headers={"Content-Security-Policy": REPORT_CSP})

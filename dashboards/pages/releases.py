@@ -1,0 +1,157 @@
+"""Releases (gated versions waiting for review) and the Version page (gate report, lineage, review)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import Response
+from sqlalchemy.orm import Session
+
+from dashboards import reports
+from dashboards.deps import UI_ROLES, CsrfDep, SessionDep, Viewer, ViewerDep, render, require
+from dashboards.pages.common import DONE_MESSAGES, Paging, redirect, user_names
+from governance.auth.models import Role
+from governance.deployments.models import Deployment
+from governance.registry import lifecycle
+from governance.registry import service as registry
+from governance.registry.models import BaseModel_, TokenVersion, VersionState
+
+router = APIRouter()
+
+TABS = {
+    "waiting": (VersionState.gate_passed.value, "Waiting for review"),
+    "rereview": (VersionState.rolled_back.value, "Rolled back (review again)"),
+    "failed": (VersionState.gate_failed.value, "Gate failed"),
+    "all": (None, "All versions"),
+}
+CASES_PAGE = 10
+
+
+def _gate_overview(session: Session, version: TokenVersion) -> dict[str, Any]:
+    runs = registry.gate_runs(session, version_id=version.id)
+    latest = runs[0] if runs else None
+    return {
+        "run": latest,
+        "verdict": reports.run_verdict(latest),
+        "suites": reports.suite_summaries(latest.summary if latest else None),
+    }
+
+
+@router.get("/releases")
+def releases(request: Request, session: SessionDep, viewer: ViewerDep, tab: str = "waiting", page: int = 1) -> Response:
+    require(viewer, UI_ROLES, "view releases")
+    if tab not in TABS:
+        tab = "waiting"
+    state, _ = TABS[tab]
+    paging = Paging.of(page)
+    # one row more than a page tells whether there is a next page without counting the table
+    versions = registry.list_versions(session, state=state, limit=paging.size + 1, offset=paging.offset)
+    has_next = len(versions) > paging.size
+    versions = versions[: paging.size]
+    names = user_names(session, {v.submitted_by for v in versions})
+    rows = [
+        {
+            "version": v,
+            "adapter": registry.adapter_name(session, adapter_id=v.adapter_id),
+            "submitter": names.get(v.submitted_by, str(v.submitted_by)),
+            **_gate_overview(session, v),
+        }
+        for v in versions
+    ]
+    return render(request, "releases.html", viewer, rows=rows, tab=tab, tabs=TABS, paging=paging, has_next=has_next)
+
+
+def review_blockers(session: Session, viewer: Viewer, version: TokenVersion) -> list[str]:
+    """Why this person cannot approve this version now (empty: they can). Mirrors the services' checks."""
+    reasons: list[str] = []
+    move = lifecycle.find_move(version.state, VersionState.approved.value, "approve")
+    if move is None:
+        reasons.append(
+            f"This version is {version.state}; only a gate_passed (or rolled_back) version can be reviewed."
+        )
+    elif viewer.principal.role not in {r.value for r in move.roles}:
+        reasons.append(
+            f"Your role ({viewer.principal.role}) may not review releases; "
+            f"reviewers are {', '.join(sorted(r.value for r in move.roles))}."
+        )
+    if viewer.principal.user_id == version.submitted_by:
+        reasons.append("Four eyes: you submitted this version, so another person must review it.")
+    if move is not None and registry.latest_passed_gate_run(session, version_id=version.id) is None:
+        reasons.append("There is no passed gate run to bind an approval to.")
+    return reasons
+
+
+def _lineage(session: Session, version: TokenVersion) -> list[TokenVersion]:
+    chain: list[TokenVersion] = []
+    seen = {version.id}
+    parent_id = version.parent_id
+    while parent_id is not None and len(chain) < 20 and parent_id not in seen:
+        parent = registry.get_version(session, version_id=parent_id)
+        if parent is None:
+            break
+        chain.append(parent)
+        seen.add(parent.id)
+        parent_id = parent.parent_id
+    return chain
+
+
+@router.get("/versions/{version_id}")
+def version_page(
+    request: Request, version_id: int, session: SessionDep, viewer: ViewerDep, cases_page: int = 1,
+    done: str | None = None,
+) -> Response:
+    require(viewer, UI_ROLES, "view versions")
+    version = registry.get_version_or_raise(session, version_id=version_id)
+    gate = _gate_overview(session, version)
+    run = gate["run"]
+    paging = Paging.of(cases_page, CASES_PAGE)
+    cases, n_failing = [], 0
+    if run is not None:
+        n_failing = reports.count_failing_cases(session, gate_run_id=run.id)
+        cases = reports.failing_cases(session, gate_run_id=run.id, limit=paging.size, offset=paging.offset)
+    reviews = registry.reviews(session, version_id=version.id)
+    names = user_names(session, {version.submitted_by, *(r.reviewer_id for r in reviews)})
+    base_model = session.get(BaseModel_, version.base_model_id)
+    deployment = session.get(Deployment, version.deployment_id) if version.deployment_id else None
+    blockers = review_blockers(session, viewer, version)
+    return render(
+        request,
+        "version.html",
+        viewer,
+        version=version,
+        adapter=registry.adapter_name(session, adapter_id=version.adapter_id),
+        submitter=names.get(version.submitted_by, str(version.submitted_by)),
+        gate=gate,
+        cases=cases,
+        n_failing=n_failing,
+        paging=paging,
+        has_next=paging.offset + len(cases) < n_failing,
+        reviews=reviews,
+        names=names,
+        base_model=base_model,
+        deployment=deployment,
+        lineage=_lineage(session, version),
+        manifest=json.dumps(version.manifest, indent=2, sort_keys=True, default=str),
+        can_review=not blockers,
+        blockers=blockers,
+        is_reviewer_role=viewer.has(Role.compliance_officer, Role.admin),
+        done=DONE_MESSAGES.get(done or ""),
+    )
+
+
+@router.post("/versions/{version_id}/approve", dependencies=[CsrfDep])
+def approve(
+    request: Request, version_id: int, session: SessionDep, viewer: ViewerDep, comment: Annotated[str, Form()] = ""
+) -> Response:
+    registry.approve(session, version_id=version_id, principal=viewer.principal, comment=comment)
+    return redirect(request, f"/versions/{version_id}", done="approved")
+
+
+@router.post("/versions/{version_id}/reject", dependencies=[CsrfDep])
+def reject(
+    request: Request, version_id: int, session: SessionDep, viewer: ViewerDep, comment: Annotated[str, Form()] = ""
+) -> Response:
+    registry.reject(session, version_id=version_id, principal=viewer.principal, comment=comment)
+    return redirect(request, f"/versions/{version_id}", done="rejected")
