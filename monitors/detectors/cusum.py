@@ -1,0 +1,275 @@
+"""CUSUM statistics (STATISTICS.md): Bernoulli and Gaussian log-likelihood-ratio increments,
+a vectorised multi-statistic CUSUM, and the calibration of the alarm threshold ``h`` by
+simulation to a stated average run length (ARL) between false alarms.
+
+Everything here is plain numpy and deterministic (a fixed seed per calibration), so the
+same reference gives the same threshold in every worker; calibrations are cached in
+memory and, when a folder is given, on disk as small JSON files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# p0 estimated as 0 would make every violation an infinite log-likelihood ratio.
+P0_FLOOR = 1e-3
+
+
+def bernoulli_llr(x: np.ndarray, p0: float, p1: float) -> np.ndarray:
+    """Per-sample log-likelihood ratio of rate p1 against p0 for 0/1 flags."""
+    _check_rates(p0, p1)
+    x = np.asarray(x, dtype=float)
+    return x * math.log(p1 / p0) + (1.0 - x) * math.log((1.0 - p1) / (1.0 - p0))
+
+
+def gaussian_llr(x: np.ndarray, mu0: float, mu1: float, sigma: float) -> np.ndarray:
+    """Per-sample log-likelihood ratio of mean mu1 against mu0 (known sigma)."""
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0 (got {sigma})")
+    x = np.asarray(x, dtype=float)
+    return (mu1 - mu0) / sigma**2 * (x - (mu0 + mu1) / 2.0)
+
+
+def bernoulli_kl(p1: float, p0: float) -> float:
+    """KL(p1 || p0) in nats: the expected llr per sample after the change."""
+    _check_rates(p0, p1)
+    return p1 * math.log(p1 / p0) + (1 - p1) * math.log((1 - p1) / (1 - p0))
+
+
+def lorden_delay(arl: float, kl: float) -> float:
+    """The least expected detection delay (samples) any procedure with this ARL can reach."""
+    if kl <= 0:
+        return math.inf
+    return math.log(arl) / kl
+
+
+def estimate_p0(violations: int, n: int, floor: float = P0_FLOOR) -> float:
+    """The reference violation rate, kept above zero (a half count added, then the floor)."""
+    if n <= 0:
+        raise ValueError("cannot estimate p0 from an empty reference")
+    if not 0 <= violations <= n:
+        raise ValueError(f"violations ({violations}) must be between 0 and n ({n})")
+    return min(max((violations + 0.5) / (n + 1.0), floor), 0.5)
+
+
+def design_p1(p0: float, policy_p1: float | None, multiple: float = 5.0) -> float:
+    """The rate the detector is tuned to: the policy's p1 when above p0, else a multiple of p0."""
+    if policy_p1 is not None and policy_p1 > p0 * 1.2:
+        return float(policy_p1)
+    return float(min(max(p0 * multiple, p0 + 0.01), 0.9))
+
+
+def _check_rates(p0: float, p1: float) -> None:
+    if not (0 < p0 < 1 and 0 < p1 < 1):
+        raise ValueError(f"rates must be strictly between 0 and 1 (p0={p0}, p1={p1})")
+
+
+@dataclass
+class CusumRun:
+    """What feeding a block of samples did: final statistics, the largest value seen, alarms."""
+
+    stats: np.ndarray  # (K,) statistic after the block
+    peak: float  # max over samples and statistics within the block
+    alarms: int  # alarms raised (the statistic restarts at 0 after each)
+    first_alarm: int | None  # 0-based sample index of the first alarm in the block
+
+
+def cusum_block(llr: np.ndarray, start: np.ndarray, h: float) -> CusumRun:
+    """Run K parallel CUSUMs over a block of per-sample increments ``llr`` of shape (n, K).
+
+    The statistics restart at zero after an alarm, so a persisting change alarms again
+    (consecutive drifting windows confirm it) while a lone false alarm does not linger.
+    """
+    llr = np.atleast_2d(np.asarray(llr, dtype=float))
+    s = np.array(start, dtype=float).reshape(-1).copy()
+    if llr.shape[1] != s.shape[0]:
+        raise ValueError(f"llr has {llr.shape[1]} columns but the state has {s.shape[0]} statistics")
+    peak, alarms, first = float(s.max(initial=0.0)), 0, None
+    for t in range(llr.shape[0]):
+        s = np.maximum(0.0, s + llr[t])
+        top = float(s.max())
+        peak = max(peak, top)
+        if top >= h:
+            alarms += 1
+            first = t if first is None else first
+            s[:] = 0.0
+    return CusumRun(s, peak, alarms, first)
+
+
+# ------------------------------------------------------------------ multivariate (embeddings)
+
+
+def mcusum_block(x: np.ndarray, start: np.ndarray, k: float, h: float) -> tuple[np.ndarray, float, int, int | None]:
+    """Crosier's multivariate CUSUM on whitened rows ``x`` (n, d): direction-free mean-shift detection.
+
+    ``C = |S + x|``; ``S = 0`` if ``C <= k`` else ``(S + x)(1 - k / C)``; alarm when ``|S| >= h``.
+    ``k`` is half the shift norm it is tuned to. Restarts at zero after an alarm.
+    Returns (state, peak |S|, alarms, first alarm index).
+    """
+    x = np.atleast_2d(np.asarray(x, dtype=float))
+    s = np.array(start, dtype=float).reshape(-1).copy()
+    if x.shape[1] != s.shape[0]:
+        raise ValueError(f"rows have {x.shape[1]} dimensions but the state has {s.shape[0]}")
+    peak, alarms, first = float(np.linalg.norm(s)), 0, None
+    for t in range(x.shape[0]):
+        v = s + x[t]
+        c = float(np.linalg.norm(v))
+        s = np.zeros_like(s) if c <= k else v * (1.0 - k / c)
+        norm = float(np.linalg.norm(s))
+        peak = max(peak, norm)
+        if norm >= h:
+            alarms += 1
+            first = t if first is None else first
+            s = np.zeros_like(s)
+    return s, peak, alarms, first
+
+
+# ------------------------------------------------------------------ calibration
+
+_CACHE: dict[str, float] = {}
+
+Sampler = Callable[[np.random.Generator, int, int], np.ndarray]
+
+
+def alarm_rate_cusum(sampler: Sampler, h: float, *, streams: int, length: int, seed: int) -> float:
+    """False alarms per sample of K restarting CUSUMs (alarm on any) on simulated clean data."""
+    rng = np.random.default_rng(seed)
+    s: np.ndarray | None = None
+    alarms, done, chunk = 0, 0, 2048
+    while done < length:
+        n = min(chunk, length - done)
+        inc = sampler(rng, n, streams)  # (n, streams, K)
+        if s is None:
+            s = np.zeros(inc.shape[1:])
+        for t in range(n):
+            s = np.maximum(0.0, s + inc[t])
+            hit = s.max(axis=1) >= h
+            if hit.any():
+                alarms += int(hit.sum())
+                s[hit] = 0.0
+        done += n
+    return alarms / float(streams * length)
+
+
+def alarm_rate_mcusum(sampler: Sampler, k: float, h: float, *, streams: int, length: int, seed: int) -> float:
+    """False alarms per sample of restarting Crosier MCUSUMs on simulated clean rows."""
+    rng = np.random.default_rng(seed)
+    s: np.ndarray | None = None
+    alarms, done, chunk = 0, 0, 2048
+    while done < length:
+        n = min(chunk, length - done)
+        rows = sampler(rng, n, streams)  # (n, streams, d)
+        if s is None:
+            s = np.zeros(rows.shape[1:])
+        for t in range(n):
+            v = s + rows[t]
+            c = np.linalg.norm(v, axis=1, keepdims=True)
+            s = np.where(c > k, v * (1.0 - k / np.maximum(c, 1e-12)), 0.0)
+            hit = np.linalg.norm(s, axis=1) >= h
+            if hit.any():
+                alarms += int(hit.sum())
+                s[hit] = 0.0
+        done += n
+    return alarms / float(streams * length)
+
+
+def calibrate_threshold(
+    rate: Callable[[float, int, int, int], float],
+    arl: float,
+    *,
+    key: str,
+    cache_dir: Path | None = None,
+    seed: int = 20240601,
+    budget_samples: int = 4_000_000,
+) -> float:
+    """The threshold h whose false-alarm rate on simulated clean data is at most 1/arl.
+
+    ``rate(h, streams, length, seed)`` simulates clean data and returns alarms per sample.
+    By renewal, a restarting detector alarms 1/ARL times per sample, so the rate over
+    many parallel streams estimates 1/ARL directly. h is found by bisection on a log
+    scale with the same random numbers at every step (monotone, deterministic), and the
+    upper end is returned (at most the budgeted rate). ``key`` names what the simulation
+    depends on; results are cached in memory and, with ``cache_dir``, on disk.
+    """
+    if arl <= 1:
+        raise ValueError(f"arl must be > 1 (got {arl})")
+    full_key = hashlib.sha256(f"{key}|arl={arl}|seed={seed}|b={budget_samples}".encode()).hexdigest()[:24]
+    if full_key in _CACHE:
+        return _CACHE[full_key]
+    path = cache_dir / f"cusum-h-{full_key}.json" if cache_dir is not None else None
+    if path is not None and path.exists():
+        try:
+            h = float(json.loads(path.read_text())["h"])
+            _CACHE[full_key] = h
+            return h
+        except (OSError, ValueError, KeyError):
+            pass
+    # Enough samples for ~400 alarms at the target rate, spread over parallel streams.
+    total = int(min(max(400 * arl, 200_000), budget_samples))
+    streams = 256
+    length = max(total // streams, 64)
+    target = 1.0 / arl
+    lo, hi = 0.05, max(1.5 * math.log(arl), 1.0)
+    while rate(hi, streams, length, seed) > target:
+        lo, hi = hi, hi * 2
+    for _ in range(16):
+        if hi / lo < 1.01:
+            break
+        mid = math.sqrt(lo * hi)
+        if rate(mid, streams, length, seed) > target:
+            lo = mid
+        else:
+            hi = mid
+    h = hi
+    _CACHE[full_key] = h
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"h": h, "arl": arl, "key": key, "seed": seed}))
+        except OSError:
+            pass  # a cache that cannot be written only costs time
+    return h
+
+
+def calibrate_cusum(sampler: Sampler, arl: float, *, key: str, cache_dir: Path | None = None,
+                    seed: int = 20240601) -> float:
+    return calibrate_threshold(
+        lambda h, st, ln, sd: alarm_rate_cusum(sampler, h, streams=st, length=ln, seed=sd),
+        arl, key=f"cusum|{key}", cache_dir=cache_dir, seed=seed,
+    )
+
+
+def calibrate_mcusum(sampler: Sampler, k: float, arl: float, *, key: str, cache_dir: Path | None = None,
+                     seed: int = 20240601) -> float:
+    return calibrate_threshold(
+        lambda h, st, ln, sd: alarm_rate_mcusum(sampler, k, h, streams=st, length=ln, seed=sd),
+        arl, key=f"mcusum|k={k}|{key}", cache_dir=cache_dir, seed=seed,
+    )
+
+
+def bernoulli_sampler(p0: float, p1: float) -> Sampler:
+    up, down = math.log(p1 / p0), math.log((1 - p1) / (1 - p0))
+
+    def sample(rng: np.random.Generator, n: int, streams: int) -> np.ndarray:
+        x = rng.random((n, streams, 1)) < p0
+        return np.where(x, up, down)
+
+    return sample
+
+
+def bootstrap_sampler(rows: np.ndarray) -> Sampler:
+    """Clean data by resampling reference rows (keeps their shape and correlations)."""
+    rows = np.atleast_2d(np.asarray(rows, dtype=float))
+
+    def sample(rng: np.random.Generator, n: int, streams: int) -> np.ndarray:
+        idx = rng.integers(0, rows.shape[0], size=(n, streams))
+        return rows[idx]
+
+    return sample

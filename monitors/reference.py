@@ -1,0 +1,142 @@
+"""The reference of each (deployment, version): what its outputs looked like when it went live.
+
+It is built from the version's first production windows after it became active (all
+their outputs, not a sample) until it holds ``target_size`` outputs; until then checks
+are "inconclusive: building reference". The gate's outputs for that version are
+summarised next to it (shown in the report) but not mixed into the rows the detectors
+compare with: the gate's prompts are adversarial by design, so they would inflate the
+reference violation rate and blunt the detectors. Stored in ``monitor_references``:
+per-output descriptor rows, flags, a capped list of texts (for Evidently's text drift)
+and the whitened principal components of the embeddings with the projected rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from governance.db import utcnow
+from governance.monitoring.models import MonitorReference
+from monitors.detectors.base import Frame, Reference
+
+MAX_COMPONENTS = 10
+MAX_TEXTS = 300
+
+
+def target_size(min_samples: int) -> int:
+    """Outputs a reference needs: enough to estimate a 1% rate and a 10-component whitening."""
+    return max(4 * min_samples, 200)
+
+
+def get_row(session: Session, *, deployment_id: int, version_id: int | None, lock: bool = False
+            ) -> MonitorReference | None:
+    if lock:
+        # create the row first so concurrent checks serialise on it
+        session.execute(pg_insert(MonitorReference).values(
+            deployment_id=deployment_id, version_id=version_id, sample_size=0, stats={"status": "building"},
+            created_at=utcnow()).on_conflict_do_nothing(constraint="uq_monitor_references_dv"))
+    stmt = select(MonitorReference).where(MonitorReference.deployment_id == deployment_id,
+                                          MonitorReference.version_id == version_id)
+    if lock:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return session.scalars(stmt).first()
+
+
+def is_ready(row: MonitorReference | None) -> bool:
+    return row is not None and (row.stats or {}).get("status") == "ready"
+
+
+def add_rows(row: MonitorReference, frame: Frame, *, target: int) -> bool:
+    """Append a window's descriptor rows to a building reference; True when it became ready."""
+    stats = dict(row.stats or {})
+    numeric = {k: list(v) for k, v in (stats.get("numeric") or {}).items()}
+    flags = {k: list(v) for k, v in (stats.get("flags") or {}).items()}
+    texts = list(stats.get("texts") or [])
+    ids = list(stats.get("output_ids") or [])
+    room = max(target - row.sample_size, 0)
+    take = min(room, frame.n)
+    for k, v in frame.numeric.items():
+        numeric.setdefault(k, []).extend(float(x) for x in v[:take])
+    for k, v in frame.flags.items():
+        flags.setdefault(k, []).extend(int(x) for x in v[:take])
+    texts.extend(frame.texts[: max(0, min(take, MAX_TEXTS - len(texts)))])
+    ids.extend(frame.output_ids[:take])
+    row.sample_size += take
+    stats.update(numeric=numeric, flags=flags, texts=texts, output_ids=ids, status="building")
+    row.stats = stats
+    return row.sample_size >= target
+
+
+def finish(row: MonitorReference, embeddings: np.ndarray | None, *, gate_summary: dict[str, Any] | None) -> None:
+    """Mark a reference ready: whiten its embeddings and store the summaries shown in reports."""
+    stats = dict(row.stats or {})
+    if embeddings is not None and len(embeddings) >= 3:
+        mean, comps, proj = whiten(np.asarray(embeddings, dtype=float))
+        stats.update(emb_mean=mean.tolist(), emb_components=comps.tolist(), emb_proj=proj.round(6).tolist())
+    numeric = stats.get("numeric") or {}
+    flags = stats.get("flags") or {}
+    stats["summary"] = {
+        "n": row.sample_size,
+        "means": {k: float(np.mean(v)) for k, v in numeric.items() if v},
+        "sds": {k: float(np.std(v, ddof=1)) for k, v in numeric.items() if len(v) > 1},
+        "rates": {k: float(np.mean(v)) for k, v in flags.items() if v},
+    }
+    if gate_summary:
+        stats["gate"] = gate_summary
+    stats["status"] = "ready"
+    stats["ready_at"] = utcnow().isoformat()
+    row.stats = stats
+
+
+def whiten(emb: np.ndarray, k: int = MAX_COMPONENTS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, components (k, d) scaled to unit variance, projected rows (n, k))."""
+    mean = emb.mean(axis=0)
+    centred = emb - mean
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    k = max(1, min(k, emb.shape[0] - 1, int((s > 1e-8).sum())))
+    sd = s[:k] / np.sqrt(max(emb.shape[0] - 1, 1))
+    comps = vt[:k] / sd[:, None]
+    return mean, comps, centred @ comps.T
+
+
+def to_reference(row: MonitorReference) -> Reference:
+    stats = row.stats or {}
+    frame = Frame(
+        numeric={k: np.asarray(v, dtype=float) for k, v in (stats.get("numeric") or {}).items()},
+        flags={k: np.asarray(v, dtype=np.int8) for k, v in (stats.get("flags") or {}).items()},
+        embeddings=np.asarray(stats["emb_proj"], dtype=float) if stats.get("emb_proj") else None,
+        texts=list(stats.get("texts") or []),
+        output_ids=list(stats.get("output_ids") or []),
+    )
+    return Reference(
+        frame=frame,
+        emb_mean=np.asarray(stats["emb_mean"], dtype=float) if stats.get("emb_mean") else None,
+        emb_components=np.asarray(stats["emb_components"], dtype=float) if stats.get("emb_components") else None,
+        meta={"id": row.id, "version_id": row.version_id, "summary": stats.get("summary"), "gate": stats.get("gate")},
+    )
+
+
+def gate_summary(session: Session, *, version_id: int | None, fmt: Any = None) -> dict[str, Any] | None:
+    """Descriptor rates and means of the version's latest gate outputs (for the report)."""
+    if version_id is None:
+        return None
+    from governance.gates.models import GateCaseResult, GateRun
+    from monitors.descriptors import OutputRecord, describe
+
+    run_id = session.scalar(select(GateRun.id).where(GateRun.version_id == version_id)
+                            .order_by(GateRun.id.desc()).limit(1))
+    if run_id is None:
+        return None
+    rows = session.execute(select(GateCaseResult.id, GateCaseResult.prompt, GateCaseResult.candidate_output)
+                           .where(GateCaseResult.gate_run_id == run_id).limit(2000)).all()
+    if not rows:
+        return None
+    frame = describe([OutputRecord(int(r.id), r.prompt, r.candidate_output) for r in rows], fmt=fmt,
+                     with_embeddings=False)
+    return {"gate_run_id": int(run_id), "n": frame.n,
+            "means": {k: float(np.mean(v)) for k, v in frame.numeric.items()},
+            "rates": {k: float(np.mean(v)) for k, v in frame.flags.items()}}

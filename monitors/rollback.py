@@ -1,0 +1,227 @@
+"""What happens on drift: alerts, and the guarded automatic rollback to the last approved token.
+
+``on_drift`` (inside the check's transaction) raises one alert per incident (deployment,
+version, detector; repeats count on the open alert) and, for a detector the policy lets
+roll back, once it has drifted in ``consecutive_windows`` judged windows in a row, writes
+the rollback task to the outbox (sent after commit; a crash in between is covered by the
+outbox sweep).
+
+``auto_rollback`` (the rollback task's body) holds the guard rails, in this order:
+already done for this incident (redelivery) -> nothing; the active version is not the
+one the decision was based on -> nothing; frozen -> an alert only; the daily cap or the
+cooldown reached -> an alert for a human only; otherwise the core's rollback service,
+with the expected active version as its precondition, under the deployment row lock.
+No approved target -> a critical alert and no change. The core writes the one audit
+entry (actor ``system:monitor/<detector>``); its reason names the detector, its numbers
+and the evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from governance.deployments.models import Deployment
+from governance.monitoring.models import DriftCheck
+from governance.policy import Policy
+from monitors import metrics
+from monitors.alerting import Notification, raise_monitor_alert
+from monitors.detectors import DetectorResult
+
+log = logging.getLogger(__name__)
+
+ROLLBACK_TASK = "monitors.auto_rollback"
+ROLLBACK_QUEUE = "rollback"
+# Test hook: make a task pause at a named point so a test can SIGKILL the worker there.
+PAUSE_ENV = "GOVERN_MONITOR_PAUSE_AT"
+PAUSE_SECONDS_ENV = "GOVERN_MONITOR_PAUSE_SECONDS"
+PAUSE_MARKER_ENV = "GOVERN_MONITOR_PAUSE_MARKER"
+
+RollbackStatus = Literal["rolled_back", "already_done", "stale", "frozen", "cooldown", "capped", "no_target",
+                         "no_active", "missing"]
+
+
+def pause_point(name: str) -> None:
+    """Sleep here when the test hook names this point (never set in production)."""
+    if os.environ.get(PAUSE_ENV) != name:
+        return
+    marker = os.environ.get(PAUSE_MARKER_ENV)
+    if marker:
+        Path(marker).write_text(f"{os.getpid()}\n")
+    time.sleep(float(os.environ.get(PAUSE_SECONDS_ENV, "60")))
+
+
+def incident_key(deployment_id: int, version_id: int | None, detector: str) -> str:
+    return f"drift:d{deployment_id}:v{version_id}:{detector}"
+
+
+def actor_for(detector: str) -> str:
+    return f"system:monitor/{detector}"
+
+
+def consecutive_drifts(session: Session, *, deployment_id: int, version_id: int | None, detector: str,
+                       upto_check_id: int, limit: int = 50) -> list[int]:
+    """Ids of the latest run of drifting windows of ``detector`` (newest first), skipping
+    windows where it could not judge (inconclusive or absent)."""
+    rows = session.execute(
+        select(DriftCheck.id, DriftCheck.detectors).where(
+            DriftCheck.deployment_id == deployment_id, DriftCheck.version_id == version_id,
+            DriftCheck.id <= upto_check_id, DriftCheck.verdict != "pending",
+        ).order_by(DriftCheck.id.desc()).limit(limit)
+    ).all()
+    run: list[int] = []
+    for check_id, detectors in rows:
+        verdict = ((detectors or {}).get(detector) or {}).get("verdict")
+        if verdict == "drift":
+            run.append(int(check_id))
+        elif verdict == "ok":
+            break
+    return run
+
+
+def on_drift(session: Session, *, deployment: Deployment, policy: Policy, check: DriftCheck,
+             results: list[DetectorResult], result: Any, now: datetime) -> None:
+    """Alert on every drifting detector; queue one guarded rollback when the policy allows it."""
+    rb = policy.monitoring.rollback
+    queued = False
+    for res in results:
+        if res.verdict != "drift":
+            continue
+        run = consecutive_drifts(session, deployment_id=deployment.id, version_id=check.version_id,
+                                 detector=res.name, upto_check_id=check.id)
+        details = {"check_id": check.id, "window_key": check.window_key, "detector": res.name, "kind": res.kind,
+                   "statistic": res.statistic, "threshold": res.threshold, "p_values": res.p_values,
+                   "sample_size": res.sample_size, "consecutive_windows": len(run), "evidence": res.evidence,
+                   "version_id": check.version_id}
+        note = raise_monitor_alert(
+            session, deployment_id=deployment.id, deployment=deployment.name, kind="drift",
+            severity="critical" if res.rollback_allowed else "warning",
+            incident_key=incident_key(deployment.id, check.version_id, res.name),
+            message=(f"{res.name} ({res.kind}) drifted on version {check.version_id}: statistic "
+                     f"{_num(res.statistic)} vs threshold {_num(res.threshold)}, {len(run)} window(s) in a row"),
+            details=details, actor=actor_for(res.name), policy=policy,
+        )
+        if note is not None:
+            result.notifications.append(note)
+        if res.rollback_allowed and not queued and len(run) >= rb.consecutive_windows:
+            from governance.outbox.service import enqueue_task
+
+            kwargs = {"deployment_id": deployment.id, "expected_version_id": check.version_id,
+                      "check_id": check.id, "detector": res.name}
+            enqueue_task(session, name=ROLLBACK_TASK, kwargs=kwargs, queue=ROLLBACK_QUEUE)
+            result.followups.append({"name": ROLLBACK_TASK, "kwargs": kwargs, "queue": ROLLBACK_QUEUE})
+            queued = True
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+@dataclass
+class RollbackDecision:
+    status: RollbackStatus
+    message: str
+    to_version_id: int | None = None
+    notifications: list[Notification] = field(default_factory=list)
+
+
+def rollback_reason(check: DriftCheck | None, detector: str, run: list[int]) -> str:
+    """The audit entry's reason: the detector, its numbers and the evidence, as one JSON line."""
+    det = ((check.detectors or {}).get(detector) or {}) if check is not None else {}
+    body = {
+        "detector": detector, "kind": det.get("kind"), "statistic": det.get("statistic"),
+        "threshold": det.get("threshold"), "p_values": det.get("p_values"), "sample_size": det.get("sample_size"),
+        "check_id": check.id if check is not None else None,
+        "window_key": check.window_key if check is not None else None,
+        "consecutive_drift_checks": run, "evidence": det.get("evidence") or {},
+        "details": {k: v for k, v in (det.get("details") or {}).items() if isinstance(v, int | float | str)},
+    }
+    return "automatic rollback on drift: " + json.dumps(body, sort_keys=True, default=str)
+
+
+def auto_rollback(session: Session, *, deployment_id: int, expected_version_id: int | None, check_id: int,
+                  detector: str, now: datetime) -> RollbackDecision:
+    """The guarded automatic rollback; idempotent (redelivery finds it done and does nothing)."""
+    from governance.auth.service import Principal
+    from governance.deployments import service as deployments
+    from monitors.check import deployment_policy
+
+    dep = session.scalars(select(Deployment).where(Deployment.id == deployment_id).with_for_update()
+                          .execution_options(populate_existing=True)).first()
+    if dep is None:
+        return RollbackDecision("missing", f"no deployment {deployment_id}")
+    policy = deployment_policy(session, dep)
+    rb = policy.monitoring.rollback
+    history = deployments.promotions(session, name=dep.name, limit=200)
+    made_active = max((p.generation for p in history if p.version_id == expected_version_id), default=0)
+    if any(p.kind == "auto_rollback" and p.previous_version_id == expected_version_id and p.generation > made_active
+           for p in history):
+        return _count(dep, RollbackDecision("already_done", f"version {expected_version_id} was already rolled back"))
+    active = deployments.active_version(session, deployment=dep)
+    if active is None or active.id != expected_version_id:
+        return _count(dep, RollbackDecision(
+            "stale", f"deployment {dep.name!r} now serves version {active.id if active else None}, not "
+                     f"{expected_version_id}; the decision no longer applies"))
+    check = session.get(DriftCheck, check_id)
+    run = consecutive_drifts(session, deployment_id=dep.id, version_id=expected_version_id, detector=detector,
+                             upto_check_id=check_id) if check is not None else []
+    base_details = {"check_id": check_id, "detector": detector, "version_id": expected_version_id,
+                    "consecutive_drift_checks": run}
+    key = f"rollback:d{dep.id}:v{expected_version_id}"
+
+    def held(status: RollbackStatus, severity: str, message: str) -> RollbackDecision:
+        note = raise_monitor_alert(
+            session, deployment_id=dep.id, deployment=dep.name, kind=f"rollback_{status}", severity=severity,
+            incident_key=f"{key}:{status}", message=message, details={**base_details, "status": status},
+            actor=actor_for(detector), policy=policy)
+        return _count(dep, RollbackDecision(status, message, notifications=[note] if note else []))
+
+    if deployments.is_frozen(dep, now):
+        return held("frozen", "warning",
+                    f"{detector} drift on version {expected_version_id}: deployment is frozen, automatic rollback "
+                    "is off; a person must decide")
+    autos = [p for p in history if p.kind == "auto_rollback"]
+    today = [p for p in autos if p.created_at >= now - timedelta(days=1)]
+    if len(today) >= rb.max_per_day:
+        return held("capped", "critical",
+                    f"{detector} drift on version {expected_version_id}: {len(today)} automatic rollbacks in the "
+                    f"last 24 h (cap {rb.max_per_day}); only alerting now, a person must decide")
+    if autos and max(p.created_at for p in autos) > now - timedelta(seconds=rb.cooldown_seconds):
+        return held("cooldown", "critical",
+                    f"{detector} drift on version {expected_version_id}: the last automatic rollback was less than "
+                    f"{rb.cooldown_seconds}s ago (cooldown); a person must decide")
+    outcome = deployments.rollback(
+        session, deployment=dep.name, principal=Principal.for_system(f"monitor/{detector}"),
+        reason=rollback_reason(check, detector, run), expected_active_version_id=expected_version_id,
+        automatic=True,
+    )
+    if outcome.status == "no_target":
+        return held("no_target", "critical",
+                    f"{detector} drift on version {expected_version_id}: no approved version to roll back to; "
+                    "nothing changed, a person must decide")
+    if outcome.status != "rolled_back":
+        return _count(dep, RollbackDecision(outcome.status, outcome.message))
+    note = raise_monitor_alert(
+        session, deployment_id=dep.id, deployment=dep.name, kind="auto_rollback", severity="critical",
+        incident_key=f"{key}:rolled_back",
+        message=(f"rolled back {dep.name!r} from version {expected_version_id} to {outcome.to_version_id} "
+                 f"after {detector} drift ({len(run)} windows in a row)"),
+        details={**base_details, "to_version_id": outcome.to_version_id, "generation": outcome.generation},
+        actor=actor_for(detector), policy=policy)
+    return _count(dep, RollbackDecision("rolled_back", outcome.message, outcome.to_version_id,
+                                        [note] if note else []))
+
+
+def _count(dep: Deployment, decision: RollbackDecision) -> RollbackDecision:
+    metrics.AUTO_ROLLBACKS.labels(deployment=dep.name, status=decision.status).inc()
+    log.info("auto rollback on %s: %s (%s)", dep.name, decision.status, decision.message)
+    return decision
