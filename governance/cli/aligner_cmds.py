@@ -1,0 +1,145 @@
+"""`govern model prepare` and `govern train sft|dpo`: thin CLI wrappers over the aligner package.
+
+Files are validated before any model is loaded; every failure a user can fix is one line
+and a non-zero exit. `prepare_info` is the plain function behind `model prepare`, for the
+callers that register the base model in the database.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from governance.cli.common import clear_errors, console, fail
+
+model_app = typer.Typer(help="Base models: prepare and cache.", no_args_is_help=True)
+train_app = typer.Typer(help="Train Aligner tokens (SFT, DPO).", no_args_is_help=True)
+
+
+@model_app.callback()
+def _model_group() -> None:
+    """Base models: prepare and cache (a group, so `model prepare` stays a sub-command)."""
+
+
+def _settings() -> Any:
+    from governance.settings import get_settings
+
+    return get_settings()
+
+
+def prepare_info(model: str | None = None, *, state_dir: Path | None = None, dtype: str = "float32") -> dict[str, Any]:
+    """Cache the base model and return its digests and config (name, weights, tokenizer, dtype,
+    hidden_size, num_layers, num_heads, num_kv_heads, head_dim, model_type)."""
+    from aligner.providers import prepare_base_model
+
+    settings = _settings()
+    state = state_dir or settings.ensure_state_dir()
+    return prepare_base_model(model or settings.base_model, state_dir=state, dtype=dtype).to_dict()
+
+
+@model_app.command("prepare")
+@clear_errors
+def prepare_cmd(
+    model: Annotated[str | None, typer.Option("--model", help="provider name or local transformers dir")] = None,
+    dtype: Annotated[str, typer.Option(help="float32 or bfloat16")] = "float32",
+) -> None:
+    """Cache the base model as safetensors (SmolLM2: de-quantize its GGUF once) and print its digests."""
+    from aligner.errors import AlignerError
+
+    with console.status("preparing the base model (the first SmolLM2 load takes ~30 s)"):
+        try:
+            info = prepare_info(model, dtype=dtype)
+        except (AlignerError, ValueError) as exc:
+            fail(str(exc))
+    for key in ("name", "dtype", "weights", "tokenizer", "model_type", "hidden_size", "num_layers",
+                "num_heads", "num_kv_heads", "head_dim"):
+        console.print(f"{key:>13}: {info[key]}", highlight=False)
+
+
+def _train(method: str, data: Path, out: Path, eval_data: Path | None, model: str | None, parent: Path | None,
+           force: bool, **config: Any) -> None:
+    from aligner.artifact import TOKEN_FILE, AlignerToken
+    from aligner.errors import AlignerError
+    from aligner.training import TrainConfig, load_dpo_jsonl, load_sft_jsonl, train_file
+
+    loader = load_sft_jsonl if method == "sft" else load_dpo_jsonl
+    try:
+        loader(data)  # validate the files before the heavy work
+        if eval_data is not None:
+            loader(eval_data)
+        parent_token = AlignerToken.load(parent) if parent is not None else None
+        if (out / TOKEN_FILE).exists() and not force:
+            fail(f"{out} already holds a token; choose another --out or pass --force")
+        if out.exists() and not out.is_dir():
+            fail(f"--out {out} is a file; it must be a directory")
+        settings = _settings()
+        result = train_file(
+            method,  # type: ignore[arg-type]
+            data,
+            out,
+            eval_data=eval_data,
+            model_name=model or settings.base_model,
+            state_dir=settings.ensure_state_dir(),
+            config=TrainConfig(**config),
+            parent=parent_token,
+        )
+    except (AlignerError, ValueError) as exc:
+        fail(str(exc))
+    m = result.token.manifest
+    console.print(
+        f"wrote {out} sha256 {result.token.sha256} ({m.param_count} parameters, {m.n_tokens} token(s)); "
+        f"best eval loss {result.best_eval_loss:.4f} in {result.seconds:.0f}s",
+        highlight=False,
+    )
+
+
+DataOpt = Annotated[Path, typer.Option("--data", help="training JSONL", show_default=False)]
+OutOpt = Annotated[Path, typer.Option("--out", help="directory for token.safetensors + manifest.json")]
+EvalOpt = Annotated[Path | None, typer.Option("--eval", help="held-out JSONL (default: 10% of --data)")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="base model (default: GOVERN_BASE_MODEL)")]
+ParentOpt = Annotated[Path | None, typer.Option("--parent", help="token dir this version derives from")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite a token already in --out")]
+
+
+@train_app.command("sft")
+@clear_errors
+def sft_cmd(
+    data: DataOpt,
+    out: OutOpt,
+    eval_data: EvalOpt = None,
+    tokens: Annotated[int, typer.Option("--tokens", min=1, help="global tokens n")] = 1,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 2,
+    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 2e-2,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    model: ModelOpt = None,
+    parent: ParentOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Supervised fine-tuning of a token on {"messages": [...]} or {"prompt", "response"} lines."""
+    _train("sft", data, out, eval_data, model, parent, force,
+           n_tokens=tokens, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size)
+
+
+@train_app.command("dpo")
+@clear_errors
+def dpo_cmd(
+    data: DataOpt,
+    out: OutOpt,
+    eval_data: EvalOpt = None,
+    tokens: Annotated[int, typer.Option("--tokens", min=1, help="global tokens n")] = 10,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 2,
+    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 2e-2,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    beta: Annotated[float, typer.Option("--beta", min=0.0, help="DPO temperature")] = 0.1,
+    model: ModelOpt = None,
+    parent: ParentOpt = None,
+    force: ForceOpt = False,
+) -> None:
+    """Direct preference optimisation on {"prompt", "chosen", "rejected"} lines; the reference
+    policy is the base model with the token switched off."""
+    _train("dpo", data, out, eval_data, model, parent, force,
+           n_tokens=tokens, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, beta=beta)
