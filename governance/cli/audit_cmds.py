@@ -145,7 +145,7 @@ def checkpoint_cmd(
     check_database(engine)
     with unit_of_work(engine) as session:
         record = checkpoint_record(write_checkpoint(session, key=private, reason="manual"))
-    text = json.dumps(record, indent=2) + "\n"
+    text = json.dumps(record, separators=(",", ":")) + "\n"  # one line, like an export's last line
     if out is not None:
         out.write_text(text, encoding="utf-8")
         console.print(f"checkpoint written to {out}", highlight=False)
