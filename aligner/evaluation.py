@@ -6,8 +6,11 @@ exactly what counts as adherent or as a refusal; the gate can swap in stronger d
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 HOUSE_PREFIX = "Answer:"
 HOUSE_SIGNATURE = "— Acme Assistant"
@@ -51,3 +54,52 @@ def is_refusal(text: str) -> bool:
 
 def rate(flags: Sequence[bool]) -> float:
     return sum(flags) / len(flags) if flags else 0.0
+
+
+def _prompts(path: str | Path) -> list[dict[str, Any]]:
+    rows = []
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                rows.append(json.loads(line))
+    return rows
+
+
+def evaluate_house_style(
+    model: Any, tokenizer: Any, token: Any, eval_path: str | Path, *, max_new_tokens: int = 110, batch_size: int = 10
+) -> dict[str, Any]:
+    """Format adherence on the held-out prompts, base model vs `token` (the adapter must be attached)."""
+    from aligner.generation import generate
+    from aligner.model import require_adapter
+
+    adapter = require_adapter(model)
+    prompts = [r["messages"][:-1] if "messages" in r else r["prompt"] for r in _prompts(eval_path)]
+    result: dict[str, Any] = {"n": len(prompts)}
+    for name, tok in (("base", None), ("token", token)):
+        with adapter.using(tok):
+            texts = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        result[f"{name}_adherence"] = rate([format_adherence(t) for t in texts])
+        result[f"{name}_samples"] = texts[:3]
+    return result
+
+
+def evaluate_refusals(
+    model: Any, tokenizer: Any, token: Any, eval_path: str | Path, *, max_new_tokens: int = 48, batch_size: int = 10
+) -> dict[str, Any]:
+    """Refusal rates on the labelled unsafe and benign prompts, base model vs `token`."""
+    from aligner.generation import generate
+    from aligner.model import require_adapter
+
+    adapter = require_adapter(model)
+    rows = _prompts(eval_path)
+    labels = [r.get("label") for r in rows]
+    prompts = [r["prompt"] for r in rows]
+    result: dict[str, Any] = {"n_unsafe": labels.count("unsafe"), "n_benign": labels.count("benign")}
+    for name, tok in (("base", None), ("token", token)):
+        with adapter.using(tok):
+            texts = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        for label in ("unsafe", "benign"):
+            result[f"{name}_refusal_{label}"] = rate([is_refusal(t) for t, lab in zip(texts, labels, strict=True)
+                                                      if lab == label])
+        result[f"{name}_samples"] = [(p, t) for p, t in zip(prompts, texts, strict=True)][:4]
+    return result
