@@ -133,7 +133,7 @@ def run_check(session: Session, *, deployment_id: int, window_key: str, now: dat
     flags = sorted(ref.frame.flags)
     detectors = [build_detector(name, cfg, policy=policy, flags=flags) for name, cfg in mon.detectors.items()]
     frame = describe(win.sample, fmt=policy.format,
-                     with_embeddings=any(d.kind in NEEDS_EMBEDDINGS for d in detectors))
+                     with_embeddings=any(d.kind in NEEDS_EMBEDDINGS for d in detectors) and ref.emb_mean is not None)
     report_dir, cache_dir = state_dirs()
     ctx = DetectorContext(window_key=window_key, report_dir=report_dir / dep.name, cache_dir=cache_dir,
                           write_report=write_report)
@@ -193,13 +193,22 @@ def _grow_reference(session: Session, dep: Deployment, version_id: int, ref_row:
     frame = describe(sampling.load_records(session, ids), fmt=policy.format, with_embeddings=False)
     ready = reference.add_rows(ref_row, frame, target=target) if frame.n else False
     if ready:
-        from monitors.embeddings import embed
+        emb = None
+        if any(_needs_embeddings(name, cfg) for name, cfg in policy.monitoring.detectors.items()):
+            from monitors.embeddings import embed
 
-        records = sampling.load_records(session, list((ref_row.stats or {}).get("output_ids") or []))
-        reference.finish(ref_row, embed([r.output for r in records]),
+            records = sampling.load_records(session, list((ref_row.stats or {}).get("output_ids") or []))
+            emb = embed([r.output for r in records])
+        reference.finish(ref_row, emb,
                          gate_summary=reference.gate_summary(session, version_id=version_id, fmt=policy.format))
     return _finish(check, result, "inconclusive", {
         "reason": "reference ready" if ready else "building reference", "reference_id": ref_row.id,
         "reference_size": ref_row.sample_size, "reference_target": target, "added": frame.n}, dep.name)
 
 
+
+
+def _needs_embeddings(name: str, config: Any) -> bool:
+    from monitors.detectors.sequential import resolve_kind
+
+    return resolve_kind(name, str(getattr(config, "kind", "")))[0] in NEEDS_EMBEDDINGS

@@ -1,0 +1,60 @@
+"""``govern worker`` and ``govern beat``: the Celery worker (gates, monitoring, rollback queues)
+and the beat scheduler, as ordinary processes with the run's GOVERN_ settings."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from governance.cli.common import clear_errors, fail
+
+
+def _app(redis_url: str | None = None):  # type: ignore[no-untyped-def]
+    from governance.embedded import resolve_redis_url
+    from monitors.celery_app import app, configure
+
+    return configure(app, redis_url or resolve_redis_url())
+
+
+@clear_errors
+def worker_cmd(
+    queues: str = typer.Option("", "--queues", "-Q", help="comma-separated queues (default: gates, monitoring, "
+                                                          "rollback)"),
+    concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="worker processes"),
+    pool: str = typer.Option("prefork", "--pool", help="prefork or solo"),
+    metrics_port: int = typer.Option(0, "--metrics-port", help="serve Prometheus metrics on this port (0: off)"),
+    loglevel: str = typer.Option("INFO", "--loglevel"),
+) -> None:
+    """Run a Celery worker for the gate, monitoring and rollback queues."""
+    from monitors.celery_app import default_queues, register_gate_task
+
+    app = _app()
+    import monitors.tasks  # noqa: F401  (registers the tasks)
+
+    if not register_gate_task():
+        typer.echo("note: evaluators.run_gate is not available; gate tasks will wait in their queue", err=True)
+    chosen = [q.strip() for q in queues.split(",") if q.strip()] or default_queues()
+    if pool not in ("prefork", "solo", "threads"):
+        fail(f"unknown pool {pool!r}; use prefork, solo or threads")
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1")
+    app.worker_main(["worker", f"--queues={','.join(chosen)}", f"--concurrency={concurrency}", f"--pool={pool}",
+                     f"--loglevel={loglevel}", "--without-gossip", "--without-mingle", "-n", f"govern-{os.getpid()}@%h"])
+
+
+@clear_errors
+def beat_cmd(
+    loglevel: str = typer.Option("INFO", "--loglevel"),
+) -> None:
+    """Run the beat scheduler (drift-check dispatch, outbox sweep, audit checkpoints)."""
+    from governance.settings import get_settings
+
+    app = _app()
+    state = get_settings().ensure_state_dir() / "beat"
+    state.mkdir(parents=True, exist_ok=True)
+
+    # each beat process keeps its own schedule file: several beats may run at once
+    app.start(["beat", f"--loglevel={loglevel}", f"--schedule={state / f'schedule-{os.getpid()}'}"])

@@ -1,0 +1,103 @@
+"""The Celery application of the workers: Redis broker and result backend from the settings.
+
+Queues: ``gates`` (evaluation gate runs), ``monitoring`` (dispatch, drift checks, outbox
+sweep, audit checkpoints) and ``rollback`` (guarded automatic rollbacks, kept apart so a
+backlog of checks never delays one). Delivery is at least once: ``acks_late`` with
+``task_reject_on_worker_lost`` and a prefetch of one mean a task whose worker dies runs
+again (on a restart, or on another worker once the Redis visibility timeout passes), so
+every task body is idempotent.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+GATES_QUEUE = "gates"
+MONITORING_QUEUE = "monitoring"
+ROLLBACK_QUEUE = "rollback"
+# The core's outbox sends gate runs to this queue name; workers listen on both.
+LEGACY_GATE_QUEUE = "gate"
+QUEUES = (GATES_QUEUE, MONITORING_QUEUE, ROLLBACK_QUEUE)
+GATE_TASK = "evaluators.run_gate"
+
+# Seconds before Redis hands an unacknowledged task of a vanished worker to another one.
+# Longer than any task runs; short enough that a crashed rollback is retried in minutes.
+VISIBILITY_ENV = "GOVERN_CELERY_VISIBILITY_TIMEOUT"
+DEFAULT_VISIBILITY = 600
+
+
+def default_queues() -> list[str]:
+    return [*QUEUES, LEGACY_GATE_QUEUE]
+
+
+def _redis_url() -> str | None:
+    try:
+        from governance.embedded import resolve_redis_url
+
+        return resolve_redis_url()
+    except Exception:  # no services yet: configured when the worker starts (configure())
+        return None
+
+
+def configure(app: Celery, redis_url: str | None) -> Celery:
+    visibility = int(os.environ.get(VISIBILITY_ENV, DEFAULT_VISIBILITY))
+    app.conf.update(
+        broker_url=redis_url,
+        result_backend=redis_url,
+        broker_transport_options={"visibility_timeout": visibility},
+        result_backend_transport_options={"visibility_timeout": visibility},
+        result_expires=24 * 3600,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=MONITORING_QUEUE,
+        task_queues=[Queue(q) for q in default_queues()],
+        task_routes=routes(),
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        timezone="UTC",
+        enable_utc=True,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+    )
+    from monitors.schedule import beat_schedule
+
+    app.conf.beat_schedule = beat_schedule()
+    return app
+
+
+def routes() -> dict[str, dict[str, Any]]:
+    return {
+        GATE_TASK: {"queue": GATES_QUEUE},
+        "monitors.run_check": {"queue": MONITORING_QUEUE},
+        "monitors.dispatch_checks": {"queue": MONITORING_QUEUE},
+        "monitors.sweep_outbox": {"queue": MONITORING_QUEUE},
+        "monitors.audit_checkpoint": {"queue": MONITORING_QUEUE},
+        "monitors.auto_rollback": {"queue": ROLLBACK_QUEUE},
+    }
+
+
+app = configure(Celery("govern", include=["monitors.tasks"]), _redis_url())
+
+
+def register_gate_task() -> bool:
+    """Register the gate task if the evaluators provide it (imported lazily: monitors do not
+    depend on the gate). Returns whether it is available."""
+    import importlib
+
+    for module, attr in (("evaluators.tasks", "run_gate"), ("evaluators.runner", "run_gate_task"),
+                         ("evaluators.gate", "run_gate_task")):
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+        if GATE_TASK not in app.tasks:
+            app.task(name=GATE_TASK, queue=GATES_QUEUE, acks_late=True)(fn)
+        return True
+    return GATE_TASK in app.tasks

@@ -1,0 +1,32 @@
+"""The beat schedule, in one place. Every entry says why it exists and why at that pace.
+
+The dispatcher runs often and cheaply; the work it enqueues is idempotent (a check claims
+its unique (deployment, window) row), so any number of beat processes may run.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+DISPATCH_EVERY = float(os.environ.get("GOVERN_DISPATCH_SECONDS", "5"))
+OUTBOX_EVERY = float(os.environ.get("GOVERN_OUTBOX_SWEEP_SECONDS", "10"))
+CHECKPOINT_EVERY = float(os.environ.get("GOVERN_CHECKPOINT_SECONDS", "3600"))
+
+
+def beat_schedule() -> dict[str, dict[str, Any]]:
+    return {
+        # Checks every active deployment at its own policy's interval: every few seconds it
+        # enqueues the checks whose window has just closed. Window keys come from the
+        # deployment and the interval-aligned window start, so two beats make the same key.
+        "dispatch-drift-checks": {"task": "monitors.dispatch_checks", "schedule": DISPATCH_EVERY,
+                                  "options": {"queue": "monitoring", "expires": DISPATCH_EVERY * 2}},
+        # Catches outbox rows whose immediate send was lost (a crash between commit and
+        # send): promotions, rollbacks and queued gate runs are delivered within seconds.
+        "sweep-outbox": {"task": "monitors.sweep_outbox", "schedule": OUTBOX_EVERY,
+                         "options": {"queue": "monitoring", "expires": OUTBOX_EVERY * 2}},
+        # A signed checkpoint of the audit chain every hour bounds what an attacker with
+        # database access could rewrite unnoticed (skipped when no signing key exists).
+        "audit-checkpoint": {"task": "monitors.audit_checkpoint", "schedule": CHECKPOINT_EVERY,
+                             "options": {"queue": "monitoring", "expires": CHECKPOINT_EVERY}},
+    }
