@@ -38,3 +38,168 @@ def make_token(digests: Any, seed: int, *, n_tokens: int = 2, gate: float = 2.0,
         training_method="manual",
         seed=seed,
     )
+
+
+# ---------------------------------------------------------------- real servers in threads and processes
+
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+POLICY_TEXT = (Path(__file__).resolve().parents[2] / "policies" / "default.yaml").read_text()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerThread:
+    """A real uvicorn server for an ASGI app on a free loopback port, in a daemon thread."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        import uvicorn
+
+        self.port = port or free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server thread did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class World:
+    """Users, a registered base model and a deployment, created through the service layer."""
+
+    engine: Any
+    digests: Any
+    deployment: str
+    keys: dict[str, str]
+    principals: dict[str, Any]
+    seed: int = 100
+    tokens: dict[int, Any] = field(default_factory=dict)
+
+    def approved(self, *, data: bytes | None = None) -> int:
+        """Submit a token of the tiny model, pass its gate, approve it; returns the version id."""
+        import hashlib
+
+        from governance.auth.service import Principal
+        from governance.db import unit_of_work
+        from governance.gates.models import GateRun
+        from governance.registry import service as registry
+
+        self.seed += 1
+        token = make_token(self.digests, self.seed)
+        with unit_of_work(self.engine) as s:
+            vid = registry.submit_version(
+                s,
+                data=data or token.to_bytes(),
+                adapter=uid("adapter"),
+                principal=self.principals["ml_engineer"],
+                max_bytes=1_000_000,
+                deployment=self.deployment,
+            ).version.id
+        gate = Principal.for_system("gate")
+        with unit_of_work(self.engine) as s:
+            registry.begin_gate(s, version_id=vid, principal=gate)
+        policy_sha = hashlib.sha256(POLICY_TEXT.encode()).hexdigest()
+        evidence = hashlib.sha256(f"evidence-{vid}".encode()).hexdigest()
+        with unit_of_work(self.engine) as s:
+            s.add(GateRun(version_id=vid, policy_sha256=policy_sha, status="passed", evidence_digest=evidence))
+            registry.finish_gate(
+                s, version_id=vid, passed=True, evidence_digest=evidence, policy_sha256=policy_sha, principal=gate
+            )
+        with unit_of_work(self.engine) as s:
+            registry.approve(s, version_id=vid, principal=self.principals["compliance_officer"], comment="ok")
+        self.tokens[vid] = token
+        return vid
+
+
+def make_world(engine: Any, digests: Any) -> World:
+    from governance.api.errors import Conflict
+    from governance.auth import service as auth
+    from governance.auth.service import Principal
+    from governance.db import unit_of_work
+    from governance.deployments import service as deployments
+    from governance.registry import service as registry
+
+    keys, principals = {}, {}
+    for role in ("ml_engineer", "compliance_officer", "admin", "service"):
+        name = uid(role)
+        with unit_of_work(engine) as s:
+            user, key = auth.create_user(s, name=name, role=role, actor="system:test")
+            principals[role] = Principal(name=name, role=role, user_id=user.id, key_prefix=key.split("_")[1])
+        keys[role] = key
+    base_name = "tiny-random-llama"
+    config = {
+        "hidden_size": digests.shape.hidden_size,
+        "num_layers": digests.shape.num_layers,
+        "num_heads": digests.shape.num_heads,
+        "num_kv_heads": digests.shape.num_kv_heads,
+    }
+    try:
+        with unit_of_work(engine) as s:
+            registry.register_base_model(
+                s, name=base_name, weights_digest=digests.weights, tokenizer_digest=digests.tokenizer, config=config
+            )
+    except Conflict:
+        from sqlalchemy import select
+
+        from governance.registry.models import BaseModel_
+
+        with unit_of_work(engine) as s:  # registered under another name by another test folder
+            base_name = s.scalars(select(BaseModel_.name).where(BaseModel_.weights_digest == digests.weights)).one()
+    dep = uid("dep")
+    with unit_of_work(engine) as s:
+        deployments.create_deployment(
+            s, name=dep, base_model=base_name, policy_text=POLICY_TEXT, principal=principals["admin"]
+        )
+    return World(engine, digests, dep, keys, principals)
+
+
+def governance_app(database_url: str, redis_url: str, state_dir: Path) -> Any:
+    from governance.api.app import create_app
+    from governance.settings import Settings
+
+    return create_app(
+        Settings(
+            database_url=database_url,
+            redis_url=redis_url,
+            state_dir=state_dir,
+            environment="test",
+            rate_limit_writes_per_minute=100_000,
+            rate_limit_ingest_per_minute=1_000_000,
+        )
+    )
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.02, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

@@ -81,8 +81,13 @@ def test_batched_greedy_equals_generate_with_a_token(engine: Engine) -> None:
     enc = encode_chat(engine.tokenizer, PROMPTS)
     assert engine.adapter is not None
     with engine.adapter.using(token):
-        ids = generate_ids(engine.model, enc["input_ids"], enc["attention_mask"], max_new_tokens=12,
-                           pad_token_id=engine.tokenizer.pad_token_id)
+        ids = generate_ids(
+            engine.model,
+            enc["input_ids"],
+            enc["attention_mask"],
+            max_new_tokens=12,
+            pad_token_id=engine.tokenizer.pad_token_id,
+        )
     for row, f in zip(ids.tolist(), got, strict=True):
         kept = [t for t in row if t not in engine.eos]
         if len(kept) < len(row):  # generate stopped at eos, then padded

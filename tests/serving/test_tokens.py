@@ -29,8 +29,9 @@ def test_token_of_another_base_model_is_refused(tiny: tuple[Any, Any, Any]) -> N
     _, _, digests = tiny
     token = make_token(digests, seed=1, base_digest="a" * 64)
     with pytest.raises(TokenVerificationError, match="base model"):
-        verify_artifact(token.to_bytes(), expected_sha256=token.sha256, base_digest=digests.weights,
-                        shape=digests.shape)
+        verify_artifact(
+            token.to_bytes(), expected_sha256=token.sha256, base_digest=digests.weights, shape=digests.shape
+        )
 
 
 def test_garbage_is_refused(tiny: tuple[Any, Any, Any]) -> None:
@@ -39,8 +40,9 @@ def test_garbage_is_refused(tiny: tuple[Any, Any, Any]) -> None:
     _, _, digests = tiny
     data = b"not a token at all"
     with pytest.raises(TokenVerificationError, match="does not parse"):
-        verify_artifact(data, expected_sha256=hashlib.sha256(data).hexdigest(), base_digest=digests.weights,
-                        shape=digests.shape)
+        verify_artifact(
+            data, expected_sha256=hashlib.sha256(data).hexdigest(), base_digest=digests.weights, shape=digests.shape
+        )
 
 
 def test_fingerprint_names_version_and_generation() -> None:
