@@ -44,3 +44,7 @@ bench: install
 
 services-down: install
 	$(BIN)/govern services down
+
+# Pin what the environment resolved, for the dependency audit and reproducible installs.
+lock: install
+	$(BIN)/pip freeze --exclude-editable | grep -v '^aligner-governance' > requirements.lock
