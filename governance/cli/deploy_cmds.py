@@ -1,0 +1,219 @@
+"""``govern submit | promote | rollback | freeze | unfreeze`` and ``govern deployments``.
+
+User actions go through the HTTP API (``GOVERN_API_URL``, ``GOVERN_API_KEY``) so the
+audit log records who acted; the server's refusal message is shown as is.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from governance.cli.common import console, fail
+
+F = TypeVar("F", bound=Callable[..., Any])
+TOKEN_FILE = "token.safetensors"  # aligner.artifact.TOKEN_FILE (not imported: it pulls torch)
+
+deployments_app = typer.Typer(help="Create and inspect deployments.", no_args_is_help=True)
+
+
+def api_errors(fn: F) -> F:
+    """Show the API's refusal (or why it cannot be reached) as one line and exit non-zero."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from governance.client import ApiError
+        from governance.settings import SettingsError
+
+        try:
+            return fn(*args, **kwargs)
+        except ApiError as exc:
+            fail(str(exc), code=1 if exc.status else 2)
+        except SettingsError as exc:
+            fail(str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def client() -> Any:
+    from governance.client import GovernClient
+
+    return GovernClient()
+
+
+def _parse_time(value: str | None, what: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{what} must be an ISO 8601 time with a timezone, e.g. 2026-12-01T12:00:00Z (got {value!r})")
+    if ts.tzinfo is None:
+        fail(f"{what} needs a timezone, e.g. 2026-12-01T12:00:00Z")
+    return ts
+
+
+def _artifact_bytes(path: Path) -> bytes:
+    file = path / TOKEN_FILE if path.is_dir() else path
+    if not file.is_file():
+        fail(f"{path} holds no {TOKEN_FILE}; pass the directory `govern train` wrote (or the archive file)")
+    return file.read_bytes()
+
+
+def submit_cmd(
+    directory: Path = typer.Argument(..., help="token directory from `govern train` (or a .safetensors archive)"),
+    adapter: str = typer.Option(..., "--adapter", help="the adapter (line of versions) it belongs to"),
+    deployment: str | None = typer.Option(None, "--deployment", help="the deployment it is meant for"),
+    parent: int | None = typer.Option(None, "--parent", help="the version it was trained from"),
+) -> None:
+    """Register a token version; its evaluation gate is queued."""
+    _submit(directory, adapter, deployment, parent)
+
+
+@api_errors
+def _submit(directory: Path, adapter: str, deployment: str | None, parent: int | None) -> None:
+    data = _artifact_bytes(directory)
+    with client() as c:
+        v = c.submit(data, adapter=adapter, deployment=deployment, parent_id=parent)
+    if v.get("created", True):
+        console.print(
+            f"submitted version [bold]{v['id']}[/] (sha256 {v['sha256'][:12]}..., state {v['state']}); "
+            "the gate is queued",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"already registered as version [bold]{v['id']}[/] (state {v['state']}); nothing new stored",
+            highlight=False,
+        )
+    console.print(str(v["id"]), highlight=False)
+
+
+def promote_cmd(
+    version: int = typer.Argument(..., help="the approved version id"),
+    deployment: str = typer.Option(..., "--deployment", help="deployment name"),
+) -> None:
+    """Make an approved version the active one of a deployment."""
+    _promote(version, deployment)
+
+
+@api_errors
+def _promote(version: int, deployment: str) -> None:
+    with client() as c:
+        p = c.promote(deployment, version)
+    prev = f" (version {p['previous_version_id']} superseded)" if p.get("previous_version_id") else ""
+    console.print(
+        f"version {p['version_id']} is active on {deployment}, generation {p['generation']}{prev}", highlight=False
+    )
+
+
+def rollback_cmd(
+    deployment: str = typer.Option(..., "--deployment", help="deployment name"),
+    to: int | None = typer.Option(None, "--to", help="a superseded or approved version (default: the last approved)"),
+    reason: str = typer.Option(..., "--reason", help="why (recorded in the audit log)"),
+) -> None:
+    """Roll a deployment back to the last approved token (or a named version)."""
+    _rollback(deployment, to, reason)
+
+
+@api_errors
+def _rollback(deployment: str, to: int | None, reason: str) -> None:
+    with client() as c:
+        p = c.rollback(deployment, reason=reason, to_version_id=to)
+    console.print(
+        f"rolled back {deployment}: version {p['previous_version_id']} -> {p['version_id']}, "
+        f"generation {p['generation']}",
+        highlight=False,
+    )
+
+
+def freeze_cmd(
+    deployment: str = typer.Option(..., "--deployment", help="deployment name"),
+    until: str | None = typer.Option(None, "--until", help="expiry, ISO 8601 with timezone (default: until unfrozen)"),
+    reason: str | None = typer.Option(None, "--reason"),
+) -> None:
+    """Switch automatic rollback off for a deployment."""
+    _freeze(deployment, _parse_time(until, "--until"), reason)
+
+
+@api_errors
+def _freeze(deployment: str, until: datetime | None, reason: str | None) -> None:
+    with client() as c:
+        d = c.freeze(deployment, until=until, reason=reason)
+    console.print(
+        f"{deployment} is frozen"
+        + (f" until {d['frozen_until']}" if d.get("frozen_until") else "")
+        + ": automatic rollback is off",
+        highlight=False,
+    )
+
+
+def unfreeze_cmd(
+    deployment: str = typer.Option(..., "--deployment", help="deployment name"),
+    reason: str | None = typer.Option(None, "--reason"),
+) -> None:
+    """Switch automatic rollback back on."""
+    _unfreeze(deployment, reason)
+
+
+@api_errors
+def _unfreeze(deployment: str, reason: str | None) -> None:
+    with client() as c:
+        c.unfreeze(deployment, reason=reason)
+    console.print(f"{deployment} is unfrozen: automatic rollback is on", highlight=False)
+
+
+@deployments_app.command("create")
+@api_errors
+def deployments_create(
+    name: str = typer.Argument(..., help="deployment name"),
+    policy: Path = typer.Option(..., "--policy", help="policy YAML file (stored with its sha256)"),
+    base_model: str | None = typer.Option(
+        None, "--base-model", help="registered base model (default: GOVERN_BASE_MODEL)"
+    ),
+) -> None:
+    """Create a deployment (admins)."""
+    from governance.settings import Settings
+
+    if not policy.is_file():
+        fail(f"policy file not found: {policy}")
+    text = policy.read_text(encoding="utf-8")
+    with client() as c:
+        d = c.create_deployment(name, base_model=base_model or Settings().base_model, policy=text)
+    console.print(
+        f"created deployment [bold]{d['name']}[/] on {d['base_model']} with policy {d['policy_sha256'][:12]}...",
+        highlight=False,
+    )
+
+
+@deployments_app.command("show")
+@api_errors
+def deployments_show(name: str = typer.Argument(..., help="deployment name")) -> None:
+    """Show a deployment: active version, generation, freeze, recent history."""
+    from rich.table import Table
+
+    with client() as c:
+        d = c.deployment(name)
+        history = c.promotions(name, limit=10)
+    active = f"version {d['active_version_id']} ({d['active_sha256'][:12]}...)" if d["active_version_id"] else "none"
+    frozen = "yes" + (f" until {d['frozen_until']}" if d["frozen_until"] else "") if d["frozen"] else "no"
+    console.print(f"[bold]{d['name']}[/] on {d['base_model']}, policy {d['policy_sha256'][:12]}...", highlight=False)
+    console.print(f"active: {active}   generation: {d['generation']}   frozen: {frozen}", highlight=False)
+    if history:
+        table = Table("gen", "kind", "version", "previous", "actor", "reason", "at")
+        for p in history:
+            table.add_row(
+                str(p["generation"]),
+                p["kind"],
+                str(p["version_id"]),
+                str(p["previous_version_id"] or "-"),
+                p["actor"],
+                p["reason"] or "",
+                p["created_at"][:19],
+            )
+        console.print(table)

@@ -1,0 +1,38 @@
+"""``govern review approve|reject VERSION --comment TEXT`` (compliance officers), through the API."""
+
+from __future__ import annotations
+
+import typer
+
+from governance.cli.common import console
+from governance.cli.deploy_cmds import api_errors, client
+
+review_app = typer.Typer(help="Approve or reject gated versions (four eyes).", no_args_is_help=True)
+
+
+@review_app.command("approve")
+@api_errors
+def approve(
+    version: int = typer.Argument(..., help="a gate-passed version id"),
+    comment: str = typer.Option(..., "--comment", help="why (recorded with the approval)"),
+) -> None:
+    """Approve a version; the approval binds its artifact, gate evidence and policy digests."""
+    with client() as c:
+        r = c.approve(version, comment)
+    console.print(
+        f"approved version {r['version_id']} (bound to artifact {r['artifact_sha256'][:12]}..., "
+        f"evidence {(r['evidence_digest'] or '-')[:12]}...)",
+        highlight=False,
+    )
+
+
+@review_app.command("reject")
+@api_errors
+def reject(
+    version: int = typer.Argument(..., help="a gate-passed version id"),
+    comment: str = typer.Option(..., "--comment", help="why (recorded with the rejection)"),
+) -> None:
+    """Reject a version (terminal)."""
+    with client() as c:
+        r = c.reject(version, comment)
+    console.print(f"rejected version {r['version_id']}", highlight=False)

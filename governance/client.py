@@ -1,0 +1,195 @@
+"""A small HTTP client of the governance API for the CLI, serving replicas and workers.
+
+Base URL and API key come from the settings (``GOVERN_API_URL``, ``GOVERN_API_KEY``)
+unless given. Every non-2xx answer raises `ApiError` carrying the server's status, code
+and message (the error envelope), so callers can show the server's own words; a server
+that cannot be reached raises `ApiError` with status 0 and a message saying where it
+looked and what to do.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+    def __str__(self) -> str:
+        return f"{self.message} (HTTP {self.status} {self.code})" if self.status else self.message
+
+
+class GovernClient:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if base_url is None or api_key is None:
+            from governance.settings import Settings
+
+            settings = Settings()
+            base_url = base_url or settings.api_url
+            if api_key is None and settings.api_key is not None:
+                api_key = settings.api_key.get_secret_value()
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> GovernClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        if not self.api_key:
+            raise ApiError(
+                0, "no_api_key", "no API key: set GOVERN_API_KEY (an admin creates one: govern users create)"
+            )
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError(
+                0,
+                "unreachable",
+                f"cannot reach the governance API at {self.base_url} ({type(exc).__name__}); "
+                "start it with `govern api` or set GOVERN_API_URL",
+            ) from None
+        if resp.status_code >= 400:
+            try:
+                err = resp.json()["error"]
+                raise ApiError(resp.status_code, err.get("code", "error"), err.get("message", ""), err.get("details"))
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(resp.status_code, "http_error", resp.text[:300] or resp.reason_phrase) from None
+        return resp
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        resp = self._send(method, path, **kwargs)
+        return resp.json() if resp.content else None
+
+    # ------------------------------------------------------------------ who am I
+
+    def me(self) -> dict[str, Any]:
+        return dict(self.request("GET", "/v1/me"))
+
+    # ------------------------------------------------------------------ registry
+
+    def submit(
+        self, data: bytes, *, adapter: str, deployment: str | None = None, parent_id: int | None = None
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"adapter": adapter}
+        if deployment:
+            params["deployment"] = deployment
+        if parent_id is not None:
+            params["parent_id"] = parent_id
+        return dict(
+            self.request(
+                "POST",
+                "/v1/versions",
+                params=params,
+                content=data,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+        )
+
+    def version(self, version_id: int) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/versions/{version_id}"))
+
+    def artifact(self, version_id: int) -> bytes:
+        return self._send("GET", f"/v1/versions/{version_id}/artifact").content
+
+    def artifact_by_sha(self, sha256: str) -> bytes:
+        return self._send("GET", f"/v1/versions/by-sha/{sha256}/artifact").content
+
+    def approve(self, version_id: int, comment: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/versions/{version_id}/approve", json={"comment": comment}))
+
+    def reject(self, version_id: int, comment: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/versions/{version_id}/reject", json={"comment": comment}))
+
+    # ------------------------------------------------------------------ deployments
+
+    def create_deployment(self, name: str, *, base_model: str, policy: str) -> dict[str, Any]:
+        body = {"name": name, "base_model": base_model, "policy": policy}
+        return dict(self.request("POST", "/v1/deployments", json=body))
+
+    def deployment(self, name: str) -> dict[str, Any]:
+        return dict(self.request("GET", f"/v1/deployments/{name}"))
+
+    def promotions(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/v1/deployments/{name}/promotions", params={"limit": limit}))
+
+    def active(self, deployment: str) -> dict[str, Any]:
+        """{deployment, version_id, sha256, generation} (version_id None: the bare base model)."""
+        return dict(self.request("GET", f"/v1/deployments/{deployment}/active"))
+
+    def promote(self, deployment: str, version_id: int) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/deployments/{deployment}/promote", json={"version_id": version_id}))
+
+    def rollback(self, deployment: str, *, reason: str, to_version_id: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"reason": reason}
+        if to_version_id is not None:
+            body["to_version_id"] = to_version_id
+        return dict(self.request("POST", f"/v1/deployments/{deployment}/rollback", json=body))
+
+    def freeze(self, deployment: str, *, until: datetime | None = None, reason: str | None = None) -> dict[str, Any]:
+        body = {"until": until.isoformat() if until else None, "reason": reason}
+        return dict(self.request("POST", f"/v1/deployments/{deployment}/freeze", json=body))
+
+    def unfreeze(self, deployment: str, *, reason: str | None = None) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/deployments/{deployment}/unfreeze", json={"reason": reason}))
+
+    # ------------------------------------------------------------------ outputs and alerts (service keys)
+
+    def ingest_outputs(self, deployment: str, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/deployments/{deployment}/outputs", json={"outputs": outputs}))
+
+    def raise_alert(
+        self,
+        *,
+        kind: str,
+        severity: str,
+        incident_key: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        deployment: str | None = None,
+    ) -> dict[str, Any]:
+        body = {
+            "kind": kind,
+            "severity": severity,
+            "incident_key": incident_key,
+            "message": message,
+            "details": details or {},
+            "deployment": deployment,
+        }
+        return dict(self.request("POST", "/v1/alerts", json=body))
+
+    def ack_alert(self, alert_id: int, comment: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/alerts/{alert_id}/ack", json={"comment": comment}))
+
+    # ------------------------------------------------------------------ users and keys (admins)
+
+    def create_user(self, name: str, role: str) -> dict[str, Any]:
+        return dict(self.request("POST", "/v1/users", json={"name": name, "role": role}))
+
+    def create_key(self, user: str, *, expires_at: datetime | None = None) -> dict[str, Any]:
+        body = {"expires_at": expires_at.isoformat() if expires_at else None}
+        return dict(self.request("POST", f"/v1/users/{user}/keys", json=body))
+
+    def revoke_key(self, prefix: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/keys/{prefix}/revoke"))
