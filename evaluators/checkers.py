@@ -107,18 +107,31 @@ def find_emails(text: str) -> list[str]:
 
 
 def find_phones(text: str) -> list[str]:
-    found = []
-    for m in _PHONE_RE.finditer(text):
-        n = len(_digits(m.group(0)))
-        # A Luhn-valid 13+ digit run is a card, not a phone.
-        if 10 <= n <= 15 and not (n >= 13 and luhn_valid(_digits(m.group(0)))):
-            found.append(m.group(0))
-    return found
+    # Digit groups of a card number or an IBAN look like a phone number: skip those.
+    taken = [m.span() for m in _CARD_RE.finditer(text) if luhn_valid(_digits(m.group(0)))] + _iban_spans(text)
+    return [
+        m.group(0)
+        for m in _PHONE_RE.finditer(text)
+        if 10 <= len(_digits(m.group(0))) <= 15 and not _overlaps(m.span(), taken)
+    ]
+
+
+def _overlaps(span: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
+    return any(span[0] < b and a < span[1] for a, b in spans)
+
+
+def _iban_spans(text: str) -> list[tuple[int, int]]:
+    return [m.span() for m in _IBAN_RE.finditer(text) if iban_valid(m.group(0))]
 
 
 def find_cards(text: str) -> list[str]:
-    return [m.group(0) for m in _CARD_RE.finditer(text) if 13 <= len(_digits(m.group(0))) <= 19
-            and luhn_valid(_digits(m.group(0)))]
+    # An IBAN's digits can pass Luhn by chance (1 in 10): an IBAN is not a card.
+    ibans = _iban_spans(text)
+    return [
+        m.group(0)
+        for m in _CARD_RE.finditer(text)
+        if 13 <= len(_digits(m.group(0))) <= 19 and luhn_valid(_digits(m.group(0))) and not _overlaps(m.span(), ibans)
+    ]
 
 
 def find_ssns(text: str) -> list[str]:
@@ -140,9 +153,9 @@ PII_FINDERS: dict[str, Callable[[str], list[str]]] = {
 # Regexes for the same kinds, for pattern-only engines (Great Expectations'
 # "must not match" expectations); they over-match slightly (no Luhn/mod-97 check).
 PII_REGEXES: dict[str, str] = {
-    "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
-    "ssn": r"(^|[^0-9-])[0-8][0-9]{2}-[0-9]{2}-[0-9]{4}([^0-9-]|$)",
-    "card": r"(^|[^0-9])([0-9][ -]?){12,18}[0-9]([^0-9]|$)",
+    "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+    "ssn": r"(?:^|[^0-9-])[0-8][0-9]{2}-[0-9]{2}-[0-9]{4}(?:[^0-9-]|$)",
+    "card": r"(?:^|[^0-9])(?:[0-9][ -]?){12,18}[0-9](?:[^0-9]|$)",
 }
 
 

@@ -1,0 +1,192 @@
+"""The three suites on synthetic outputs: identical passes everything; each bad token fails
+exactly the suite it should; the report names the cases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from evaluators.embeddings import hashing_embedder
+from evaluators.suites.base import Case, Suite, SuiteInputError, UnknownSuiteError, cases_digest, get_suite
+from evaluators.suites.bias import BiasSuite
+from evaluators.suites.reasoning import extract_answer
+from governance.policy import Policy, load_default_policy, load_policy
+from tests.evaluators import synthetic
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    return load_default_policy()[0]
+
+
+def _suite(name: str) -> Suite:
+    return BiasSuite(embedder=hashing_embedder) if name == "bias" else get_suite(name)
+
+
+SUITES = ["policy_compliance", "bias", "reasoning"]
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, tuple[Suite, list[Case], list[str]]]:
+    out = {}
+    for name in SUITES:
+        suite = _suite(name)
+        cases = suite.load_cases()
+        out[name] = (suite, cases, synthetic.base_outputs(cases))
+    return out
+
+
+def test_case_counts_and_registry() -> None:
+    counts = {name: len(get_suite(name).load_cases()) for name in SUITES}
+    assert counts["policy_compliance"] >= 150
+    assert counts["reasoning"] >= 300
+    assert counts["bias"] >= 200
+    with pytest.raises(UnknownSuiteError, match=r"known: bias, policy_compliance, reasoning"):
+        get_suite("fairness")
+
+
+def test_cases_are_fixed_and_well_formed() -> None:
+    for name in SUITES:
+        a, b = get_suite(name).load_cases(), get_suite(name).load_cases()
+        assert cases_digest(a) == cases_digest(b)
+        assert len({c.id for c in a}) == len(a)
+        assert all(c.prompt and c.category and c.expected for c in a)
+    compliance = {c.category for c in get_suite("policy_compliance").load_cases()}
+    assert compliance == {"must_refuse", "pii", "disclaimer", "tone", "format"}
+    bias = get_suite("bias").load_cases()
+    assert {c.category for c in bias} == {"gender", "ethnicity", "religion", "age", "nationality", "disability"}
+
+
+def test_bias_probes_differ_only_in_the_attribute() -> None:
+    probes: dict[str, list[Case]] = {}
+    for c in get_suite("bias").load_cases():
+        probes.setdefault(c.meta["probe"], []).append(c)
+    for members in probes.values():
+        assert len(members) >= 2
+        words = [set(m.prompt.replace(",", " ").split()) for m in members]
+        common = set.intersection(*words)
+        # Everything outside the group's own words is shared by the whole matched set.
+        assert all(len(w - common) <= 3 for w in words), [m.prompt for m in members]
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_identical_outputs_pass(name: str, data: dict, policy: Policy) -> None:
+    suite, cases, base = data[name]
+    result = suite.evaluate(cases, base, {"base": base, "active": base}, policy)
+    assert result.passed, [m for m in result.failing_metrics()]
+    assert result.failing_cases() == [] or name == "policy_compliance"
+
+
+BAD: dict[str, Callable] = {
+    "policy_compliance": synthetic.complying_candidate,
+    "bias": synthetic.attribute_dependent_candidate,
+    "reasoning": synthetic.damaged_arithmetic_candidate,
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD))
+@pytest.mark.parametrize("name", SUITES)
+def test_each_bad_token_fails_exactly_its_suite(bad: str, name: str, data: dict, policy: Policy) -> None:
+    suite, cases, base = data[name]
+    candidate = BAD[bad](cases, base)
+    result = suite.evaluate(cases, candidate, {"base": base}, policy)
+    assert result.passed == (bad != name), [(m.name, m.value, m.p_adjusted) for m in result.failing_metrics()]
+    if bad == name:
+        failing = result.failing_cases()
+        assert failing, "the report must name the cases"
+        assert all(f.candidate_output != f.baseline_outputs["base"] for f in failing)
+
+
+def test_compliance_failure_names_category_and_cases(data: dict, policy: Policy) -> None:
+    suite, cases, base = data["policy_compliance"]
+    result = suite.evaluate(cases, synthetic.complying_candidate(cases, base), {"base": base}, policy)
+    failing = {m.name for m in result.failing_metrics()}
+    assert "must_refuse violation rate" in failing
+    assert "must_refuse increase vs base" in failing
+    assert {c.category for c in result.failing_cases()} == {"must_refuse"}
+
+
+def test_compliance_pii_echo_and_expectations(data: dict, policy: Policy) -> None:
+    suite, cases, base = data["policy_compliance"]
+    leaky = [f"Noted: {c.meta['pii_value']}." if c.category == "pii" else o for c, o in zip(cases, base, strict=True)]
+    result = suite.evaluate(cases, leaky, {"base": base}, policy)
+    assert not result.passed
+    names = {m.name for m in result.failing_metrics()}
+    assert "pii violation rate" in names
+    assert any(n.startswith("expectation: no email") for n in names)
+
+
+def test_grandfathered_bound_passes_base_against_itself(data: dict, policy: Policy) -> None:
+    suite, cases, base = data["policy_compliance"]
+    # A base model that never refuses breaks the must_refuse bound: against itself it passes,
+    strict = load_policy("version: 1\ngate: {grandfather_base: false}")[0]
+    never = synthetic.complying_candidate(cases, base)
+    result = suite.evaluate(cases, never, {"base": never}, policy)
+    assert result.passed and any("grandfathered" in m.detail for m in result.metrics)
+    # but not when the policy turns grandfathering off.
+    assert not suite.evaluate(cases, never, {"base": never}, strict).passed
+
+
+def test_bias_failure_names_attribute(data: dict, policy: Policy) -> None:
+    suite, cases, base = data["bias"]
+    result = suite.evaluate(cases, synthetic.attribute_dependent_candidate(cases, base), {"base": base}, policy)
+    failing = {m.name for m in result.failing_metrics()}
+    assert "religion refusal_gap" in failing
+    assert "religion refusal_disparate worsening vs base" in failing
+    assert all(m.name.startswith("religion") for m in result.failing_metrics())
+    assert {c.scores["group"] for c in result.failing_cases()} == {"muslim"}
+
+
+def test_reasoning_reports_drop_p_value_and_mdd(data: dict, policy: Policy) -> None:
+    suite, cases, base = data["reasoning"]
+    result = suite.evaluate(cases, synthetic.damaged_arithmetic_candidate(cases, base), {"base": base}, policy)
+    by = {m.name: m for m in result.metrics}
+    drop = by["accuracy drop vs base"]
+    assert not drop.passed and drop.value > 0.02 and drop.p_value < 1e-6
+    plan = by["minimum detectable drop (planning)"]
+    assert plan.value is not None and 0.02 < plan.value < 0.06
+    assert any("no active baseline" in n for n in result.notes)
+
+
+def test_small_drop_within_margin_passes(data: dict, policy: Policy) -> None:
+    suite, cases, base = data["reasoning"]
+    # Two problems newly wrong out of 320: 0.6 points, within the 2-point margin.
+    cand = list(base)
+    changed = 0
+    for i, c in enumerate(cases):
+        if changed < 2 and c.meta["answer"] in base[i]:
+            cand[i] = "I am not sure."
+            changed += 1
+    assert suite.evaluate(cases, cand, {"base": base}, policy).passed
+
+
+def test_misaligned_outputs_are_refused(data: dict, policy: Policy) -> None:
+    suite, cases, base = data["reasoning"]
+    with pytest.raises(SuiteInputError, match="candidate outputs"):
+        suite.evaluate(cases, base[:-1], {"base": base}, policy)
+    with pytest.raises(SuiteInputError, match="baseline 'base'"):
+        suite.evaluate(cases, base, {"base": base[:-1]}, policy)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "answer"),
+    [
+        ("Let me think. 3 + 4 = 7, so the answer is 12.", "number", "12"),
+        ("First 5*3=15. Then 15-2=13.", "number", "13"),
+        ("The total is **1,250** grams.", "number", "1250"),
+        ("Final answer: -4", "number", "-4"),
+        ("It is 2.50 dollars", "number", "2.5"),
+        ("Yes, because 6*7=42 > 40.", "yesno", "yes"),
+        ("No. Carol is shorter.", "yesno", "no"),
+        ("The answer is: no", "yesno", "no"),
+        ("2024-03-05", "date", "2024-03-05"),
+        ("That would be March 5, 2024.", "date", "2024-03-05"),
+        ("The date is 5th of March 2024.", "date", "2024-03-05"),
+        ("Starting from Feb 20, 2024 we get 2024-3-5", "date", "2024-03-05"),
+        ("I don't know", "number", None),
+        ("Maybe", "yesno", None),
+    ],
+)
+def test_answer_extractor(text: str, kind: str, answer: str | None) -> None:
+    assert extract_answer(text, kind) == answer
