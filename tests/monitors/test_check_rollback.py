@@ -1,0 +1,181 @@
+"""The check and the guarded rollback against the real PostgreSQL (in process).
+
+Drift is driven through recorded outputs: clean ones build the reference, violating ones
+(personal data, insults) drive the policy-violation CUSUM over its threshold.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import func, select
+
+from governance.alerts.models import Alert
+from governance.audit.models import AuditEntry
+from governance.db import unit_of_work
+from governance.deployments import service as deployments
+from governance.deployments.models import Promotion
+from governance.monitoring.models import DetectorState, DriftCheck, MonitorReference
+from governance.outbox.models import OutboxMessage
+from monitors.rollback import auto_rollback
+from tests.monitors.conftest import World, make_world
+
+
+def _rollback(world: World, expected: int | None, check_id: int = 0, detector: str = "policy_violations"):  # type: ignore[no-untyped-def]
+    with unit_of_work(world.engine) as s:
+        return auto_rollback(s, deployment_id=world.deployment_id, expected_version_id=expected, check_id=check_id,
+                             detector=detector, now=datetime.now(UTC))
+
+
+def _count(world: World, model, *where) -> int:  # type: ignore[no-untyped-def]
+    with unit_of_work(world.engine) as s:
+        return int(s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+
+def _alerts(world: World, kind: str) -> list[Alert]:
+    with unit_of_work(world.engine) as s:
+        return list(s.scalars(select(Alert).where(Alert.deployment_id == world.deployment_id, Alert.kind == kind)))
+
+
+def test_drift_alerts_then_rolls_back_once_with_evidence(world: World) -> None:
+    v1 = world.release()
+    v2 = world.release()
+    world.record(v2, 210)
+    first = world.check("w1")
+    assert first.verdict == "inconclusive" and first.detectors["_window"]["reason"] == "reference ready"
+    world.record(v2, 40)
+    ok = world.check("w2")
+    assert ok.verdict == "ok", ok.detectors
+    # the same window again (a second beat, a redelivered task): nothing new
+    again = world.check("w2")
+    assert again.status == "duplicate" and again.check_id == ok.check_id
+    world.record(v2, 40, violating_every=2)
+    bad1 = world.check("w3")
+    assert bad1.verdict == "drift" and bad1.detectors["policy_violations"]["verdict"] == "drift"
+    assert not bad1.followups  # one window is not enough (consecutive_windows: 2)
+    world.record(v2, 40, violating_every=2)
+    bad2 = world.check("w4")
+    assert bad2.verdict == "drift" and len(bad2.followups) == 1
+    kwargs = bad2.followups[0]["kwargs"]
+    assert kwargs == {"deployment_id": world.deployment_id, "expected_version_id": v2,
+                      "check_id": bad2.check_id, "detector": "policy_violations"}
+    assert _count(world, OutboxMessage, OutboxMessage.target == "monitors.auto_rollback") >= 1
+    # one open drift alert for the incident, counted twice
+    drift = [a for a in _alerts(world, "drift") if a.details.get("detector") == "policy_violations"]
+    assert len(drift) == 1 and drift[0].occurrences == 2 and drift[0].severity == "critical"
+
+    # the rollback task delivered three times: one effect
+    outcomes = [_rollback(world, v2, bad2.check_id).status for _ in range(3)]
+    assert outcomes == ["rolled_back", "already_done", "already_done"]
+    assert world.active() == v1
+    assert _count(world, Promotion, Promotion.deployment_id == world.deployment_id,
+                  Promotion.kind == "auto_rollback") == 1
+    with unit_of_work(world.engine) as s:
+        entries = list(s.scalars(select(AuditEntry).where(AuditEntry.action == "deployment.auto_rollback",
+                                                          AuditEntry.subject_id == world.deployment)))
+    assert len(entries) == 1
+    assert entries[0].actor == "system:monitor/policy_violations"
+    assert '\\"statistic\\"' in entries[0].payload and '\\"threshold\\"' in entries[0].payload
+    assert str(bad2.check_id) in entries[0].payload
+    assert len(_alerts(world, "auto_rollback")) == 1
+
+    with unit_of_work(world.engine) as s:
+        checks = list(s.scalars(select(DriftCheck).where(DriftCheck.deployment_id == world.deployment_id)
+                                .order_by(DriftCheck.id)))
+        states = list(s.scalars(select(DetectorState).where(DetectorState.deployment_id == world.deployment_id)))
+        refs = list(s.scalars(select(MonitorReference).where(MonitorReference.deployment_id == world.deployment_id)))
+    assert [c.verdict for c in checks] == ["inconclusive", "ok", "drift", "drift"]
+    # windows follow each other without gaps or overlaps
+    for a, b in zip(checks, checks[1:], strict=False):
+        assert b.first_output_id == a.last_output_id + 1
+    stored = checks[-1].detectors["policy_violations"]
+    assert stored["statistic"] >= stored["threshold"] > 0 and stored["sample_size"] == 40
+    assert {s.detector for s in states} == {"policy_violations", "descriptor_means"}
+    assert refs[0].sample_size == 200 and refs[0].stats["summary"]["rates"]["violation"] == 0.0
+
+
+def test_too_few_outputs_is_inconclusive_never_drift(world: World) -> None:
+    v1 = world.release()
+    world.record(v1, 200)
+    world.check("a")
+    world.record(v1, 5, violating_every=1)
+    res = world.check("b")
+    assert res.verdict == "inconclusive" and "fewer than min_samples" in res.detectors["_window"]["reason"]
+
+
+def test_frozen_deployment_only_alerts(world: World) -> None:
+    world.release()
+    v2 = world.release()
+    with unit_of_work(world.engine) as s:
+        deployments.freeze(s, deployment=world.deployment, principal=world.people["compliance_officer"])
+    assert _rollback(world, v2).status == "frozen"
+    assert world.active() == v2
+    assert len(_alerts(world, "rollback_frozen")) == 1
+
+
+def test_changed_precondition_does_nothing(world: World) -> None:
+    v1 = world.release()
+    v2 = world.release()
+    decision = _rollback(world, v1)  # the decision was based on v1, but v2 is active now
+    assert decision.status == "stale"
+    assert world.active() == v2
+    assert _count(world, Promotion, Promotion.deployment_id == world.deployment_id,
+                  Promotion.kind == "auto_rollback") == 0
+
+
+def test_missing_target_raises_critical_alert_and_changes_nothing(world: World) -> None:
+    v1 = world.release()
+    assert _rollback(world, v1).status == "no_target"
+    assert world.active() == v1
+    (alert,) = _alerts(world, "rollback_no_target")
+    assert alert.severity == "critical"
+    # redelivery: the same incident, counted, not a second alert
+    assert _rollback(world, v1).status == "no_target"
+    (alert,) = _alerts(world, "rollback_no_target")
+    assert alert.occurrences == 2
+
+
+def test_cooldown_then_only_alerts(world: World) -> None:
+    world.release()
+    v2 = world.release()
+    v3 = world.release()
+    assert _rollback(world, v3).status == "rolled_back"
+    assert world.active() == v2
+    assert _rollback(world, v2).status == "cooldown"
+    assert world.active() == v2
+    (alert,) = _alerts(world, "rollback_cooldown")
+    assert alert.severity == "critical"
+
+
+@pytest.fixture()
+def capped_world(engine, settings_env) -> World:  # type: ignore[no-untyped-def]
+    return make_world(engine, cooldown=0, cap=1)
+
+
+def test_daily_cap_then_only_alerts(capped_world: World) -> None:
+    w = capped_world
+    w.release()
+    v2 = w.release()
+    v3 = w.release()
+    assert _rollback(w, v3).status == "rolled_back"
+    assert _rollback(w, v2).status == "capped"
+    assert w.active() == v2
+    assert len(_alerts(w, "rollback_capped")) == 1
+
+
+def test_two_dispatchers_one_check_per_window(world: World, redis_url: str) -> None:
+    from monitors import tasks
+    from monitors.check import window_key
+
+    v1 = world.release()
+    world.record(v1, 30)
+    now = datetime.now(UTC)
+    sent_a = tasks.dispatch(now, redis_url=redis_url)
+    sent_b = tasks.dispatch(now, redis_url=redis_url)
+    key, _, _ = window_key(world.deployment_id, 60, now)
+    assert key in sent_a and key not in sent_b
+    # the checks themselves, run twice (two workers got the task): one row
+    results = [world.check(key), world.check(key)]
+    assert sorted(r.status for r in results) == ["done", "duplicate"]
+    assert _count(world, DriftCheck, DriftCheck.deployment_id == world.deployment_id) == 1
