@@ -30,11 +30,10 @@ def alert_list(
     has_next = len(rows) > paging.size
     rows = rows[: paging.size]
     dep_ids = {a.deployment_id for a in rows if a.deployment_id is not None}
-    dep_names = (
-        dict(session.execute(select(Deployment.id, Deployment.name).where(Deployment.id.in_(dep_ids))).tuples())
-        if dep_ids
-        else {}
-    )
+    dep_names: dict[int, str] = {}
+    if dep_ids:
+        rows_ = session.execute(select(Deployment.id, Deployment.name).where(Deployment.id.in_(dep_ids))).tuples()
+        dep_names = {dep_id: dep_name for dep_id, dep_name in rows_}
     return render(
         request,
         "alerts.html",

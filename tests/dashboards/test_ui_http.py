@@ -304,7 +304,8 @@ def test_drift_page_charts_checks_and_sandboxed_report(client: TestClient, world
 def test_alerts_acknowledge_with_comment(client: TestClient, world: World) -> None:
     key = uid("incident")
     with unit_of_work(world.engine) as s:
-        alert, _ = alerts.raise_alert(s, kind="drift", severity="critical", incident_key=key,
+        dep = deployments.get_deployment_or_raise(s, name=world.deployment)
+        alert, _ = alerts.raise_alert(s, kind="drift", severity="critical", incident_key=key, deployment_id=dep.id,
                                       message=f"drift on {world.deployment}", actor="system:test")
         alert_id = alert.id
     csrf = sign_in(client, world.people["auditor"].key)
