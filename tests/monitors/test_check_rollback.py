@@ -6,6 +6,7 @@ Drift is driven through recorded outputs: clean ones build the reference, violat
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 
 import pytest
@@ -87,7 +88,7 @@ def test_drift_alerts_then_rolls_back_once_with_evidence(world: World) -> None:
         refs = list(s.scalars(select(MonitorReference).where(MonitorReference.deployment_id == world.deployment_id)))
     assert [c.verdict for c in checks] == ["inconclusive", "ok", "drift", "drift"]
     # windows follow each other without gaps or overlaps
-    for a, b in zip(checks, checks[1:], strict=False):
+    for a, b in itertools.pairwise(checks):
         assert b.first_output_id == a.last_output_id + 1
     stored = checks[-1].detectors["policy_violations"]
     assert stored["statistic"] >= stored["threshold"] > 0 and stored["sample_size"] == 40

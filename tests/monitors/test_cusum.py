@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from monitors.detectors import UnknownDetector, build_detector, detector_class, known_kinds
-from monitors.detectors import cusum
+from monitors.detectors import UnknownDetector, build_detector, cusum, detector_class, known_kinds
 from monitors.detectors.base import DetectorContext, Frame, Reference
 from monitors.detectors.sequential import BernoulliCusum, resolve_kind
 
