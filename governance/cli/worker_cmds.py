@@ -41,8 +41,10 @@ def worker_cmd(
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port, addr="127.0.0.1")
-    app.worker_main(["worker", f"--queues={','.join(chosen)}", f"--concurrency={concurrency}", f"--pool={pool}",
-                     f"--loglevel={loglevel}", "--without-gossip", "--without-mingle", "-n", f"govern-{os.getpid()}@%h"])
+    app.worker_main([
+        "worker", f"--queues={','.join(chosen)}", f"--concurrency={concurrency}", f"--pool={pool}",
+        f"--loglevel={loglevel}", "--without-gossip", "--without-mingle", "-n", f"govern-{os.getpid()}@%h",
+    ])
 
 
 @clear_errors
