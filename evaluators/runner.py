@@ -1,0 +1,408 @@
+"""The gate runner: generate the suites' outputs, judge them, and write the evidence report.
+
+Generation is batched greedy decoding with one token per row, so the candidate and its
+baselines (the bare base model, the deployment's active version) share batches: each
+batch holds every system's row for a chunk of cases, and the cases are ordered by
+prompt length so padding stays small. The base model's outputs are cached in the state
+folder by (base digest, case-set digest, decoding settings), so a repeated gate does not
+regenerate them. Everything after generation is a pure function of texts: the verdict
+and the evidence digest (sha256 over a canonical encoding of every prompt, output,
+score, statistic and threshold, plus the digests of the policy and the tokens) are the
+same for the same inputs. ``render_html`` turns a report into one self-contained page.
+
+The model side is behind the ``Generator`` protocol; ``AlignerGenerator`` implements it
+with ``aligner.generation.generate``; tests use a fake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from evaluators.suites.base import Case, Suite, SuiteResult, cases_digest, get_suite
+from governance.audit.canonical import canonical_json
+from governance.policy import Policy
+
+DEFAULT_SUITES = ("policy_compliance", "bias", "reasoning")
+CACHE_DIR = "gate_cache"
+REPORT_SCHEMA = 1
+
+Progress = Callable[[int, int], None]
+
+
+class Generator(Protocol):
+    """What the runner needs from a model: greedy outputs for prompts, one token per row."""
+
+    #: sha256 of the base model's weights (keys the base-output cache).
+    base_digest: str
+
+    def decoding(self) -> dict[str, Any]:
+        """The decoding settings that change outputs (max_new_tokens, system prompt, ...)."""
+        ...
+
+    def generate(self, prompts: Sequence[str], row_tokens: Sequence[Any | None]) -> list[str]:
+        """One output per prompt; ``row_tokens[i]`` is the token for row i (None: bare base)."""
+        ...
+
+
+class AlignerGenerator:
+    """A ``Generator`` over a transformers model with an Aligner adapter attached."""
+
+    def __init__(
+        self, model: Any, tokenizer: Any, *, base_digest: str, max_new_tokens: int = 96, system: str | None = None
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.base_digest = base_digest
+        self.max_new_tokens = max_new_tokens
+        self.system = system
+
+    def decoding(self) -> dict[str, Any]:
+        return {"strategy": "greedy", "max_new_tokens": self.max_new_tokens, "system": self.system,
+                "chat_template": True}
+
+    def generate(self, prompts: Sequence[str], row_tokens: Sequence[Any | None]) -> list[str]:
+        from aligner.generation import generate
+
+        return generate(self.model, self.tokenizer, list(prompts), row_tokens=list(row_tokens),
+                        max_new_tokens=self.max_new_tokens, system=self.system, batch_size=max(1, len(prompts)))
+
+
+@dataclass(frozen=True)
+class Row:
+    suite: str
+    index: int  # case index within its suite
+    system: str  # candidate | active | base
+
+
+@dataclass
+class GateReport:
+    """Everything a verdict rests on. ``to_dict`` puts the verdict first."""
+
+    verdict: str
+    suites: list[SuiteResult]
+    evidence_digest: str
+    policy_sha256: str
+    candidate_digest: str
+    active_digest: str | None
+    base_digest: str
+    decoding: dict[str, Any]
+    form_vs_knowledge: dict[str, Any]
+    # Not part of the evidence (timings differ between identical runs).
+    run: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "passed"
+
+    def evidence(self) -> dict[str, Any]:
+        """The canonical evidence bundle that ``evidence_digest`` hashes."""
+        return {
+            "schema": REPORT_SCHEMA,
+            "verdict": self.verdict,
+            "policy_sha256": self.policy_sha256,
+            "candidate_digest": self.candidate_digest,
+            "active_digest": self.active_digest,
+            "base_digest": self.base_digest,
+            "decoding": self.decoding,
+            "form_vs_knowledge": self.form_vs_knowledge,
+            "suites": [s.to_dict() for s in self.suites],
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """Per suite: verdict, metrics (value, threshold, interval / p-values, n), notes; no cases."""
+        return {
+            "verdict": self.verdict,
+            "evidence_digest": self.evidence_digest,
+            "policy_sha256": self.policy_sha256,
+            "form_vs_knowledge": self.form_vs_knowledge,
+            "suites": {
+                s.suite: {
+                    "passed": s.passed,
+                    "n_cases": s.n_cases,
+                    "failing_cases": len(s.failing_cases()),
+                    "metrics": [m.to_dict() for m in s.metrics],
+                    "notes": list(s.notes),
+                }
+                for s in self.suites
+            },
+            "run": self.run,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"verdict": self.verdict, "evidence_digest": self.evidence_digest}
+        d.update({k: v for k, v in self.evidence().items() if k != "verdict"})
+        d["run"] = self.run
+        return d
+
+
+def evidence_digest(evidence: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(dict(evidence)).encode("utf-8")).hexdigest()
+
+
+# --- base-output cache -----------------------------------------------------------------
+
+
+def base_cache_key(base_digest: str, suite: str, cases: Sequence[Case], decoding: Mapping[str, Any]) -> str:
+    payload = canonical_json({"base": base_digest, "suite": suite, "cases": cases_digest(cases),
+                              "decoding": dict(decoding)})
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _cache_path(state_dir: Path, key: str) -> Path:
+    return state_dir / CACHE_DIR / f"base-{key}.json"
+
+
+def load_cached_base(state_dir: Path | None, key: str, n: int) -> list[str] | None:
+    if state_dir is None:
+        return None
+    path = _cache_path(state_dir, key)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    outputs = data.get("outputs")
+    if data.get("key") != key or not isinstance(outputs, list) or len(outputs) != n:
+        return None  # a stale or damaged entry is regenerated, never trusted
+    return [str(o) for o in outputs]
+
+
+def save_cached_base(state_dir: Path | None, key: str, outputs: Sequence[str]) -> None:
+    if state_dir is None:
+        return
+    path = _cache_path(state_dir, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "outputs": list(outputs)}, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)  # atomic: a crashed run never leaves half an entry
+
+
+# --- generation plan --------------------------------------------------------------------
+
+
+def plan_rows(
+    suite_cases: Mapping[str, Sequence[Case]], systems: Mapping[str, Sequence[str]], batch_size: int
+) -> list[list[Row]]:
+    """Batches of rows: every needed system's row of a case sits in the same batch.
+
+    ``systems[suite]`` lists the systems to generate for that suite (the base is left out
+    when cached). Cases are ordered by prompt length (ties by suite and index) so the
+    batch membership depends only on the cases, and padding is small.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    ordered = sorted(
+        ((suite, i, case) for suite, cases in suite_cases.items() for i, case in enumerate(cases)),
+        key=lambda t: (len(t[2].prompt), t[0], t[1]),
+    )
+    batches: list[list[Row]] = []
+    current: list[Row] = []
+    for suite, i, _case in ordered:
+        rows = [Row(suite, i, s) for s in systems[suite]]
+        if not rows:
+            continue
+        if current and len(current) + len(rows) > batch_size:
+            batches.append(current)
+            current = []
+        current.extend(rows)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def generate_rows(
+    generator: Generator,
+    batches: Sequence[Sequence[Row]],
+    suite_cases: Mapping[str, Sequence[Case]],
+    tokens: Mapping[str, Any | None],
+    progress: Progress | None = None,
+) -> dict[Row, str]:
+    """Run the batches; returns the output of every row. (A shard is any subset of batches.)"""
+    total = sum(len(b) for b in batches)
+    done = 0
+    out: dict[Row, str] = {}
+    for batch in batches:
+        prompts = [suite_cases[r.suite][r.index].prompt for r in batch]
+        outputs = generator.generate(prompts, [tokens[r.system] for r in batch])
+        if len(outputs) != len(batch):
+            raise RuntimeError(f"generator returned {len(outputs)} outputs for {len(batch)} prompts")
+        out.update(zip(batch, outputs, strict=True))
+        done += len(batch)
+        if progress is not None:
+            progress(done, total)
+    return out
+
+
+# --- the gate ----------------------------------------------------------------------------
+
+
+def run_gate(
+    generator: Generator,
+    *,
+    policy: Policy,
+    policy_sha256: str,
+    candidate: Any,
+    candidate_digest: str,
+    active: Any | None = None,
+    active_digest: str | None = None,
+    state_dir: str | Path | None = None,
+    suites: Sequence[str | Suite] = DEFAULT_SUITES,
+    cases: Mapping[str, Sequence[Case]] | None = None,
+    progress: Progress | None = None,
+) -> GateReport:
+    """Generate, judge and report. ``cases`` overrides a suite's shipped cases (tests, shards)."""
+    t0 = time.perf_counter()
+    state = Path(state_dir) if state_dir is not None else None
+    suite_objs = [get_suite(s) if isinstance(s, str) else s for s in suites]
+    suite_cases = {s.name: list(cases[s.name]) if cases and s.name in cases else s.load_cases() for s in suite_objs}
+    decoding = generator.decoding()
+    has_active = active is not None
+    tokens: dict[str, Any | None] = {"candidate": candidate, "base": None}
+    if has_active:
+        tokens["active"] = active
+
+    cached: dict[str, list[str]] = {}
+    keys: dict[str, str] = {}
+    systems: dict[str, list[str]] = {}
+    for s in suite_objs:
+        keys[s.name] = base_cache_key(generator.base_digest, s.name, suite_cases[s.name], decoding)
+        hit = load_cached_base(state, keys[s.name], len(suite_cases[s.name]))
+        if hit is not None:
+            cached[s.name] = hit
+        systems[s.name] = ["candidate", *(["active"] if has_active else []), *([] if hit is not None else ["base"])]
+    batches = plan_rows(suite_cases, systems, policy.gate.batch_size)
+    t_gen = time.perf_counter()
+    outputs = generate_rows(generator, batches, suite_cases, tokens, progress)
+    gen_seconds = time.perf_counter() - t_gen
+
+    results: list[SuiteResult] = []
+    for s in suite_objs:
+        n = len(suite_cases[s.name])
+        cand = [outputs[Row(s.name, i, "candidate")] for i in range(n)]
+        base = cached.get(s.name) or [outputs[Row(s.name, i, "base")] for i in range(n)]
+        if s.name not in cached:
+            save_cached_base(state, keys[s.name], base)
+        baselines: dict[str, list[str]] = {"base": base}
+        if has_active:
+            baselines["active"] = [outputs[Row(s.name, i, "active")] for i in range(n)]
+        results.append(s.evaluate(suite_cases[s.name], cand, baselines, policy))
+    report = build_report(
+        results, policy_sha256=policy_sha256, candidate_digest=candidate_digest, active_digest=active_digest,
+        base_digest=generator.base_digest, decoding=decoding,
+    )
+    report.run = {
+        "rows_generated": sum(len(b) for b in batches),
+        "batches": len(batches),
+        "base_cached": sorted(cached),
+        "generation_seconds": round(gen_seconds, 3),
+        "total_seconds": round(time.perf_counter() - t0, 3),
+    }
+    return report
+
+
+def build_report(
+    results: Sequence[SuiteResult],
+    *,
+    policy_sha256: str,
+    candidate_digest: str,
+    active_digest: str | None,
+    base_digest: str,
+    decoding: Mapping[str, Any],
+) -> GateReport:
+    """Verdict (every suite must pass), form-vs-knowledge summary and evidence digest."""
+    verdict = "passed" if results and all(r.passed for r in results) else "failed"
+    report = GateReport(
+        verdict=verdict,
+        suites=list(results),
+        evidence_digest="",
+        policy_sha256=policy_sha256,
+        candidate_digest=candidate_digest,
+        active_digest=active_digest,
+        base_digest=base_digest,
+        decoding=dict(decoding),
+        form_vs_knowledge=form_vs_knowledge(results),
+    )
+    report.evidence_digest = evidence_digest(report.evidence())
+    return report
+
+
+def form_vs_knowledge(results: Sequence[SuiteResult]) -> dict[str, Any]:
+    """How far the token moved form (refusals, tone, format, length) against knowledge (accuracy).
+
+    The Aligner paper's probe: a global token should change how a model says things far
+    more than what it knows. Deltas are candidate minus bare base, over the gate's cases.
+    """
+    from evaluators.checkers import is_refusal
+
+    by = {r.suite: r for r in results}
+    form: dict[str, Any] = {}
+    all_cases = [c for r in results for c in r.cases if "base" in c.baseline_outputs]
+    if all_cases:
+        n = len(all_cases)
+        form["refusal_rate_delta"] = round(
+            (sum(is_refusal(c.candidate_output) for c in all_cases)
+             - sum(is_refusal(c.baseline_outputs["base"]) for c in all_cases)) / n, 6)
+        form["mean_words_delta"] = round(
+            (sum(len(c.candidate_output.split()) for c in all_cases)
+             - sum(len(c.baseline_outputs["base"].split()) for c in all_cases)) / n, 6)
+        form["outputs_changed_share"] = round(
+            sum(c.candidate_output != c.baseline_outputs["base"] for c in all_cases) / n, 6)
+    comp = by.get("policy_compliance")
+    if comp is not None:
+        for cat, info in comp.details.get("categories", {}).items():
+            base_rate = info.get("baseline_rates", {}).get("base")
+            if base_rate is not None:
+                form[f"{cat}_violation_delta"] = round(info["rate"] - base_rate, 6)
+    knowledge: dict[str, Any] = {}
+    reasoning = by.get("reasoning")
+    if reasoning is not None:
+        acc = reasoning.details.get("accuracy", {})
+        if "candidate" in acc and "base" in acc:
+            knowledge = {"accuracy_candidate": acc["candidate"], "accuracy_base": acc["base"],
+                         "accuracy_delta": round(acc["candidate"] - acc["base"], 6)}
+    form_moves = [abs(v) for k, v in form.items() if k.endswith("_delta") and k != "mean_words_delta"]
+    form_size = max(form_moves, default=0.0)
+    know_size = abs(knowledge.get("accuracy_delta", 0.0))
+    if not form and not knowledge:
+        reading = "nothing to compare (no base outputs)"
+    elif form_size == 0 and know_size == 0:
+        reading = "the token moved neither form nor knowledge on these cases"
+    elif know_size <= form_size / 2 or know_size <= 0.02:
+        reading = "mostly form: the token changed how the model answers more than what it gets right"
+    else:
+        reading = "knowledge moved too: reasoning accuracy changed as much as form did"
+    return {"form": form, "knowledge": knowledge, "reading": reading}
+
+
+# --- HTML ---------------------------------------------------------------------------------
+
+_TEMPLATE = Path(__file__).resolve().parent / "templates" / "gate_report.html"
+MAX_CASES_PER_SUITE = 50
+
+
+def render_html(report: GateReport, *, title: str = "Gate report", max_cases: int = MAX_CASES_PER_SUITE) -> str:
+    """One self-contained HTML page (inline CSS, no scripts, no external assets)."""
+    from jinja2 import Environment, select_autoescape
+
+    env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
+    env.filters["num"] = _fmt_num
+    template = env.from_string(_TEMPLATE.read_text(encoding="utf-8"))
+    return template.render(report=report, title=title, max_cases=max_cases)
+
+
+def _fmt_num(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.2e}"
+        return f"{value:.4g}"
+    return str(value)

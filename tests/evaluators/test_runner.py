@@ -1,0 +1,158 @@
+"""The gate runner with a fake generator: shared batches, base cache, determinism, report."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from evaluators.embeddings import hashing_embedder
+from evaluators.runner import GateReport, Row, plan_rows, render_html, run_gate
+from evaluators.suites.base import Case, get_suite
+from evaluators.suites.bias import BiasSuite
+from governance.policy import Policy, load_default_policy
+from tests.evaluators import synthetic
+
+
+class FakeGenerator:
+    """Outputs by (prompt, token): the synthetic base, transformed by the token's damage."""
+
+    base_digest = "b" * 64
+
+    def __init__(self, suites: Sequence[Any]) -> None:
+        self.cases: dict[str, Case] = {}
+        for s in suites:
+            for c in s.load_cases():
+                self.cases.setdefault(c.prompt, c)
+        self.calls: list[list[str]] = []
+
+    def decoding(self) -> dict[str, Any]:
+        return {"strategy": "greedy", "max_new_tokens": 96}
+
+    def generate(self, prompts: Sequence[str], row_tokens: Sequence[Any | None]) -> list[str]:
+        self.calls.append([str(t) for t in row_tokens])
+        out = []
+        for prompt, token in zip(prompts, row_tokens, strict=True):
+            case = self.cases[prompt]
+            # The base's luck on a problem depends on the problem only (batch-independent).
+            text = synthetic.base_output(case, random.Random(case.id))
+            if token == "complies":
+                text = synthetic.complying_candidate([case], [text])[0]
+            elif token == "biased":
+                text = synthetic.attribute_dependent_candidate([case], [text])[0]
+            elif token == "damaged" and "answer" in case.meta and case.meta["answer"] in text:
+                text = synthetic._wrong(case) if random.Random(case.id + "d").random() < 0.4 else text
+            out.append(text)
+        return out
+
+
+@pytest.fixture(scope="module")
+def policy() -> Policy:
+    return load_default_policy()[0]
+
+
+@pytest.fixture(scope="module")
+def suites() -> list[Any]:
+    return [get_suite("policy_compliance"), BiasSuite(embedder=hashing_embedder), get_suite("reasoning")]
+
+
+def _run(gen: FakeGenerator, suites: list[Any], policy: Policy, token: str, state: Path | None,
+         active: str | None = None, **kw: Any) -> GateReport:
+    return run_gate(gen, policy=policy, policy_sha256="p" * 64, candidate=token, candidate_digest=f"{token:x<64}"[:64],
+                    active=active, active_digest=None if active is None else "a" * 64, state_dir=state,
+                    suites=suites, **kw)
+
+
+def test_plan_rows_keeps_a_case_s_systems_together() -> None:
+    cases = {"s": [Case(f"c{i}", "x", "p" * (i % 5 + 1), "e") for i in range(10)]}
+    batches = plan_rows(cases, {"s": ["candidate", "active", "base"]}, batch_size=8)
+    for batch in batches:
+        assert len(batch) <= 8
+        for r in batch:
+            assert {x.system for x in batch if x.index == r.index} == {"candidate", "active", "base"}
+    assert sum(len(b) for b in batches) == 30
+    # Ordered by prompt length: padding within a batch stays small.
+    lengths = [len(cases["s"][b[0].index].prompt) for b in batches]
+    assert lengths == sorted(lengths)
+    with pytest.raises(ValueError):
+        plan_rows(cases, {"s": ["candidate"]}, batch_size=0)
+
+
+def test_identical_token_passes_and_is_deterministic(suites: list[Any], policy: Policy, tmp_path: Path) -> None:
+    gen = FakeGenerator(suites)
+    progress: list[tuple[int, int]] = []
+    first = _run(gen, suites, policy, "zero", tmp_path, progress=lambda d, t: progress.append((d, t)))
+    assert first.passed, [(s.suite, [m.name for m in s.failing_metrics()]) for s in first.suites]
+    assert progress[-1][0] == progress[-1][1] == first.run["rows_generated"]
+    # Every batch mixes the candidate's rows with the base's (shared batches).
+    assert all("zero" in call and "None" in call for call in gen.calls)
+    n_cases = sum(len(s.load_cases()) for s in suites)
+    assert first.run["rows_generated"] == 2 * n_cases
+
+    # Second run: the base comes from the cache, the verdict and digest do not change.
+    second = _run(gen, suites, policy, "zero", tmp_path)
+    assert second.run["base_cached"] == sorted(s.name for s in suites)
+    assert second.run["rows_generated"] == n_cases
+    assert second.evidence_digest == first.evidence_digest
+    assert second.to_dict()["suites"] == first.to_dict()["suites"]
+    # Different policy bytes -> different evidence.
+    third = run_gate(gen, policy=policy, policy_sha256="q" * 64, candidate="zero",
+                     candidate_digest="zero".ljust(64, "x"), state_dir=tmp_path, suites=suites)
+    assert third.evidence_digest != first.evidence_digest
+
+
+@pytest.mark.parametrize(
+    ("token", "failing_suite"),
+    [("complies", "policy_compliance"), ("biased", "bias"), ("damaged", "reasoning")],
+)
+def test_bad_tokens_fail_exactly_their_suite(
+    token: str, failing_suite: str, suites: list[Any], policy: Policy, tmp_path: Path
+) -> None:
+    report = _run(FakeGenerator(suites), suites, policy, token, tmp_path)
+    assert report.verdict == "failed"
+    assert {s.suite for s in report.suites if not s.passed} == {failing_suite}
+    html = render_html(report, title=f"gate: {token}")
+    assert "Verdict: FAILED" in html and "Failing cases" in html
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    failing = next(s for s in report.suites if s.suite == failing_suite).failing_cases()
+    assert failing[0].case_id in html
+
+
+def test_active_baseline_is_generated_in_the_same_batches(suites: list[Any], policy: Policy) -> None:
+    gen = FakeGenerator(suites)
+    report = _run(gen, suites, policy, "zero", None, active="zero")
+    assert report.passed
+    assert all({"zero", "None"} <= set(call) for call in gen.calls)
+    reasoning = next(s for s in report.suites if s.suite == "reasoning")
+    assert any(m.name == "accuracy drop vs active" for m in reasoning.metrics)
+    assert report.active_digest == "a" * 64
+
+
+def test_form_vs_knowledge(suites: list[Any], policy: Policy) -> None:
+    complies = _run(FakeGenerator(suites), suites, policy, "complies", None)
+    fvk = complies.form_vs_knowledge
+    assert fvk["form"]["refusal_rate_delta"] < 0
+    assert fvk["form"]["must_refuse_violation_delta"] == pytest.approx(1.0)
+    assert fvk["knowledge"]["accuracy_delta"] == 0
+    assert fvk["reading"].startswith("mostly form")
+    damaged = _run(FakeGenerator(suites), suites, policy, "damaged", None)
+    assert damaged.form_vs_knowledge["knowledge"]["accuracy_delta"] < -0.1
+    assert damaged.form_vs_knowledge["reading"].startswith("knowledge moved")
+
+
+def test_damaged_cache_entry_is_regenerated(suites: list[Any], policy: Policy, tmp_path: Path) -> None:
+    gen = FakeGenerator(suites)
+    reasoning = [s for s in suites if s.name == "reasoning"]
+    first = _run(gen, reasoning, policy, "zero", tmp_path)
+    for f in (tmp_path / "gate_cache").iterdir():
+        f.write_text("{not json")
+    again = _run(gen, reasoning, policy, "zero", tmp_path)
+    assert again.run["base_cached"] == []
+    assert again.evidence_digest == first.evidence_digest
+
+
+def test_row_is_hashable_and_ordered() -> None:
+    assert Row("a", 1, "base") == Row("a", 1, "base")
