@@ -200,6 +200,23 @@ class Series:
     threshold: list[float | None] = field(default_factory=list)
 
 
+@dataclass
+class Chart:
+    """One plotly chart: a title, its series, and whether the y axis is logarithmic (p-values)."""
+
+    key: str
+    title: str
+    series: list[Series]
+    log_y: bool = False
+    with_thresholds: bool = True
+
+
+# detector kinds whose statistic is a p-value (drift when it falls below the threshold)
+P_VALUE_KINDS = {"evidently", "evidently_embeddings"}
+# per-window descriptor summaries that the detectors record in their details
+DESCRIPTOR_DETAILS = ("window_rate", "mean_shift_sd", "window_mean_shift_norm", "mean_shift_norm")
+
+
 def _descriptor_values(d: Any) -> dict[str, float]:
     """{descriptor: current value} from ``{"length": 12.3}`` or ``{"length": {"current": ..}}``."""
     out: dict[str, float] = {}
@@ -213,57 +230,85 @@ def _descriptor_values(d: Any) -> dict[str, float]:
     return out
 
 
-def drift_series(checks: list[DriftCheck]) -> tuple[list[Series], list[Series]]:
-    """(detector statistic series with thresholds, descriptor series) in time order."""
-    detectors: dict[str, Series] = {}
-    descriptors: dict[str, Series] = {}
-    ordered = sorted(checks, key=lambda c: (c.window_end, c.id))
-    for c in ordered:
+def detector_items(check: DriftCheck) -> list[tuple[str, dict[str, Any]]]:
+    """The detector results of a check (``_window`` and other bookkeeping keys left out)."""
+    dets = check.detectors if isinstance(check.detectors, dict) else {}
+    return [(str(k), v) for k, v in dets.items() if not str(k).startswith("_") and isinstance(v, dict)]
+
+
+def _add(series: dict[str, Series], name: str, x: str, y: float | None, thr: float | None = None) -> None:
+    s = series.setdefault(name, Series(name))
+    s.x.append(x)
+    s.y.append(y)
+    s.threshold.append(thr)
+
+
+def drift_charts(checks: list[DriftCheck]) -> list[Chart]:
+    """Charts over time: one per detector (statistic and threshold), then the main descriptors.
+
+    Descriptors are what the detectors record per window: the rate of a watched flag
+    (e.g. policy violations), mean shifts, and the per-descriptor p-values of the
+    Evidently-backed test with its (Bonferroni) threshold.
+    """
+    per_detector: dict[str, dict[str, Series]] = {}
+    kinds: dict[str, str] = {}
+    rates: dict[str, Series] = {}
+    pvals: dict[str, Series] = {}
+    generic: dict[str, Series] = {}
+    for c in sorted(checks, key=lambda c: (c.window_end, c.id)):
         x = c.window_end.isoformat() if isinstance(c.window_end, datetime) else str(c.window_end)
-        dets = c.detectors if isinstance(c.detectors, dict) else {}
-        desc_found: dict[str, float] = {}
-        for name, d in dets.items():
-            if not isinstance(d, dict):
+        for name, d in detector_items(c):
+            if name == "descriptors" and not any(k in d for k in ("statistic", "threshold", "kind")):
+                for k, v in _descriptor_values(d).items():
+                    _add(generic, k, x, v)
                 continue
-            if name == "descriptors" and not any(k in d for k in ("statistic", "threshold")):
-                desc_found.update(_descriptor_values(d))
-                continue
-            stat = _num(_first(d, ("statistic", "value", "score", "drift_share", "s")))
+            kinds[name] = str(d.get("kind") or "")
+            stat = _num(_first(d, ("statistic", "value", "score", "s")))
             thr = _num(_first(d, ("threshold", "h", "limit")))
             if stat is not None or thr is not None:
-                s = detectors.setdefault(name, Series(name))
-                s.x.append(x)
-                s.y.append(stat)
-                s.threshold.append(thr)
-            desc_found.update(_descriptor_values(d.get("descriptors")))
-        for k, v in desc_found.items():
-            s = descriptors.setdefault(k, Series(k))
-            s.x.append(x)
-            s.y.append(v)
-    return list(detectors.values()), list(descriptors.values())
+                _add(per_detector.setdefault(name, {}), name, x, stat, thr)
+            details: dict[str, Any] = d["details"] if isinstance(d.get("details"), dict) else {}
+            for key in DESCRIPTOR_DETAILS:
+                value = _num(details.get(key))
+                if value is not None:
+                    _add(rates, f"{name}: {key.replace('_', ' ')}", x, value)
+            if kinds[name] == "evidently" and isinstance(d.get("p_values"), dict):
+                for col, p in d["p_values"].items():
+                    _add(pvals, str(col), x, _num(p), thr)
+            for k, v in _descriptor_values(d.get("descriptors")).items():
+                _add(generic, k, x, v)
+    charts: list[Chart] = []
+    for name, series in per_detector.items():
+        is_p = kinds.get(name) in P_VALUE_KINDS
+        title = f"{name}: p-value (drift below the threshold)" if is_p else f"{name}: statistic and threshold"
+        charts.append(Chart(f"det-{len(charts)}", title, list(series.values()), log_y=is_p))
+    if rates:
+        charts.append(Chart("descriptors", "Main descriptors per window", list(rates.values()), with_thresholds=False))
+    if generic:
+        charts.append(Chart("descriptor-values", "Descriptors", list(generic.values()), with_thresholds=False))
+    if pvals:
+        # one threshold line is enough: every column shares the Bonferroni threshold
+        columns = list(pvals.values())
+        for col in columns[1:]:
+            col.threshold = [None] * len(col.x)
+        charts.append(Chart("descriptor-pvalues", "Descriptor drift p-values (threshold dashed)", columns, log_y=True))
+    return charts
 
 
-def plotly_figure(series: list[Series], *, title: str, with_thresholds: bool) -> dict[str, Any]:
+def plotly_figure(chart: Chart) -> dict[str, Any]:
     """A plotly.js figure (data + layout) as plain JSON; the page's script draws it."""
     data: list[dict[str, Any]] = []
-    for s in series:
+    for s in chart.series:
         data.append({"type": "scatter", "mode": "lines+markers", "name": s.name, "x": s.x, "y": s.y})
-        if with_thresholds and any(t is not None for t in s.threshold):
-            data.append(
-                {
-                    "type": "scatter",
-                    "mode": "lines",
-                    "name": f"{s.name} threshold",
-                    "x": s.x,
-                    "y": s.threshold,
-                    "line": {"dash": "dash"},
-                }
-            )
+        if chart.with_thresholds and any(t is not None for t in s.threshold):
+            data.append({"type": "scatter", "mode": "lines", "name": f"{s.name} threshold", "x": s.x,
+                         "y": s.threshold, "line": {"dash": "dash"}})
     layout = {
-        "title": {"text": title},
-        "margin": {"l": 50, "r": 20, "t": 40, "b": 40},
-        "height": 320,
+        "title": {"text": chart.title},
+        "margin": {"l": 60, "r": 20, "t": 40, "b": 40},
+        "height": 300,
         "xaxis": {"type": "date"},
+        "yaxis": {"type": "log"} if chart.log_y else {},
         "legend": {"orientation": "h"},
     }
     return {"data": data, "layout": layout}
@@ -272,7 +317,22 @@ def plotly_figure(series: list[Series], *, title: str, with_thresholds: bool) ->
 def detector_rows(check: DriftCheck) -> list[tuple[str, MetricRow]]:
     """Per detector of one check: (name, statistic/threshold/p-value/verdict row)."""
     rows = []
-    for name, d in (check.detectors or {}).items():
-        if isinstance(d, dict):
-            rows.append((str(name), _metric(str(name), d)))
+    for name, d in detector_items(check):
+        p_values: dict[str, Any] = d["p_values"] if isinstance(d.get("p_values"), dict) else {}
+        numbers = [n for n in (_num(v) for v in p_values.values()) if n is not None]
+        smallest = min(numbers) if numbers else None
+        row = _metric(name, d)
+        rows.append((name, MetricRow(row.name, row.value, row.threshold, row.interval,
+                                     row.p_value if row.p_value is not None else smallest, row.n, row.passed,
+                                     {"verdict": d.get("verdict"), "kind": d.get("kind")})))
     return rows
+
+
+def detector_reports(check: DriftCheck) -> dict[str, str]:
+    """{detector: stored report path} (the Evidently HTML each detector saved as evidence)."""
+    out = {}
+    for name, d in detector_items(check):
+        ev = d.get("evidence")
+        if isinstance(ev, dict) and isinstance(ev.get("report_html"), str):
+            out[name] = ev["report_html"]
+    return out

@@ -14,6 +14,7 @@ from dashboards.security import REPORT_CSP
 from governance.api.errors import NotFound
 from governance.deployments import service as deployments
 from governance.deployments.models import Deployment
+from governance.monitoring.models import DriftCheck
 from governance.settings import get_settings
 
 router = APIRouter()
@@ -33,25 +34,26 @@ def drift_page(
     require(viewer, UI_ROLES, "view drift")
     dep = deployments.get_deployment_or_raise(session, name=name)
     recent = reports.list_checks(session, deployment_id=dep.id, limit=CHART_POINTS)
-    stat_series, desc_series = reports.drift_series(recent)
     checks = recent[:LIST_PAGE] if before is None else reports.list_checks(
         session, deployment_id=dep.id, limit=LIST_PAGE, before_id=before
     )
-    charts = []
-    if stat_series:
-        charts.append(("detectors", _chart_json(reports.plotly_figure(
-            stat_series, title="Detector statistics and thresholds", with_thresholds=True))))
-    if desc_series:
-        charts.append(("descriptors", _chart_json(reports.plotly_figure(
-            desc_series, title="Main descriptors", with_thresholds=False))))
+    charts = [(c.key, _chart_json(reports.plotly_figure(c))) for c in reports.drift_charts(recent)]
     return render(
         request, "drift.html", viewer, dep=dep, checks=checks, charts=charts,
         next_before=checks[-1].id if len(checks) == LIST_PAGE else None,
-        detector_rows=reports.detector_rows,
+        detector_rows=reports.detector_rows, reports_of=lambda c: _reports(c),
     )
 
 
-def _check_for(session: SessionDep, check_id: int) -> tuple[object, Deployment]:
+def _reports(check: DriftCheck) -> list[str]:
+    """Detectors of a check whose stored report can be served."""
+    found = [name for name, path in reports.detector_reports(check).items() if report_file(path) is not None]
+    if not found and report_file(check.report_path) is not None:
+        found = [""]
+    return found
+
+
+def _check_for(session: SessionDep, check_id: int) -> tuple[DriftCheck, Deployment]:
     check = reports.get_check(session, check_id=check_id)
     if check is None:
         raise NotFound(f"no drift check {check_id}")
@@ -65,10 +67,9 @@ def _check_for(session: SessionDep, check_id: int) -> tuple[object, Deployment]:
 def check_page(request: Request, check_id: int, session: SessionDep, viewer: ViewerDep) -> Response:
     require(viewer, UI_ROLES, "view drift")
     check, dep = _check_for(session, check_id)
-    has_report = report_file(getattr(check, "report_path", None)) is not None
-    return render(request, "check.html", viewer, check=check, dep=dep, rows=reports.detector_rows(check),  # type: ignore[arg-type]
-                  has_report=has_report, details=json.dumps(getattr(check, "detectors", {}), indent=2,
-                                                            sort_keys=True, default=str))
+    return render(request, "check.html", viewer, check=check, dep=dep, rows=reports.detector_rows(check),
+                  report_names=_reports(check),
+                  details=json.dumps(check.detectors or {}, indent=2, sort_keys=True, default=str))
 
 
 def report_file(report_path: str | None) -> Path | None:
@@ -84,11 +85,14 @@ def report_file(report_path: str | None) -> Path | None:
 
 
 @router.get("/drift/checks/{check_id}/report")
-def check_report(check_id: int, session: SessionDep, viewer: ViewerDep) -> Response:
+def check_report(check_id: int, session: SessionDep, viewer: ViewerDep, detector: str = "") -> Response:
+    """A stored Evidently report: the named detector's, or the check's main one."""
     require(viewer, UI_ROLES, "view drift reports")
     check, _ = _check_for(session, check_id)
-    path = report_file(getattr(check, "report_path", None))
+    stored = reports.detector_reports(check).get(detector) if detector else check.report_path
+    path = report_file(stored)
     if path is None:
-        raise NotFound(f"drift check {check_id} has no stored report")
+        what = f"detector {detector!r} of drift check {check_id}" if detector else f"drift check {check_id}"
+        raise NotFound(f"{what} has no stored report")
     # Evidently's page runs its own inline scripts: sandboxed, in an opaque origin
     return FileResponse(path, media_type="text/html", headers={"Content-Security-Policy": REPORT_CSP})

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -127,9 +128,9 @@ class World:
             deployments.promote(s, deployment=self.deployment, version_id=version_id,
                                 principal=self.people["ml_engineer"].principal)
 
-    def gated_release(self, **kw: int) -> int:
+    def gated_release(self, *, failing_cases: int = 1) -> int:
         vid = self.submit()
-        self.gate(vid, **kw)
+        self.gate(vid, failing_cases=failing_cases)
         return vid
 
 
@@ -199,3 +200,19 @@ def sign_in(client: TestClient, key: str) -> str:
     nxt = client.get("/ui/releases")
     assert nxt.status_code == 200
     return csrf_of(nxt.text)
+
+
+def drift_detectors(i: int, *, report_html: str | None = None, drift: bool = False) -> dict[str, Any]:
+    """``DriftCheck.detectors`` as the monitors store it (their own result class, serialised)."""
+    from monitors.detectors.base import DetectorResult
+
+    cusum = DetectorResult(
+        name="policy_violations", kind="cusum", verdict="drift" if drift else "ok", sample_size=80,
+        statistic=0.4 * i, threshold=4.2, details={"window_rate": 0.01 * i, "violations": i},
+    )
+    evid = DetectorResult(
+        name="descriptors", kind="evidently", verdict="ok", sample_size=80, statistic=0.2 / (i + 1),
+        threshold=0.05 / 3, p_values={"length": 0.5 / (i + 1), "refusal": 0.2 / (i + 1), "sentiment": 0.9},
+        evidence={"report_html": report_html} if report_html else {},
+    )
+    return {r.name: r.to_json() for r in (cusum, evid)} | {"_window": {"population": 400, "sample_size": 80}}

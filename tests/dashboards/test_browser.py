@@ -26,7 +26,7 @@ from governance.db import unit_of_work, utcnow
 from governance.deployments import service as deployments
 from governance.monitoring.models import DriftCheck
 from governance.registry import service as registry
-from tests.dashboards.conftest import FAILING_CANDIDATE, FAILING_PROMPT, World, uid
+from tests.dashboards.conftest import FAILING_CANDIDATE, FAILING_PROMPT, World, drift_detectors, uid
 
 pytestmark = pytest.mark.browser
 
@@ -107,8 +107,7 @@ def _drift_and_alert(world: World) -> None:
             s.add(DriftCheck(
                 deployment_id=dep.id, window_key=f"w{i}", window_start=now - timedelta(minutes=13 - i),
                 window_end=now - timedelta(minutes=12 - i), sample_size=80, verdict="drift" if i == 11 else "ok",
-                detectors={"policy_violations": {"statistic": 0.4 * i, "threshold": 4.2, "verdict": "ok"},
-                           "descriptors": {"length": {"current": 50 + (i % 3)}, "refusal_rate": 0.02 * i}},
+                detectors=drift_detectors(i, drift=i == 11),
             ))
         alerts.raise_alert(s, kind="drift", severity="warning", incident_key=uid("incident"),
                            message=f"policy violations drifting on {world.deployment}", deployment_id=dep.id,
@@ -153,9 +152,9 @@ def test_officer_reviews_a_gated_release_and_sees_the_promotion_history(
     shot(page, "05-deployment-history")
 
     page.click("text=Drift checks and charts")
-    page.wait_for_selector("#chart-detectors[data-drawn='1']", timeout=20_000)
+    page.wait_for_selector("#chart-det-0[data-drawn='1']", timeout=20_000)
     page.wait_for_selector("#chart-descriptors[data-drawn='1']", timeout=20_000)
-    assert page.locator("#chart-detectors .main-svg").count() > 0  # plotly drew it, under the CSP
+    assert page.locator("#chart-det-0 .main-svg").count() > 0  # plotly drew it, under the CSP
     shot(page, "06-drift")
 
     page.click("nav >> text=Alerts")
@@ -192,7 +191,7 @@ def test_auditor_sees_no_approve_button_and_posting_anyway_is_forbidden(
 class _Attacker(BaseHTTPRequestHandler):
     target = ""
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         body = (
             "<html><body><h1>You won a prize</h1>"
             f"<form method='post' action='{self.target}'>"

@@ -17,7 +17,7 @@ from governance.db import unit_of_work, utcnow
 from governance.deployments import service as deployments
 from governance.monitoring.models import DriftCheck
 from governance.registry import service as registry
-from tests.dashboards.conftest import FAILING_CANDIDATE, World, csrf_of, sign_in, uid
+from tests.dashboards.conftest import FAILING_CANDIDATE, World, csrf_of, drift_detectors, sign_in, uid
 
 pytestmark = pytest.mark.usefixtures("settings_env")
 
@@ -270,8 +270,8 @@ def test_drift_page_charts_checks_and_sandboxed_report(client: TestClient, world
     from governance.settings import get_settings
 
     state = get_settings().state_path
-    (state / "reports").mkdir(parents=True, exist_ok=True)
-    report = state / "reports" / f"{uid('check')}.html"
+    (state / "monitor-reports").mkdir(parents=True, exist_ok=True)
+    report = state / "monitor-reports" / f"{uid('check')}.html"
     report.write_text("<html><body><script>var x = 1;</script>Evidently report</body></html>")
     sign_in(client, world.people["auditor"].key)
     empty = client.get(f"/ui/deployments/{world.deployment}/drift").text
@@ -284,21 +284,25 @@ def test_drift_page_charts_checks_and_sandboxed_report(client: TestClient, world
             c = DriftCheck(
                 deployment_id=dep.id, window_key=f"w{i}", window_start=now - timedelta(minutes=3 - i),
                 window_end=now - timedelta(minutes=2 - i), sample_size=60, verdict="drift" if i == 2 else "ok",
-                detectors={"policy_violations": {"statistic": 1.5 * i, "threshold": 4.0, "verdict": "ok"},
-                           "descriptors": {"length": {"current": 40 + i}, "refusal_rate": 0.1 * i}},
+                detectors=drift_detectors(i, report_html=str(report) if i == 2 else "/etc/passwd", drift=i == 2),
                 report_path=str(report) if i == 2 else "../../etc/passwd",
             )
             s.add(c)
             s.flush()
             ids.append(c.id)
     html = client.get(f"/ui/deployments/{world.deployment}/drift").text
-    assert 'id="figure-detectors"' in html and 'id="figure-descriptors"' in html and "plotly.min.js" in html
-    assert "policy_violations threshold" in html and "refusal_rate" in html
-    r = client.get(f"/ui/drift/checks/{ids[2]}/report")
-    assert r.status_code == 200 and "Evidently report" in r.text
-    assert r.headers["content-security-policy"].startswith("sandbox")
-    assert client.get(f"/ui/drift/checks/{ids[0]}/report").status_code == 404  # outside the state folder
-    assert client.get(f"/ui/drift/checks/{ids[2]}").status_code == 200
+    assert 'id="figure-det-0"' in html and 'id="figure-descriptors"' in html and "plotly.min.js" in html
+    assert 'id="figure-descriptor-pvalues"' in html and "policy_violations threshold" in html
+    assert "window rate" in html and '"refusal"' in html
+    for url in (f"/ui/drift/checks/{ids[2]}/report", f"/ui/drift/checks/{ids[2]}/report?detector=descriptors"):
+        r = client.get(url)
+        assert r.status_code == 200 and "Evidently report" in r.text
+        assert r.headers["content-security-policy"].startswith("sandbox")
+    # paths outside the state folder are never served
+    assert client.get(f"/ui/drift/checks/{ids[0]}/report").status_code == 404
+    assert client.get(f"/ui/drift/checks/{ids[0]}/report?detector=descriptors").status_code == 404
+    page = client.get(f"/ui/drift/checks/{ids[2]}")
+    assert page.status_code == 200 and "cusum" in page.text and "Evidently report (descriptors)" in page.text
 
 
 def test_alerts_acknowledge_with_comment(client: TestClient, world: World) -> None:
