@@ -12,7 +12,8 @@ T = TypeVar("T")
 class StrictIn(BaseModel):
     """Request bodies: unknown fields are refused, so a client cannot set server-owned ones."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # no whitespace stripping: a policy file is stored and hashed byte for byte
+    model_config = ConfigDict(extra="forbid")
 
 
 class Out(BaseModel):

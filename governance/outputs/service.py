@@ -64,11 +64,17 @@ def ingest_outputs(
         unknown = shas - set(by_sha)
         if unknown:
             raise InvalidInput(f"unknown version sha256: {', '.join(sorted(s[:12] + '...' for s in unknown))}")
-    ids = {int(r["version_id"]) for r in rows if r.get("version_id") is not None}
+    ids = {int(r["version_id"]) for r in rows if r.get("version_id") is not None} | set(by_sha.values())
     if ids:
-        found = set(session.scalars(select(TokenVersion.id).where(TokenVersion.id.in_(ids))))
-        if ids - found:
-            raise InvalidInput(f"unknown version id(s): {', '.join(str(i) for i in sorted(ids - found))}")
+        found = dict(
+            session.execute(select(TokenVersion.id, TokenVersion.deployment_id).where(TokenVersion.id.in_(ids))).all()
+        )
+        if ids - set(found):
+            raise InvalidInput(f"unknown version id(s): {', '.join(str(i) for i in sorted(ids - set(found)))}")
+        # a replica reports what this deployment served; another deployment's version is a bug upstream
+        foreign = sorted(i for i, d in found.items() if d != dep.id)
+        if foreign:
+            raise InvalidInput(f"version(s) {', '.join(map(str, foreign))} are not served by deployment {dep.name!r}")
     now = utcnow()
     values = []
     for r in rows:
@@ -90,8 +96,12 @@ def ingest_outputs(
                 "created_at": created,
             }
         )
-    stmt = pg_insert(Output).values(values).on_conflict_do_nothing(index_elements=["deployment_id", "request_id"])
-    result = session.execute(stmt)
-    inserted = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    stmt = (
+        pg_insert(Output)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=["deployment_id", "request_id"])
+        .returning(Output.id)
+    )
+    inserted = len(session.execute(stmt).all())
     metrics.OUTPUTS_INGESTED.labels(deployment=dep.name).inc(inserted)
     return inserted, len(values) - inserted

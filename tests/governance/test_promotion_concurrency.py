@@ -6,6 +6,7 @@ and a real Redis subscriber on ``govern:deployment:<name>``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -84,7 +85,7 @@ def test_twenty_concurrent_promotions_of_different_versions(client: TestClient, 
     assert [p.generation for p in history] == list(range(1, 21))
     # a consistent chain: each promotion superseded exactly the previous generation's version
     assert history[0].previous_version_id is None
-    for prev, cur in zip(history, history[1:], strict=False):
+    for prev, cur in itertools.pairwise(history):
         assert cur.previous_version_id == prev.version_id
     assert history[-1].version_id == active[0].id
     assert sorted(p.version_id for p in history) == sorted(versions)
