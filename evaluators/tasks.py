@@ -1,0 +1,171 @@
+"""The gate as a unit of work: ``run_gate(version_id)``, called by the Celery task
+``evaluators.run_gate`` (registered by ``monitors.celery_app``) and by ``govern gate run``.
+
+Idempotent and guarded (PostHog style): a version that is not ``submitted`` or
+``evaluating`` is left alone. Three short transactions around the long generation, so
+no database transaction stays open while the model runs: (1) move the version to
+``evaluating`` and open a ``running`` gate run; (2) generate and judge, outside any
+transaction; (3) record the report's rows and move the version to ``gate_passed`` or
+``gate_failed`` with its audit entry, together. An error marks the run ``error`` and
+leaves the version ``evaluating`` for a retry.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+
+from evaluators.runner import DEFAULT_SUITES, AlignerGenerator, GateReport, Progress
+from evaluators.runner import run_gate as run_gate_report
+from evaluators.store import mark_gate_error, open_gate_run, save_gate_run
+from governance.auth.service import Principal
+from governance.db import get_engine, unit_of_work
+from governance.policy import load_policy
+from governance.registry import service as registry
+from governance.registry.models import BaseModel_, TokenVersion, VersionState
+from governance.registry.models import Policy as PolicyRow
+
+log = logging.getLogger(__name__)
+
+GATE_ACTOR = "gate"
+
+
+@dataclass(frozen=True)
+class GateInputs:
+    version_id: int
+    candidate_artifact: bytes
+    candidate_sha256: str
+    active_artifact: bytes | None
+    active_sha256: str | None
+    base_name: str
+    base_digest: str
+    policy_text: str
+
+
+def load_inputs(session: Any, *, version_id: int) -> GateInputs:
+    """What the gate needs, copied out of the database (no ORM objects leave the session)."""
+    version = registry.get_version_or_raise(session, version_id=version_id)
+    base = session.get(BaseModel_, version.base_model_id)
+    policy_text: str | None = None
+    active: TokenVersion | None = None
+    if version.deployment_id is not None:
+        from governance.deployments.models import Deployment
+
+        dep = session.get(Deployment, version.deployment_id)
+        if dep is not None:
+            row = session.get(PolicyRow, dep.policy_id)
+            policy_text = row.content if row is not None else None
+        active = session.scalars(
+            select(TokenVersion).where(
+                TokenVersion.deployment_id == version.deployment_id,
+                TokenVersion.state == VersionState.active.value,
+                TokenVersion.id != version.id,
+            )
+        ).first()
+    if policy_text is None:
+        from governance.policy import default_policy_path
+
+        policy_text = default_policy_path().read_text(encoding="utf-8")
+    return GateInputs(
+        version_id=version.id,
+        candidate_artifact=bytes(version.artifact),
+        candidate_sha256=version.sha256,
+        active_artifact=bytes(active.artifact) if active is not None else None,
+        active_sha256=active.sha256 if active is not None else None,
+        base_name=base.name,
+        base_digest=base.weights_digest,
+        policy_text=policy_text,
+    )
+
+
+def _generator(inputs: GateInputs, *, state_dir: Path, max_new_tokens: int) -> AlignerGenerator:
+    from aligner import attach
+    from aligner.providers import load_base_model
+
+    model, tokenizer, digests = load_base_model(inputs.base_name, state_dir=state_dir)
+    if digests.weights != inputs.base_digest:
+        raise RuntimeError(
+            f"base model {inputs.base_name!r} loaded with digest {digests.weights[:12]}…, registered as "
+            f"{inputs.base_digest[:12]}…: refusing to gate against a different model"
+        )
+    attach(model, base_digest=digests.weights).set_token(None)
+    return AlignerGenerator(model, tokenizer, base_digest=digests.weights, max_new_tokens=max_new_tokens)
+
+
+def evaluate_version(
+    inputs: GateInputs,
+    *,
+    state_dir: str | Path,
+    generator: Any | None = None,
+    progress: Progress | None = None,
+    suites: Any = DEFAULT_SUITES,
+) -> tuple[GateReport, str]:
+    """Generate and judge (no database). Returns the report and the policy's sha256."""
+    from aligner.artifact import AlignerToken
+
+    policy, policy_sha = load_policy(inputs.policy_text)
+    gen = generator or _generator(inputs, state_dir=Path(state_dir), max_new_tokens=policy.gate.max_new_tokens)
+    candidate = AlignerToken.from_bytes(inputs.candidate_artifact)
+    active = AlignerToken.from_bytes(inputs.active_artifact) if inputs.active_artifact else None
+    report = run_gate_report(
+        gen, policy=policy, policy_sha256=policy_sha, candidate=candidate, candidate_digest=inputs.candidate_sha256,
+        active=active, active_digest=inputs.active_sha256, state_dir=state_dir, suites=suites, progress=progress,
+    )
+    return report, policy_sha
+
+
+def run_gate(
+    version_id: int,
+    *,
+    engine: Engine | None = None,
+    state_dir: str | Path | None = None,
+    generator: Any | None = None,
+    progress: Progress | None = None,
+    suites: Any = DEFAULT_SUITES,
+) -> dict[str, Any]:
+    """Run the gate of one version end to end; returns a small summary (JSON-serialisable)."""
+    from governance.settings import get_settings
+
+    settings = get_settings()
+    engine = engine or get_engine()
+    state = Path(state_dir) if state_dir is not None else Path(settings.state_dir)
+    principal = Principal.for_system(GATE_ACTOR)
+
+    with unit_of_work(engine) as s:
+        version = registry.get_version_or_raise(s, version_id=version_id)
+        if version.state not in (VersionState.submitted.value, VersionState.evaluating.value):
+            return {"version_id": version_id, "skipped": f"version is {version.state}"}
+        if version.state == VersionState.submitted.value:
+            registry.begin_gate(s, version_id=version_id, principal=principal)
+        inputs = load_inputs(s, version_id=version_id)
+        _, policy_sha = load_policy(inputs.policy_text)
+        run_id = open_gate_run(s, version_id=version_id, policy_sha256=policy_sha).id
+
+    try:
+        report, policy_sha = evaluate_version(inputs, state_dir=state, generator=generator, progress=progress,
+                                              suites=suites)
+    except Exception as exc:
+        log.exception("gate of version %s failed", version_id)
+        with unit_of_work(engine) as s:
+            mark_gate_error(s, gate_run_id=run_id, error=f"{type(exc).__name__}: {exc}")
+        raise
+
+    with unit_of_work(engine) as s:
+        from governance.gates.models import GateRun
+
+        run = s.get(GateRun, run_id)
+        save_gate_run(s, version_id=version_id, report=report, policy_sha256=policy_sha, gate_run=run)
+        registry.finish_gate(s, version_id=version_id, passed=report.passed, evidence_digest=report.evidence_digest,
+                             policy_sha256=policy_sha, principal=principal)
+    return {
+        "version_id": version_id,
+        "gate_run_id": run_id,
+        "verdict": report.verdict,
+        "evidence_digest": report.evidence_digest,
+        "failing_suites": [r.suite for r in report.suites if not r.passed],
+    }
+
