@@ -28,7 +28,8 @@ _P_KEYS = ("p_value", "p", "pvalue", "p_adjusted", "p_holm", "adjusted_p")
 _N_KEYS = ("n", "sample_size", "n_cases", "cases", "count", "size")
 _PASSED_WORDS = {"pass", "passed", "ok", "true", "green"}
 _FAILED_WORDS = {"fail", "failed", "false", "red", "error"}
-_META_KEYS = {"verdict", "passed", "status", "name", "suite", "metric", "metrics", "checks", "tests", "details"}
+_META_KEYS = {"verdict", "passed", "status", "name", "suite", "metric", "metrics", "checks", "tests", "details",
+              "notes"}
 
 
 def _first(d: dict[str, Any], keys: tuple[str, ...]) -> Any:
@@ -96,8 +97,7 @@ class SuiteSummary:
 
 
 def _metric(name: str, d: dict[str, Any]) -> MetricRow:
-    known = set(_VALUE_KEYS + _THRESHOLD_KEYS + _INTERVAL_KEYS + _P_KEYS + _N_KEYS) | _META_KEYS
-    extra = {k: v for k, v in d.items() if k not in known and not isinstance(v, (dict, list))}
+    extra = {k: v for k, v in d.items() if not isinstance(v, (dict, list))}
     return MetricRow(
         name=str(d.get("metric") or d.get("name") or name),
         value=_first(d, _VALUE_KEYS),
@@ -132,7 +132,9 @@ def suite_summaries(summary: dict[str, Any] | None) -> list[SuiteSummary]:
         passed = _passed(s)
         if passed is None and rows and all(r.passed is not None for r in rows):
             passed = all(bool(r.passed) for r in rows)
-        note = s.get("reason") or s.get("message") or s.get("error")
+        notes = s.get("notes")
+        note = "; ".join(str(n) for n in notes) if isinstance(notes, list) and notes else None
+        note = note or s.get("reason") or s.get("message") or s.get("error")
         out.append(SuiteSummary(str(name), passed, rows, str(note) if note else None))
     return out
 
@@ -140,6 +142,18 @@ def suite_summaries(summary: dict[str, Any] | None) -> list[SuiteSummary]:
 def run_verdict(run: GateRun | None) -> str:
     """'passed', 'failed', 'error', 'running', 'queued' or 'none' (no gate run yet)."""
     return "none" if run is None else str(run.status)
+
+
+def case_baselines(case: GateCaseResult) -> dict[str, str]:
+    """The comparison outputs of a case: {"base": ..., "active": ...} (the runner keeps them in scores)."""
+    stored = (case.scores or {}).get("_baselines")
+    if isinstance(stored, dict) and stored:
+        return {str(k): str(v) for k, v in stored.items() if v is not None}
+    return {"base": case.baseline_output} if case.baseline_output is not None else {}
+
+
+def case_scores(case: GateCaseResult) -> dict[str, Any]:
+    return {k: v for k, v in (case.scores or {}).items() if not str(k).startswith("_")}
 
 
 def failing_cases(session: Session, *, gate_run_id: int, limit: int = 25, offset: int = 0) -> list[GateCaseResult]:

@@ -6,12 +6,14 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import Response
+from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
 from dashboards import reports
 from dashboards.deps import UI_ROLES, CsrfDep, SessionDep, Viewer, ViewerDep, render, require
 from dashboards.pages.common import DONE_MESSAGES, Paging, redirect, user_names
+from dashboards.security import REPORT_CSP
+from governance.api.errors import NotFound
 from governance.auth.models import Role
 from governance.deployments.models import Deployment
 from governance.registry import lifecycle
@@ -137,8 +139,27 @@ def version_page(
         can_review=not blockers,
         blockers=blockers,
         is_reviewer_role=viewer.has(Role.compliance_officer, Role.admin),
+        case_baselines=reports.case_baselines,
+        case_scores=reports.case_scores,
         done=DONE_MESSAGES.get(done or ""),
     )
+
+
+@router.get("/versions/{version_id}/gate-report")
+def gate_report(version_id: int, session: SessionDep, viewer: ViewerDep) -> Response:
+    """The evaluators' own printable report of the latest finished gate run (their renderer)."""
+    from evaluators.runner import render_html
+    from evaluators.store import load_gate_report
+
+    require(viewer, UI_ROLES, "view gate reports")
+    registry.get_version_or_raise(session, version_id=version_id)
+    run = next((r for r in registry.gate_runs(session, version_id=version_id) if r.status in ("passed", "failed")),
+               None)
+    if run is None:
+        raise NotFound(f"version {version_id} has no finished gate run")
+    html = render_html(load_gate_report(session, gate_run=run), title=f"Gate report · version {version_id}")
+    # a static page with inline CSS and no scripts; sandboxed all the same (it shows model outputs)
+    return HTMLResponse(html, headers={"Content-Security-Policy": REPORT_CSP})
 
 
 @router.post("/versions/{version_id}/approve", dependencies=[CsrfDep])

@@ -131,7 +131,9 @@ def test_officer_reviews_a_gated_release_and_sees_the_promotion_history(
     first_case = page.locator("[data-testid=case]").first
     assert FAILING_PROMPT in first_case.inner_text()
     assert first_case.locator("[data-testid=candidate]").inner_text() == FAILING_CANDIDATE
-    assert "contact the authorities" in first_case.locator("[data-testid=baseline]").inner_text()
+    baselines = first_case.locator("[data-testid=baseline]")
+    assert "contact the authorities" in baselines.nth(0).inner_text()  # bare base model
+    assert "won't help" in baselines.nth(1).inner_text()  # current active version
     shot(page, "02-version-gate-report")
 
     page.fill("#approve-comment", "Failing PII cases reviewed: the baseline fails them too; acceptable.")

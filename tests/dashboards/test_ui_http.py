@@ -152,8 +152,13 @@ def test_officer_reads_gate_report_and_approves(client: TestClient, world: World
     html = page.text
     assert html.index("Gate verdict") < html.index("Suites") < html.index("Failing cases")
     assert "Failing cases (3)" in html and FAILING_CANDIDATE.replace("'", "&#39;") in html
-    assert "policy_compliance" in html and "0.05" in html and "[0.006, 0.07]" in html
+    assert "policy_compliance" in html and "&lt;= 0.05" in html and "[0.006, 0.07]" in html
+    assert "0.41 <small>(adjusted 0.82)</small>" in html and "&gt;= 0.8" in html
+    assert "Baseline: bare base model" in html and "Baseline: current active version" in html
     assert 'data-testid="approve"' in html
+    full = client.get(f"/ui/versions/{vid}/gate-report")
+    assert full.status_code == 200 and "refusal_gap" in full.text
+    assert full.headers["content-security-policy"].startswith("sandbox")
     r = client.post(f"/ui/versions/{vid}/approve", data={"comment": "", "csrf_token": csrf})
     assert r.status_code == 422 and "comment" in r.text
     r = client.post(f"/ui/versions/{vid}/approve", data={"comment": "evidence reviewed", "csrf_token": csrf})
