@@ -161,3 +161,24 @@ def test_generation_error_marks_the_run_and_allows_a_retry(world: dict[str, Any]
     with unit_of_work(engine) as s:
         statuses = s.scalars(select(GateRun.status).where(GateRun.version_id == vid).order_by(GateRun.id)).all()
         assert statuses == ["error", "passed"]
+
+
+def test_cli_gate_report(world: dict[str, Any], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from governance.cli.main import app
+
+    engine = world["engine"]
+    vid, sha = _submit(world, 4)
+    run_gate(vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {sha: "damaged"}),
+             suites=["reasoning"])
+    page = tmp_path / "report.html"
+    result = CliRunner().invoke(app, ["gate", "report", str(vid), "--html", str(page)])
+    assert result.exit_code == 0, result.output
+    assert "FAILED" in result.output and "accuracy drop vs base" in result.output
+    html = page.read_text()
+    assert html.index("Verdict: FAILED") < html.index("accuracy drop vs base") < html.index("Failing cases")
+    as_json = CliRunner().invoke(app, ["gate", "report", str(vid), "--json"])
+    assert as_json.exit_code == 0 and '"verdict": "failed"' in as_json.output.splitlines()[1]
+    missing = CliRunner().invoke(app, ["gate", "report", "999999"])
+    assert missing.exit_code != 0 and "no gate run" in missing.output

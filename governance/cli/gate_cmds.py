@@ -1,0 +1,134 @@
+"""``govern gate run VERSION`` (the gate in the foreground, with a progress bar) and
+``govern gate report VERSION [--html FILE] [--json]`` (the latest gate run's report).
+
+Both talk to the database directly: the run is the same unit of work the Celery task
+``evaluators.run_gate`` performs (its transitions are audited as ``system:gate``), and a
+report is read-only. The CLI is a composition root, so it may import the evaluators.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from governance.cli.common import clear_errors, console, fail
+
+gate_app = typer.Typer(help="Run and report the evaluation gate.", no_args_is_help=True)
+
+
+@gate_app.command("run")
+@clear_errors
+def run_cmd(
+    version: int = typer.Argument(..., help="a submitted version id"),
+    html: Path | None = typer.Option(None, "--html", help="also write the HTML report here"),
+) -> None:
+    """Run the gate of VERSION now, in this process (generation on this machine)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from evaluators.tasks import run_gate
+    from governance.api.errors import DomainError
+
+    with Progress(TextColumn("[bold]gate[/] v{task.fields[version]}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("outputs"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task("generate", total=None, version=version)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            out = run_gate(version, progress=progress)
+        except DomainError as exc:
+            fail(str(exc))
+    if "skipped" in out:
+        fail(f"version {version}: nothing to do ({out['skipped']}); the gate runs on submitted versions", code=1)
+    colour = "green" if out["verdict"] == "passed" else "red"
+    console.print(f"[bold {colour}]{out['verdict'].upper()}[/] version {version}  "
+                  f"evidence {out['evidence_digest'][:16]}...", highlight=False)
+    if out["failing_suites"]:
+        console.print(f"failing suites: {', '.join(out['failing_suites'])}", highlight=False)
+    if html is not None:
+        _write_html(version, html)
+    if out["verdict"] != "passed":
+        raise typer.Exit(1)
+
+
+@gate_app.command("report")
+@clear_errors
+def report_cmd(
+    version: int = typer.Argument(..., help="a version id"),
+    html: Path | None = typer.Option(None, "--html", help="write the full HTML report (verdict, metrics, cases)"),
+    as_json: bool = typer.Option(False, "--json", help="print the full report as JSON"),
+) -> None:
+    """Show the latest gate run of VERSION: verdict first, then each suite's metrics."""
+    from evaluators.store import latest_gate_run, load_gate_report
+    from governance.db import unit_of_work
+
+    with unit_of_work() as s:
+        run = latest_gate_run(s, version_id=version)
+        if run is None:
+            fail(f"version {version} has no gate run yet (submit it, or run `govern gate run {version}`)")
+        if run.status not in ("passed", "failed"):
+            fail(f"the latest gate run of version {version} is {run.status}"
+                 + (f": {run.error}" if run.error else ""))
+        report = load_gate_report(s, gate_run=run)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        _print_summary(version, report)
+    if html is not None:
+        _write_report_html(version, report, html)
+
+
+def _print_summary(version: int, report: object) -> None:
+    from rich.table import Table
+
+    from evaluators.runner import GateReport, _fmt_num
+
+    assert isinstance(report, GateReport)
+    colour = "green" if report.passed else "red"
+    console.print(f"[bold {colour}]{report.verdict.upper()}[/] version {version}", highlight=False)
+    console.print(f"evidence {report.evidence_digest}  policy {report.policy_sha256[:16]}...", highlight=False)
+    for suite in report.suites:
+        table = Table(title=f"{suite.suite}: {'passed' if suite.passed else 'FAILED'} ({suite.n_cases} cases)",
+                      title_justify="left")
+        for col in ("metric", "value", "threshold", "p (corr.)", "n", "result"):
+            table.add_column(col)
+        for m in suite.metrics:
+            if not m.decisive and m.passed and not m.name.startswith(("candidate", "minimum")):
+                continue  # keep the terminal view short; the HTML and JSON carry every metric
+            threshold = "—" if m.threshold is None else f"{m.comparator} {_fmt_num(m.threshold)}"
+            result = "pass" if m.passed else "[red]FAIL[/]"
+            if not m.decisive:
+                result = "reported"
+            table.add_row(m.name, _fmt_num(m.value), threshold, _fmt_num(m.p_adjusted), str(m.n), result)
+        console.print(table)
+        failing = suite.failing_cases()
+        if failing:
+            console.print(f"  {len(failing)} failing cases, e.g. {', '.join(c.case_id for c in failing[:5])}",
+                          highlight=False)
+    fvk = report.form_vs_knowledge
+    if fvk:
+        console.print(f"form vs knowledge: {fvk.get('reading', '')}", highlight=False)
+
+
+def _write_html(version: int, path: Path) -> None:
+    from evaluators.store import latest_gate_run, load_gate_report
+    from governance.db import unit_of_work
+
+    with unit_of_work() as s:
+        run = latest_gate_run(s, version_id=version)
+        if run is None or run.status not in ("passed", "failed"):
+            fail(f"version {version} has no finished gate run")
+        report = load_gate_report(s, gate_run=run)
+    _write_report_html(version, report, path)
+
+
+def _write_report_html(version: int, report: object, path: Path) -> None:
+    from evaluators.runner import GateReport, render_html
+
+    assert isinstance(report, GateReport)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_html(report, title=f"Gate report: version {version}"), encoding="utf-8")
+    console.print(f"wrote {path}", highlight=False)
