@@ -30,7 +30,7 @@ from governance.outbox.models import OutboxMessage
 log = logging.getLogger(__name__)
 
 GATE_TASK = "evaluators.run_gate"
-GATE_QUEUE = "gate"
+GATE_QUEUE = "gates"  # the queue monitors.celery_app routes gate runs to
 OUTBOX_LOCK_KEY = 0x6F75_7462_6F78  # "outbox"
 PENDING_FLAG = "govern_outbox_pending"
 
