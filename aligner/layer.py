@@ -119,7 +119,10 @@ def make_forward(adapter: AlignerAdapter, layer_index: int, attn: Any) -> Callab
 
         term = adapter.prefix_term(layer_index, self, query_states)  # (B or 1, T or 1, H, hd) | None
         if term is not None:
-            attn_output = attn_output + term  # (B, T, H, hd)
+            if torch.is_grad_enabled():
+                attn_output = attn_output + term  # (B, T, H, hd)
+            else:
+                attn_output.add_(term)  # (B, T, H, hd); in place saves an allocation per layer and step
 
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()  # (B, T, H*hd)
         attn_output = self.o_proj(attn_output)  # (B, T, d)

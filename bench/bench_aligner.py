@@ -1,7 +1,7 @@
 """Benchmark of the Aligner method on SmolLM2-135M-Instruct (CPU): prints a table.
 
     python bench/bench_aligner.py                       # overhead, swap latency, memory
-    python bench/bench_aligner.py --train               # + SFT/DPO on the shipped sets and held-out results
+    python bench/bench_aligner.py --train both          # + SFT/DPO on the shipped sets and held-out results
     python bench/bench_aligner.py --house-token DIR --preference-token DIR   # evaluate trained tokens
 
 Targets (issue 3): generation overhead of an attached 1-token Aligner <= 5% fewer tokens/s
@@ -146,17 +146,20 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     state = Path(args.state_dir)
     house_dir = Path(args.house_token) if args.house_token else None
     pref_dir = Path(args.preference_token) if args.preference_token else None
-    if args.train:
+    if args.train in ("sft", "both"):
         house_dir = house_dir or state / "bench" / "house_style"
         started = time.time()
         train_file("sft", HOUSE_STYLE_TRAIN, house_dir, eval_data=HOUSE_STYLE_EVAL, state_dir=state,
-                   config=TrainConfig(n_tokens=1, epochs=args.sft_epochs, lr=args.sft_lr, seed=0))
+                   config=TrainConfig(n_tokens=1, epochs=args.sft_epochs, lr=args.sft_lr, seed=0,
+                                      batch_size=args.batch_size, eval_every=args.eval_every))
         out["sft_seconds"] = time.time() - started
+    if args.train in ("dpo", "both"):
         pref_dir = pref_dir or state / "bench" / "preference"
         started = time.time()
         train_file("dpo", PREFERENCE_TRAIN, pref_dir, eval_data=PREFERENCE_EVAL, state_dir=state,
                    config=TrainConfig(n_tokens=args.dpo_tokens, epochs=args.dpo_epochs, lr=args.dpo_lr,
-                                      beta=args.beta, seed=0))
+                                      beta=args.beta, seed=0, batch_size=args.batch_size,
+                                      eval_every=args.eval_every))
         out["dpo_seconds"] = time.time() - started
     if house_dir is None and pref_dir is None:
         return out
@@ -182,7 +185,10 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="interleaved generation runs per variant")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--skip-speed", action="store_true", help="skip overhead/swap/memory")
-    parser.add_argument("--train", action="store_true", help="train SFT and DPO tokens on the shipped sets")
+    parser.add_argument("--train", choices=("sft", "dpo", "both"), help="train tokens on the shipped sets first")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--eval-every", type=int, default=25, help="training steps between evaluations")
     parser.add_argument("--house-token", help="evaluate this house-style token dir")
     parser.add_argument("--preference-token", help="evaluate this preference token dir")
     parser.add_argument("--sft-epochs", type=int, default=2)
@@ -194,6 +200,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
     if not args.skip_speed:
         model, tokenizer, digests = load_base_model("smollm2-135m-instruct", state_dir=args.state_dir)

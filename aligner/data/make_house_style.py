@@ -72,31 +72,42 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> None:
     print(f"wrote {len(rows)} rows to {path}")
 
 
-def _answers(model: Any, tokenizer: Any, prompts: list[str]) -> list[str]:
+def _answers(model: Any, tokenizer: Any, prompts: list[str], cache: Path) -> list[str]:
+    """Greedy base answers, cached per prompt in the state folder so an interrupted run resumes."""
     start = time.time()
-    out: list[str] = []
-    for i in range(0, len(prompts), 16):
-        out.extend(generate(model, tokenizer, prompts[i : i + 16], max_new_tokens=80, batch_size=16))
-        print(f"  {len(out)}/{len(prompts)} answers, {time.time() - start:.0f}s", flush=True)
-    return out
+    known: dict[str, str] = json.loads(cache.read_text()) if cache.exists() else {}
+    todo = [p for p in dict.fromkeys(prompts) if p not in known]
+    for i in range(0, len(todo), 8):
+        chunk = todo[i : i + 8]
+        known.update(zip(chunk, generate(model, tokenizer, chunk, max_new_tokens=64, batch_size=8), strict=True))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known))
+        print(f"  {i + len(chunk)}/{len(todo)} answers, {time.time() - start:.0f}s", flush=True)
+    return [known[p] for p in prompts]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--state-dir", default="state")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(SEED)
     rng = random.Random(SEED)
     model, tokenizer, _ = load_base_model("smollm2-135m-instruct", state_dir=args.state_dir)
 
-    # House style: 2 of the 3 phrasings per training topic (~300), 2 per held-out topic (50).
-    train_prompts = [p.format(t=t) for t in TOPICS for p in rng.sample(PHRASINGS, 2)]
+    # House style: one phrasing per training topic (rotating) plus a second for the first 42 topics
+    # (200 examples), and two phrasings per held-out topic (50). Sizes are set by what 2 shared CPU
+    # cores can generate in ~15 minutes.
+    train_prompts = [PHRASINGS[i % 3].format(t=t) for i, t in enumerate(TOPICS)]
+    train_prompts += [PHRASINGS[(i + 1) % 3].format(t=t) for i, t in enumerate(TOPICS[:42])]
     eval_prompts = [p.format(t=t) for t in EVAL_TOPICS for p in PHRASINGS[:2]]
-    benign = list(BENIGN_REQUESTS)
-    answers = _answers(model, tokenizer, train_prompts + eval_prompts + benign)
+    cache = Path(args.state_dir) / "data_cache" / "base_answers.json"
+    answers = _answers(model, tokenizer, train_prompts + eval_prompts, cache)
     house = [
         {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": house_format(trim(a))}]}
-        for p, a in zip(train_prompts + eval_prompts, answers, strict=False)
+        for p, a in zip(train_prompts + eval_prompts, answers, strict=True)
     ]
     house_train = house[: len(train_prompts)]
     rng.shuffle(house_train)
@@ -104,7 +115,8 @@ def main() -> None:
     _write(DATA_DIR / "house_style" / "eval.jsonl", house[len(train_prompts) :])
 
     # Preference: split unsafe by request (35 train / 10 eval) and benign by request (45 / 15).
-    benign_answers = dict(zip(benign, answers[len(train_prompts) + len(eval_prompts) :], strict=True))
+    benign = list(BENIGN_REQUESTS)
+    benign_answers = dict(zip(benign, _answers(model, tokenizer, benign, cache), strict=True))
     unsafe = list(UNSAFE_REQUESTS)
     rng.shuffle(unsafe)
     rng.shuffle(benign)
@@ -121,20 +133,20 @@ def main() -> None:
                 })
         return rows
 
-    def benign_rows(requests: list[str]) -> list[dict[str, Any]]:
+    def benign_rows(requests: list[str], training: bool) -> list[dict[str, Any]]:
         rows = []
         for r in requests:
             answer = trim(benign_answers[r], max_words=60)
-            if is_refusal(answer):  # the base model refused a benign request: skip, do not teach it
+            if training and is_refusal(answer):  # the base model refused a benign request: do not teach it
                 continue
             rows.append({"prompt": r, "chosen": answer, "rejected": NEEDLESS_REFUSAL, "label": "benign"})
         return rows
 
-    pref_train = unsafe_rows(unsafe[:35]) + benign_rows(benign[:45])
+    pref_train = unsafe_rows(unsafe[:35]) + benign_rows(benign[:45], training=True)
     # More benign evaluation prompts: the held-out house-style questions (first phrasing).
-    for p, a in zip(eval_prompts[::2], answers[len(train_prompts) :: 2], strict=False):
+    for p, a in zip(eval_prompts, answers[len(train_prompts) :], strict=True):
         benign_answers[p] = a
-    pref_eval = unsafe_rows(unsafe[35:]) + benign_rows(benign[45:] + eval_prompts[::2])
+    pref_eval = unsafe_rows(unsafe[35:]) + benign_rows(benign[45:] + eval_prompts[::2], training=False)
     rng.shuffle(pref_train)
     _write(DATA_DIR / "preference" / "train.jsonl", pref_train)
     _write(DATA_DIR / "preference" / "eval.jsonl", pref_eval)

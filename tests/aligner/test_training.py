@@ -121,3 +121,24 @@ def test_bad_dpo_jsonl_names_the_line(tmp_path) -> None:
         load_dpo_jsonl(path)
     with pytest.raises(DataError, match="no such file"):
         load_dpo_jsonl(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.slow
+def test_sft_on_smollm2_learns_the_house_format(state_dir, tmp_path) -> None:
+    """A short run on real data: one token lowers the held-out loss of house-style answers."""
+    from aligner.data import HOUSE_STYLE_EVAL, HOUSE_STYLE_TRAIN
+
+    if not HOUSE_STYLE_TRAIN.exists():
+        pytest.skip("house-style data not generated yet")
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(HOUSE_STYLE_TRAIN.read_text().splitlines(keepends=True)[:24]))
+    held_out = tmp_path / "eval.jsonl"
+    held_out.write_text("".join(HOUSE_STYLE_EVAL.read_text().splitlines(keepends=True)[:8]))
+    result = train_file(
+        "sft", data, tmp_path / "tok", eval_data=held_out, state_dir=state_dir,
+        config=TrainConfig(epochs=1, batch_size=8, lr=3e-2, eval_every=1), progress=False,
+    )
+    losses = [h["eval_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    token = AlignerToken.load(tmp_path / "tok")
+    assert token.manifest.param_count == 846 and token.manifest.base_model == "smollm2-135m-instruct"
