@@ -247,6 +247,7 @@ def _routes(app: FastAPI, state: ServingState) -> None:
             "ready": engine.ready,
             "queue_depth": engine.queue_depth,
             "swaps": engine.stats.swaps,
+            "swapped_at": engine.swapped_at,
             "rejected": dict(state.watcher.rejected),
             "pubsub_connected": state.watcher.pubsub_connected,
             "spool_pending": rec.spool_pending if rec else 0,

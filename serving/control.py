@@ -77,6 +77,12 @@ class ControlPlane:
     def get_artifact(self, sha256: str) -> bytes:
         return self._request("GET", f"/v1/versions/by-sha/{sha256}/artifact").content
 
+    def list_versions(self, *, deployment: str, state: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Versions of a deployment in one state, newest first (for prefetching promotable tokens)."""
+        params: dict[str, str | int] = {"deployment": deployment, "state": state, "limit": limit}
+        data = self._request("GET", "/v1/versions", params=params).json()
+        return list(data) if isinstance(data, list) else []
+
     def post_alert(
         self,
         *,

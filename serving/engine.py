@@ -184,6 +184,7 @@ class Engine:
         self._busy = False
         self._thread: threading.Thread | None = None
         self._swap_listeners: list[Callable[[ServedToken], None]] = []
+        self.swapped_at: float | None = None  # wall time of the last swap (propagation measurements)
         eos: set[int] = set()
         for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
             if isinstance(source, int):
@@ -247,6 +248,7 @@ class Engine:
         elif pending.token is not None:
             raise RuntimeError("a token was proposed but no Aligner adapter is attached")
         self._current = pending
+        self.swapped_at = time.time()
         self.stats.swaps += 1
         for fn in self._swap_listeners:
             try:

@@ -9,6 +9,10 @@ committed before it arrived). `sync` ignores generations at or below the one the
 already has, fetches the artifact (cached by sha256), verifies it (`serving.tokens`) and
 proposes it to the engine. A token that fails verification is never served: the replica
 keeps its previous token, remembers the rejected sha256 and raises one alert through the API.
+
+The reconcile loop also prefetches and verifies the tokens that could become active next
+(approved versions, and superseded ones that a rollback may bring back), so a promotion
+or rollback usually swaps from the cache without a round trip on its critical path.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class TokenWatcher:
         fence_backoff: float = 1.0,
         artifact_dir: Path | None = None,
         on_reject: Callable[[str, str], None] | None = None,
+        prefetch: int = 20,
     ) -> None:
         self.control = control
         self.deployment = deployment
@@ -61,6 +66,7 @@ class TokenWatcher:
         self.fence_backoff = fence_backoff
         self.artifact_dir = artifact_dir
         self.on_reject = on_reject
+        self.prefetch_limit = prefetch
         self.rejected: dict[str, str] = {}  # sha256 -> why it was refused
         self._alerted: set[str] = set()
         self._cache: dict[str, Any] = {}  # sha256 -> verified token
@@ -110,7 +116,7 @@ class TokenWatcher:
                     return False
             return self.engine.propose(ServedToken(desired.version_id, desired.sha256, desired.generation, token))
 
-    def _load(self, desired: ActiveState) -> Any | None:
+    def _load(self, desired: ActiveState, *, alert: bool = True) -> Any | None:
         assert desired.sha256 is not None
         data = self._read_disk(desired.sha256)
         if data is None:
@@ -125,7 +131,8 @@ class TokenWatcher:
             self.rejected[desired.sha256] = reason
             if self.on_reject is not None:
                 self.on_reject(desired.sha256, reason)
-            self._alert(desired, reason)
+            if alert:  # a prefetched token is only alerted on when it is about to be served
+                self._alert(desired, reason)
             return None
         self._cache[desired.sha256] = token
         self._write_disk(desired.sha256, data)
@@ -196,11 +203,27 @@ class TokenWatcher:
             self._fence_open_until = now + self.fence_backoff
             log.warning("fence skipped for %.1f s: %s", self.fence_backoff, exc)
 
+    def prefetch(self) -> int:
+        """Fetch and verify promotable tokens not cached yet; returns how many were added."""
+        added = 0
+        for state in ("approved", "superseded"):
+            for v in self.control.list_versions(deployment=self.deployment, state=state, limit=self.prefetch_limit):
+                sha = v.get("sha256")
+                if not sha or sha in self._cache or sha in self.rejected:
+                    continue
+                desired = ActiveState(int(v["id"]), str(sha), -1)
+                with self._sync_lock:
+                    if sha not in self._cache and self._load(desired, alert=False) is not None:
+                        added += 1
+        return added
+
     def _reconcile_loop(self) -> None:
         delay = 0.2  # the first sync happens at once; retry fast until the replica is ready
         while not self._stop.is_set():
             try:
                 self.reconcile_once()
+                if self.prefetch_limit > 0:
+                    self.prefetch()
                 delay = self.reconcile_interval
             except ControlPlaneError as exc:
                 log.warning("reconcile failed: %s", exc)

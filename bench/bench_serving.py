@@ -1,0 +1,425 @@
+"""Serving benchmarks: token propagation to replicas, output ingest rate, serving overhead. Prints a table.
+
+    .venv/bin/python bench/bench_serving.py                 # all three
+    .venv/bin/python bench/bench_serving.py --only propagation --flips 100
+    .venv/bin/python bench/bench_serving.py --only overhead --max-tokens 64
+
+- propagation: 3 replicas (`govern serve` subprocesses, tiny random Llama, no fence, so
+  only the Redis push path counts) and 100 flips (alternating promotions and rollbacks,
+  committed through the deployments service exactly as the API does, then published
+  from the outbox as the API does right after its commit). Per flip: from the moment the
+  commit returned to the moment the last replica swapped the token in (each replica's own
+  clock, same machine; the bench polls slowly so it does not steal their CPU). Target p99 < 50 ms.
+- ingest: outputs/s through the recorder's batch path (`OutputRecorder` + the database
+  sink = `governance.outputs.service.ingest_outputs`, one transaction per batch of 1,000).
+  Target >= 5,000/s.
+- overhead: completion tokens/s through the server (OpenAI client over HTTP, dynamic
+  batching, recording on, fence on) vs calling the model directly (transformers'
+  `generate` on the same batch), at 1 and 8 concurrent clients, greedy. Target >= 90%.
+
+Uses GOVERN_DATABASE_URL / GOVERN_REDIS_URL when set, else the machine's services at
+127.0.0.1, creating (and dropping) a fresh database of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from tests.serving.helpers import ServerThread, attached_copy, free_port, governance_app, make_world  # noqa: E402
+
+MACHINE_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+MACHINE_REDIS = "redis://127.0.0.1:6379/0"
+PROMPTS = [
+    "Write a short story about a lighthouse keeper.",
+    "Explain how rainbows form.",
+    "List some tips for learning a new language.",
+    "Describe the water cycle in detail.",
+    "What are the benefits of regular exercise?",
+    "Tell me about the history of the bicycle.",
+    "How does a refrigerator work?",
+    "Give me a recipe for a simple soup.",
+]
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
+
+
+def fresh_database() -> tuple[str, str, str]:
+    import psycopg
+
+    from governance import migrate
+    from governance.db import make_engine
+
+    admin = os.environ.get("GOVERN_DATABASE_URL") or MACHINE_PG
+    name = f"govern_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    base, _, query = admin.partition("?")
+    url = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
+    eng = make_engine(url)
+    migrate.upgrade(eng)
+    eng.dispose()
+    return admin, url, name
+
+
+def drop_database(admin: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(admin.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+# ---------------------------------------------------------------- propagation
+
+
+def bench_propagation(eng: Any, url: str, redis_url: str, tiny: Any, flips: int, n_replicas: int) -> list[tuple]:
+    import httpx
+
+    world = make_world(eng, tiny[2])
+    n_versions = flips // 2 + 2
+    print(f"propagation: approving {n_versions} versions ...", flush=True)
+    versions = [world.approved() for _ in range(n_versions)]
+    state = Path(os.environ.get("GOVERN_STATE_DIR", ROOT / "state"))
+    procs: list[subprocess.Popen[bytes]] = []
+    ports = [free_port() for _ in range(n_replicas)]
+    logdir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    with ServerThread(governance_app(url, redis_url, logdir / "gov")) as api:
+        env = {
+            **os.environ,
+            "GOVERN_DATABASE_URL": url,
+            "GOVERN_REDIS_URL": redis_url,
+            "GOVERN_API_URL": api.url,
+            "GOVERN_API_KEY": world.keys["service"],
+            "GOVERN_STATE_DIR": str(state),
+            "GOVERN_ENVIRONMENT": "test",
+            "PYTHONPATH": str(ROOT),
+        }
+        try:
+            for p in ports:
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "governance.cli.main",
+                    "serve",
+                    "--deployment",
+                    world.deployment,
+                    "--port",
+                    str(p),
+                    "--model",
+                    "tiny-random-llama",
+                    "--no-fence",
+                    "--replica-id",
+                    f"bench{p}",
+                ]
+                procs.append(
+                    subprocess.Popen(
+                        cmd, cwd=ROOT, env=env, stdout=(logdir / f"{p}.log").open("wb"), stderr=subprocess.STDOUT
+                    )
+                )
+            clients = [httpx.Client(base_url=f"http://127.0.0.1:{p}", timeout=5) for p in ports]
+
+            def status(c: httpx.Client) -> dict[str, Any]:
+                try:
+                    return dict(c.get("/v1/serving/status").json())
+                except (httpx.HTTPError, ValueError):
+                    return {}
+
+            deadline = time.monotonic() + 300
+            while not all(status(c).get("ready") and status(c).get("pubsub_connected") for c in clients):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"replicas did not become ready; logs in {logdir}")
+                time.sleep(0.2)
+            from governance.db import unit_of_work
+            from governance.deployments import service as deployments
+            from governance.outbox.service import publish_pending
+
+            dep = world.deployment
+
+            def flip(i: int, nxt: int) -> int:
+                """One promotion or rollback, committed exactly as the API does it, then published."""
+                with unit_of_work(eng) as s:
+                    if i % 2 == 0:
+                        promo = deployments.promote(
+                            s, deployment=dep, version_id=versions[nxt], principal=world.principals["ml_engineer"]
+                        )
+                        gen = int(promo.generation)
+                    else:
+                        out = deployments.rollback(
+                            s, deployment=dep, principal=world.principals["compliance_officer"], reason="bench flip"
+                        )
+                        assert out.status == "rolled_back", out
+                        gen = int(out.generation or 0)
+                return gen
+
+            flip(0, 0)
+            publish_pending(eng, redis_url)
+            nxt = 1
+            lat_commit: list[float] = []
+            lat_sent: list[float] = []
+            kinds = {"promote": 0, "rollback": 0}
+            for i in range(flips):
+                time.sleep(0.05)  # let the previous flip settle everywhere
+                t_sent = time.time()
+                gen = flip(i, nxt)
+                t_commit = time.time()  # the commit has just returned
+                publish_pending(eng, redis_url)  # what the API runs right after each commit
+                if i % 2 == 0:
+                    nxt += 1
+                    kinds["promote"] += 1
+                else:
+                    kinds["rollback"] += 1
+                swapped: list[float] = []
+                deadline = time.monotonic() + 10
+                time.sleep(0.01)
+                for c in clients:
+                    while True:
+                        s = status(c)
+                        if s.get("generation") == gen and s.get("swapped_at"):
+                            swapped.append(float(s["swapped_at"]))
+                            break
+                        if time.monotonic() > deadline:
+                            raise SystemExit(f"flip {i}: a replica did not reach generation {gen}")
+                        time.sleep(0.02)  # polling slowly: the replica's own clock says when it swapped
+                last = max(swapped)
+                lat_commit.append((last - t_commit) * 1000)
+                lat_sent.append((last - t_sent) * 1000)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    label = f"{flips} flips ({kinds['promote']} promote, {kinds['rollback']} rollback), {n_replicas} replicas"
+    return [
+        (
+            "propagation: commit -> all replicas serve it",
+            label,
+            f"p50 {pct(lat_commit, 50):.1f} ms",
+            f"p99 {pct(lat_commit, 99):.1f} ms",
+            "p99 < 50 ms",
+            "PASS" if pct(lat_commit, 99) < 50 else "FAIL",
+        ),
+        (
+            "propagation: transaction start -> all serve it",
+            label,
+            f"p50 {pct(lat_sent, 50):.1f} ms",
+            f"p99 {pct(lat_sent, 99):.1f} ms",
+            "(includes the commit)",
+            "",
+        ),
+    ]
+
+
+# ---------------------------------------------------------------- ingest
+
+
+def bench_ingest(eng: Any, url: str, tiny: Any, rows: int) -> list[tuple]:
+    from datetime import UTC, datetime
+
+    from serving.recorder import DatabaseSink, OutputRecorder
+
+    world = make_world(eng, tiny[2])
+    spool = Path(tempfile.mkdtemp(prefix="bench-ingest-")) / "spool.jsonl"
+    rec = OutputRecorder(
+        DatabaseSink(url, world.deployment), spool_path=spool, batch_size=1000, flush_interval=0.05, max_queue=rows + 1
+    )
+    now = datetime.now(UTC).isoformat()
+    msgs = [{"role": "user", "content": "How do I reset my password? Please explain step by step."}]
+    data = [
+        {
+            "request_id": f"bench-{i}",
+            "version_id": None,
+            "generation": 0,
+            "messages": msgs,
+            "output": "Open the settings page, choose 'reset password' and follow the link we e-mail you. " * 2,
+            "prompt_tokens": 20,
+            "completion_tokens": 40,
+            "latency_ms": 120.0,
+            "created_at": now,
+        }
+        for i in range(rows)
+    ]
+    rec.start()
+    t0 = time.perf_counter()
+    for row in data:
+        rec.record(row)
+    rec.flush(timeout=600)
+    elapsed = time.perf_counter() - t0
+    rec.stop()
+    rate = rec.stats.written / elapsed
+    assert rec.stats.spooled == 0, "the database failed during the ingest bench"
+    return [
+        (
+            "ingest: outputs/s through the batch path",
+            f"{rows} outputs, batches of 1000",
+            f"{rate:,.0f}/s",
+            f"{elapsed:.2f} s",
+            ">= 5,000/s",
+            "PASS" if rate >= 5000 else "FAIL",
+        )
+    ]
+
+
+# ---------------------------------------------------------------- overhead
+
+
+def bench_overhead(eng: Any, url: str, redis_url: str, model_name: str, max_tokens: int, rounds: int) -> list[tuple]:
+    import openai
+    import torch
+
+    from aligner.generation import encode_chat, generate_ids
+    from aligner.providers import load_base_model
+    from serving.app import ServingConfig, create_app
+
+    state = os.environ.get("GOVERN_STATE_DIR", str(ROOT / "state"))
+    print(f"overhead: loading {model_name} ...", flush=True)
+    loaded = load_base_model(model_name, state_dir=state)
+    world = make_world(eng, loaded[2])
+    model, tokenizer, _ = loaded
+
+    def direct(batch: list[str]) -> float:
+        enc = encode_chat(tokenizer, batch)
+        produced, elapsed = 0, 0.0
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            new = generate_ids(
+                model,
+                enc["input_ids"],
+                enc["attention_mask"],
+                max_new_tokens=max_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            elapsed += time.perf_counter() - t0
+            eos = {
+                tokenizer.eos_token_id,
+                *(
+                    [model.generation_config.eos_token_id]
+                    if isinstance(model.generation_config.eos_token_id, int)
+                    else model.generation_config.eos_token_id or []
+                ),
+            }
+            for row in new.tolist():
+                produced += next((i for i, t in enumerate(row) if t in eos), len(row))
+        return produced / elapsed
+
+    torch.set_num_threads(torch.get_num_threads())
+    results: list[tuple] = []
+    direct_rates = {1: direct(PROMPTS[:1]), 8: direct(PROMPTS[:8])}
+    with ServerThread(governance_app(url, redis_url, Path(tempfile.mkdtemp()) / "gov")) as api:
+        config = ServingConfig(
+            deployment=world.deployment,
+            model=model_name,
+            max_batch=8,
+            queue_size=64,
+            api_url=api.url,
+            api_key=world.keys["service"],
+            redis_url=redis_url,
+            database_url=url,
+            state_dir=Path(tempfile.mkdtemp(prefix="bench-serving-")),
+        )
+        app = create_app(config, loaded=attached_copy(loaded))
+        with ServerThread(app) as srv:
+            import httpx
+
+            while httpx.get(f"{srv.url}/readyz").status_code != 200:
+                time.sleep(0.1)
+            for clients in (1, 8):
+                tokens = [0] * clients
+                barrier = threading.Barrier(clients)
+
+                def run(
+                    k: int, n_clients: int = clients, tok: list[int] = tokens, bar: threading.Barrier = barrier
+                ) -> None:
+                    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0, timeout=600)
+                    bar.wait()
+                    for _ in range(rounds):
+                        r = client.chat.completions.create(
+                            model=world.deployment,
+                            messages=[{"role": "user", "content": PROMPTS[k % len(PROMPTS)]}],
+                            max_tokens=max_tokens,
+                            temperature=0,
+                        )
+                        assert r.usage is not None
+                        tok[k] += r.usage.completion_tokens
+
+                threads = [threading.Thread(target=run, args=(k,)) for k in range(clients)]
+                t0 = time.perf_counter()
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                rate = sum(tokens) / (time.perf_counter() - t0)
+                ratio = rate / direct_rates[clients]
+                results.append(
+                    (
+                        f"overhead: {clients} client(s), {model_name}",
+                        f"{rounds} rounds x {max_tokens} tokens",
+                        f"server {rate:.0f} tok/s",
+                        f"direct {direct_rates[clients]:.0f} tok/s",
+                        f"{ratio:.0%} (>= 90%)",
+                        "PASS" if ratio >= 0.9 else "FAIL",
+                    )
+                )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=["propagation", "ingest", "overhead"], action="append")
+    parser.add_argument("--flips", type=int, default=100)
+    parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--ingest-rows", type=int, default=50_000)
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    which = args.only or ["propagation", "ingest", "overhead"]
+
+    from aligner.providers import load_base_model
+    from governance.db import make_engine
+
+    admin, url, name = fresh_database()
+    redis_url = os.environ.get("GOVERN_REDIS_URL") or MACHINE_REDIS
+    eng = make_engine(url)
+    rows: list[tuple] = []
+    try:
+        tiny = load_base_model("tiny-random-llama", state_dir=os.environ.get("GOVERN_STATE_DIR", str(ROOT / "state")))
+        if "propagation" in which:
+            rows += bench_propagation(eng, url, redis_url, tiny, args.flips, args.replicas)
+        if "ingest" in which:
+            rows += bench_ingest(eng, url, tiny, args.ingest_rows)
+        if "overhead" in which:
+            rows += bench_overhead(eng, url, redis_url, args.model, args.max_tokens, args.rounds)
+    finally:
+        eng.dispose()
+        drop_database(admin, name)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"serving benchmarks ({os.cpu_count()} CPUs)")
+    for col in ("measure", "setup", "result", "detail", "target", ""):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*[str(x) for x in row])
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
