@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     max_ingest_batch: int = Field(1_000, gt=0, description="most outputs in one ingest batch")
     rate_limit_writes_per_minute: int = Field(120, gt=0)
     rate_limit_ingest_per_minute: int = Field(6_000, gt=0)
+    # hardening (docs/limits.md): per-address budgets, ingest body size, failed-auth throttle
+    max_ingest_bytes: int = Field(32_000_000, gt=0, description="largest output batch body")
+    rate_limit_writes_per_address_per_minute: int = Field(600, gt=0)
+    rate_limit_ingest_per_address_per_minute: int = Field(12_000, gt=0)
+    auth_failures_per_minute: int = Field(10, gt=0, description="failed sign-ins per address/key before 429")
     log_level: str = "INFO"
 
     @field_validator("database_url")

@@ -10,18 +10,19 @@ generic 500 (logged here, never echoed: no stack traces or SQL reach a client).
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import DataError as SQLAlchemyDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from governance.api import metrics
-from governance.api.errors import DomainError
+from governance.api.errors import DomainError, TooManyRequests
+from governance.api.guard import Guard
+from governance.api.middleware import ApiMiddleware
+from governance.api.openapi import install_openapi
 from governance.settings import Settings, get_settings
 
 log = logging.getLogger("governance.api")
@@ -33,15 +34,6 @@ PUBLIC_PATHS = frozenset(
 
 def _envelope(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message, "details": details}}, status_code=status)
-
-
-def _body_limit(settings: Settings, path: str) -> int:
-    if path == "/v1/versions":
-        return settings.max_artifact_bytes + 64_000
-    if path.endswith("/outputs"):
-        # a full batch of chat transcripts is larger than an ordinary request
-        return max(settings.max_request_bytes, settings.max_ingest_batch * 32_000)
-    return settings.max_request_bytes
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -78,11 +70,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         resp = _envelope(exc.status, exc.code, exc.message, exc.details)
-        if headers:
-            resp.headers.update(headers)
+        if exc.status == 401:
+            resp.headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, TooManyRequests):
+            resp.headers["Retry-After"] = str(exc.retry_after)
         return resp
+
+    @app.exception_handler(SQLAlchemyDataError)
+    async def _data_error(request: Request, exc: SQLAlchemyDataError) -> JSONResponse:
+        # a value PostgreSQL cannot hold (out of range, bad text): the client's input, not our bug;
+        # the database's own words stay in the log (they can quote SQL)
+        log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc.orig)
+        return _envelope(422, "invalid_input", "a value in the request is out of range or not storable")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -95,7 +95,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {
+            400: "bad_request",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "payload_too_large",
+        }.get(exc.status_code, "http_error")
         return _envelope(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)
@@ -103,23 +108,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return _envelope(500, "internal_error", "internal error; the server log has the details")
 
-    @app.middleware("http")
-    async def _limits_and_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        declared = request.headers.get("content-length")
-        limit = _body_limit(settings, request.url.path)
-        if declared and declared.isdigit() and int(declared) > limit:
-            return _envelope(413, "payload_too_large", f"the request body is {declared} bytes; the limit is {limit}")
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:
-            log.exception("unhandled error on %s %s", request.method, request.url.path)
-            response = _envelope(500, "internal_error", "internal error; the server log has the details")
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        metrics.REQUESTS.labels(method=request.method, route=template, status=str(response.status_code)).inc()
-        metrics.LATENCY.labels(method=request.method, route=template).observe(time.perf_counter() - started)
-        return response
+    def guard() -> Guard:
+        if app.state.guard is None:
+            app.state.guard = Guard(settings, redis_url())
+        return app.state.guard  # type: ignore[no-any-return]
+
+    app.state.guard = None
+    app.state.guard_fn = guard
+    app.add_middleware(ApiMiddleware, settings=settings, guard=guard, engine=lambda: app.state.engine)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -162,4 +158,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for router in (auth_router, registry_router, deployments_router, outputs_router, alerts_router, audit_router):
         app.include_router(router)
+    install_openapi(app)
     return app

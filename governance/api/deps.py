@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from governance.api.errors import DomainError, Forbidden, Refusal, Unauthorized, record_refusal
+from governance.api.guard import Guard
 from governance.auth.models import Role
 from governance.auth.service import Principal, authenticate
 from governance.db import session_factory
@@ -30,6 +31,7 @@ from governance.outbox import service as outbox
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 500
+MAX_OFFSET = 100_000  # deeper pages cost a scan; filter instead (docs/limits.md)
 
 
 def get_engine(request: Request) -> Engine:
@@ -62,12 +64,29 @@ def _raw_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
+def get_guard(request: Request) -> Guard:
+    return request.app.state.guard_fn()  # type: ignore[no-any-return]
+
+
 def get_principal(request: Request, session: SessionDep) -> Principal:
+    """The caller's principal; failed keys are counted, throttled and audited (`governance.api.guard`).
+
+    A presented key from an address that failed too often is refused (429) before the
+    database is asked; a failed key is audited at most once per window per address and
+    prefix. An authenticated write or ingest is counted against the key's budget.
+    """
     raw = _raw_key(request)
+    guard = get_guard(request)
+    address = request.client.host if request.client else "unknown"
+    if raw:
+        guard.check_address_failures(address)
     principal = authenticate(session, raw_key=raw) if raw else None
     if principal is None:
+        if raw:
+            guard.record_failure(get_engine(request), address=address, raw_key=raw, via="api")
         # one answer for missing, unknown, revoked and expired keys
         raise Unauthorized("a valid API key is required (Authorization: Bearer gov_...)")
+    guard.limit_key(request.method, request.url.path, principal.key_prefix or principal.actor)
     request.state.principal = principal
     return principal
 
@@ -113,7 +132,7 @@ class Page:
 
 def get_page(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"at most {MAX_PAGE}")] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"at most {MAX_OFFSET}")] = 0,
 ) -> Page:
     return Page(limit, offset)
 

@@ -101,6 +101,16 @@ class ServiceUnavailable(DomainError):
     status, code = 503, "unavailable"
 
 
+class TooManyRequests(DomainError):
+    """A rate limit or the failed-authentication throttle; the answer carries ``Retry-After``."""
+
+    status, code = 429, "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, details={"retry_after": max(1, int(retry_after + 0.999))})
+        self.retry_after = max(1, int(retry_after + 0.999))
+
+
 def record_refusal(engine: Engine, exc: DomainError) -> None:
     """Write the ``denied`` audit entry of a refused governed action in its own transaction."""
     if exc.refusal is None:

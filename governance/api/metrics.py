@@ -12,3 +12,6 @@ PROMOTIONS = Counter("govern_promotions_total", "changes of the active version",
 ACTIVE_GENERATION = Gauge("govern_active_generation", "generation of the active version", ["deployment"])
 OUTBOX_PUBLISHED = Counter("govern_outbox_published_total", "outbox messages sent", ["kind"])
 OUTPUTS_INGESTED = Counter("govern_outputs_ingested_total", "production outputs stored", ["deployment"])
+AUTH_FAILURES = Counter("govern_auth_failures_total", "failed authentications (bad API key, failed sign-in)", ["via"])
+THROTTLED = Counter("govern_throttled_total", "requests refused with 429", ["scope", "by"])
+GUARD_UNAVAILABLE = Counter("govern_ratelimit_unavailable_total", "requests let through because Redis was unreachable")
