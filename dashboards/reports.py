@@ -139,6 +139,19 @@ def suite_summaries(summary: dict[str, Any] | None) -> list[SuiteSummary]:
     return out
 
 
+def latest_runs(session: Session, *, version_ids: list[int]) -> dict[int, GateRun]:
+    """The newest gate run of each version, in one query (a listing page must not ask per row)."""
+    if not version_ids:
+        return {}
+    stmt = (
+        select(GateRun)
+        .where(GateRun.version_id.in_(version_ids))
+        .order_by(GateRun.version_id, GateRun.id.desc())
+        .distinct(GateRun.version_id)
+    )
+    return {run.version_id: run for run in session.scalars(stmt)}
+
+
 def run_verdict(run: GateRun | None) -> str:
     """'passed', 'failed', 'error', 'running', 'queued' or 'none' (no gate run yet)."""
     return "none" if run is None else str(run.status)

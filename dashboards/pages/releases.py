@@ -16,6 +16,7 @@ from dashboards.security import REPORT_CSP
 from governance.api.errors import NotFound
 from governance.auth.models import Role
 from governance.deployments.models import Deployment
+from governance.gates.models import GateRun
 from governance.registry import lifecycle
 from governance.registry import service as registry
 from governance.registry.models import BaseModel_, TokenVersion, VersionState
@@ -31,9 +32,10 @@ TABS = {
 CASES_PAGE = 10
 
 
-def _gate_overview(session: Session, version: TokenVersion) -> dict[str, Any]:
-    runs = registry.gate_runs(session, version_id=version.id)
-    latest = runs[0] if runs else None
+def _gate_overview(session: Session, version: TokenVersion, latest: GateRun | None = None) -> dict[str, Any]:
+    if latest is None:
+        runs = registry.gate_runs(session, version_id=version.id)
+        latest = runs[0] if runs else None
     return {
         "run": latest,
         "verdict": reports.run_verdict(latest),
@@ -53,12 +55,14 @@ def releases(request: Request, session: SessionDep, viewer: ViewerDep, tab: str 
     has_next = len(versions) > paging.size
     versions = versions[: paging.size]
     names = user_names(session, {v.submitted_by for v in versions})
+    runs = reports.latest_runs(session, version_ids=[v.id for v in versions])
+    adapters = {a: registry.adapter_name(session, adapter_id=a) for a in {v.adapter_id for v in versions}}
     rows = [
         {
             "version": v,
-            "adapter": registry.adapter_name(session, adapter_id=v.adapter_id),
+            "adapter": adapters[v.adapter_id],
             "submitter": names.get(v.submitted_by, str(v.submitted_by)),
-            **_gate_overview(session, v),
+            **_gate_overview(session, v, runs.get(v.id)),
         }
         for v in versions
     ]

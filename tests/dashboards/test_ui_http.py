@@ -355,3 +355,19 @@ def test_engineer_cannot_read_the_audit_log(client: TestClient, world: World) ->
     sign_in(client, world.people["ml_engineer"].key)
     r = client.get("/ui/audit")
     assert r.status_code == 403 and "may not read the audit log" in r.text
+
+
+def test_root_leads_to_sign_in(client: TestClient) -> None:
+    r = client.get("/ui", follow_redirects=True)
+    assert r.status_code == 200 and "Sign in" in r.text and r.url.path == "/ui/login"
+
+
+def test_governance_never_imports_dashboards() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "governance"
+    pattern = re.compile(r"^\s*(from|import)\s+dashboards\b", re.M)
+    offenders = [str(p.relative_to(root.parent)) for p in root.rglob("*.py")
+                 if pattern.search(p.read_text(encoding="utf-8")) and "cli" not in p.parts and p.name != "app.py"]
+    assert not offenders, f"governance must not import dashboards: {offenders}"
