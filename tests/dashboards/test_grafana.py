@@ -101,9 +101,16 @@ def test_dashboard_names_only_exported_metrics() -> None:
     # the topics the operators asked for are all there
     for needed in ("govern_http_requests_total", "govern_http_request_seconds_bucket", "govern_active_generation",
                    "govern_drift_checks_total", "govern_auto_rollbacks_total", "govern_monitor_alerts_total",
-                   "serving_requests_total", "serving_active_generation"):
+                   "govern_promotions_total", "serving_requests_total", "serving_active_generation",
+                   "govern_auth_failures_total"):
         assert needed in used, needed
 
 
 def test_metric_name_extraction() -> None:
     assert metric_names('sum by (route) (rate(a_total{status=~"5.."}[5m])) / clamp_min(b, 1e-9)') == {"a_total", "b"}
+
+
+def test_committed_json_is_what_the_builder_makes() -> None:
+    from dashboards.grafana.build import render
+
+    assert DASHBOARD.read_text(encoding="utf-8") == render(), "run: python -m dashboards.grafana.build"

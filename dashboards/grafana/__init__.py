@@ -1,0 +1,1 @@
+"""Grafana dashboard of the service's Prometheus metrics (JSON plus the script that builds it)."""
