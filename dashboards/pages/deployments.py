@@ -9,7 +9,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 
 from dashboards.deps import UI_ROLES, CsrfDep, SessionDep, ViewerDep, render, require
-from dashboards.pages.common import DONE_MESSAGES, Paging, redirect
+from dashboards.pages.common import DONE_MESSAGES, Paging, redirect, user_names
 from governance.api.errors import InvalidInput
 from governance.deployments import service as deployments
 from governance.registry import service as registry
@@ -41,6 +41,13 @@ def deployment_page(
     has_next = len(history) > paging.size
     history = history[: paging.size]
     targets = registry.list_versions(session, deployment=name, state=VersionState.superseded.value, limit=20)
+    # why a version was promoted: the approval it rests on (a rollback carries its own reason)
+    approvals = {}
+    for vid in {p.version_id for p in history if p.kind == "promote" and p.version_id is not None}:
+        review = registry.latest_review(session, version_id=vid)
+        if review is not None and review.decision == "approve":
+            approvals[vid] = review
+    reviewers = user_names(session, {r.reviewer_id for r in approvals.values()})
     policy = deployments.policy_of(session, deployment=dep)
     return render(
         request,
@@ -54,6 +61,8 @@ def deployment_page(
         paging=paging,
         has_next=has_next,
         targets=targets,
+        approvals=approvals,
+        reviewers=reviewers,
         policy=policy,
         can_rollback=viewer.has(*deployments.ROLLBACKERS),
         can_freeze=viewer.has(*deployments.FREEZERS),

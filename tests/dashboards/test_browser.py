@@ -151,6 +151,7 @@ def test_officer_reviews_a_gated_release_and_sees_the_promotion_history(
     timeline = page.inner_text("[data-testid=timeline]")
     assert "generation 2" in timeline and f"#{vid}" in timeline and "generation 1" in timeline
     assert world.people["ml_engineer"].name in timeline
+    assert "Failing PII cases reviewed" in timeline  # why: the approval it rests on
     shot(page, "05-deployment-history")
 
     page.click("text=Drift checks and charts")
