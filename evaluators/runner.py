@@ -185,32 +185,35 @@ def save_cached_base(state_dir: Path | None, key: str, outputs: Sequence[str]) -
 
 
 def plan_rows(
-    suite_cases: Mapping[str, Sequence[Case]], systems: Mapping[str, Sequence[str]], batch_size: int
+    suite_cases: Mapping[str, Sequence[Case]],
+    systems: Mapping[str, Sequence[str]],
+    batch_size: int,
+    *,
+    systems_per_case: int | None = None,
 ) -> list[list[Row]]:
     """Batches of rows: every needed system's row of a case sits in the same batch.
 
     ``systems[suite]`` lists the systems to generate for that suite (the base is left out
-    when cached). Cases are ordered by prompt length (ties by suite and index) so the
-    batch membership depends only on the cases, and padding is small.
+    when cached). Cases are ordered by prompt length (ties by suite and index) and cut
+    into chunks of ``batch_size // systems_per_case`` cases. Pass the number of systems
+    *including* a cached base as ``systems_per_case``: the chunks, hence each row's
+    batch companions and left padding, are then the same whether the base is cached or
+    not, so a gate repeated with the cache gives the candidate the same numerics.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    per_case = systems_per_case or max((len(v) for v in systems.values()), default=1)
+    cases_per_batch = max(1, batch_size // max(1, per_case))
     ordered = sorted(
         ((suite, i, case) for suite, cases in suite_cases.items() for i, case in enumerate(cases)),
         key=lambda t: (len(t[2].prompt), t[0], t[1]),
     )
     batches: list[list[Row]] = []
-    current: list[Row] = []
-    for suite, i, _case in ordered:
-        rows = [Row(suite, i, s) for s in systems[suite]]
-        if not rows:
-            continue
-        if current and len(current) + len(rows) > batch_size:
-            batches.append(current)
-            current = []
-        current.extend(rows)
-    if current:
-        batches.append(current)
+    for start in range(0, len(ordered), cases_per_batch):
+        batch = [Row(suite, i, s) for suite, i, _case in ordered[start : start + cases_per_batch]
+                 for s in systems[suite]]
+        if batch:
+            batches.append(batch)
     return batches
 
 
@@ -274,7 +277,8 @@ def run_gate(
         if hit is not None:
             cached[s.name] = hit
         systems[s.name] = ["candidate", *(["active"] if has_active else []), *([] if hit is not None else ["base"])]
-    batches = plan_rows(suite_cases, systems, policy.gate.batch_size)
+    # Chunks sized as if the base were generated too: see plan_rows.
+    batches = plan_rows(suite_cases, systems, policy.gate.batch_size, systems_per_case=len(tokens))
     t_gen = time.perf_counter()
     outputs = generate_rows(generator, batches, suite_cases, tokens, progress)
     gen_seconds = time.perf_counter() - t_gen

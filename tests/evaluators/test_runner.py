@@ -156,3 +156,11 @@ def test_damaged_cache_entry_is_regenerated(suites: list[Any], policy: Policy, t
 
 def test_row_is_hashable_and_ordered() -> None:
     assert Row("a", 1, "base") == Row("a", 1, "base")
+
+
+def test_batch_companions_do_not_depend_on_the_cache() -> None:
+    cases = {"s": [Case(f"c{i}", "x", "p" * (i % 7 + 1), "e") for i in range(23)]}
+    uncached = plan_rows(cases, {"s": ["candidate", "base"]}, batch_size=6, systems_per_case=2)
+    cached = plan_rows(cases, {"s": ["candidate"]}, batch_size=6, systems_per_case=2)
+    assert [sorted({r.index for r in b}) for b in uncached] == [sorted({r.index for r in b}) for b in cached]
+    assert all(len(b) <= 6 for b in uncached)
