@@ -72,13 +72,9 @@ def test_database_refuses_unknown_role_and_dangling_foreign_key(session: Session
 
 
 def test_audit_log_rejects_update_delete_truncate(session: Session) -> None:
-    session.execute(
-        text(
-            "insert into audit_log (seq, ts, actor, action, subject_type, subject_id, payload, prev_hash, hash)"
-            " values (1, now(), 'system:test', 'test', 'none', '-', '{}', :p, :h)"
-        ),
-        {"p": "0" * 64, "h": "1" * 64},
-    )
+    from governance.audit.service import append
+
+    append(session, actor="system:test", action="test", subject_type="none", subject_id="-", payload={"a": 1})
     for stmt in ("update audit_log set actor = 'x'", "delete from audit_log", "truncate audit_log"):
         with pytest.raises(Exception, match="append-only"), session.begin_nested():
             session.execute(text(stmt))
