@@ -4,7 +4,7 @@ It produces the drift report between a reference and a window, for the descripto
 the embeddings, and saves its HTML next to the check. Evidently's *defaults* are not a
 decision rule for small windows (DESIGN.md: its fixed 0.1 Wasserstein threshold flagged
 97.5% of clean 50-output windows), so every metric here names a size-aware test
-(Kolmogorov-Smirnov p-values for numeric descriptors, Fisher's exact test for 0/1
+(Kolmogorov-Smirnov p-values for numeric descriptors, the two-proportion z-test for 0/1
 flags, the absolute text-content classifier for raw text, which is fast) and the
 decisions are taken by our detectors at a stated false-alarm budget; the report is the
 evidence a person reads.
@@ -24,7 +24,9 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 NUMERIC_METHOD = "ks"
-FLAG_METHOD = "fisher_exact"
+# Evidently's own "fisher_exact" refuses samples of unequal size; its two-proportion z-test
+# is size-aware too. (The decision uses Fisher's exact test, in monitors.detectors.reports.)
+FLAG_METHOD = "z"
 TEXT_METHOD = "abs_text_content_drift"
 EMBEDDINGS_NAME = "embedding"
 
@@ -81,17 +83,22 @@ def drift_report(
     numeric = [k for k in ref_numeric if k in cur_numeric]
     use_emb = ref_embeddings is not None and cur_embeddings is not None
     use_text = bool(ref_texts) and bool(cur_texts)
-    ref_df = _frame({k: ref_numeric[k] for k in numeric}, {k: ref_flags[k] for k in flags},
-                    ref_embeddings if use_emb else None, ref_texts if use_text else None)
-    cur_df = _frame({k: cur_numeric[k] for k in numeric}, {k: cur_flags[k] for k in flags},
-                    cur_embeddings if use_emb else None, cur_texts if use_text else None)
-    emb_cols = [c for c in ref_df.columns if c.startswith(f"{EMBEDDINGS_NAME}_")]
-    definition = DataDefinition(
-        numerical_columns=numeric + emb_cols,
-        categorical_columns=flags,
-        text_columns=["text"] if use_text else [],
-        embeddings={EMBEDDINGS_NAME: emb_cols} if use_emb else None,
-    )
+    emb_cols = [f"{EMBEDDINGS_NAME}_{j}" for j in range(ref_embeddings.shape[1])] if use_emb else []  # type: ignore[union-attr]
+
+    def datasets(with_text: bool) -> tuple[Any, Any]:
+        ref_df = _frame({k: ref_numeric[k] for k in numeric}, {k: ref_flags[k] for k in flags},
+                        ref_embeddings if use_emb else None, ref_texts if with_text else None)
+        cur_df = _frame({k: cur_numeric[k] for k in numeric}, {k: cur_flags[k] for k in flags},
+                        cur_embeddings if use_emb else None, cur_texts if with_text else None)
+        definition = DataDefinition(
+            numerical_columns=numeric + emb_cols,
+            categorical_columns=flags,
+            text_columns=["text"] if with_text else [],
+            embeddings={EMBEDDINGS_NAME: emb_cols} if use_emb else None,
+        )
+        return (Dataset.from_pandas(cur_df, data_definition=definition),
+                Dataset.from_pandas(ref_df, data_definition=definition))
+
     metrics: list[Any] = [ValueDrift(column=c, method=NUMERIC_METHOD) for c in numeric]
     metrics += [ValueDrift(column=c, method=FLAG_METHOD) for c in flags]
     methods = {**{c: NUMERIC_METHOD for c in numeric}, **{c: FLAG_METHOD for c in flags}}
@@ -106,10 +113,7 @@ def drift_report(
     for with_text in attempts:
         chosen = [*metrics, ValueDrift(column="text", method=TEXT_METHOD)] if with_text else metrics
         try:
-            snapshot = Report(chosen).run(
-                Dataset.from_pandas(cur_df, data_definition=definition),
-                Dataset.from_pandas(ref_df, data_definition=definition),
-            )
+            snapshot = Report(chosen).run(*datasets(with_text))
             if with_text:
                 methods["text"] = TEXT_METHOD
             break

@@ -12,6 +12,7 @@ and the whitened principal components of the embeddings with the projected rows.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -27,9 +28,24 @@ MAX_COMPONENTS = 10
 MAX_TEXTS = 300
 
 
+REFERENCE_SIZE_ENV = "GOVERN_MONITOR_REFERENCE_SIZE"
+
+
 def target_size(min_samples: int) -> int:
-    """Outputs a reference needs: enough to estimate a 1% rate and a 10-component whitening."""
-    return max(4 * min_samples, 200)
+    """Outputs a reference needs (default: 1,000, or 20 windows' minimum).
+
+    The violation detector's false-alarm budget rests on the reference rate p0: with 200
+    outputs at a 1% rate it sees about 2 violations and p0 is off by 70% either way; with
+    1,000 it is about 10 (bench/bench_monitors.py measures what that costs). The
+    ``GOVERN_MONITOR_REFERENCE_SIZE`` variable overrides it for demos and tests.
+    """
+    override = os.environ.get(REFERENCE_SIZE_ENV)
+    if override:
+        value = int(override)
+        if value < 20:
+            raise ValueError(f"{REFERENCE_SIZE_ENV} must be >= 20 (got {value})")
+        return value
+    return max(20 * min_samples, 1000)
 
 
 def get_row(session: Session, *, deployment_id: int, version_id: int | None, lock: bool = False

@@ -30,7 +30,7 @@ LOG_COLUMNS = frozenset({"length", "word_count"})
 # A design shift of 0.75 sd loses little against both 0.5 and 1 sd shifts (drift per
 # sample d(D - d/2) against the optimum D^2/2); 1 sd tunes for gross changes only.
 DEFAULT_SHIFT_SIGMAS = 0.75
-DEFAULT_EMBEDDING_SHIFT = 1.0
+DEFAULT_EMBEDDING_SHIFT = 0.5
 MIN_REFERENCE = 20
 
 

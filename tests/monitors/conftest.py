@@ -157,6 +157,12 @@ def make_world(engine: Engine, *, interval: int = 60, cooldown: int = 600, cap: 
     return World(engine, digest, dep, dep_id, policy_text, people)
 
 
+@pytest.fixture(autouse=True)
+def _small_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 200 outputs build a reference here (production default: 1,000)
+    monkeypatch.setenv("GOVERN_MONITOR_REFERENCE_SIZE", "200")
+
+
 @pytest.fixture()
 def world(engine: Engine, settings_env: None) -> World:
     return make_world(engine)

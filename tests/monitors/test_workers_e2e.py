@@ -68,6 +68,7 @@ def procs(tmp_path: Path, settings_env: None, redis_url: str) -> Iterator[Procs]
     env = {k: os.environ[k] for k in ("GOVERN_DATABASE_URL", "GOVERN_REDIS_URL", "GOVERN_STATE_DIR",
                                       "GOVERN_ENVIRONMENT")}
     env["GOVERN_CELERY_VISIBILITY_TIMEOUT"] = "3"
+    env["GOVERN_MONITOR_REFERENCE_SIZE"] = "200"
     env["HF_HUB_OFFLINE"] = "1"
     p = Procs(tmp_path, env)
     yield p

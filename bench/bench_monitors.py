@@ -1,0 +1,346 @@
+"""Statistics of the drift detectors: false alarms on clean streams, detection delay on shifts.
+
+    .venv/bin/python bench/bench_monitors.py [--quick]
+
+Streams are synthetic but drawn from realistic descriptor distributions: a pool of
+template-generated assistant answers (several everyday topics) is described with the
+production code (:func:`monitors.descriptors.describe`: lengths, VADER sentiment,
+checker flags, all-MiniLM-L6-v2 embeddings); clean windows resample that pool, and a
+second pool on a new topic (similar lengths and tone) provides the embedding-only shift.
+Violation flags are Bernoulli draws at the stated rates. Every detector is the
+production class, run window by window with its state carried, as the check runs it.
+
+Table 1, false alarms per check: over >= 500 clean windows (several independent
+references, so the reference's own estimation error counts too), the share of windows
+judged "drift", next to the policy budget per check (window size / ARL for the
+sequential detectors, alpha = 1/ARL-in-windows for the per-window tests), with a
+95% Wilson interval.
+
+Table 2, detection delay: the change starts at a window boundary after a clean burn-in;
+the delay is the number of post-change samples until the first alarm, averaged over
+replications, next to the Lorden bound ln(ARL)/KL for the same shift and budget
+(KL = KL(p1||p0) for rates, delta^2/2 for a Gaussian mean shift of delta sd, |delta|^2/2
+for the embedding mean shift in whitened units). Wall time = samples / sampling rate
+at the default policy (sample rate 0.2) and an assumed 250 outputs/minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from monitors.detectors import DetectorContext, Frame, Reference, build_detector, cusum
+from monitors.reference import whiten
+
+WINDOW = 50  # the default policy's min_samples
+ARL = 10_000.0  # the default policy's policy_violations ARL (samples)
+P0 = 0.01
+REF_SIZE = 1000
+OUTPUTS_PER_MINUTE = 250.0
+SAMPLE_RATE = 0.2
+
+TOPICS_A = {
+    "cooking": ["Preheat the oven to {n}0 degrees and let the dough rest for {m} minutes.",
+                "Add a pinch of salt, then stir the sauce until it thickens.",
+                "You can swap butter for olive oil in most savoury recipes.",
+                "Roast the vegetables for about {m} minutes, turning them once.",
+                "A sharp knife is safer than a dull one because it slips less."],
+    "travel": ["The train from the airport to the centre takes about {m} minutes.",
+               "Book the museum tickets online to skip the queue in the morning.",
+               "Pack a light jacket, evenings by the coast can get cool.",
+               "Most hotels let you store luggage after check-out for free.",
+               "The old town is easy to explore on foot in a single day."],
+    "computers": ["Restart the router and wait {m} seconds before reconnecting.",
+                  "Open the settings, choose Updates, and install the latest version.",
+                  "Clearing the browser cache often fixes pages that load badly.",
+                  "Back up your files to an external drive at least once a week.",
+                  "Use a password manager so every account gets its own password."],
+    "fitness": ["Start with {m} minutes of brisk walking and build up slowly.",
+                "Stretch gently after the workout, not before it.",
+                "Drink water regularly, especially on warm days.",
+                "Two or three strength sessions a week are enough for most people.",
+                "Rest days matter as much as training days for progress."],
+}
+TOPICS_B = {
+    "astronomy": ["The telescope needs about {m} minutes to cool before the images get sharp.",
+                  "Jupiter rises after sunset this month and is easy to find in the east.",
+                  "A red torch keeps your eyes adapted to the dark sky.",
+                  "The Andromeda galaxy is visible from dark sites without any optics.",
+                  "Meteor showers are best after midnight when the sky faces forward."],
+    "sailing": ["Reef the mainsail early when the wind rises above {n} knots.",
+                "Check the tide tables before leaving the harbour in the morning.",
+                "Keep the jib sheets free so you can tack quickly.",
+                "A bowline knot holds well and is easy to untie later.",
+                "Wear a life jacket on deck whenever the boat is moving."],
+}
+OPENERS = ["", "Sure! ", "Good question. ", "Here is what I would do. ", "Happy to help. "]
+CLOSERS = ["", " Let me know if you need more detail.", " I hope this helps.", " Enjoy!"]
+
+
+def make_texts(topics: dict[str, list[str]], n: int, rng: np.random.Generator) -> list[str]:
+    names = sorted(topics)
+    out = []
+    for _ in range(n):
+        topic = topics[names[rng.integers(len(names))]]
+        k = int(rng.integers(1, 5))
+        picks = rng.choice(len(topic), size=min(k, len(topic)), replace=False)
+        body = " ".join(topic[i].format(n=int(rng.integers(1, 30)), m=int(rng.integers(2, 60))) for i in picks)
+        out.append(OPENERS[rng.integers(len(OPENERS))] + body + CLOSERS[rng.integers(len(CLOSERS))])
+    return out
+
+
+@dataclass
+class Pools:
+    clean: Frame
+    topic: Frame
+
+
+def build_pools(n_clean: int, n_topic: int, seed: int = 1) -> Pools:
+    """Describe the two pools (cached under state/cache: embedding them is the slow part)."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from monitors.descriptors import OutputRecord, describe
+
+    rng = np.random.default_rng(seed)
+    a = make_texts(TOPICS_A, n_clean, rng)
+    b = make_texts(TOPICS_B, n_topic, rng)
+    digest = hashlib.sha256(json.dumps([a, b]).encode()).hexdigest()[:16]
+    cache = Path("state/cache/bench_monitors") / f"pools-{digest}.npz"
+    if cache.exists():
+        data = np.load(cache)
+        return Pools(*(_unpack(data, p) for p in ("clean", "topic")))
+    clean = describe([OutputRecord(i, "question", t) for i, t in enumerate(a)])
+    topic = describe([OutputRecord(i, "question", t) for i, t in enumerate(b)])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, Any] = {**_pack(clean, "clean"), **_pack(topic, "topic")}
+    np.savez_compressed(cache, **arrays)
+    return Pools(clean, topic)
+
+
+def _pack(frame: Frame, prefix: str) -> dict[str, np.ndarray]:
+    out = {f"{prefix}.num.{k}": v for k, v in frame.numeric.items()}
+    out.update({f"{prefix}.flag.{k}": v for k, v in frame.flags.items()})
+    if frame.embeddings is not None:
+        out[f"{prefix}.emb"] = frame.embeddings
+    return out
+
+
+def _unpack(data: Any, prefix: str) -> Frame:
+    numeric = {k.split(".", 2)[2]: data[k] for k in data.files if k.startswith(f"{prefix}.num.")}
+    flags = {k.split(".", 2)[2]: data[k] for k in data.files if k.startswith(f"{prefix}.flag.")}
+    emb = data[f"{prefix}.emb"] if f"{prefix}.emb" in data.files else None
+    return Frame(numeric=numeric, flags=flags, embeddings=emb)
+
+
+def take(pool: Frame, idx: np.ndarray, violations: np.ndarray | None = None) -> Frame:
+    flags = {k: v[idx] for k, v in pool.flags.items()}
+    if violations is not None:
+        flags["violation"] = violations.astype(np.int8)
+    return Frame(numeric={k: v[idx] for k, v in pool.numeric.items()}, flags=flags,
+                 embeddings=None if pool.embeddings is None else pool.embeddings[idx])
+
+
+def make_reference(pools: Pools, rng: np.random.Generator) -> tuple[Reference, np.ndarray]:
+    """A reference of REF_SIZE clean outputs; returns it and the pool rows the streams may use."""
+    perm = rng.permutation(pools.clean.n)
+    ref_idx, rest = perm[:REF_SIZE], perm[REF_SIZE:]
+    frame = take(pools.clean, ref_idx, rng.random(REF_SIZE) < P0)
+    assert frame.embeddings is not None
+    mean, comps, proj = whiten(np.asarray(frame.embeddings, dtype=float))
+    frame.embeddings = proj
+    return Reference(frame=frame, emb_mean=mean, emb_components=comps), rest
+
+
+class Cfg:
+    def __init__(self, kind: str, **kw: Any) -> None:
+        self.kind, self.rollback = kind, False
+        self.arl: float | None = None
+        self.p1: float | None = None
+        self.shift_sigmas: float | None = None
+        self.threshold: float | None = None
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+DETECTORS = {
+    # name: (policy entry, budget per check, what it watches)
+    "policy_violations": Cfg("cusum", arl=ARL, p1=0.10),
+    "descriptor_means": Cfg("cusum", arl=ARL),
+    "embedding_topics": Cfg("cusum", arl=ARL),
+    "descriptors": Cfg("evidently", arl=100.0),
+    "embeddings": Cfg("evidently_embeddings", arl=100.0),
+}
+
+
+def budget(name: str) -> float:
+    cfg = DETECTORS[name]
+    arl = float(cfg.arl or 1.0)
+    return WINDOW / arl if cfg.kind == "cusum" else 1.0 / arl
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    p = k / n
+    c = (p + z * z / (2 * n)) / (1 + z * z / n)
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def false_alarms(pools: Pools, name: str, refs: int, windows: int, seed: int) -> tuple[int, int]:
+    ctx = DetectorContext(write_report=False)
+    drifts = total = 0
+    for r in range(refs):
+        rng = np.random.default_rng(seed * 1000 + r)
+        ref, rest = make_reference(pools, rng)
+        det = build_detector(name, DETECTORS[name], flags=sorted(ref.frame.flags))
+        state = None
+        for _ in range(windows):
+            idx = rng.choice(rest, size=WINDOW)
+            win = take(pools.clean, idx, rng.random(WINDOW) < P0)
+            res = det.run(reference=ref, window=win, state=state, context=ctx)
+            state = res.state
+            drifts += res.verdict == "drift"
+            total += 1
+    return drifts, total
+
+
+@dataclass
+class Shift:
+    label: str
+    detector: str
+    kl: float
+    apply: Any  # (pools, rest, rng, n) -> Frame
+
+
+def tilt(z: np.ndarray, delta_sd: float) -> tuple[np.ndarray, float]:
+    """Exponential tilting of the empirical distribution of ``z`` that moves its mean by
+    ``delta_sd`` sd: weights q_i ~ exp(theta z_i), and the exact KL(q || uniform) in nats.
+
+    Real rows are drawn with these weights, so the shifted stream keeps realistic rows
+    (longer answers also have more words) and the Lorden bound uses the exact KL.
+    """
+    zs = (z - z.mean()) / z.std()
+    lo, hi = 0.0, 20.0
+    w = np.full(len(zs), 1.0 / len(zs))
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        e = np.exp(mid * zs - np.max(mid * zs))
+        w = e / e.sum()
+        if float(w @ zs) < delta_sd:
+            lo = mid
+        else:
+            hi = mid
+    kl = float(np.sum(w * np.log(np.maximum(w * len(zs), 1e-300))))
+    return w, kl
+
+
+def shifted_window(pools: Pools, rest: np.ndarray, rng: np.random.Generator, *, p: float = P0,
+                   weights: np.ndarray | None = None, topic_share: float = 0.0) -> Frame:
+    idx = rng.choice(rest, size=WINDOW, p=weights)
+    win = take(pools.clean, idx, rng.random(WINDOW) < p)
+    if topic_share > 0:
+        mask = rng.random(WINDOW) < topic_share
+        tidx = rng.integers(0, pools.topic.n, size=WINDOW)
+        topic = take(pools.topic, tidx)
+        assert win.embeddings is not None and topic.embeddings is not None
+        win.embeddings = np.where(mask[:, None], topic.embeddings, win.embeddings)
+    return win
+
+
+def delay(pools: Pools, name: str, reps: int, seed: int, burn_in: int = 4, max_windows: int = 200,
+          tilt_sd: float = 0.0, **shift: Any) -> tuple[float, float, int, float | None]:
+    """(mean delay in samples, its standard error, undetected replications, exact KL of a tilt)."""
+    ctx = DetectorContext(write_report=False)
+    delays: list[float] = []
+    missed = 0
+    rng0 = np.random.default_rng(seed)
+    ref, rest = make_reference(pools, rng0)
+    kl = None
+    if tilt_sd:
+        shift["weights"], kl = tilt(np.log1p(pools.clean.numeric["length"][rest]), tilt_sd)
+    det = build_detector(name, DETECTORS[name], flags=sorted(ref.frame.flags))
+    for r in range(reps):
+        rng = np.random.default_rng(seed * 7919 + r)
+        state = None
+        for _ in range(burn_in):  # a clean stretch: the statistic starts from its steady state
+            res = det.run(reference=ref, window=shifted_window(pools, rest, rng), state=state, context=ctx)
+            state = res.state
+        for w in range(max_windows):
+            res = det.run(reference=ref, window=shifted_window(pools, rest, rng, **shift), state=state, context=ctx)
+            state = res.state
+            if res.verdict == "drift":
+                first = res.details.get("first_alarm_sample")
+                delays.append(w * WINDOW + (first + 1 if first is not None else WINDOW))
+                break
+        else:
+            missed += 1
+    arr = np.asarray(delays) if delays else np.asarray([math.nan])
+    se = float(arr.std(ddof=1) / math.sqrt(len(arr))) if len(arr) > 1 else 0.0
+    return float(arr.mean()), se, missed, kl
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer windows and replications")
+    args = parser.parse_args()
+    refs, windows, reps = (2, 250, 40) if args.quick else (10, 500, 200)
+    t0 = time.perf_counter()
+    pools = build_pools(2000, 600)
+    print(f"pools described in {time.perf_counter() - t0:.1f}s: {pools.clean.n} clean, {pools.topic.n} new-topic "
+          f"outputs; window {WINDOW}, reference {REF_SIZE}, violation ARL {ARL:.0f} samples, p0 {P0}")
+
+    print("\nFalse alarms per check on clean streams")
+    print(f"{'detector':<20}{'windows':>9}{'alarms':>8}{'rate':>9}{'95% interval':>20}{'budget':>9}  ok")
+    for name in DETECTORS:
+        t = time.perf_counter()
+        k, n = false_alarms(pools, name, refs, windows, seed=11)
+        lo, hi = wilson(k, n)
+        b = budget(name)
+        print(f"{name:<20}{n:>9}{k:>8}{k / n:>9.4f}{f'[{lo:.4f}, {hi:.4f}]':>20}{b:>9.4f}  "
+              f"{'yes' if lo <= b else 'NO'}   ({time.perf_counter() - t:.0f}s)")
+
+    # The shift sizes, in the reference's own units
+    rng = np.random.default_rng(5)
+    ref, _ = make_reference(pools, rng)
+    topic_proj = ref.project(pools.topic.embeddings)
+    assert topic_proj is not None and ref.frame.embeddings is not None
+    topic_mean = topic_proj.mean(axis=0) - ref.frame.embeddings.mean(axis=0)
+    def emb_kl(share: float) -> float:
+        return float(np.sum((share * topic_mean) ** 2) / 2.0)
+
+    shifts = [
+        Shift("violations 1% -> 5%", "policy_violations", cusum.bernoulli_kl(0.05, P0), {"p": 0.05}),
+        Shift("violations 1% -> 10%", "policy_violations", cusum.bernoulli_kl(0.10, P0), {"p": 0.10}),
+        Shift("length mean +0.5 sd", "descriptor_means", 0.0, {"tilt_sd": 0.5}),
+        Shift("length mean +1 sd", "descriptor_means", 0.0, {"tilt_sd": 1.0}),
+        Shift("new topic, 30% of outputs", "embedding_topics", emb_kl(0.3), {"topic_share": 0.3}),
+        Shift("new topic, 60% of outputs", "embedding_topics", emb_kl(0.6), {"topic_share": 0.6}),
+    ]
+    per_window = {"descriptor_means": "descriptors", "embedding_topics": "embeddings"}
+    print(f"\nDetection delay (samples after the change; {reps} replications; theory = ln(ARL)/KL, "
+          f"ARL {ARL:.0f})")
+    print(f"{'shift':<28}{'detector':<20}{'KL':>8}{'theory':>8}{'delay':>9}{'+-se':>7}{'ratio':>7}"
+          f"{'minutes':>9}  within 2x")
+    for sh in shifts:
+        rows = [sh.detector] + ([per_window[sh.detector]] if sh.detector in per_window else [])
+        for det in rows:
+            mean, se, missed, exact_kl = delay(pools, det, reps, seed=23, **sh.apply)
+            kl = exact_kl if exact_kl is not None else sh.kl
+            theory = cusum.lorden_delay(ARL, kl)
+            ratio = mean / theory
+            minutes = mean / (OUTPUTS_PER_MINUTE * SAMPLE_RATE)
+            verdict = ("yes" if ratio <= 2 else "NO") if DETECTORS[det].kind == "cusum" else "(per-window test)"
+            miss = f" missed {missed}" if missed else ""
+            print(f"{sh.label:<28}{det:<20}{kl:>8.4f}{theory:>8.1f}{mean:>9.1f}{se:>7.1f}{ratio:>7.2f}"
+                  f"{minutes:>9.1f}  {verdict}{miss}")
+    print(f"\ntotal {time.perf_counter() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
