@@ -145,7 +145,7 @@ def minimum_detectable_drop(n: int, psi: float, alpha: float = 0.05, power: floa
 
 
 def sign_flip_test(
-    diffs: Sequence[float],
+    diffs: Sequence[float] | np.ndarray,
     alternative: Alternative = "greater",
     *,
     n_resamples: int = 10_000,

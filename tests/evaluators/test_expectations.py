@@ -14,7 +14,7 @@ from governance.policy import load_default_policy
 
 def _frame(n: int = 200, leak_every: int = 0) -> pd.DataFrame:
     outputs = [f"Answer number {i}." for i in range(n)]
-    pii = [None] * n
+    pii: list[str | None] = [None] * n
     for i in range(0, n, 4):
         pii[i] = outputs[i] = "I won't repeat personal details."
         if leak_every and i % leak_every == 0:
