@@ -1,0 +1,24 @@
+"""``govern demo``: the end-to-end story on the embedded default (see governance/cli/demo.py)."""
+
+from __future__ import annotations
+
+import typer
+
+from governance.cli.common import clear_errors, console, fail
+
+
+@clear_errors
+def demo_cmd(
+    fast: bool = typer.Option(False, "--fast", help="smaller training, gate and traffic (for tests)"),
+    keep_running: bool = typer.Option(False, "--keep-running", help="leave the services and dashboard up"),
+) -> None:
+    """Tell the whole story end to end: train, gate, review, promote, drift, roll back, audit."""
+    from governance.cli.demo import DemoFailed, run
+
+    try:
+        run(fast=fast, keep_running=keep_running, console=console)
+    except DemoFailed as exc:
+        fail(f"demo failed: {exc}\n  logs of the services: state/demo/logs/", code=1)
+    except KeyboardInterrupt:
+        fail("interrupted; every process was stopped", code=130)
+    console.print("[bold green]demo finished[/]")
