@@ -123,6 +123,9 @@ def test_officer_reviews_a_gated_release_and_sees_the_promotion_history(
     vid = world.gated_release(failing_cases=2)
     _drift_and_alert(world)
 
+    page.goto(f"{server}/ui/releases")
+    assert "/ui/login?next=" in page.url  # signed out: sent to sign in, and back afterwards
+    shot(page, "00-sign-in")
     sign_in(page, server, world.people["compliance_officer"].key)
     shot(page, "01-releases")
     page.click(f"a[href='/ui/versions/{vid}']")
@@ -159,6 +162,9 @@ def test_officer_reviews_a_gated_release_and_sees_the_promotion_history(
     page.wait_for_selector("#chart-descriptors[data-drawn='1']", timeout=20_000)
     assert page.locator("#chart-det-0 .main-svg").count() > 0  # plotly drew it, under the CSP
     shot(page, "06-drift")
+    page.click("[data-testid=checks] a >> nth=0")
+    assert "cusum" in page.inner_text("main")
+    shot(page, "06b-drift-check")
 
     page.click("nav >> text=Alerts")
     page.fill("form.ack-form input[name=comment] >> nth=0", "Investigating with the serving team")
@@ -187,8 +193,11 @@ def test_auditor_sees_no_approve_button_and_posting_anyway_is_forbidden(
                              form={"comment": "I approve", "csrf_token": csrf or ""})
     assert resp.status == 403
     assert "Traceback" not in resp.text()
-    page.set_content(resp.text())
     assert _state(world, vid) == "gate_passed"
+    missing = page.goto(f"{server}/ui/versions/999999999")
+    assert missing is not None and missing.status == 404
+    assert "no token version" in page.inner_text("main")
+    shot(page, "11-not-found")
 
 
 class _Attacker(BaseHTTPRequestHandler):
