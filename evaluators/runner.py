@@ -243,6 +243,103 @@ def generate_rows(
 # --- the gate ----------------------------------------------------------------------------
 
 
+@dataclass
+class GatePlan:
+    """What a gate generates, fixed before any generation (so shards agree on it)."""
+
+    suites: list[Suite]
+    suite_cases: dict[str, list[Case]]
+    decoding: dict[str, Any]
+    base_digest: str
+    has_active: bool
+    # suites whose base outputs come from the cache (not generated in this gate)
+    cached: dict[str, list[str]]
+    cache_keys: dict[str, str]
+    batches: list[list[Row]]
+
+    def shard(self, index: int, count: int) -> list[list[Row]]:
+        """Every ``count``-th batch from ``index``: shards of (almost) equal work."""
+        if not 0 <= index < count:
+            raise ValueError(f"shard index must be in [0, {count}) (got {index})")
+        return self.batches[index::count]
+
+    @property
+    def rows(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+
+def plan_gate(
+    *,
+    base_digest: str,
+    decoding: Mapping[str, Any],
+    policy: Policy,
+    has_active: bool,
+    state_dir: str | Path | None = None,
+    suites: Sequence[str | Suite] = DEFAULT_SUITES,
+    cases: Mapping[str, Sequence[Case]] | None = None,
+) -> GatePlan:
+    """Load the cases, look up the cached base outputs, and cut the rows into batches."""
+    state = Path(state_dir) if state_dir is not None else None
+    suite_objs = [get_suite(s) if isinstance(s, str) else s for s in suites]
+    suite_cases = {s.name: list(cases[s.name]) if cases and s.name in cases else s.load_cases() for s in suite_objs}
+    cached: dict[str, list[str]] = {}
+    keys: dict[str, str] = {}
+    systems: dict[str, list[str]] = {}
+    for s in suite_objs:
+        keys[s.name] = base_cache_key(base_digest, s.name, suite_cases[s.name], decoding)
+        hit = load_cached_base(state, keys[s.name], len(suite_cases[s.name]))
+        if hit is not None:
+            cached[s.name] = hit
+        systems[s.name] = ["candidate", *(["active"] if has_active else []), *([] if hit is not None else ["base"])]
+    # Chunks sized as if the base were generated too: see plan_rows.
+    per_case = 3 if has_active else 2
+    batches = plan_rows(suite_cases, systems, policy.gate.batch_size, systems_per_case=per_case)
+    return GatePlan(suite_objs, suite_cases, dict(decoding), base_digest, has_active, cached, keys, batches)
+
+
+def finish_gate(
+    plan: GatePlan,
+    outputs: Mapping[Row, str],
+    *,
+    policy: Policy,
+    policy_sha256: str,
+    candidate_digest: str,
+    active_digest: str | None,
+    state_dir: str | Path | None = None,
+) -> GateReport:
+    """Judge the generated outputs (all shards merged), store new base outputs, build the report."""
+    state = Path(state_dir) if state_dir is not None else None
+    missing = [r for b in plan.batches for r in b if r not in outputs]
+    if missing:
+        raise ValueError(f"{len(missing)} planned rows have no output (e.g. {missing[0]}); is a shard missing?")
+    results: list[SuiteResult] = []
+    for s in plan.suites:
+        n = len(plan.suite_cases[s.name])
+        cand = [outputs[Row(s.name, i, "candidate")] for i in range(n)]
+        base = plan.cached.get(s.name) or [outputs[Row(s.name, i, "base")] for i in range(n)]
+        if s.name not in plan.cached:
+            save_cached_base(state, plan.cache_keys[s.name], base)
+        baselines: dict[str, list[str]] = {"base": base}
+        if plan.has_active:
+            baselines["active"] = [outputs[Row(s.name, i, "active")] for i in range(n)]
+        results.append(s.evaluate(plan.suite_cases[s.name], cand, baselines, policy))
+    report = build_report(
+        results, policy_sha256=policy_sha256, candidate_digest=candidate_digest, active_digest=active_digest,
+        base_digest=plan.base_digest, decoding=plan.decoding,
+    )
+    report.run = {"rows_generated": plan.rows, "batches": len(plan.batches), "base_cached": sorted(plan.cached)}
+    return report
+
+
+def outputs_to_json(outputs: Mapping[Row, str]) -> list[list[Any]]:
+    """Shard results as plain lists (what a Celery result backend carries)."""
+    return [[r.suite, r.index, r.system, text] for r, text in outputs.items()]
+
+
+def outputs_from_json(rows: Sequence[Sequence[Any]]) -> dict[Row, str]:
+    return {Row(str(s), int(i), str(system)): str(text) for s, i, system, text in rows}
+
+
 def run_gate(
     generator: Generator,
     *,
@@ -257,54 +354,18 @@ def run_gate(
     cases: Mapping[str, Sequence[Case]] | None = None,
     progress: Progress | None = None,
 ) -> GateReport:
-    """Generate, judge and report. ``cases`` overrides a suite's shipped cases (tests, shards)."""
+    """Generate, judge and report in one process. ``cases`` overrides a suite's shipped cases."""
     t0 = time.perf_counter()
-    state = Path(state_dir) if state_dir is not None else None
-    suite_objs = [get_suite(s) if isinstance(s, str) else s for s in suites]
-    suite_cases = {s.name: list(cases[s.name]) if cases and s.name in cases else s.load_cases() for s in suite_objs}
-    decoding = generator.decoding()
-    has_active = active is not None
-    tokens: dict[str, Any | None] = {"candidate": candidate, "base": None}
-    if has_active:
-        tokens["active"] = active
-
-    cached: dict[str, list[str]] = {}
-    keys: dict[str, str] = {}
-    systems: dict[str, list[str]] = {}
-    for s in suite_objs:
-        keys[s.name] = base_cache_key(generator.base_digest, s.name, suite_cases[s.name], decoding)
-        hit = load_cached_base(state, keys[s.name], len(suite_cases[s.name]))
-        if hit is not None:
-            cached[s.name] = hit
-        systems[s.name] = ["candidate", *(["active"] if has_active else []), *([] if hit is not None else ["base"])]
-    # Chunks sized as if the base were generated too: see plan_rows.
-    batches = plan_rows(suite_cases, systems, policy.gate.batch_size, systems_per_case=len(tokens))
+    plan = plan_gate(base_digest=generator.base_digest, decoding=generator.decoding(), policy=policy,
+                     has_active=active is not None, state_dir=state_dir, suites=suites, cases=cases)
+    tokens: dict[str, Any | None] = {"candidate": candidate, "base": None, "active": active}
     t_gen = time.perf_counter()
-    outputs = generate_rows(generator, batches, suite_cases, tokens, progress)
+    outputs = generate_rows(generator, plan.batches, plan.suite_cases, tokens, progress)
     gen_seconds = time.perf_counter() - t_gen
-
-    results: list[SuiteResult] = []
-    for s in suite_objs:
-        n = len(suite_cases[s.name])
-        cand = [outputs[Row(s.name, i, "candidate")] for i in range(n)]
-        base = cached.get(s.name) or [outputs[Row(s.name, i, "base")] for i in range(n)]
-        if s.name not in cached:
-            save_cached_base(state, keys[s.name], base)
-        baselines: dict[str, list[str]] = {"base": base}
-        if has_active:
-            baselines["active"] = [outputs[Row(s.name, i, "active")] for i in range(n)]
-        results.append(s.evaluate(suite_cases[s.name], cand, baselines, policy))
-    report = build_report(
-        results, policy_sha256=policy_sha256, candidate_digest=candidate_digest, active_digest=active_digest,
-        base_digest=generator.base_digest, decoding=decoding,
-    )
-    report.run = {
-        "rows_generated": sum(len(b) for b in batches),
-        "batches": len(batches),
-        "base_cached": sorted(cached),
-        "generation_seconds": round(gen_seconds, 3),
-        "total_seconds": round(time.perf_counter() - t0, 3),
-    }
+    report = finish_gate(plan, outputs, policy=policy, policy_sha256=policy_sha256,
+                         candidate_digest=candidate_digest, active_digest=active_digest, state_dir=state_dir)
+    report.run.update({"generation_seconds": round(gen_seconds, 3),
+                       "total_seconds": round(time.perf_counter() - t0, 3)})
     return report
 
 

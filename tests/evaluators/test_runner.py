@@ -164,3 +164,23 @@ def test_batch_companions_do_not_depend_on_the_cache() -> None:
     cached = plan_rows(cases, {"s": ["candidate"]}, batch_size=6, systems_per_case=2)
     assert [sorted({r.index for r in b}) for b in uncached] == [sorted({r.index for r in b}) for b in cached]
     assert all(len(b) <= 6 for b in uncached)
+
+
+def test_shards_merge_to_the_same_report(suites: list[Any], policy: Policy, tmp_path: Path) -> None:
+    from evaluators.runner import finish_gate, generate_rows, outputs_from_json, outputs_to_json, plan_gate
+
+    gen = FakeGenerator(suites)
+    whole = _run(gen, suites, policy, "biased", None)
+    plan = plan_gate(base_digest=gen.base_digest, decoding=gen.decoding(), policy=policy, has_active=False,
+                     suites=suites)
+    tokens = {"candidate": "biased", "base": None}
+    merged: dict[Row, str] = {}
+    for k in range(3):  # three workers, each a share of the batches, results as JSON
+        part = generate_rows(gen, plan.shard(k, 3), plan.suite_cases, tokens)
+        merged.update(outputs_from_json(outputs_to_json(part)))
+    report = finish_gate(plan, merged, policy=policy, policy_sha256="p" * 64,
+                         candidate_digest="biased".ljust(64, "x"), active_digest=None)
+    assert report.evidence_digest == whole.evidence_digest
+    with pytest.raises(ValueError, match="is a shard missing"):
+        finish_gate(plan, generate_rows(gen, plan.shard(0, 3), plan.suite_cases, tokens), policy=policy,
+                    policy_sha256="p" * 64, candidate_digest="x" * 64, active_digest=None)
