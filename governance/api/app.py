@@ -159,4 +159,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (auth_router, registry_router, deployments_router, outputs_router, alerts_router, audit_router):
         app.include_router(router)
     install_openapi(app)
+    # The compliance officers' web UI, served by this process (the app factory is a
+    # composition root: the one place in governance allowed to know the dashboards).
+    import dashboards
+
+    dashboards.install(app)
     return app
