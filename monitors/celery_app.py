@@ -25,9 +25,11 @@ QUEUES = (GATES_QUEUE, MONITORING_QUEUE, ROLLBACK_QUEUE)
 GATE_TASK = "evaluators.run_gate"
 
 # Seconds before Redis hands an unacknowledged task of a vanished worker to another one.
-# Longer than any task runs; short enough that a crashed rollback is retried in minutes.
+# Longer than any task runs (a gate run on CPU takes minutes), else a running task would
+# be handed out a second time; a crashed rollback is retried after it (or at once, when
+# the worker restarts and finds it older than this).
 VISIBILITY_ENV = "GOVERN_CELERY_VISIBILITY_TIMEOUT"
-DEFAULT_VISIBILITY = 600
+DEFAULT_VISIBILITY = 3600
 
 
 def default_queues() -> list[str]:
@@ -84,20 +86,3 @@ def routes() -> dict[str, dict[str, Any]]:
 
 
 app = configure(Celery("govern", include=["monitors.tasks"]), _redis_url())
-
-
-def register_gate_task() -> bool:
-    """Register the gate task if the evaluators provide it (imported lazily: monitors do not
-    depend on the gate). Returns whether it is available."""
-    import importlib
-
-    for module, attr in (("evaluators.tasks", "run_gate"), ("evaluators.runner", "run_gate_task"),
-                         ("evaluators.gate", "run_gate_task")):
-        try:
-            fn = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
-        if GATE_TASK not in app.tasks:
-            app.task(name=GATE_TASK, queue=GATES_QUEUE, acks_late=True)(fn)
-        return True
-    return GATE_TASK in app.tasks

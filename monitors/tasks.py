@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from governance.db import DatabaseUnavailable, get_engine, unit_of_work
 from monitors.alerting import deliver
-from monitors.celery_app import MONITORING_QUEUE, ROLLBACK_QUEUE, app
+from monitors.celery_app import GATE_TASK, GATES_QUEUE, MONITORING_QUEUE, ROLLBACK_QUEUE, app
 
 log = logging.getLogger(__name__)
 
@@ -160,3 +160,12 @@ def audit_checkpoint_task() -> dict[str, Any]:
     with unit_of_work(get_engine()) as session:
         row = write_checkpoint(session, key=key, reason="schedule")
         return {"status": "written", "size": row.size, "head_hash": row.head_hash}
+
+
+@app.task(name=GATE_TASK, queue=GATES_QUEUE, **RETRY)
+def run_gate_task(version_id: int) -> dict[str, Any]:
+    """The evaluation gate of one version (the body lives in the evaluators, imported here
+    by name so the monitors do not depend on them at import time)."""
+    from evaluators.tasks import run_gate
+
+    return run_gate(version_id)

@@ -27,13 +27,11 @@ def worker_cmd(
     loglevel: str = typer.Option("INFO", "--loglevel"),
 ) -> None:
     """Run a Celery worker for the gate, monitoring and rollback queues."""
-    from monitors.celery_app import default_queues, register_gate_task
+    from monitors.celery_app import default_queues
 
     app = _app()
-    import monitors.tasks  # noqa: F401  (registers the tasks)
+    import monitors.tasks  # noqa: F401  (registers the tasks, the gate's included)
 
-    if not register_gate_task():
-        typer.echo("note: evaluators.run_gate is not available; gate tasks will wait in their queue", err=True)
     chosen = [q.strip() for q in queues.split(",") if q.strip()] or default_queues()
     if pool not in ("prefork", "solo", "threads"):
         fail(f"unknown pool {pool!r}; use prefork, solo or threads")

@@ -135,17 +135,27 @@ def mcusum_block(x: np.ndarray, start: np.ndarray, k: float, h: float) -> tuple[
 
 _CACHE: dict[str, float] = {}
 
-Sampler = Callable[[np.random.Generator, int, int], np.ndarray]
+class Sampler:
+    """Simulated clean streams for calibration: ``start`` draws what is fixed per stream
+    (e.g. the true rate behind an estimated p0), ``draw`` the next ``n`` samples of every
+    stream, shape (n, streams, K)."""
+
+    def start(self, rng: np.random.Generator, streams: int) -> None:
+        self.streams = streams
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
 
 
 def alarm_rate_cusum(sampler: Sampler, h: float, *, streams: int, length: int, seed: int) -> float:
     """False alarms per sample of K restarting CUSUMs (alarm on any) on simulated clean data."""
     rng = np.random.default_rng(seed)
+    sampler.start(rng, streams)
     s: np.ndarray | None = None
     alarms, done, chunk = 0, 0, 2048
     while done < length:
         n = min(chunk, length - done)
-        inc = sampler(rng, n, streams)  # (n, streams, K)
+        inc = sampler.draw(rng, n)  # (n, streams, K)
         if s is None:
             s = np.zeros(inc.shape[1:])
         for t in range(n):
@@ -161,11 +171,12 @@ def alarm_rate_cusum(sampler: Sampler, h: float, *, streams: int, length: int, s
 def alarm_rate_mcusum(sampler: Sampler, k: float, h: float, *, streams: int, length: int, seed: int) -> float:
     """False alarms per sample of restarting Crosier MCUSUMs on simulated clean rows."""
     rng = np.random.default_rng(seed)
+    sampler.start(rng, streams)
     s: np.ndarray | None = None
     alarms, done, chunk = 0, 0, 2048
     while done < length:
         n = min(chunk, length - done)
-        rows = sampler(rng, n, streams)  # (n, streams, d)
+        rows = sampler.draw(rng, n)  # (n, streams, d)
         if s is None:
             s = np.zeros(rows.shape[1:])
         for t in range(n):
@@ -254,22 +265,60 @@ def calibrate_mcusum(sampler: Sampler, k: float, arl: float, *, key: str, cache_
     )
 
 
-def bernoulli_sampler(p0: float, p1: float) -> Sampler:
-    up, down = math.log(p1 / p0), math.log((1 - p1) / (1 - p0))
+class _Bernoulli(Sampler):
+    def __init__(self, p0: float, p1: float, reference_k: int | None, reference_n: int | None) -> None:
+        self.up, self.down = math.log(p1 / p0), math.log((1 - p1) / (1 - p0))
+        self.p0, self.k, self.n = p0, reference_k, reference_n
 
-    def sample(rng: np.random.Generator, n: int, streams: int) -> np.ndarray:
-        x = rng.random((n, streams, 1)) < p0
-        return np.where(x, up, down)
+    def start(self, rng: np.random.Generator, streams: int) -> None:
+        super().start(rng, streams)
+        if self.k is not None and self.n:
+            # the true rate is uncertain: Jeffreys posterior given the reference counts
+            self.p = rng.beta(self.k + 0.5, self.n - self.k + 0.5, size=(1, streams, 1))
+        else:
+            self.p = np.full((1, streams, 1), self.p0)
 
-    return sample
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        x = rng.random((n, self.streams, 1)) < self.p
+        return np.where(x, self.up, self.down)
 
 
-def bootstrap_sampler(rows: np.ndarray) -> Sampler:
-    """Clean data by resampling reference rows (keeps their shape and correlations)."""
-    rows = np.atleast_2d(np.asarray(rows, dtype=float))
+def bernoulli_sampler(p0: float, p1: float, *, reference_k: int | None = None,
+                      reference_n: int | None = None) -> Sampler:
+    """Clean llr increments of a Bernoulli CUSUM. With the reference counts, each stream's true
+    rate is drawn from the posterior, so h keeps the budget despite p0 being an estimate."""
+    return _Bernoulli(p0, p1, reference_k, reference_n)
 
-    def sample(rng: np.random.Generator, n: int, streams: int) -> np.ndarray:
-        idx = rng.integers(0, rows.shape[0], size=(n, streams))
-        return rows[idx]
 
-    return sample
+class _Bootstrap(Sampler):
+    def __init__(self, rows: np.ndarray, to_llr: Callable[[np.ndarray], np.ndarray] | None,
+                 reference_uncertainty: bool) -> None:
+        self.rows = np.atleast_2d(np.asarray(rows, dtype=float))
+        self.to_llr = to_llr
+        self.uncertain = reference_uncertainty
+
+    def start(self, rng: np.random.Generator, streams: int) -> None:
+        super().start(rng, streams)
+        n, k = self.rows.shape
+        if self.uncertain:
+            # The reference mean is an estimate: each stream is offset by the error of a
+            # bootstrap replicate of that estimate, so the clean data the detector will
+            # meet (new outputs, not the reference rows) is simulated with that error too.
+            means = np.stack([self.rows[rng.integers(0, n, size=n)].mean(axis=0) for _ in range(streams)])
+            self.offset = (means - self.rows.mean(axis=0))[None, :, :]  # (1, streams, K)
+        else:
+            self.offset = np.zeros((1, streams, k))
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        idx = rng.integers(0, self.rows.shape[0], size=(n, self.streams))
+        x = self.rows[idx] + self.offset
+        if self.to_llr is None:
+            return x
+        return self.to_llr(x.reshape(-1, x.shape[-1])).reshape(n, self.streams, -1)
+
+
+def bootstrap_sampler(rows: np.ndarray, *, to_llr: Callable[[np.ndarray], np.ndarray] | None = None,
+                      reference_uncertainty: bool = False) -> Sampler:
+    """Clean data by resampling reference rows (keeps their shape and correlations), mapped to
+    llr increments by ``to_llr`` when given; optionally with the reference's own uncertainty."""
+    return _Bootstrap(rows, to_llr, reference_uncertainty)

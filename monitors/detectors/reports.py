@@ -12,8 +12,10 @@ policy's ``arl`` for them is counted in windows: alpha = 1/arl; 1% by default):
   via :mod:`monitors.evidently_adapter`) is saved as evidence.
 - ``evidently_embeddings``: the squared distance between the window's and the
   reference's mean embedding in the whitened principal-component space, scaled by
-  ``1/n + 1/N`` (a two-sample Hotelling-style statistic, chi-squared with k degrees of
-  freedom under no drift).
+  ``1/n + 1/N`` (a two-sample Hotelling-style statistic; chi-squared with k degrees of
+  freedom for Gaussian data, which real embeddings are not, so its threshold is the
+  1 - alpha quantile over clean windows simulated by a double bootstrap of the reference:
+  a resampled reference and a resampled window each time, so both estimation errors count).
 - ``expectations``: the policy's rules over the window (no personal-data patterns,
   length within the format bounds, refusal rate under a bound) through
   :mod:`evaluators.expectations`; any failed expectation is drift.
@@ -113,6 +115,28 @@ def embedding_statistic(ref_proj: np.ndarray, cur_proj: np.ndarray) -> tuple[flo
     return t, float(stats.chi2.sf(t, k))
 
 
+_T_CACHE: dict[tuple[str, int, float], float] = {}
+
+
+def calibrated_t(ref_proj: np.ndarray, n: int, alpha: float, key: str, seed: int = 7) -> float:
+    """The 1 - alpha quantile of the embedding statistic on clean windows of size n (double bootstrap)."""
+    cached = _T_CACHE.get((key, n, alpha))
+    if cached is not None:
+        return cached
+    rng = np.random.default_rng(seed)
+    big_n = ref_proj.shape[0]
+    reps = int(max(2000, 50 / alpha))
+    ts = np.empty(reps)
+    for i in range(reps):
+        ref_mean = ref_proj[rng.integers(0, big_n, size=big_n)].mean(axis=0)
+        win_mean = ref_proj[rng.integers(0, big_n, size=n)].mean(axis=0)
+        diff = win_mean - ref_mean
+        ts[i] = diff @ diff / (1.0 / n + 1.0 / big_n)
+    t = float(np.quantile(ts, 1.0 - alpha))
+    _T_CACHE[(key, n, alpha)] = t
+    return t
+
+
 @register
 class EvidentlyEmbeddings(Detector):
     kind = "evidently_embeddings"
@@ -125,7 +149,9 @@ class EvidentlyEmbeddings(Detector):
             return self.result("inconclusive", window, details={"reason": "no embeddings or too few"})
         alpha = alpha_of(self.config)
         t, p = embedding_statistic(ref, cur)
+        t_crit = calibrated_t(ref, cur.shape[0], alpha, reference.key())
         details: dict[str, Any] = {"alpha": alpha, "components": int(ref.shape[1]), "hotelling_t": t,
+                                   "t_threshold": t_crit, "chi2_p_value": p,
                                    "mean_shift_norm": float(np.linalg.norm(cur.mean(axis=0) - ref.mean(axis=0)))}
         evidence: dict[str, str] = {}
         path = _report_path(context, self.name)
@@ -141,8 +167,8 @@ class EvidentlyEmbeddings(Detector):
             except Exception as exc:
                 log.warning("Evidently embeddings report for %s failed: %s", context.window_key, exc)
                 details["evidently_error"] = str(exc)[:500]
-        verdict: Verdict = "drift" if p <= alpha else "ok"
-        return self.result(verdict, window, statistic=p, threshold=alpha, p_values={"embedding": p},
+        verdict: Verdict = "drift" if t > t_crit else "ok"
+        return self.result(verdict, window, statistic=t, threshold=t_crit, p_values={"embedding_chi2": p},
                            details=details, evidence=evidence)
 
 

@@ -71,12 +71,14 @@ class BernoulliCusum(Detector):
 
     def params(self, reference: Reference, context: DetectorContext) -> dict[str, Any]:
         ref = np.asarray(reference.frame.flags.get(self.flag, []), dtype=float)
-        p0 = cusum.estimate_p0(int(ref.sum()), len(ref))
+        k, n = int(ref.sum()), len(ref)
+        p0 = cusum.estimate_p0(k, n)
         p1 = cusum.design_p1(p0, getattr(self.config, "p1", None))
         explicit = getattr(self.config, "threshold", None)
         arl = self.arl or DEFAULT_ARL
         h = float(explicit) if explicit else cusum.calibrate_cusum(
-            cusum.bernoulli_sampler(p0, p1), arl, key=f"bern|{p0:.6g}|{p1:.6g}", cache_dir=context.cache_dir)
+            cusum.bernoulli_sampler(p0, p1, reference_k=k, reference_n=n), arl,
+            key=f"bern|{p0:.6g}|{p1:.6g}|{k}/{n}", cache_dir=context.cache_dir)
         return {"flag": self.flag, "p0": p0, "p1": p1, "h": h, "arl": arl}
 
     def run(self, *, reference: Reference, window: Frame, state: dict[str, Any] | None,
@@ -139,9 +141,9 @@ class GaussianCusum(Detector):
         ref_z = (np.column_stack([_transform(c, reference.frame.numeric[c]) for c in columns]) - mu) / sd
         explicit = getattr(self.config, "threshold", None)
         h = float(explicit) if explicit else cusum.calibrate_cusum(
-            cusum.bootstrap_sampler(two_sided_llr(ref_z, d)), arl,
-            key=f"gauss|{reference.key()}|{','.join(columns)}|{d}", cache_dir=context.cache_dir)
-        params = {"columns": columns, "shift_sigmas": d, "h": h, "arl": arl}
+            cusum.bootstrap_sampler(ref_z, to_llr=lambda z: two_sided_llr(z, d), reference_uncertainty=True), arl,
+            key=f"gauss2|{reference.key()}|{','.join(columns)}|{d}", cache_dir=context.cache_dir)
+        params = {"columns": columns, "shift_sigmas": d, "h": h, "arl": arl, "calibration": "bootstrap+reference"}
         state = _continue(state, params, 2 * len(columns))
         z = (np.column_stack([_transform(c, window.numeric[c]) for c in columns]) - mu) / sd
         run = cusum.cusum_block(two_sided_llr(z, d), np.asarray(state["s"]), h)
@@ -170,7 +172,8 @@ class EmbeddingCusum(Detector):
         arl = self.arl or DEFAULT_ARL
         explicit = getattr(self.config, "threshold", None)
         h = float(explicit) if explicit else cusum.calibrate_mcusum(
-            cusum.bootstrap_sampler(ref), k, arl, key=f"emb|{reference.key()}", cache_dir=context.cache_dir)
+            cusum.bootstrap_sampler(ref, reference_uncertainty=True), k, arl, key=f"emb2|{reference.key()}",
+            cache_dir=context.cache_dir)
         params = {"components": int(ref.shape[1]), "shift_norm": shift, "h": h, "arl": arl}
         state = _continue(state, params, int(ref.shape[1]))
         s, peak, alarms, first = cusum.mcusum_block(cur, np.asarray(state["s"]), k, h)
