@@ -50,6 +50,11 @@ class Generator(Protocol):
         ...
 
 
+def aligner_decoding(max_new_tokens: int, system: str | None = None) -> dict[str, Any]:
+    """The decoding settings of ``AlignerGenerator`` (known without loading the model)."""
+    return {"strategy": "greedy", "max_new_tokens": max_new_tokens, "system": system, "chat_template": True}
+
+
 class AlignerGenerator:
     """A ``Generator`` over a transformers model with an Aligner adapter attached."""
 
@@ -62,8 +67,7 @@ class AlignerGenerator:
         self.system = system
 
     def decoding(self) -> dict[str, Any]:
-        return {"strategy": "greedy", "max_new_tokens": self.max_new_tokens, "system": self.system,
-                "chat_template": True}
+        return aligner_decoding(self.max_new_tokens, self.system)
 
     def generate(self, prompts: Sequence[str], row_tokens: Sequence[Any | None]) -> list[str]:
         from aligner.generation import generate
@@ -256,6 +260,8 @@ class GatePlan:
     cached: dict[str, list[str]]
     cache_keys: dict[str, str]
     batches: list[list[Row]]
+    # the suites planned as cached (may name a suite whose outputs this process lacks)
+    assumed_cached: list[str] = field(default_factory=list)
 
     def shard(self, index: int, count: int) -> list[list[Row]]:
         """Every ``count``-th batch from ``index``: shards of (almost) equal work."""
@@ -277,8 +283,14 @@ def plan_gate(
     state_dir: str | Path | None = None,
     suites: Sequence[str | Suite] = DEFAULT_SUITES,
     cases: Mapping[str, Sequence[Case]] | None = None,
+    assume_cached: Sequence[str] | None = None,
 ) -> GatePlan:
-    """Load the cases, look up the cached base outputs, and cut the rows into batches."""
+    """Load the cases, look up the cached base outputs, and cut the rows into batches.
+
+    ``assume_cached`` fixes which suites' base outputs count as cached (a sharded gate
+    decides once, so every worker plans the same batches); their outputs are loaded if
+    this process can see them, and ``finish_gate`` insists on them.
+    """
     state = Path(state_dir) if state_dir is not None else None
     suite_objs = [get_suite(s) if isinstance(s, str) else s for s in suites]
     suite_cases = {s.name: list(cases[s.name]) if cases and s.name in cases else s.load_cases() for s in suite_objs}
@@ -288,13 +300,16 @@ def plan_gate(
     for s in suite_objs:
         keys[s.name] = base_cache_key(base_digest, s.name, suite_cases[s.name], decoding)
         hit = load_cached_base(state, keys[s.name], len(suite_cases[s.name]))
-        if hit is not None:
+        is_cached = hit is not None if assume_cached is None else s.name in assume_cached
+        if hit is not None and is_cached:
             cached[s.name] = hit
-        systems[s.name] = ["candidate", *(["active"] if has_active else []), *([] if hit is not None else ["base"])]
+        systems[s.name] = ["candidate", *(["active"] if has_active else []), *([] if is_cached else ["base"])]
     # Chunks sized as if the base were generated too: see plan_rows.
     per_case = 3 if has_active else 2
     batches = plan_rows(suite_cases, systems, policy.gate.batch_size, systems_per_case=per_case)
-    return GatePlan(suite_objs, suite_cases, dict(decoding), base_digest, has_active, cached, keys, batches)
+    plan = GatePlan(suite_objs, suite_cases, dict(decoding), base_digest, has_active, cached, keys, batches)
+    plan.assumed_cached = sorted(assume_cached) if assume_cached is not None else sorted(cached)
+    return plan
 
 
 def finish_gate(
@@ -309,6 +324,10 @@ def finish_gate(
 ) -> GateReport:
     """Judge the generated outputs (all shards merged), store new base outputs, build the report."""
     state = Path(state_dir) if state_dir is not None else None
+    absent = [name for name in plan.assumed_cached if name not in plan.cached]
+    if absent:
+        raise ValueError(f"base outputs of {', '.join(absent)} were planned as cached but this worker has no "
+                         f"cache entry for them (share the state folder between gate workers)")
     missing = [r for b in plan.batches for r in b if r not in outputs]
     if missing:
         raise ValueError(f"{len(missing)} planned rows have no output (e.g. {missing[0]}); is a shard missing?")

@@ -8,18 +8,35 @@ no database transaction stays open while the model runs: (1) move the version to
 transaction; (3) record the report's rows and move the version to ``gate_passed`` or
 ``gate_failed`` with its audit entry, together. An error marks the run ``error`` and
 leaves the version ``evaluating`` for a retry.
+
+Sharded: ``plan_sharded_gate`` (transaction 1 + the plan), ``run_gate_shard`` on each
+worker (every n-th batch), ``finish_sharded_gate`` (merge, judge, transaction 3); the
+same evidence digest as the single-process gate. ``register_tasks(app)`` wires them as a
+Celery chord.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
 
-from evaluators.runner import DEFAULT_SUITES, AlignerGenerator, GateReport, Progress
+from evaluators.runner import (
+    DEFAULT_SUITES,
+    AlignerGenerator,
+    GateReport,
+    Progress,
+    aligner_decoding,
+    finish_gate,
+    generate_rows,
+    outputs_from_json,
+    outputs_to_json,
+    plan_gate,
+)
 from evaluators.runner import run_gate as run_gate_report
 from evaluators.store import mark_gate_error, open_gate_run, save_gate_run
 from governance.auth.service import Principal
@@ -118,6 +135,57 @@ def evaluate_version(
     return report, policy_sha
 
 
+def _engine(engine: Engine | None) -> Engine:
+    return engine or get_engine()
+
+
+def _state(state_dir: str | Path | None) -> Path:
+    from governance.settings import get_settings
+
+    return Path(state_dir) if state_dir is not None else Path(get_settings().state_dir)
+
+
+def start_gate(version_id: int, *, engine: Engine | None = None) -> tuple[GateInputs, int] | str:
+    """Transaction 1: submitted -> evaluating, open a running gate run. A string: skipped (why)."""
+    principal = Principal.for_system(GATE_ACTOR)
+    with unit_of_work(_engine(engine)) as s:
+        version = registry.get_version_or_raise(s, version_id=version_id)
+        if version.state not in (VersionState.submitted.value, VersionState.evaluating.value):
+            return f"version is {version.state}"
+        if version.state == VersionState.submitted.value:
+            registry.begin_gate(s, version_id=version_id, principal=principal)
+        inputs = load_inputs(s, version_id=version_id)
+        _, policy_sha = load_policy(inputs.policy_text)
+        return inputs, open_gate_run(s, version_id=version_id, policy_sha256=policy_sha).id
+
+
+def record_gate(version_id: int, gate_run_id: int, report: GateReport, *, engine: Engine | None = None) -> None:
+    """Transaction 3: the report's rows and evaluating -> gate_passed | gate_failed, together."""
+    from governance.gates.models import GateRun
+
+    principal = Principal.for_system(GATE_ACTOR)
+    with unit_of_work(_engine(engine)) as s:
+        run = s.get(GateRun, gate_run_id)
+        save_gate_run(s, version_id=version_id, report=report, policy_sha256=report.policy_sha256, gate_run=run)
+        registry.finish_gate(s, version_id=version_id, passed=report.passed, evidence_digest=report.evidence_digest,
+                             policy_sha256=report.policy_sha256, principal=principal)
+
+
+def record_error(gate_run_id: int, exc: BaseException, *, engine: Engine | None = None) -> None:
+    with unit_of_work(_engine(engine)) as s:
+        mark_gate_error(s, gate_run_id=gate_run_id, error=f"{type(exc).__name__}: {exc}")
+
+
+def _outcome(version_id: int, gate_run_id: int, report: GateReport) -> dict[str, Any]:
+    return {
+        "version_id": version_id,
+        "gate_run_id": gate_run_id,
+        "verdict": report.verdict,
+        "evidence_digest": report.evidence_digest,
+        "failing_suites": [r.suite for r in report.suites if not r.passed],
+    }
+
+
 def run_gate(
     version_id: int,
     *,
@@ -127,45 +195,129 @@ def run_gate(
     progress: Progress | None = None,
     suites: Any = DEFAULT_SUITES,
 ) -> dict[str, Any]:
-    """Run the gate of one version end to end; returns a small summary (JSON-serialisable)."""
-    from governance.settings import get_settings
-
-    settings = get_settings()
-    engine = engine or get_engine()
-    state = Path(state_dir) if state_dir is not None else Path(settings.state_dir)
-    principal = Principal.for_system(GATE_ACTOR)
-
-    with unit_of_work(engine) as s:
-        version = registry.get_version_or_raise(s, version_id=version_id)
-        if version.state not in (VersionState.submitted.value, VersionState.evaluating.value):
-            return {"version_id": version_id, "skipped": f"version is {version.state}"}
-        if version.state == VersionState.submitted.value:
-            registry.begin_gate(s, version_id=version_id, principal=principal)
-        inputs = load_inputs(s, version_id=version_id)
-        _, policy_sha = load_policy(inputs.policy_text)
-        run_id = open_gate_run(s, version_id=version_id, policy_sha256=policy_sha).id
-
+    """Run the gate of one version end to end in this process; returns a small JSON-able summary."""
+    started = start_gate(version_id, engine=engine)
+    if isinstance(started, str):
+        return {"version_id": version_id, "skipped": started}
+    inputs, run_id = started
     try:
-        report, policy_sha = evaluate_version(inputs, state_dir=state, generator=generator, progress=progress,
-                                              suites=suites)
+        report, _ = evaluate_version(inputs, state_dir=_state(state_dir), generator=generator, progress=progress,
+                                     suites=suites)
     except Exception as exc:
         log.exception("gate of version %s failed", version_id)
-        with unit_of_work(engine) as s:
-            mark_gate_error(s, gate_run_id=run_id, error=f"{type(exc).__name__}: {exc}")
+        record_error(run_id, exc, engine=engine)
         raise
+    record_gate(version_id, run_id, report, engine=engine)
+    return _outcome(version_id, run_id, report)
 
-    with unit_of_work(engine) as s:
-        from governance.gates.models import GateRun
 
-        run = s.get(GateRun, run_id)
-        save_gate_run(s, version_id=version_id, report=report, policy_sha256=policy_sha, gate_run=run)
-        registry.finish_gate(s, version_id=version_id, passed=report.passed, evidence_digest=report.evidence_digest,
-                             policy_sha256=policy_sha, principal=principal)
-    return {
-        "version_id": version_id,
-        "gate_run_id": run_id,
-        "verdict": report.verdict,
-        "evidence_digest": report.evidence_digest,
-        "failing_suites": [r.suite for r in report.suites if not r.passed],
+# --- sharded gate (a Celery chord: shards in parallel, then one finisher) -------------------
+
+
+def _plan(inputs: GateInputs, *, state_dir: Path, suites: Any, assume_cached: Sequence[str] | None) -> Any:
+    policy, _ = load_policy(inputs.policy_text)
+    return plan_gate(base_digest=inputs.base_digest, decoding=aligner_decoding(policy.gate.max_new_tokens),
+                     policy=policy, has_active=inputs.active_artifact is not None, state_dir=state_dir,
+                     suites=suites, assume_cached=assume_cached)
+
+
+def plan_sharded_gate(
+    version_id: int, *, engine: Engine | None = None, state_dir: str | Path | None = None, suites: Any = DEFAULT_SUITES
+) -> dict[str, Any]:
+    """Start a sharded gate: returns what every shard and the finisher need (JSON-able)."""
+    started = start_gate(version_id, engine=engine)
+    if isinstance(started, str):
+        return {"version_id": version_id, "skipped": started}
+    inputs, run_id = started
+    plan = _plan(inputs, state_dir=_state(state_dir), suites=suites, assume_cached=None)
+    return {"version_id": version_id, "gate_run_id": run_id, "cached_suites": plan.assumed_cached,
+            "batches": len(plan.batches)}
+
+
+def run_gate_shard(
+    version_id: int,
+    index: int,
+    count: int,
+    cached_suites: Sequence[str],
+    *,
+    engine: Engine | None = None,
+    state_dir: str | Path | None = None,
+    generator: Any | None = None,
+    suites: Any = DEFAULT_SUITES,
+) -> list[list[Any]]:
+    """Generate one shard's batches (every ``count``-th from ``index``); returns its outputs as lists."""
+    from aligner.artifact import AlignerToken
+
+    with unit_of_work(_engine(engine)) as s:
+        inputs = load_inputs(s, version_id=version_id)
+    state = _state(state_dir)
+    plan = _plan(inputs, state_dir=state, suites=suites, assume_cached=cached_suites)
+    policy, _ = load_policy(inputs.policy_text)
+    gen = generator or _generator(inputs, state_dir=state, max_new_tokens=policy.gate.max_new_tokens)
+    tokens = {
+        "candidate": AlignerToken.from_bytes(inputs.candidate_artifact),
+        "active": AlignerToken.from_bytes(inputs.active_artifact) if inputs.active_artifact else None,
+        "base": None,
     }
+    return outputs_to_json(generate_rows(gen, plan.shard(index, count), plan.suite_cases, tokens))
 
+
+def finish_sharded_gate(
+    shard_outputs: Sequence[Sequence[Sequence[Any]]],
+    version_id: int,
+    gate_run_id: int,
+    cached_suites: Sequence[str],
+    *,
+    engine: Engine | None = None,
+    state_dir: str | Path | None = None,
+    suites: Any = DEFAULT_SUITES,
+) -> dict[str, Any]:
+    """Merge the shards' outputs, judge, record (the chord's callback)."""
+    try:
+        with unit_of_work(_engine(engine)) as s:
+            inputs = load_inputs(s, version_id=version_id)
+        policy, policy_sha = load_policy(inputs.policy_text)
+        state = _state(state_dir)
+        plan = _plan(inputs, state_dir=state, suites=suites, assume_cached=cached_suites)
+        merged = {}
+        for part in shard_outputs:
+            merged.update(outputs_from_json(part))
+        report = finish_gate(plan, merged, policy=policy, policy_sha256=policy_sha,
+                             candidate_digest=inputs.candidate_sha256, active_digest=inputs.active_sha256,
+                             state_dir=state)
+    except Exception as exc:
+        log.exception("sharded gate of version %s failed", version_id)
+        record_error(gate_run_id, exc, engine=engine)
+        raise
+    record_gate(version_id, gate_run_id, report, engine=engine)
+    return _outcome(version_id, gate_run_id, report)
+
+
+def register_tasks(app: Any, *, queue: str = "gates") -> None:
+    """Register the gate tasks on a Celery app (the composition root calls this).
+
+    ``evaluators.run_gate(version_id)`` runs a gate in one worker; ``evaluators.run_gate_sharded
+    (version_id, shards)`` spreads its batches over ``shards`` workers with a chord of
+    ``evaluators.gate_shard`` tasks and the ``evaluators.gate_finish`` callback. Gate workers
+    must share the state folder (the base-output cache).
+    """
+    from celery import chord
+
+    shard_task = app.task(name="evaluators.gate_shard", queue=queue, acks_late=True)(run_gate_shard)
+
+    def _finish(results: Any, version_id: int, gate_run_id: int, cached_suites: list[str]) -> dict[str, Any]:
+        return finish_sharded_gate(results, version_id, gate_run_id, cached_suites)
+
+    finish_task = app.task(name="evaluators.gate_finish", queue=queue, acks_late=True)(_finish)
+    if "evaluators.run_gate" not in app.tasks:
+        app.task(name="evaluators.run_gate", queue=queue, acks_late=True)(run_gate)
+
+    def _sharded(version_id: int, shards: int = 2) -> dict[str, Any]:
+        plan = plan_sharded_gate(version_id)
+        if "skipped" in plan:
+            return plan
+        header = [shard_task.s(version_id, k, shards, plan["cached_suites"]) for k in range(shards)]
+        chord(header)(finish_task.s(version_id, plan["gate_run_id"], plan["cached_suites"]))
+        return plan
+
+    app.task(name="evaluators.run_gate_sharded", queue=queue)(_sharded)

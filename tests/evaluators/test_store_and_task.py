@@ -58,7 +58,9 @@ class ShaGenerator:
         self.cases = {c.prompt: c for c in get_suite("reasoning").load_cases()}
 
     def decoding(self) -> dict[str, Any]:
-        return {"strategy": "greedy", "max_new_tokens": 96}
+        from evaluators.runner import aligner_decoding
+
+        return aligner_decoding(96)  # what AlignerGenerator reports (the sharded finisher assumes it)
 
     def generate(self, prompts: Sequence[str], row_tokens: Sequence[Any | None]) -> list[str]:
         if self.fail:
@@ -182,3 +184,30 @@ def test_cli_gate_report(world: dict[str, Any], tmp_path: Path) -> None:
     assert as_json.exit_code == 0 and '"verdict": "failed"' in as_json.output.splitlines()[1]
     missing = CliRunner().invoke(app, ["gate", "report", "999999"])
     assert missing.exit_code != 0 and "no gate run" in missing.output
+
+
+def test_sharded_gate_matches_the_single_process_gate(world: dict[str, Any], tmp_path: Path) -> None:
+    from evaluators.tasks import finish_sharded_gate, plan_sharded_gate, run_gate_shard
+
+    engine = world["engine"]
+    vid, sha = _submit(world, 5)
+    gen = ShaGenerator(world["digest"], {sha: "damaged"})
+    plan = plan_sharded_gate(vid, engine=engine, state_dir=tmp_path, suites=["reasoning"])
+    assert _state(engine, vid) == "evaluating" and plan["cached_suites"] == []
+    parts = [run_gate_shard(vid, k, 3, plan["cached_suites"], engine=engine, state_dir=tmp_path, generator=gen,
+                            suites=["reasoning"]) for k in range(3)]
+    assert sum(len(p) for p in parts) == 2 * len(get_suite("reasoning").load_cases())
+    out = finish_sharded_gate(parts, vid, plan["gate_run_id"], plan["cached_suites"], engine=engine,
+                              state_dir=tmp_path, suites=["reasoning"])
+    assert out["verdict"] == "failed" and _state(engine, vid) == "gate_failed"
+    # The same token gated in one process gives the same evidence.
+    with unit_of_work(engine) as s:
+        run = latest_gate_run(s, version_id=vid)
+        assert run is not None
+        sharded_report = load_gate_report(s, gate_run=run)
+    from evaluators.tasks import evaluate_version, load_inputs
+
+    with unit_of_work(engine) as s:
+        inputs = load_inputs(s, version_id=vid)
+    single, _ = evaluate_version(inputs, state_dir=tmp_path / "other", generator=gen, suites=["reasoning"])
+    assert single.evidence_digest == sharded_report.evidence_digest == out["evidence_digest"]
