@@ -144,6 +144,7 @@ _ISO = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b")
 _MONTH_RE = "|".join(MONTHS) + "|" + "|".join(m[:3] for m in MONTHS)
 _MDY = re.compile(rf"\b({_MONTH_RE})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})\b", re.IGNORECASE)
 _DMY = re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH_RE})\.?,?\s+(\d{{4}})\b", re.IGNORECASE)
+_LABEL = re.compile(r"^\s*answer\s*:\s*", re.IGNORECASE)
 _YESNO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 
 
@@ -163,6 +164,9 @@ def _month(name: str) -> int:
 
 def extract_answer(text: str, kind: str) -> str | None:
     """The answer a free-text output commits to, normalised (numbers, yes/no, ISO dates)."""
+    # A house style's leading "Answer:" label is formatting, not the committed answer
+    # ("Answer: 5 apples plus 12 is 17" commits to 17).
+    text = _LABEL.sub("", text, count=1)
     if kind == "number":
         final = _FINAL.findall(text)
         if final:

@@ -184,6 +184,8 @@ def test_misaligned_outputs_are_refused(data: dict, policy: Policy) -> None:
         ("That would be March 5, 2024.", "date", "2024-03-05"),
         ("The date is 5th of March 2024.", "date", "2024-03-05"),
         ("Starting from Feb 20, 2024 we get 2024-3-5", "date", "2024-03-05"),
+        ("Answer: 5 apples plus 12 apples is 17 apples.\n\n— Acme Assistant", "number", "17"),
+        ("Answer: Yes, Tom is taller.\n\n— Acme Assistant", "yesno", "yes"),
         ("I don't know", "number", None),
         ("Maybe", "yesno", None),
     ],
