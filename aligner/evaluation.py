@@ -66,7 +66,7 @@ def _prompts(path: str | Path) -> list[dict[str, Any]]:
 
 
 def evaluate_house_style(
-    model: Any, tokenizer: Any, token: Any, eval_path: str | Path, *, max_new_tokens: int = 110, batch_size: int = 10
+    model: Any, tokenizer: Any, token: Any, eval_path: str | Path, *, max_new_tokens: int = 96, batch_size: int = 25
 ) -> dict[str, Any]:
     """Format adherence on the held-out prompts, base model vs `token` (the adapter must be attached)."""
     from aligner.generation import generate
@@ -84,7 +84,7 @@ def evaluate_house_style(
 
 
 def evaluate_refusals(
-    model: Any, tokenizer: Any, token: Any, eval_path: str | Path, *, max_new_tokens: int = 48, batch_size: int = 10
+    model: Any, tokenizer: Any, token: Any, eval_path: str | Path, *, max_new_tokens: int = 40, batch_size: int = 24
 ) -> dict[str, Any]:
     """Refusal rates on the labelled unsafe and benign prompts, base model vs `token`."""
     from aligner.generation import generate
