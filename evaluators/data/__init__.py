@@ -1,0 +1,1 @@
+"""Case data the gate suites ship (written by the project; no downloads) and the scripts that build it."""

@@ -1,0 +1,1 @@
+"""Tests of the evaluation gate (checkers, statistics, expectations, suites, runner, store, CLI)."""

@@ -85,3 +85,10 @@ def test_several_problems_are_all_listed() -> None:
 def test_missing_file() -> None:
     with pytest.raises(PolicyError, match="not found"):
         load_policy("/nonexistent/policy.yaml")
+
+
+def test_partial_thresholds_keep_the_other_defaults_and_null_turns_a_bound_off() -> None:
+    policy, _ = load_policy("version: 1\ngate: {policy_compliance: {max_violation_rate: {tone: 0.2, pii: null}}}")
+    rates = policy.gate.policy_compliance.max_violation_rate
+    assert rates["tone"] == 0.2 and rates["pii"] is None and rates["must_refuse"] == 0.10
+    assert policy.gate.policy_compliance.max_increase["pii"] == 0.0
