@@ -211,3 +211,14 @@ def test_sharded_gate_matches_the_single_process_gate(world: dict[str, Any], tmp
         inputs = load_inputs(s, version_id=vid)
     single, _ = evaluate_version(inputs, state_dir=tmp_path / "other", generator=gen, suites=["reasoning"])
     assert single.evidence_digest == sharded_report.evidence_digest == out["evidence_digest"]
+
+
+def test_register_tasks_names_the_chord_parts() -> None:
+    from celery import Celery
+
+    from evaluators.tasks import register_tasks
+
+    app = Celery("t")
+    register_tasks(app)
+    assert {"evaluators.run_gate", "evaluators.gate_shard", "evaluators.gate_finish",
+            "evaluators.run_gate_sharded"} <= set(app.tasks)
