@@ -16,7 +16,7 @@ class AlertIn(StrictIn):
     incident_key: str = Field(min_length=1, max_length=200, description="repeats of an open incident are counted")
     message: str = Field(min_length=1, max_length=4_000)
     details: dict[str, Any] = Field(default_factory=dict)
-    deployment: str | None = None
+    deployment: str | None = Field(None, max_length=200)
 
 
 class AckIn(StrictIn):

@@ -12,7 +12,9 @@ from governance.api.schemas import Out, StrictIn
 class DeploymentCreate(StrictIn):
     name: str = Field(min_length=1, max_length=100)
     base_model: str = Field(min_length=1, max_length=200, description="a registered base model's name")
-    policy: str = Field(min_length=1, description="the policy file's YAML text (stored with its sha256)")
+    policy: str = Field(
+        min_length=1, max_length=200_000, description="the policy file's YAML text (stored with its sha256)"
+    )
 
 
 class DeploymentRead(Out):

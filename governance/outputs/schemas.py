@@ -9,14 +9,17 @@ from pydantic import Field
 
 from governance.api.schemas import Out, StrictIn
 
+MAX_MESSAGES = 500  # chat turns of one request
+MAX_OUTPUT_CHARS = 200_000  # one completion; the batch body limit bounds the total
+
 
 class OutputIn(StrictIn):
     request_id: str = Field(min_length=1, max_length=100, description="unique per deployment; replays are ignored")
     version_id: int | None = Field(None, ge=1)
     sha256: str | None = Field(None, min_length=64, max_length=64, description="instead of version_id")
     generation: int = Field(0, ge=0)
-    messages: list[dict[str, Any]] = Field(default_factory=list)
-    output: str = ""
+    messages: list[dict[str, Any]] = Field(default_factory=list, max_length=MAX_MESSAGES)
+    output: str = Field("", max_length=MAX_OUTPUT_CHARS)
     prompt_tokens: int = Field(0, ge=0)
     completion_tokens: int = Field(0, ge=0)
     latency_ms: float = Field(0.0, ge=0)
