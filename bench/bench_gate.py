@@ -111,7 +111,7 @@ def with_model(limit: int | None, state_dir: str) -> list[tuple[str, float, floa
         cached = time.perf_counter() - t
         rows.append((f"gate, base cached ({second.run['rows_generated']} rows)", cached, 0.0))
         # The raw generation the cached gate needs: same prompts, same batches.
-        batches = plan_rows(cases, {n: ["candidate"] for n in cases}, policy.gate.batch_size, systems_per_case=2)
+        batches = plan_rows(cases, {n: ["candidate"] for n in cases}, policy.gate.batch_size)
         t = time.perf_counter()
         for batch in batches:
             prompts = [cases[r.suite][r.index].prompt for r in batch]

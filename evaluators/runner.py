@@ -1,14 +1,16 @@
 """The gate runner: generate the suites' outputs, judge them, and write the evidence report.
 
-Generation is batched greedy decoding with one token per row, so the candidate and its
-baselines (the bare base model, the deployment's active version) share batches: each
-batch holds every system's row for a chunk of cases, and the cases are ordered by
-prompt length so padding stays small. The base model's outputs are cached in the state
-folder by (base digest, case-set digest, decoding settings), so a repeated gate does not
-regenerate them. Everything after generation is a pure function of texts: the verdict
-and the evidence digest (sha256 over a canonical encoding of every prompt, output,
-score, statistic and threshold, plus the digests of the policy and the tokens) are the
-same for the same inputs. ``render_html`` turns a report into one self-contained page.
+Generation is batched greedy decoding with one token per row: the candidate and the
+deployment's active version share batches (each batch holds both rows of a chunk of
+cases), and the bare base model runs the same chunk, same prompts and padding, in the
+batch right after, which is what lets its outputs be cached without changing the
+candidate's batches. Cases are ordered by prompt length so padding stays small. The
+base model's outputs are cached in the state folder by (base digest, case-set digest,
+decoding settings), so a repeated gate does not regenerate them. Everything after
+generation is a pure function of texts: the verdict and the evidence digest (sha256
+over a canonical encoding of every prompt, output, score, statistic and threshold,
+plus the digests of the policy and the tokens) are the same for the same inputs.
+``render_html`` turns a report into one self-contained page.
 
 The model side is behind the ``Generator`` protocol; ``AlignerGenerator`` implements it
 with ``aligner.generation.generate``; tests use a fake.
@@ -193,31 +195,33 @@ def plan_rows(
     systems: Mapping[str, Sequence[str]],
     batch_size: int,
     *,
-    systems_per_case: int | None = None,
+    separate: Sequence[str] = ("base",),
 ) -> list[list[Row]]:
-    """Batches of rows: every needed system's row of a case sits in the same batch.
+    """Batches of rows, chunk by chunk of cases.
 
-    ``systems[suite]`` lists the systems to generate for that suite (the base is left out
-    when cached). Cases are ordered by prompt length (ties by suite and index) and cut
-    into chunks of ``batch_size // systems_per_case`` cases. Pass the number of systems
-    *including* a cached base as ``systems_per_case``: the chunks, hence each row's
-    batch companions and left padding, are then the same whether the base is cached or
-    not, so a gate repeated with the cache gives the candidate the same numerics.
+    Cases are ordered by prompt length (ties by suite and index) and cut into chunks of
+    ``batch_size // (shared systems)`` cases; the rows of the shared systems (candidate,
+    active) of a chunk form one batch, so they run side by side with per-row tokens. The
+    ``separate`` systems (the cacheable bare base) get a batch of their own right after,
+    over the same chunk, hence the same prompts and padding. So the candidate's batches
+    are the same whether the base is cached or not, and a repeated gate reproduces the
+    candidate's outputs bit for bit while every batch stays full.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    per_case = systems_per_case or max((len(v) for v in systems.values()), default=1)
-    cases_per_batch = max(1, batch_size // max(1, per_case))
+    shared_n = max((len([x for x in v if x not in separate]) for v in systems.values()), default=1)
+    cases_per_batch = max(1, batch_size // max(1, shared_n))
     ordered = sorted(
         ((suite, i, case) for suite, cases in suite_cases.items() for i, case in enumerate(cases)),
         key=lambda t: (len(t[2].prompt), t[0], t[1]),
     )
     batches: list[list[Row]] = []
     for start in range(0, len(ordered), cases_per_batch):
-        batch = [Row(suite, i, s) for suite, i, _case in ordered[start : start + cases_per_batch]
-                 for s in systems[suite]]
-        if batch:
-            batches.append(batch)
+        chunk = ordered[start : start + cases_per_batch]
+        for group in (lambda x: x not in separate, lambda x: x in separate):
+            batch = [Row(suite, i, sys) for suite, i, _case in chunk for sys in systems[suite] if group(sys)]
+            if batch:
+                batches.append(batch)
     return batches
 
 
@@ -304,9 +308,7 @@ def plan_gate(
         if hit is not None and is_cached:
             cached[s.name] = hit
         systems[s.name] = ["candidate", *(["active"] if has_active else []), *([] if is_cached else ["base"])]
-    # Chunks sized as if the base were generated too: see plan_rows.
-    per_case = 3 if has_active else 2
-    batches = plan_rows(suite_cases, systems, policy.gate.batch_size, systems_per_case=per_case)
+    batches = plan_rows(suite_cases, systems, policy.gate.batch_size)
     plan = GatePlan(suite_objs, suite_cases, dict(decoding), base_digest, has_active, cached, keys, batches)
     plan.assumed_cached = sorted(assume_cached) if assume_cached is not None else sorted(cached)
     return plan

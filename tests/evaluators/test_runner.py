@@ -66,16 +66,23 @@ def _run(gen: FakeGenerator, suites: list[Any], policy: Policy, token: str, stat
                     suites=suites, **kw)
 
 
-def test_plan_rows_keeps_a_case_s_systems_together() -> None:
+def test_plan_rows_shares_batches_and_runs_the_base_on_the_same_chunk() -> None:
     cases = {"s": [Case(f"c{i}", "x", "p" * (i % 5 + 1), "e") for i in range(10)]}
     batches = plan_rows(cases, {"s": ["candidate", "active", "base"]}, batch_size=8)
-    for batch in batches:
-        assert len(batch) <= 8
+    assert all(len(b) <= 8 for b in batches)
+    shared = [b for b in batches if b[0].system != "base"]
+    base = [b for b in batches if b[0].system == "base"]
+    for batch in shared:
+        # Candidate and active rows of a case sit in the same batch.
         for r in batch:
-            assert {x.system for x in batch if x.index == r.index} == {"candidate", "active", "base"}
-    assert sum(len(b) for b in batches) == 30
+            assert {x.system for x in batch if x.index == r.index} == {"candidate", "active"}
+    # Each base batch follows its shared batch over the same cases (same prompts, same padding).
+    for i, batch in enumerate(batches):
+        if batch[0].system == "base":
+            assert {r.index for r in batch} == {r.index for r in batches[i - 1]}
+    assert sum(len(b) for b in shared) == 20 and sum(len(b) for b in base) == 10
     # Ordered by prompt length: padding within a batch stays small.
-    lengths = [len(cases["s"][b[0].index].prompt) for b in batches]
+    lengths = [len(cases["s"][b[0].index].prompt) for b in shared]
     assert lengths == sorted(lengths)
     with pytest.raises(ValueError):
         plan_rows(cases, {"s": ["candidate"]}, batch_size=0)
@@ -87,8 +94,9 @@ def test_identical_token_passes_and_is_deterministic(suites: list[Any], policy: 
     first = _run(gen, suites, policy, "zero", tmp_path, progress=lambda d, t: progress.append((d, t)))
     assert first.passed, [(s.suite, [m.name for m in s.failing_metrics()]) for s in first.suites]
     assert progress[-1][0] == progress[-1][1] == first.run["rows_generated"]
-    # Every batch mixes the candidate's rows with the base's (shared batches).
-    assert all("zero" in call and "None" in call for call in gen.calls)
+    # Candidate batches and base batches alternate over the same chunks, all full.
+    assert [set(call) for call in gen.calls[:2]] == [{"zero"}, {"None"}]
+    assert len(gen.calls[0]) == len(gen.calls[1]) == policy.gate.batch_size
     n_cases = sum(len(s.load_cases()) for s in suites)
     assert first.run["rows_generated"] == 2 * n_cases
 
@@ -125,7 +133,9 @@ def test_active_baseline_is_generated_in_the_same_batches(suites: list[Any], pol
     gen = FakeGenerator(suites)
     report = _run(gen, suites, policy, "zero", None, active="zero")
     assert report.passed
-    assert all({"zero", "None"} <= set(call) for call in gen.calls)
+    # The active version shares the candidate's batches; the base runs the same chunk next.
+    assert all(set(call) in ({"zero"}, {"None"}) for call in gen.calls)
+    assert len(gen.calls[0]) == 2 * len(gen.calls[1])
     reasoning = next(s for s in report.suites if s.suite == "reasoning")
     assert any(m.name == "accuracy drop vs active" for m in reasoning.metrics)
     assert report.active_digest == "a" * 64
@@ -160,10 +170,10 @@ def test_row_is_hashable_and_ordered() -> None:
 
 def test_batch_companions_do_not_depend_on_the_cache() -> None:
     cases = {"s": [Case(f"c{i}", "x", "p" * (i % 7 + 1), "e") for i in range(23)]}
-    uncached = plan_rows(cases, {"s": ["candidate", "base"]}, batch_size=6, systems_per_case=2)
-    cached = plan_rows(cases, {"s": ["candidate"]}, batch_size=6, systems_per_case=2)
-    assert [sorted({r.index for r in b}) for b in uncached] == [sorted({r.index for r in b}) for b in cached]
-    assert all(len(b) <= 6 for b in uncached)
+    uncached = plan_rows(cases, {"s": ["candidate", "base"]}, batch_size=6)
+    cached = plan_rows(cases, {"s": ["candidate"]}, batch_size=6)
+    assert [b for b in uncached if b[0].system == "candidate"] == cached
+    assert all(len(b) == 6 for b in cached[:-1])
 
 
 def test_shards_merge_to_the_same_report(suites: list[Any], policy: Policy, tmp_path: Path) -> None:
