@@ -171,6 +171,7 @@ def bench_propagation(eng: Any, url: str, redis_url: str, tiny: Any, flips: int,
             nxt = 1
             lat_commit: list[float] = []
             lat_sent: list[float] = []
+            lat_pub: list[float] = []
             kinds = {"promote": 0, "rollback": 0}
             for i in range(flips):
                 time.sleep(0.05)  # let the previous flip settle everywhere
@@ -178,6 +179,7 @@ def bench_propagation(eng: Any, url: str, redis_url: str, tiny: Any, flips: int,
                 gen = flip(i, nxt)
                 t_commit = time.time()  # the commit has just returned
                 publish_pending(eng, redis_url)  # what the API runs right after each commit
+                t_published = time.time()
                 if i % 2 == 0:
                     nxt += 1
                     kinds["promote"] += 1
@@ -198,6 +200,7 @@ def bench_propagation(eng: Any, url: str, redis_url: str, tiny: Any, flips: int,
                 last = max(swapped)
                 lat_commit.append((last - t_commit) * 1000)
                 lat_sent.append((last - t_sent) * 1000)
+                lat_pub.append((last - t_published) * 1000)
         finally:
             for proc in procs:
                 proc.terminate()
@@ -215,6 +218,14 @@ def bench_propagation(eng: Any, url: str, redis_url: str, tiny: Any, flips: int,
             f"p99 {pct(lat_commit, 99):.1f} ms",
             "p99 < 50 ms",
             "PASS" if pct(lat_commit, 99) < 50 else "FAIL",
+        ),
+        (
+            "propagation: published -> all serve it",
+            label,
+            f"p50 {pct(lat_pub, 50):.1f} ms",
+            f"p99 {pct(lat_pub, 99):.1f} ms",
+            "(replica side only)",
+            "",
         ),
         (
             "propagation: transaction start -> all serve it",
@@ -299,13 +310,14 @@ def bench_overhead(eng: Any, url: str, redis_url: str, model_name: str, max_toke
         produced, elapsed = 0, 0.0
         for _ in range(rounds):
             t0 = time.perf_counter()
-            new = generate_ids(
-                model,
-                enc["input_ids"],
-                enc["attention_mask"],
-                max_new_tokens=max_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-            )
+            with torch.inference_mode():  # the fastest direct call: no autograd bookkeeping at all
+                new = generate_ids(
+                    model,
+                    enc["input_ids"],
+                    enc["attention_mask"],
+                    max_new_tokens=max_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
             elapsed += time.perf_counter() - t0
             eos = {
                 tokenizer.eos_token_id,
@@ -321,7 +333,8 @@ def bench_overhead(eng: Any, url: str, redis_url: str, model_name: str, max_toke
 
     torch.set_num_threads(torch.get_num_threads())
     results: list[tuple] = []
-    direct_rates = {1: direct(PROMPTS[:1]), 8: direct(PROMPTS[:8])}
+    before = {1: direct(PROMPTS[:1]), 8: direct(PROMPTS[:8])}
+    served: dict[int, tuple[float, str]] = {}
     with ServerThread(governance_app(url, redis_url, Path(tempfile.mkdtemp()) / "gov")) as api:
         config = ServingConfig(
             deployment=world.deployment,
@@ -366,17 +379,22 @@ def bench_overhead(eng: Any, url: str, redis_url: str, model_name: str, max_toke
                 for t in threads:
                     t.join()
                 rate = sum(tokens) / (time.perf_counter() - t0)
-                ratio = rate / direct_rates[clients]
-                results.append(
-                    (
-                        f"overhead: {clients} client(s), {model_name}",
-                        f"{rounds} rounds x {max_tokens} tokens",
-                        f"server {rate:.0f} tok/s",
-                        f"direct {direct_rates[clients]:.0f} tok/s",
-                        f"{ratio:.0%} (>= 90%)",
-                        "PASS" if ratio >= 0.9 else "FAIL",
-                    )
-                )
+                served[clients] = (rate, f"{rounds} rounds x {max_tokens} tokens")
+    # The direct rate is measured before and after the server runs and averaged: the machine is shared.
+    after = {1: direct(PROMPTS[:1]), 8: direct(PROMPTS[:8])}
+    for clients, (rate, setup) in served.items():
+        base = (before[clients] + after[clients]) / 2
+        ratio = rate / base
+        results.append(
+            (
+                f"overhead: {clients} client(s), {model_name}",
+                setup,
+                f"server {rate:.1f} tok/s",
+                f"direct {base:.1f} tok/s ({before[clients]:.1f}/{after[clients]:.1f})",
+                f"{ratio:.0%} (>= 90%)",
+                "PASS" if ratio >= 0.9 else "FAIL",
+            )
+        )
     return results
 
 

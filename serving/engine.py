@@ -353,7 +353,14 @@ class Engine:
         input_ids, mask = input_ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
         cache = DynamicCache()
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,  # the prompt's last position only: no (B, T, V) logits
+        )
         logits = out.logits[:, -1, :].float()  # (B, V)
         steps = max(r.params.max_tokens for r in batch)
         produced = 0

@@ -148,7 +148,7 @@ class OutputRecorder:
             self._thread = None
         rest = self._drain(len(self._queue))
         if rest:
-            self._spool(rest)
+            self._write_or_spool(rest)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until the in-memory queue is empty (written or spooled); for tests and shutdown."""

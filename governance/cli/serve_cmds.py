@@ -8,6 +8,7 @@ settings as every other process (the embedded servers when the URLs are unset).
 from __future__ import annotations
 
 import logging
+import socket
 
 import typer
 
@@ -27,7 +28,9 @@ def serve_cmd(
     reconcile_interval: float = typer.Option(5.0, "--reconcile-interval", min=0.05, help="seconds between API checks"),
     fence: bool = typer.Option(True, "--fence/--no-fence", help="check the active generation before each batch"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16"),
-    replica_id: str | None = typer.Option(None, "--replica-id", help="names this replica's spool file"),
+    replica_id: str | None = typer.Option(
+        None, "--replica-id", help="names this replica's spool file (default: host-port)"
+    ),
 ) -> None:
     """Serve the deployment's active Aligner token over an OpenAI-compatible API."""
     import uvicorn
@@ -55,8 +58,8 @@ def serve_cmd(
         reconcile_interval=reconcile_interval,
         fence=fence,
     )
-    if replica_id:
-        config.replica_id = replica_id
+    # A stable id per host and port: a restarted replica finds and replays its own spool.
+    config.replica_id = replica_id or f"{socket.gethostname()}-{port}"
     console.print(f"loading {config.model} for deployment [bold]{deployment}[/] ...")
     app = create_app(config)
     console.print(f"serving on http://{host}:{port}/v1 (replica {config.replica_id})")
