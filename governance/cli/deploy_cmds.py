@@ -7,6 +7,7 @@ audit log records who acted; the server's refusal message is shown as is.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -58,11 +59,72 @@ def _parse_time(value: str | None, what: str) -> datetime | None:
     return ts
 
 
+# the server's rules (governance.registry.service.check_name, the API schemas), checked here first so
+# a typo costs no round trip and gets one clear line
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+MAX_COMMENT = 10_000
+MAX_REASON = 2_000
+MAX_POLICY_CHARS = 200_000
+
+
+def check_name(value: str, what: str, *, max_len: int = 200) -> str:
+    if not _NAME.match(value) or len(value) > max_len:
+        fail(
+            f"{what} {value!r} is not valid: use 1-{max_len} letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def check_id(value: int | None, what: str) -> int | None:
+    if value is not None and not 1 <= value < 2**63:
+        fail(f"{what} must be a positive id (got {value})")
+    return value
+
+
+def check_text(value: str | None, what: str, *, max_len: int, required: bool = True) -> str | None:
+    if value is None:
+        return None
+    if required and not value.strip():
+        fail(f"{what} must not be empty")
+    if len(value) > max_len:
+        fail(f"{what} is {len(value)} characters; the limit is {max_len}")
+    if "\x00" in value:
+        fail(f"{what} must not contain NUL characters")
+    return value
+
+
+def read_policy(path: Path) -> str:
+    """The policy file's text, validated with `governance.policy.load_policy` (unknown keys named)."""
+    from governance.policy import PolicyError, load_policy
+
+    if not path.exists():
+        fail(f"policy file not found: {path}")
+    if not path.is_file():
+        fail(f"policy file {path} is not a file")
+    raw = path.read_bytes()
+    if len(raw) > MAX_POLICY_CHARS:
+        fail(f"policy file {path} is {len(raw)} bytes; the limit is {MAX_POLICY_CHARS}")
+    try:
+        load_policy(raw)
+    except PolicyError as exc:
+        problems = "; ".join(" ".join(p.split()) for p in exc.problems)  # YAML errors span lines
+        fail(f"policy file {path} is invalid: {problems}")
+    return raw.decode("utf-8")
+
+
 def _artifact_bytes(path: Path) -> bytes:
+    if not path.exists():
+        fail(f"token not found: {path} (pass the directory `govern train` wrote, or its {TOKEN_FILE})")
     file = path / TOKEN_FILE if path.is_dir() else path
     if not file.is_file():
         fail(f"{path} holds no {TOKEN_FILE}; pass the directory `govern train` wrote (or the archive file)")
-    return file.read_bytes()
+    data = file.read_bytes()
+    # safetensors: an 8-byte little-endian header length, then that many bytes of JSON
+    header_len = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    if header_len < 2 or 8 + header_len > len(data) or data[8:9] != b"{":
+        fail(f"{file} is not a safetensors token file")
+    return data
 
 
 def submit_cmd(
@@ -77,6 +139,10 @@ def submit_cmd(
 
 @api_errors
 def _submit(directory: Path, adapter: str, deployment: str | None, parent: int | None) -> None:
+    check_name(adapter, "--adapter")
+    if deployment is not None:
+        check_name(deployment, "--deployment", max_len=100)
+    check_id(parent, "--parent")
     data = _artifact_bytes(directory)
     with client() as c:
         v = c.submit(data, adapter=adapter, deployment=deployment, parent_id=parent)
@@ -104,6 +170,8 @@ def promote_cmd(
 
 @api_errors
 def _promote(version: int, deployment: str) -> None:
+    check_id(version, "VERSION")
+    check_name(deployment, "--deployment", max_len=100)
     with client() as c:
         p = c.promote(deployment, version)
     prev = f" (version {p['previous_version_id']} superseded)" if p.get("previous_version_id") else ""
@@ -123,6 +191,9 @@ def rollback_cmd(
 
 @api_errors
 def _rollback(deployment: str, to: int | None, reason: str) -> None:
+    check_name(deployment, "--deployment", max_len=100)
+    check_id(to, "--to")
+    check_text(reason, "--reason", max_len=MAX_REASON)
     with client() as c:
         p = c.rollback(deployment, reason=reason, to_version_id=to)
     console.print(
@@ -138,6 +209,8 @@ def freeze_cmd(
     reason: str | None = typer.Option(None, "--reason"),
 ) -> None:
     """Switch automatic rollback off for a deployment."""
+    check_name(deployment, "--deployment", max_len=100)
+    check_text(reason, "--reason", max_len=MAX_REASON, required=False)
     _freeze(deployment, _parse_time(until, "--until"), reason)
 
 
@@ -158,6 +231,8 @@ def unfreeze_cmd(
     reason: str | None = typer.Option(None, "--reason"),
 ) -> None:
     """Switch automatic rollback back on."""
+    check_name(deployment, "--deployment", max_len=100)
+    check_text(reason, "--reason", max_len=MAX_REASON, required=False)
     _unfreeze(deployment, reason)
 
 
@@ -180,9 +255,10 @@ def deployments_create(
     """Create a deployment (admins)."""
     from governance.settings import Settings
 
-    if not policy.is_file():
-        fail(f"policy file not found: {policy}")
-    text = policy.read_text(encoding="utf-8")
+    check_name(name, "deployment name", max_len=100)
+    if base_model is not None:
+        check_name(base_model, "--base-model")
+    text = read_policy(policy)
     with client() as c:
         d = c.create_deployment(name, base_model=base_model or Settings().base_model, policy=text)
     console.print(
@@ -197,6 +273,7 @@ def deployments_show(name: str = typer.Argument(..., help="deployment name")) ->
     """Show a deployment: active version, generation, freeze, recent history."""
     from rich.table import Table
 
+    check_name(name, "deployment name", max_len=100)
     with client() as c:
         d = c.deployment(name)
         history = c.promotions(name, limit=10)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from governance.cli.common import console
-from governance.cli.deploy_cmds import api_errors, client
+from governance.cli.deploy_cmds import MAX_COMMENT, api_errors, check_id, check_text, client
 
 review_app = typer.Typer(help="Approve or reject gated versions (four eyes).", no_args_is_help=True)
 
@@ -17,6 +17,8 @@ def approve(
     comment: str = typer.Option(..., "--comment", help="why (recorded with the approval)"),
 ) -> None:
     """Approve a version; the approval binds its artifact, gate evidence and policy digests."""
+    check_id(version, "VERSION")
+    check_text(comment, "--comment", max_len=MAX_COMMENT)
     with client() as c:
         r = c.approve(version, comment)
     console.print(
@@ -33,6 +35,8 @@ def reject(
     comment: str = typer.Option(..., "--comment", help="why (recorded with the rejection)"),
 ) -> None:
     """Reject a version (terminal)."""
+    check_id(version, "VERSION")
+    check_text(comment, "--comment", max_len=MAX_COMMENT)
     with client() as c:
         r = c.reject(version, comment)
     console.print(f"rejected version {r['version_id']}", highlight=False)

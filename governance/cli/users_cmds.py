@@ -8,6 +8,7 @@ Key management by admins goes through the API, so the log knows which admin acte
 from __future__ import annotations
 
 import getpass
+import re
 
 import typer
 
@@ -38,6 +39,7 @@ def create(
     from governance.auth import service
     from governance.db import get_engine, unit_of_work
 
+    _check_user_name(name)
     if role not in ROLE_VALUES:
         fail(f"unknown role {role!r}; use one of: {', '.join(ROLE_VALUES)}")
     try:
@@ -49,6 +51,11 @@ def create(
     print(key)
 
 
+def _check_user_name(name: str) -> None:
+    if not name or len(name) > 100 or any(c.isspace() for c in name) or "\x00" in name:
+        fail(f"user name {name!r} is not valid: 1-100 characters without spaces")
+
+
 @keys_app.command("create")
 @api_errors
 def keys_create(
@@ -56,6 +63,7 @@ def keys_create(
     expires: str | None = typer.Option(None, "--expires", help="expiry, ISO 8601 with timezone"),
 ) -> None:
     """Issue another key for a user (admins); printed once."""
+    _check_user_name(user)
     with client() as c:
         k = c.create_key(user, expires_at=_parse_time(expires, "--expires"))
     console.print(f"new key {k['key_prefix']} for {user} ({k['role']}), shown once:", highlight=False)
@@ -66,6 +74,8 @@ def keys_create(
 @api_errors
 def keys_revoke(prefix: str = typer.Argument(..., help="the key's 8-character prefix")) -> None:
     """Revoke a key (admins); it stops working on the next request."""
+    if not re.fullmatch(r"[a-z0-9]{8}", prefix):
+        fail(f"key prefix {prefix!r} is not valid: the 8 lowercase letters or digits after gov_")
     with client() as c:
         c.revoke_key(prefix)
     console.print(f"revoked key {prefix}", highlight=False)
