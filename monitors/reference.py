@@ -109,14 +109,29 @@ def finish(row: MonitorReference, embeddings: np.ndarray | None, *, gate_summary
 
 
 def whiten(emb: np.ndarray, k: int = MAX_COMPONENTS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, components (k, d) scaled to unit variance, projected rows (n, k))."""
-    mean = emb.mean(axis=0)
-    centred = emb - mean
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
-    k = max(1, min(k, emb.shape[0] - 1, int((s > 1e-8).sum())))
-    sd = s[:k] / np.sqrt(max(emb.shape[0] - 1, 1))
+    """(centre, components (k, d) scaled to unit variance, reference rows projected (m, k)).
+
+    Cross-fitted: the principal directions come from one half of the rows, the centre and
+    the scales from the other half, whose projections are the stored reference rows. Fitted
+    and scaled on the same rows, the weaker components' variances are underestimated, so
+    new outputs (which did not pick the directions) would look more spread than the
+    reference and the embedding detectors would cry wolf; the held-out half behaves like
+    new outputs do.
+    """
+    emb = np.asarray(emb, dtype=float)
+    if emb.shape[0] < 40:
+        fit, held = emb, emb
+    else:
+        fit, held = emb[0::2], emb[1::2]
+    centred_fit = fit - fit.mean(axis=0)
+    _, s, vt = np.linalg.svd(centred_fit, full_matrices=False)
+    k = max(1, min(k, fit.shape[0] - 1, int((s > 1e-8).sum())))
+    centre = held.mean(axis=0)
+    raw = (held - centre) @ vt[:k].T  # (m, k)
+    sd = raw.std(axis=0, ddof=1)
+    sd = np.where(sd > 1e-9, sd, 1.0)
     comps = vt[:k] / sd[:, None]
-    return mean, comps, centred @ comps.T
+    return centre, comps, raw / sd
 
 
 def to_reference(row: MonitorReference) -> Reference:
