@@ -22,8 +22,12 @@ def worker_cmd(
     queues: str = typer.Option("", "--queues", "-Q", help="comma-separated queues (default: gates, monitoring, "
                                                           "rollback)"),
     concurrency: int = typer.Option(1, "--concurrency", "-c", min=1, help="worker processes"),
-    pool: str = typer.Option("prefork", "--pool", help="prefork or solo"),
-    metrics_port: int = typer.Option(0, "--metrics-port", help="serve Prometheus metrics on this port (0: off)"),
+    pool: str = typer.Option("prefork", "--pool", help="prefork, threads or solo"),
+    metrics_port: int = typer.Option(
+        0, "--metrics-port",
+        help="serve this process's Prometheus metrics on this port (0: off; with --pool threads or solo the "
+             "tasks run in this process)",
+    ),
     loglevel: str = typer.Option("INFO", "--loglevel"),
 ) -> None:
     """Run a Celery worker for the gate, monitoring and rollback queues."""
