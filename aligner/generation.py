@@ -37,7 +37,7 @@ def encode_chat(tokenizer: Any, prompts: Sequence[Prompt], system: str | None = 
 
 
 @contextlib.contextmanager
-def row_tokens(model: Any, tokens: Sequence[Token | None] | None) -> Iterator[None]:
+def using_row_tokens(model: Any, tokens: Sequence[Token | None] | None) -> Iterator[None]:
     """Per-row tokens for the duration of a block; None leaves the active token as it is."""
     if tokens is None:
         yield
@@ -72,7 +72,7 @@ def generate_ids(
         raise ValueError(f"got {len(tokens)} row tokens for a batch of {input_ids.shape[0]} prompts")
     pad = pad_token_id if pad_token_id is not None else model.generation_config.pad_token_id
     generate_kwargs.setdefault("do_sample", False)
-    with row_tokens(model, tokens):
+    with using_row_tokens(model, tokens):
         out = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,
