@@ -102,7 +102,7 @@ def test_fuzz_every_operation_deeper(identity: str | None, world: World, make_ap
         app,
         headers=_headers(world, identity),
         secrets=_secrets(world),
-        examples=3,
+        examples=2,
         modes=(GenerationMode.POSITIVE, GenerationMode.NEGATIVE),
         path_parameters=params,
     )
