@@ -298,7 +298,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer windows and replications")
     args = parser.parse_args()
-    refs, windows, reps = (5, 100, 40) if args.quick else (20, 100, 100)
+    refs, windows, reps = (4, 125, 40) if args.quick else (8, 250, 80)
     t0 = time.perf_counter()
     pools = build_pools(2000, 600)
     print(f"pools described in {time.perf_counter() - t0:.1f}s: {pools.clean.n} clean, {pools.topic.n} new-topic "
