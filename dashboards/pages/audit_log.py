@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated
@@ -14,7 +15,7 @@ from dashboards.deps import CsrfDep, SessionDep, ViewerDep, get_engine, parent_a
 from governance.api.errors import InvalidInput, ServiceUnavailable
 from governance.audit import service as audit
 from governance.audit.export import ExportError, iter_export_lines, prepare_export
-from governance.audit.signing import AuditKeyError, load_signing_key
+from governance.audit.signing import AuditKeyError, default_private_key_path, load_public_key, load_signing_key
 from governance.auth.models import Role
 from governance.db import unit_of_work
 
@@ -74,7 +75,15 @@ def verify_now(request: Request, session: SessionDep, viewer: ViewerDep) -> Resp
         public_key = _signing_key(request).public_key()
     except AuditKeyError:
         public_key = None  # links and heads are still checked; signatures need the key
-    return _page(request, session, viewer, check=audit.verify_chain_in_db(session, public_key=public_key))
+    # Retired public keys kept beside the signing key (after a rotation) stay trusted;
+    # checkpoints under keys unknown here are shown as a warning, not hidden.
+    retired = []
+    settings = getattr(parent_app(request).state, "settings", None)
+    with contextlib.suppress(AuditKeyError, OSError):
+        folder = default_private_key_path(settings).parent
+        retired = [load_public_key(p) for p in sorted(folder.glob("*.pub"))]
+    check = audit.verify_chain_in_db(session, public_key=public_key, trusted_keys=retired, count_unknown_keys=True)
+    return _page(request, session, viewer, check=check)
 
 
 @router.post("/audit/export", dependencies=[CsrfDep])

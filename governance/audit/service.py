@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -180,18 +181,36 @@ class ChainCheck:
     checkpoints_checked: int
     bad_seq: int | None = None
     reason: str | None = None
+    # checkpoints signed by a key that is not among the trusted ones (e.g. a key retired
+    # before rotation whose public half is not kept here): their head hash was checked,
+    # their signature could not be
+    unverified_checkpoints: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def verify_chain_in_db(session: Session, *, public_key: Ed25519PublicKey | None = None) -> ChainCheck:
+def verify_chain_in_db(
+    session: Session,
+    *,
+    public_key: Ed25519PublicKey | None = None,
+    trusted_keys: Sequence[Ed25519PublicKey] = (),
+    count_unknown_keys: bool = False,
+) -> ChainCheck:
     """Recompute the whole chain from the stored rows and match it against the stored checkpoints.
 
     Stops at the first problem: a gap, a broken link, a hash that does not match the stored
-    content, or a checkpoint whose head differs (or, given ``public_key``, whose signature
-    does not verify). One streaming pass; constant memory apart from the checkpoints.
+    content, or a checkpoint whose head differs (or, given trusted public keys, whose
+    signature does not verify under the key it names). A checkpoint naming a key that is
+    not trusted here fails, unless ``count_unknown_keys`` (the dashboard's view, which shows
+    the count as a warning): then it lands in ``unverified_checkpoints``. Keep retired
+    public keys after a rotation so that their checkpoints stay verifiable. One streaming pass; constant
+    memory apart from the checkpoints.
     """
+    from governance.audit.signing import key_id_for
+
+    keys = {key_id_for(k): k for k in [*([public_key] if public_key is not None else []), *trusted_keys]}
+    unverified = 0
     from governance.audit.export import iter_rows
 
     cps: dict[int, list[AuditCheckpoint]] = {}
@@ -200,17 +219,23 @@ def verify_chain_in_db(session: Session, *, public_key: Ed25519PublicKey | None 
     checked = 0
 
     def bad(seq: int | None, reason: str, size: int, head_hash: str) -> ChainCheck:
-        return ChainCheck(False, size, head_hash, checked, seq, reason)
+        return ChainCheck(False, size, head_hash, checked, seq, reason, unverified)
 
     def check_cps(size: int, head_hash: str) -> str | None:
-        nonlocal checked
+        nonlocal checked, unverified
         for cp in cps.pop(size, []):
             if cp.head_hash != head_hash:
                 return f"checkpoint {cp.id} ({cp.reason}, {format_ts(cp.ts)}) records a different head hash"
-            if public_key is not None:
-                problem = check_signed_checkpoint(checkpoint_record(cp), public_key)
-                if problem:
-                    return f"checkpoint {cp.id}: {problem}"
+            if keys:
+                key = keys.get(cp.key_id)
+                if key is None and count_unknown_keys:
+                    unverified += 1
+                elif key is None:
+                    return f"checkpoint {cp.id}: signed by key {cp.key_id}, not by the trusted public key(s)"
+                else:
+                    problem = check_signed_checkpoint(checkpoint_record(cp), key)
+                    if problem:
+                        return f"checkpoint {cp.id}: {problem}"
             checked += 1
         return None
 
@@ -248,4 +273,4 @@ def verify_chain_in_db(session: Session, *, public_key: Ed25519PublicKey | None 
         return bad(
             exp, f"checkpoint at #{size} lies beyond the log's end #{exp - 1}: entries were removed", exp - 1, prev
         )
-    return ChainCheck(True, exp - 1, prev, checked)
+    return ChainCheck(True, exp - 1, prev, checked, unverified_checkpoints=unverified)

@@ -75,3 +75,19 @@ def read_lines(path: Path) -> list[str]:
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("".join(lines), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="package")
+def engine(database_url: str) -> Iterator[Engine]:
+    """The audit tests' own database: they verify whole chains and checkpoints, which rows
+    and keys written by other test packages into the run's shared database would disturb."""
+    admin, base, q = _admin_and_base(database_url)
+    name = f"govern_audit_pkg_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    eng = make_engine(f"{base}/{name}{q}")
+    migrate.upgrade(eng)
+    yield eng
+    eng.dispose()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
