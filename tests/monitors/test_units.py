@@ -95,7 +95,8 @@ def _window(rng: np.random.Generator, n: int = 60, shift: float = 0.0, emb_shift
 
 class _Cfg:
     def __init__(self, kind: str, **kw: object) -> None:
-        self.kind, self.rollback, self.arl, self.p1, self.shift_sigmas, self.threshold = kind, False, 100.0, None, None, None
+        self.kind, self.rollback, self.arl = kind, False, 100.0
+        self.p1, self.shift_sigmas, self.threshold = None, None, None
         self.__dict__.update(kw)
 
 
@@ -156,7 +157,7 @@ def test_expectations_flag_personal_data_with_output_ids() -> None:
 class _Hook(BaseHTTPRequestHandler):
     received: list[dict] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         _Hook.received.append(json.loads(body))
         self.send_response(200)
