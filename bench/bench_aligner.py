@@ -233,7 +233,7 @@ def main() -> None:
         table.add_column("value", justify="right")
         table.add_row("swap p50 / p99 / max (1000 swaps)",
                       f"{swap['p50_ms'] * 1000:.1f} / {swap['p99_ms'] * 1000:.1f} / {swap['max_ms'] * 1000:.1f} µs")
-        table.add_row("first forward after a swap (K_p/V_p projections, CPU)", f"+{swap['first_forward_extra_ms']:.2f} ms")
+        table.add_row("first forward after a swap (projections, CPU)", f"+{swap['first_forward_extra_ms']:.2f} ms")
         table.add_row("parameters per version (n=1)", f"{mem['params']}")
         table.add_row("tensor bytes / archive bytes per version", f"{mem['tensor_bytes']} / {mem['archive_bytes']}")
         table.add_row(f"RSS growth for {mem['versions']:,} resident versions",
