@@ -297,7 +297,11 @@ def plan_gate(
     """
     state = Path(state_dir) if state_dir is not None else None
     suite_objs = [get_suite(s) if isinstance(s, str) else s for s in suites]
-    suite_cases = {s.name: list(cases[s.name]) if cases and s.name in cases else s.load_cases() for s in suite_objs}
+    suite_cases = {
+        s.name: list(cases[s.name]) if cases and s.name in cases
+        else s.select_cases(s.load_cases(), policy.gate.max_cases.get(s.name))  # type: ignore[call-overload]
+        for s in suite_objs
+    }
     cached: dict[str, list[str]] = {}
     keys: dict[str, str] = {}
     systems: dict[str, list[str]] = {}

@@ -120,6 +120,29 @@ class Suite(ABC):
     def load_cases(self) -> list[Case]:
         """The suite's shipped cases, in a fixed order."""
 
+    def select_cases(self, cases: Sequence[Case], limit: int | None) -> list[Case]:
+        """A fixed subset of about ``limit`` cases, stratified by category.
+
+        Matched sets stay whole (cases sharing ``meta["probe"]`` are one unit), units are
+        taken round-robin over categories in their shipped order, and the result keeps the
+        shipped order: the same policy always gates on the same cases.
+        """
+        if limit is None or limit >= len(cases):
+            return list(cases)
+        units: dict[str, list[int]] = {}
+        for i, c in enumerate(cases):
+            units.setdefault(str(c.meta.get("probe", c.id)), []).append(i)
+        by_category: dict[str, list[list[int]]] = {}
+        for members in units.values():
+            by_category.setdefault(cases[members[0]].category, []).append(members)
+        chosen: list[int] = []
+        queues = [list(v) for v in by_category.values()]
+        while len(chosen) < limit and any(queues):
+            for q in queues:
+                if q and len(chosen) < limit:
+                    chosen.extend(q.pop(0))
+        return [cases[i] for i in sorted(chosen)]
+
     @abstractmethod
     def evaluate(
         self,

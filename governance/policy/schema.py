@@ -117,6 +117,12 @@ class GatePolicy(_Section):
     # Greedy decoding budget per case.
     max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 96
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
+    # Cases per suite (absent: every shipped case). A smaller gate is faster and has less
+    # power; the subset is fixed (stratified by category, matched sets kept whole) and the
+    # report shows its size and minimum detectable drop.
+    max_cases: dict[Literal["policy_compliance", "bias", "reasoning"], Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict
+    )
 
 
 class FormatPolicy(_Section):
