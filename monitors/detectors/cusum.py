@@ -303,18 +303,22 @@ class _Bootstrap(Sampler):
     def start(self, rng: np.random.Generator, streams: int) -> None:
         super().start(rng, streams)
         n, k = self.rows.shape
+        self.offset = np.zeros((1, streams, k))
+        self.scale = np.ones((1, streams, k))
         if self.uncertain:
-            # The reference mean is an estimate: each stream is offset by the error of a
-            # bootstrap replicate of that estimate, so the clean data the detector will
-            # meet (new outputs, not the reference rows) is simulated with that error too.
-            means = np.stack([self.rows[rng.integers(0, n, size=n)].mean(axis=0) for _ in range(streams)])
-            self.offset = (means - self.rows.mean(axis=0))[None, :, :]  # (1, streams, K)
-        else:
-            self.offset = np.zeros((1, streams, k))
+            # The reference's mean and spread are estimates: the detector standardises new
+            # outputs with them. Bootstrap analogue: the reference rows play the population
+            # and each stream is standardised with a bootstrap replicate's mean and spread,
+            # so the clean data is simulated with the reference's own estimation error.
+            for j in range(streams):
+                boot = self.rows[rng.integers(0, n, size=n)]
+                sd = boot.std(axis=0, ddof=1)
+                self.offset[0, j] = -boot.mean(axis=0)
+                self.scale[0, j] = 1.0 / np.where(sd > 1e-9, sd, 1.0)
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         idx = rng.integers(0, self.rows.shape[0], size=(n, self.streams))
-        x = self.rows[idx] + self.offset
+        x = (self.rows[idx] + self.offset) * self.scale
         if self.to_llr is None:
             return x
         return self.to_llr(x.reshape(-1, x.shape[-1])).reshape(n, self.streams, -1)

@@ -142,7 +142,7 @@ class GaussianCusum(Detector):
         explicit = getattr(self.config, "threshold", None)
         h = float(explicit) if explicit else cusum.calibrate_cusum(
             cusum.bootstrap_sampler(ref_z, to_llr=lambda z: two_sided_llr(z, d), reference_uncertainty=True), arl,
-            key=f"gauss2|{reference.key()}|{','.join(columns)}|{d}", cache_dir=context.cache_dir)
+            key=f"gauss3|{reference.key()}|{','.join(columns)}|{d}", cache_dir=context.cache_dir)
         params = {"columns": columns, "shift_sigmas": d, "h": h, "arl": arl, "calibration": "bootstrap+reference"}
         state = _continue(state, params, 2 * len(columns))
         z = (np.column_stack([_transform(c, window.numeric[c]) for c in columns]) - mu) / sd
@@ -172,7 +172,7 @@ class EmbeddingCusum(Detector):
         arl = self.arl or DEFAULT_ARL
         explicit = getattr(self.config, "threshold", None)
         h = float(explicit) if explicit else cusum.calibrate_mcusum(
-            cusum.bootstrap_sampler(ref, reference_uncertainty=True), k, arl, key=f"emb2|{reference.key()}",
+            cusum.bootstrap_sampler(ref, reference_uncertainty=True), k, arl, key=f"emb3|{reference.key()}",
             cache_dir=context.cache_dir)
         params = {"components": int(ref.shape[1]), "shift_norm": shift, "h": h, "arl": arl}
         state = _continue(state, params, int(ref.shape[1]))
