@@ -206,7 +206,10 @@ def start_processes(st: DemoState) -> None:
     st.procs.env.update(st.env)
     with st.console.status("starting the API, a Celery worker, beat and two serving replicas"):
         st.procs.start("api", ["api", "--port", str(port)], ready_url=f"{st.api_url}/readyz", timeout=90)
-        st.procs.start("worker", ["worker", "--concurrency", "1"])
+        # gates on one worker, monitoring and rollback on another, so a long gate never
+        # delays a drift check (each scales out the same way: more workers per queue)
+        st.procs.start("worker-gates", ["worker", "--queues", "gates", "--concurrency", "1"])
+        st.procs.start("worker-monitoring", ["worker", "--queues", "monitoring,rollback", "--concurrency", "1"])
         st.procs.start("beat", ["beat"])
         with st.client(st.users.admin) as admin:
             policy = (ROOT / "policies" / "demo.yaml").read_text()
