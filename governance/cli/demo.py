@@ -55,6 +55,7 @@ class Users:
 @dataclass
 class DemoState:
     fast: bool
+    db_name: str
     state_dir: Path
     work: Path
     console: Console
@@ -116,22 +117,26 @@ def setup(st: DemoState) -> None:
 
     settings = get_settings()
     st.state_dir.mkdir(parents=True, exist_ok=True)
+    redis_configured = bool(settings.redis_url)
     if not settings.database_url or not settings.redis_url:
         st.started_services = not any(s[2].startswith("running") for s in embedded.status(settings))
         embedded.up(settings)
     admin_url = embedded.resolve_database_url(settings)
     base, _, query = admin_url.partition("?")
-    demo_url = base.rsplit("/", 1)[0] + f"/{DEMO_DB}" + (f"?{query}" if query else "")
+    demo_url = base.rsplit("/", 1)[0] + f"/{st.db_name}" + (f"?{query}" if query else "")
     conninfo = admin_url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(conninfo, autocommit=True) as conn:
         # a second run starts clean: the audit log is append-only, so the database goes
-        conn.execute(f'drop database if exists "{DEMO_DB}" with (force)')
-        conn.execute(f'create database "{DEMO_DB}"')
+        conn.execute(f'drop database if exists "{st.db_name}" with (force)')
+        conn.execute(f'create database "{st.db_name}"')
     engine = make_engine(demo_url)
     migrate.upgrade(engine)
     engine.dispose()
-    redis_url = embedded.resolve_redis_url(settings).rsplit("/", 1)[0] + f"/{DEMO_REDIS_DB}"
-    redis.Redis.from_url(redis_url).flushdb()  # no stale Celery tasks from an earlier run
+    if redis_configured:
+        redis_url = embedded.resolve_redis_url(settings)  # yours: used as given, never flushed
+    else:
+        redis_url = embedded.resolve_redis_url(settings).rsplit("/", 1)[0] + f"/{DEMO_REDIS_DB}"
+        redis.Redis.from_url(redis_url).flushdb()  # ours: no stale Celery tasks from an earlier run
 
     keys = st.work / "keys"
     if not (keys / "audit-signing.key").exists():
@@ -520,14 +525,16 @@ def summary(st: DemoState, keep_running: bool) -> None:
         _say(st, "--keep-running: services stay up; Ctrl-C stops everything")
 
 
-def run(*, fast: bool, keep_running: bool, console: Console | None = None) -> dict[str, Any]:
+def run(
+    *, fast: bool, keep_running: bool, db_name: str = DEMO_DB, console: Console | None = None
+) -> dict[str, Any]:
     from governance.settings import get_settings
 
     console = console or Console()
     settings = get_settings()
     state_dir = settings.ensure_state_dir()
     work = state_dir / "demo"
-    st = DemoState(fast=fast, state_dir=state_dir, work=work, console=console)
+    st = DemoState(fast=fast, db_name=db_name, state_dir=state_dir, work=work, console=console)
     st.procs = ProcessGroup(work / "logs")
     t0 = time.monotonic()
     try:

@@ -11,12 +11,15 @@ from governance.cli.common import clear_errors, console, fail
 def demo_cmd(
     fast: bool = typer.Option(False, "--fast", help="smaller training, gate and traffic (for tests)"),
     keep_running: bool = typer.Option(False, "--keep-running", help="leave the services and dashboard up"),
+    db_name: str = typer.Option("govern_demo", "--db-name", help="the demo's database (dropped and re-created)"),
 ) -> None:
     """Tell the whole story end to end: train, gate, review, promote, drift, roll back, audit."""
     from governance.cli.demo import DemoFailed, run
 
     try:
-        run(fast=fast, keep_running=keep_running, console=console)
+        if not db_name.replace("_", "").isalnum() or len(db_name) > 60:
+            fail("--db-name: letters, digits and underscores only, at most 60 characters")
+        run(fast=fast, keep_running=keep_running, db_name=db_name, console=console)
     except DemoFailed as exc:
         fail(f"demo failed: {exc}\n  logs of the services: state/demo/logs/", code=1)
     except KeyboardInterrupt:
