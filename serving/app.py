@@ -68,6 +68,7 @@ class ServingConfig:
     state_dir: Path = Path("state")
     reconcile_interval: float = 5.0
     fence: bool = True  # check the API's generation before each batch (read-your-commits)
+    fence_timeout: float = 0.5  # a slower API answer skips the fence (fails open) for a few seconds
     record_batch: int = 500
     record_interval: float = 0.25
     record_queue: int = 10_000
@@ -181,6 +182,7 @@ def create_app(
         redis_url=config.redis_url,
         reconcile_interval=config.reconcile_interval,
         fence=config.fence,
+        fence_timeout=config.fence_timeout,
         artifact_dir=Path(config.state_dir).resolve() / "serving" / "artifacts",
         on_reject=lambda sha, why: metrics.token_rejections.inc(),
     )

@@ -50,7 +50,8 @@ class TokenWatcher:
         redis_url: str | None,
         reconcile_interval: float = 5.0,
         fence: bool = True,
-        fence_backoff: float = 1.0,
+        fence_backoff: float = 5.0,
+        fence_timeout: float = 0.25,
         artifact_dir: Path | None = None,
         on_reject: Callable[[str, str], None] | None = None,
         prefetch: int = 20,
@@ -64,6 +65,8 @@ class TokenWatcher:
         self.reconcile_interval = reconcile_interval
         self.fence_enabled = fence
         self.fence_backoff = fence_backoff
+        # The fence runs on the model thread: a slow API must cost a batch at most this long.
+        self._fence_control = ControlPlane(control.api_url, control.api_key, timeout=fence_timeout)
         self.artifact_dir = artifact_dir
         self.on_reject = on_reject
         self.prefetch_limit = prefetch
@@ -197,7 +200,7 @@ class TokenWatcher:
         if now < self._fence_open_until:
             return
         try:
-            self.reconcile_once()
+            self.sync(self._fence_control.get_active(self.deployment))
         except ControlPlaneError as exc:
             # Fail open for a while: serve what we have rather than stall every batch on a dead API.
             self._fence_open_until = now + self.fence_backoff

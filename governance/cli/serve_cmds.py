@@ -27,6 +27,7 @@ def serve_cmd(
     queue_size: int = typer.Option(64, "--queue-size", min=1, help="waiting requests before answering 429"),
     reconcile_interval: float = typer.Option(5.0, "--reconcile-interval", min=0.05, help="seconds between API checks"),
     fence: bool = typer.Option(True, "--fence/--no-fence", help="check the active generation before each batch"),
+    fence_timeout: float = typer.Option(0.5, "--fence-timeout", min=0.01, help="seconds the fence waits for the API"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16"),
     replica_id: str | None = typer.Option(
         None, "--replica-id", help="names this replica's spool file (default: host-port)"
@@ -57,6 +58,7 @@ def serve_cmd(
         state_dir=settings.state_path,
         reconcile_interval=reconcile_interval,
         fence=fence,
+        fence_timeout=fence_timeout,
     )
     # A stable id per host and port: a restarted replica finds and replays its own spool.
     config.replica_id = replica_id or f"{socket.gethostname()}-{port}"

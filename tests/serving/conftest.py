@@ -13,4 +13,3 @@ def tiny(test_state_dir: Path) -> tuple[Any, Any, Any]:
     from aligner.providers import load_base_model
 
     return load_base_model("tiny-random-llama", state_dir=test_state_dir)
-

@@ -70,6 +70,7 @@ def stack(
             redis_url=redis_url,
             database_url=database_url,
             state_dir=tmp_path / "serving",
+            fence_timeout=10.0,  # a busy test machine must not turn the fence off
             reconcile_interval=0.5,
             record_interval=0.05,
             default_max_tokens=16,
@@ -267,3 +268,46 @@ def test_a_token_that_fails_verification_is_never_served(
             model=stack.world.deployment, messages=[{"role": "user", "content": "x"}], max_tokens=3, temperature=0
         )
         assert r.system_fingerprint == f"govern-v{good}-g{gen}"
+
+
+def test_an_overloaded_replica_answers_429_with_retry_after(
+    stack: Stack, tiny: tuple[Any, Any, Any], tmp_path: Path
+) -> None:
+    config = ServingConfig(
+        deployment=stack.world.deployment,
+        model="tiny-random-llama",
+        max_batch=1,
+        queue_size=1,
+        api_url=stack.api.url,
+        api_key=stack.world.keys["service"],
+        state_dir=tmp_path / "small",
+        default_max_tokens=64,
+    )
+    with ServerThread(create_app(config, loaded=attached_copy(tiny))) as small:
+        wait_for(lambda: httpx.get(f"{small.url}/readyz").status_code == 200, what="small replica ready")
+        answers: list[httpx.Response] = []
+
+        def ask() -> None:
+            answers.append(
+                httpx.post(
+                    f"{small.url}/v1/chat/completions",
+                    timeout=60,
+                    json={
+                        "model": stack.world.deployment,
+                        "messages": [{"role": "user", "content": "hi"}],
+                        "temperature": 0,
+                        "max_tokens": 64,
+                    },
+                )
+            )
+
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    codes = sorted(r.status_code for r in answers)
+    assert len(codes) == 8 and set(codes) <= {200, 429} and 429 in codes and 200 in codes
+    refused = next(r for r in answers if r.status_code == 429)
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert refused.json()["error"]["code"] == "server_overloaded"
