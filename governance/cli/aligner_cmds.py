@@ -44,6 +44,7 @@ def prepare_info(model: str | None = None, *, state_dir: Path | None = None, dty
 def prepare_cmd(
     model: Annotated[str | None, typer.Option("--model", help="provider name or local transformers dir")] = None,
     dtype: Annotated[str, typer.Option(help="float32 or bfloat16")] = "float32",
+    register: Annotated[bool, typer.Option("--register/--no-register", help="register it in the database")] = True,
 ) -> None:
     """Cache the base model as safetensors (SmolLM2: de-quantize its GGUF once) and print its digests."""
     from aligner.errors import AlignerError
@@ -56,6 +57,33 @@ def prepare_cmd(
     for key in ("name", "dtype", "weights", "tokenizer", "model_type", "hidden_size", "num_layers",
                 "num_heads", "num_kv_heads", "head_dim"):
         console.print(f"{key:>13}: {info[key]}", highlight=False)
+    if register:
+        _register(info)
+
+
+def _register(info: dict[str, Any]) -> None:
+    """Register the prepared base model in the registry (a bootstrap step, like `users create`)."""
+    from governance.api.errors import Conflict
+    from governance.auth.service import Principal
+    from governance.db import check_database, engine_for, unit_of_work
+    from governance.embedded import ServicesNotRunning, resolve_database_url
+    from governance.registry import service as registry
+
+    try:
+        engine = engine_for(resolve_database_url())
+    except ServicesNotRunning:
+        console.print("not registered: no database (run `govern services up && govern db upgrade`, then prepare again)")
+        return
+    check_database(engine)
+    try:
+        with unit_of_work(engine) as s:
+            base = registry.register_base_model(
+                s, name=info["name"], weights_digest=info["weights"], tokenizer_digest=info["tokenizer"],
+                config=info, actor=Principal.for_system("cli").actor,
+            )
+            console.print(f"registered as base model {base.name!r} (id {base.id})", highlight=False)
+    except Conflict as exc:
+        fail(str(exc))
 
 
 def _train(method: str, data: Path, out: Path, eval_data: Path | None, model: str | None, parent: Path | None,

@@ -24,7 +24,7 @@ def _state(state_dir, monkeypatch):
 
 
 def test_prepare_prints_digests_and_config() -> None:
-    result = runner.invoke(model_app, ["prepare", "--model", "tiny-random-qwen2"])
+    result = runner.invoke(model_app, ["prepare", "--model", "tiny-random-qwen2", "--no-register"])
     assert result.exit_code == 0, result.output
     assert "hidden_size: 64" in result.output and "num_kv_heads: 2" in result.output
     assert "weights:" in result.output
