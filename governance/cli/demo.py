@@ -154,6 +154,9 @@ def setup(st: DemoState) -> None:
         "GOVERN_ENVIRONMENT": "development",
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
+        # the reference of a newly active version: its first outputs (default 1,000; the
+        # demo's traffic is a few dozen requests)
+        "GOVERN_MONITOR_REFERENCE_SIZE": "12" if st.fast else "24",
     }
     os.environ.update(st.env)
     reset_settings_cache()
