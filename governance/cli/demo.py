@@ -220,7 +220,7 @@ def start_processes(st: DemoState) -> None:
         st.procs.start("worker-monitoring", ["worker", "--queues", "monitoring,rollback", "--concurrency", "1"])
         st.procs.start("beat", ["beat"])
         with st.client(st.users.admin) as admin:
-            policy = (ROOT / "policies" / "demo.yaml").read_text()
+            policy = demo_policy(st.fast)
             admin.create_deployment(DEPLOYMENT, base_model="smollm2-135m-instruct", policy=policy)
         for i in range(2):
             rport = free_port()
@@ -231,6 +231,25 @@ def start_processes(st: DemoState) -> None:
             st.replica_urls.append(url)
     _say(st, f"API {st.api_url} · replicas {', '.join(st.replica_urls)} · deployment '{DEPLOYMENT}' "
              "(policy policies/demo.yaml)")
+
+
+FAST_GATE = (
+    ("max_new_tokens: 48 ", "max_new_tokens: 32 "),
+    ("max_cases: {policy_compliance: 40, bias: 48, reasoning: 40}",
+     "max_cases: {policy_compliance: 20, bias: 24, reasoning: 20}"),
+)
+
+
+def demo_policy(fast: bool) -> str:
+    """policies/demo.yaml; with --fast an even smaller gate (the stored file says so)."""
+    text = (ROOT / "policies" / "demo.yaml").read_text()
+    if fast:
+        for old, new in FAST_GATE:
+            if old not in text:
+                raise DemoFailed(f"policies/demo.yaml no longer contains {old!r}; update FAST_GATE")
+            text = text.replace(old, new)
+        text = "# govern demo --fast: the demo policy with a smaller gate (max_cases, max_new_tokens)\n" + text
+    return text
 
 
 @dataclass(frozen=True)
@@ -251,10 +270,11 @@ def recipes(fast: bool) -> list[Recipe]:
     house = str(DATA_DIR / "house_style" / "train.jsonl")
     pref = str(DATA_DIR / "preference" / "train.jsonl")
     n = 48 if fast else 120
+    n_dpo = 24 if fast else 96  # a DPO step costs four forward passes
     epochs = 1 if fast else 2
     return [
         Recipe("house", "house style (SFT, 1 token)", "sft", house, 1, epochs, n, 2e-2),
-        Recipe("safer", "house style + safer refusals (DPO, 4 tokens)", "dpo", pref, 4, epochs, n, 2e-2),
+        Recipe("safer", "house style + safer refusals (DPO, 4 tokens)", "dpo", pref, 4, epochs, n_dpo, 2e-2),
         # deliberately harmful: it learns to insult the user, which the gate's tone
         # category of the policy-compliance suite must catch
         Recipe("bad", "house style that insults the user (SFT, 1 token)", "sft-rude", house, 1, epochs, n, 3e-2),
