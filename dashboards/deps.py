@@ -28,11 +28,11 @@ from sqlalchemy.orm import Session
 
 from dashboards import reports
 from dashboards.security import CSRF_FIELD, SESSION_COOKIE, BadSignature, UiSession, tokens_match
-from governance.api.errors import DomainError, record_refusal
+from governance.api.deps import transaction
+from governance.api.errors import DomainError
 from governance.auth.models import ApiKey, Role, User
 from governance.auth.service import Principal
-from governance.db import session_factory, utcnow
-from governance.outbox import service as outbox
+from governance.db import utcnow
 from governance.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -85,24 +85,17 @@ def get_engine(request: Request) -> Engine:
 
 
 def ui_session(request: Request) -> Iterator[Session]:
-    engine = get_engine(request)
-    session = session_factory(engine)()
-    try:
-        with session.begin():
-            yield session
-    except DomainError as exc:
-        record_refusal(engine, exc)
-        raise
-    finally:
-        pending = outbox.has_pending(session)
-        session.close()
-    if pending:
-        publish = getattr(parent_app(request).state, "publish_outbox", None)
-        if callable(publish):
-            try:
-                publish()
-            except Exception:  # the periodic sweep sends it later; the change itself committed
-                log.exception("publishing the outbox after a dashboard action failed")
+    publish = getattr(parent_app(request).state, "publish_outbox", None)
+
+    def publish_quietly() -> None:
+        if not callable(publish):
+            return
+        try:
+            publish()
+        except Exception:  # the periodic sweep sends it later; the change itself committed
+            log.exception("publishing the outbox after a dashboard action failed")
+
+    yield from transaction(get_engine(request), publish_quietly)
 
 
 SessionDep = Annotated[Session, Depends(ui_session, scope="function")]

@@ -13,7 +13,7 @@ route without one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -38,8 +38,9 @@ def get_engine(request: Request) -> Engine:
     return request.app.state.engine  # type: ignore[no-any-return]
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    engine = get_engine(request)
+def transaction(engine: Engine, publish: Callable[[], object] | None) -> Iterator[Session]:
+    """One request's unit of work: commit on success; a refused action rolls back and is
+    audited as denied in its own transaction; outbox rows are published after the commit."""
     session = session_factory(engine)()
     try:
         with session.begin():
@@ -50,8 +51,12 @@ def get_session(request: Request) -> Iterator[Session]:
     finally:
         pending = outbox.has_pending(session)
         session.close()
-    if pending:
-        request.app.state.publish_outbox()
+    if pending and publish is not None:
+        publish()
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    yield from transaction(get_engine(request), request.app.state.publish_outbox)
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
