@@ -461,7 +461,7 @@ def traffic_and_rollback(st: DemoState) -> None:
     from sqlalchemy import func, select
 
     from governance.db import get_engine, unit_of_work
-    from governance.models import Alert, DriftCheck, Promotion
+    from governance.models import Alert, Deployment, DriftCheck, Promotion
 
     n_clean = 16 if st.fast else 36
     n_bad = 16 if st.fast else 36
@@ -472,7 +472,8 @@ def traffic_and_rollback(st: DemoState) -> None:
     # let the monitor build the reference for the active version from clean windows
     with st.client(st.users.officer) as off:
         dep = off.deployment(DEPLOYMENT)
-    dep_id = int(dep["id"])
+    with unit_of_work(get_engine()) as s:
+        dep_id = int(s.scalars(select(Deployment.id).where(Deployment.name == DEPLOYMENT)).one())
 
     def reference_ready() -> bool:
         with unit_of_work(get_engine()) as s:
