@@ -2,7 +2,7 @@
 
 Not part of the test run. Usage (machine PostgreSQL/Redis, or set the GOVERN_TEST_ URLs):
 
-    .venv/bin/python -m tests.governance.bench_ingest [--batches 20 --batch-size 1000 --clients 2]
+    .venv/bin/python bench/bench_ingest.py [--batches 20 --batch-size 1000 --clients 2]
 
 Creates a throwaway database, starts the API with uvicorn on a free port, posts batches
 of realistic outputs from `--clients` threads and prints a table (outputs/s).
