@@ -157,7 +157,7 @@ def setup(st: DemoState) -> None:
         "TOKENIZERS_PARALLELISM": "false",
         # the reference of a newly active version: its first outputs (default 1,000; the
         # demo's traffic is a few dozen requests)
-        "GOVERN_MONITOR_REFERENCE_SIZE": "12" if st.fast else "24",
+        "GOVERN_MONITOR_REFERENCE_SIZE": "20" if st.fast else "32",  # the monitors accept >= 20
     }
     os.environ.update(st.env)
     reset_settings_cache()
@@ -463,7 +463,7 @@ def traffic_and_rollback(st: DemoState) -> None:
     from governance.db import get_engine, unit_of_work
     from governance.models import Alert, Deployment, DriftCheck, Promotion
 
-    n_clean = 16 if st.fast else 36
+    n_clean = 24 if st.fast else 40  # at least the reference size
     n_bad = 16 if st.fast else 36
     clean = [BENIGN[i % len(BENIGN)] for i in range(n_clean)]
     res = _traffic(st, clean, "normal traffic")
