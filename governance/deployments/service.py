@@ -241,25 +241,8 @@ def promote(session: Session, *, deployment: str, version_id: int, principal: Pr
     _check_fits(version, dep, principal, "version.promote")
     check_approval_binding(session, version=version, deployment=dep, principal=principal, attempted="version.promote")
     previous = active_version(session, deployment=dep, lock=True)
-    if previous is not None:
-        # before the new one turns active: the partial unique index allows one active row
-        lifecycle.transition(
-            session,
-            version_id=previous.id,
-            to=VersionState.superseded.value,
-            principal=principal,
-            action="supersede",
-            audited=False,
-        )
-    version.deployment_id = dep.id
-    lifecycle.transition(
-        session,
-        version_id=version.id,
-        to=VersionState.active.value,
-        principal=principal,
-        action="promote",
-        audited=False,
-    )
+    _swap_active(session, dep=dep, leaving=previous, leaving_to=VersionState.superseded, leaving_action="supersede",
+                 entering=version, entering_action="promote", principal=principal)
     return _record_change(
         session, dep=dep, kind="promote", version=version, previous=previous, principal=principal, reason=None
     )
@@ -352,24 +335,8 @@ def rollback(
                 "(none was active before and is still valid)",
             )
         target = lifecycle.lock_version(session, found.id)
-    # the current one leaves 'active' first: one active row per deployment
-    lifecycle.transition(
-        session,
-        version_id=current.id,
-        to=VersionState.rolled_back.value,
-        principal=principal,
-        action="rollback",
-        audited=False,
-    )
-    target.deployment_id = dep.id
-    lifecycle.transition(
-        session,
-        version_id=target.id,
-        to=VersionState.active.value,
-        principal=principal,
-        action="restore",
-        audited=False,
-    )
+    _swap_active(session, dep=dep, leaving=current, leaving_to=VersionState.rolled_back, leaving_action="rollback",
+                 entering=target, entering_action="restore", principal=principal)
     promo = _record_change(
         session,
         dep=dep,
@@ -424,3 +391,28 @@ def unfreeze(session: Session, *, deployment: str, principal: Principal, reason:
         payload={"reason": reason},
     )
     return dep
+
+
+def _swap_active(
+    session: Session,
+    *,
+    dep: Deployment,
+    leaving: TokenVersion | None,
+    leaving_to: VersionState,
+    leaving_action: str,
+    entering: TokenVersion,
+    entering_action: str,
+    principal: Principal,
+) -> None:
+    """Move the active row of a deployment: the leaving version first (the partial unique
+    index allows one active row), then the entering one. The caller writes the audit entry."""
+    if leaving is not None:
+        lifecycle.transition(
+            session, version_id=leaving.id, to=leaving_to.value, principal=principal, action=leaving_action,
+            audited=False,
+        )
+    entering.deployment_id = dep.id
+    lifecycle.transition(
+        session, version_id=entering.id, to=VersionState.active.value, principal=principal, action=entering_action,
+        audited=False,
+    )
