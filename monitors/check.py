@@ -127,8 +127,11 @@ def run_check(session: Session, *, deployment_id: int, window_key: str, now: dat
         rate=mon.sample_rate, min_samples=mon.min_samples, key=window_key,
     )
     if win.inconclusive_reason:
+        # too few to judge: the outputs are not used up, they wait for the next window
+        check.last_output_id = after
         return _finish(check, result, "inconclusive", {"reason": win.inconclusive_reason,
-                                                       "population": win.population}, dep.name)
+                                                       "population": win.population, "carried_over": True},
+                       dep.name)
     ref = reference.to_reference(ref_row)
     flags = sorted(ref.frame.flags)
     detectors = [build_detector(name, cfg, policy=policy, flags=flags) for name, cfg in mon.detectors.items()]
@@ -187,11 +190,13 @@ def _finish(check: DriftCheck, result: CheckResult, verdict: str, reason: dict[s
 
 def _grow_reference(session: Session, dep: Deployment, version_id: int, ref_row: Any, check: DriftCheck,
                     result: CheckResult, policy: Policy, after: int, upto: int) -> CheckResult:
-    target = reference.target_size(policy.monitoring.min_samples)
+    target = reference.target_size(policy.monitoring.min_samples, policy.monitoring.reference_size)
     ids = sampling.window_ids(session, deployment_id=dep.id, version_id=version_id, after_id=after, upto_id=upto)
     ids = ids[: max(target - ref_row.sample_size, 0)]
     frame = describe(sampling.load_records(session, ids), fmt=policy.format, with_embeddings=False)
     ready = reference.add_rows(ref_row, frame, target=target) if frame.n else False
+    if ready and ids:
+        check.last_output_id = ids[-1]  # outputs past the reference are the next window's to judge
     if ready:
         emb = None
         if any(_needs_embeddings(name, cfg) for name, cfg in policy.monitoring.detectors.items()):

@@ -31,13 +31,14 @@ MAX_TEXTS = 300
 REFERENCE_SIZE_ENV = "GOVERN_MONITOR_REFERENCE_SIZE"
 
 
-def target_size(min_samples: int) -> int:
-    """Outputs a reference needs (default: 1,000, or 20 windows' minimum).
+def target_size(min_samples: int, configured: int | None = None) -> int:
+    """Outputs a reference needs: the policy's ``monitoring.reference_size``, else 1,000
+    (or 20 windows' minimum, if more).
 
     The violation detector's false-alarm budget rests on the reference rate p0: with 200
     outputs at a 1% rate it sees about 2 violations and p0 is off by 70% either way; with
     1,000 it is about 10 (bench/bench_monitors.py measures what that costs). The
-    ``GOVERN_MONITOR_REFERENCE_SIZE`` variable overrides it for demos and tests.
+    ``GOVERN_MONITOR_REFERENCE_SIZE`` variable overrides both (tests).
     """
     override = os.environ.get(REFERENCE_SIZE_ENV)
     if override:
@@ -45,6 +46,8 @@ def target_size(min_samples: int) -> int:
         if value < 20:
             raise ValueError(f"{REFERENCE_SIZE_ENV} must be >= 20 (got {value})")
         return value
+    if configured is not None:
+        return configured
     return max(20 * min_samples, 1000)
 
 

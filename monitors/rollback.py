@@ -11,9 +11,10 @@ already done for this incident (redelivery) -> nothing; the active version is no
 one the decision was based on -> nothing; frozen -> an alert only; the daily cap or the
 cooldown reached -> an alert for a human only; otherwise the core's rollback service,
 with the expected active version as its precondition, under the deployment row lock.
-No approved target -> a critical alert and no change. The core writes the one audit
-entry (actor ``system:monitor/<detector>``); its reason names the detector, its numbers
-and the evidence.
+No approved target -> a critical alert and no change, unless the policy sets
+``fallback_to_base``: then the token is taken out and the replicas serve the bare base
+model. The core writes the one audit entry (actor ``system:monitor/<detector>``); its
+reason names the detector, its numbers and the evidence.
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ def auto_rollback(session: Session, *, deployment_id: int, expected_version_id: 
     outcome = deployments.rollback(
         session, deployment=dep.name, principal=Principal.for_system(f"monitor/{detector}"),
         reason=rollback_reason(check, detector, run), expected_active_version_id=expected_version_id,
-        automatic=True,
+        automatic=True, fallback_to_base=rb.fallback_to_base,
     )
     if outcome.status == "no_target":
         return held("no_target", "critical",
@@ -213,12 +214,16 @@ def auto_rollback(session: Session, *, deployment_id: int, expected_version_id: 
     note = raise_monitor_alert(
         session, deployment_id=dep.id, deployment=dep.name, kind="auto_rollback", severity="critical",
         incident_key=f"{key}:rolled_back",
-        message=(f"rolled back {dep.name!r} from version {expected_version_id} to {outcome.to_version_id} "
-                 f"after {detector} drift ({len(run)} windows in a row)"),
+        message=(f"rolled back {dep.name!r} from version {expected_version_id} to "
+                 f"{_target_name(outcome.to_version_id)} after {detector} drift ({len(run)} windows in a row)"),
         details={**base_details, "to_version_id": outcome.to_version_id, "generation": outcome.generation},
         actor=actor_for(detector), policy=policy)
     return _count(dep, RollbackDecision("rolled_back", outcome.message, outcome.to_version_id,
                                         [note] if note else []))
+
+
+def _target_name(version_id: int | None) -> str:
+    return f"version {version_id}" if version_id is not None else "the bare base model (fallback_to_base)"
 
 
 def _count(dep: Deployment, decision: RollbackDecision) -> RollbackDecision:

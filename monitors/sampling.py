@@ -4,7 +4,9 @@ A window is every output recorded for the deployment since the previous check (b
 output id: ids only increase, so nothing is counted twice or skipped, however late a
 batch arrives), restricted to the version the check is about. The sample is uniform
 without replacement at the policy's rate, never below ``min_samples``; a window with
-fewer outputs than that is "inconclusive", never "drift". The random generator is seeded
+fewer outputs than that is "inconclusive", never "drift", and its outputs are not used
+up: they wait for the next window (a quiet deployment is judged less often, not never),
+and the reference takes only what it needs. The random generator is seeded
 by the window key, so a redelivered check draws the same sample.
 """
 

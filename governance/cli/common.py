@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
@@ -43,3 +45,24 @@ def clear_errors(fn: F) -> F:
             fail(f"permission denied: {exc.filename}")
 
     return wrapper  # type: ignore[return-value]
+
+
+TORCH_THREADS_HELP = (
+    "torch threads per process (0: one per core). Processes that share a machine should "
+    "split its cores: oversubscribed torch threads spin against each other and decode 10x slower"
+)
+
+
+def limit_torch_threads(threads: int) -> None:
+    """Cap this process's (and its forked children's) torch/OpenMP threads; 0 leaves the default.
+
+    Set before torch is imported (OMP_NUM_THREADS is read then) and again after, for a
+    torch that is already loaded.
+    """
+    if threads <= 0:
+        return
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)

@@ -12,7 +12,7 @@ import socket
 
 import typer
 
-from governance.cli.common import clear_errors, console, fail
+from governance.cli.common import TORCH_THREADS_HELP, clear_errors, console, fail, limit_torch_threads
 
 
 @clear_errors
@@ -32,8 +32,10 @@ def serve_cmd(
     replica_id: str | None = typer.Option(
         None, "--replica-id", help="names this replica's spool file (default: host-port)"
     ),
+    torch_threads: int = typer.Option(0, "--torch-threads", min=0, help=TORCH_THREADS_HELP),
 ) -> None:
     """Serve the deployment's active Aligner token over an OpenAI-compatible API."""
+    limit_torch_threads(torch_threads)
     import uvicorn
 
     from governance.embedded import resolve_database_url, resolve_redis_url

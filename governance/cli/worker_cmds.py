@@ -7,7 +7,7 @@ import os
 
 import typer
 
-from governance.cli.common import clear_errors, fail
+from governance.cli.common import TORCH_THREADS_HELP, clear_errors, fail, limit_torch_threads
 
 
 def _app(redis_url: str | None = None):  # type: ignore[no-untyped-def]
@@ -29,8 +29,10 @@ def worker_cmd(
              "tasks run in this process)",
     ),
     loglevel: str = typer.Option("INFO", "--loglevel"),
+    torch_threads: int = typer.Option(0, "--torch-threads", min=0, help=TORCH_THREADS_HELP + " (per worker process)"),
 ) -> None:
     """Run a Celery worker for the gate, monitoring and rollback queues."""
+    limit_torch_threads(torch_threads)
     from monitors.celery_app import default_queues
 
     app = _app()

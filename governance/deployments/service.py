@@ -199,24 +199,30 @@ def _record_change(
     *,
     dep: Deployment,
     kind: str,
-    version: TokenVersion,
+    version: TokenVersion | None,
     previous: TokenVersion | None,
     principal: Principal,
     reason: str | None,
 ) -> Promotion:
+    """A new generation of the deployment: ``version`` None means the bare base model."""
     dep.generation = int(dep.generation) + 1
     promo = Promotion(
         deployment_id=dep.id,
         generation=dep.generation,
         kind=kind,
-        version_id=version.id,
+        version_id=version.id if version is not None else None,
         previous_version_id=previous.id if previous else None,
         actor=principal.actor,
         reason=reason,
     )
     session.add(promo)
     session.flush()
-    message = {"deployment": dep.name, "version_id": version.id, "sha256": version.sha256, "generation": dep.generation}
+    message = {
+        "deployment": dep.name,
+        "version_id": version.id if version is not None else None,
+        "sha256": version.sha256 if version is not None else None,
+        "generation": dep.generation,
+    }
     audit.append(
         session,
         actor=principal.actor,
@@ -279,8 +285,13 @@ def rollback(
     to_version_id: int | None = None,
     expected_active_version_id: int | None = None,
     automatic: bool = False,
+    fallback_to_base: bool = False,
 ) -> RollbackOutcome:
     """Roll the active version back to the last approved token (or a named one).
+
+    With no earlier approved version, ``fallback_to_base`` (the policy's
+    ``monitoring.rollback.fallback_to_base``, for the monitor's call) takes the token out:
+    the replicas serve the bare base model, the promotion row has no version.
 
     Manual calls (``automatic=False``) raise on every refusal. The monitor's call
     (``automatic=True``, actor ``system:monitor``) gets a `RollbackOutcome` whose status
@@ -328,6 +339,19 @@ def rollback(
             check_approval_binding(session, version=target, deployment=dep, principal=principal, attempted=attempted)
     else:
         found = last_approved_target(session, deployment=dep, exclude_version_id=current.id)
+        if found is None and fallback_to_base:
+            lifecycle.transition(
+                session, version_id=current.id, to=VersionState.rolled_back.value, principal=principal,
+                action="rollback", audited=False,
+            )
+            promo = _record_change(
+                session, dep=dep, kind="auto_rollback" if automatic else "rollback", version=None, previous=current,
+                principal=principal, reason=reason,
+            )
+            return RollbackOutcome(
+                "rolled_back", deployment, current.id, None, promo.generation,
+                "no earlier approved version: rolled back to the bare base model (fallback_to_base)",
+            )
         if found is None:
             return _out(
                 "no_target",

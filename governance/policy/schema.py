@@ -166,6 +166,9 @@ class MonitoringPolicy(_Section):
     interval_seconds: Annotated[int, Field(ge=1)] = 60
     sample_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
     min_samples: Annotated[int, Field(ge=1)] = 50
+    # Outputs of a newly active version that form its reference (null: 20 windows'
+    # minimum, at least 1,000). Fewer than 20 cannot estimate a rate or a spread.
+    reference_size: Annotated[int, Field(ge=20)] | None = None
     detectors: dict[str, DetectorPolicy] = Field(default_factory=dict)
     rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
 

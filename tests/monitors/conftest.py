@@ -35,7 +35,7 @@ monitoring:
   detectors:
     policy_violations: {{kind: cusum, arl: 10000, p1: 0.3, rollback: true}}
     descriptor_means: {{kind: cusum, arl: 10000, rollback: false}}
-  rollback: {{consecutive_windows: 2, cooldown_seconds: {cooldown}, max_per_day: {cap}, fallback_to_base: false}}
+  rollback: {{consecutive_windows: 2, cooldown_seconds: {cooldown}, max_per_day: {cap}, fallback_to_base: {fallback}}}
 alerts: {{webhook_url: {webhook}, format: slack}}
 """
 
@@ -134,7 +134,7 @@ class World:
 
 
 def make_world(engine: Engine, *, interval: int = 60, cooldown: int = 600, cap: int = 3,
-               webhook: str = "null") -> World:
+               webhook: str = "null", fallback_to_base: bool = False) -> World:
     roles = ("ml_engineer", "compliance_officer", "admin")
     people: dict[str, Principal] = {}
     for role in roles:
@@ -145,7 +145,8 @@ def make_world(engine: Engine, *, interval: int = 60, cooldown: int = 600, cap: 
     base = uid("base")
     digest = hashlib.sha256(base.encode()).hexdigest()
     dep = uid("dep")
-    policy_text = POLICY_TEMPLATE.format(interval=interval, cooldown=cooldown, cap=cap, webhook=webhook)
+    policy_text = POLICY_TEMPLATE.format(interval=interval, cooldown=cooldown, cap=cap, webhook=webhook,
+                                         fallback=str(fallback_to_base).lower())
     with unit_of_work(engine) as s:
         registry.register_base_model(
             s, name=base, weights_digest=digest, tokenizer_digest="b" * 64,

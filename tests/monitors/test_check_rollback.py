@@ -7,6 +7,7 @@ Drift is driven through recorded outputs: clean ones build the reference, violat
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -19,6 +20,7 @@ from governance.deployments import service as deployments
 from governance.deployments.models import Promotion
 from governance.monitoring.models import DetectorState, DriftCheck, MonitorReference
 from governance.outbox.models import OutboxMessage
+from governance.registry.models import TokenVersion
 from monitors.rollback import auto_rollback
 from tests.monitors.conftest import World, make_world
 
@@ -103,6 +105,15 @@ def test_too_few_outputs_is_inconclusive_never_drift(world: World) -> None:
     world.record(v1, 5, violating_every=1)
     res = world.check("b")
     assert res.verdict == "inconclusive" and "fewer than min_samples" in res.detectors["_window"]["reason"]
+    # those 5 are not used up: the next window judges them with the new ones
+    world.record(v1, 20)
+    nxt = world.check("c")
+    assert nxt.verdict in ("ok", "drift") and nxt.detectors["_window"]["population"] == 25
+    with unit_of_work(world.engine) as s:
+        b, c = (s.get(DriftCheck, res.check_id), s.get(DriftCheck, nxt.check_id))
+        assert b is not None and c is not None
+        assert b.last_output_id == b.first_output_id - 1  # nothing used up
+        assert c.first_output_id == b.first_output_id
 
 
 def test_frozen_deployment_only_alerts(world: World) -> None:
@@ -135,6 +146,36 @@ def test_missing_target_raises_critical_alert_and_changes_nothing(world: World) 
     assert _rollback(world, v1).status == "no_target"
     (alert,) = _alerts(world, "rollback_no_target")
     assert alert.occurrences == 2
+
+
+def test_fallback_to_base_takes_the_token_out_once(engine, settings_env) -> None:  # type: ignore[no-untyped-def]
+    """Policy ``fallback_to_base: true`` and no earlier approved version: the replicas are
+    told to serve the bare base model (a generation without a version), once."""
+    world = make_world(engine, fallback_to_base=True)
+    v1 = world.release()
+    with unit_of_work(world.engine) as s:
+        generation = deployments.active_info(s, name=world.deployment).generation
+    decision = _rollback(world, v1)
+    assert decision.status == "rolled_back" and decision.to_version_id is None
+    with unit_of_work(world.engine) as s:
+        info = deployments.active_info(s, name=world.deployment)
+        assert (info.version_id, info.sha256, info.generation) == (None, None, generation + 1)
+        (promo,) = s.scalars(select(Promotion).where(Promotion.deployment_id == world.deployment_id,
+                                                     Promotion.kind == "auto_rollback")).all()
+        assert (promo.version_id, promo.previous_version_id) == (None, v1)
+        entry = s.scalars(select(AuditEntry).where(AuditEntry.action == "deployment.auto_rollback",
+                                                   AuditEntry.subject_id == world.deployment)).one()
+        payload = json.loads(entry.payload)
+        assert payload["version_id"] is None and payload["previous_version_id"] == v1
+        state = s.scalar(select(TokenVersion.state).where(TokenVersion.id == v1))
+        assert state == "rolled_back"
+    (alert,) = _alerts(world, "auto_rollback")
+    assert "bare base model" in alert.message
+    assert _alerts(world, "rollback_no_target") == []
+    # redelivery: already done, nothing more
+    assert _rollback(world, v1).status == "already_done"
+    assert _count(world, Promotion, Promotion.deployment_id == world.deployment_id,
+                  Promotion.kind == "auto_rollback") == 1
 
 
 def test_cooldown_then_only_alerts(world: World) -> None:

@@ -110,6 +110,8 @@ def _replica(
         "--no-fence",
         "--replica-id",
         f"r{port}",
+        "--torch-threads",
+        "1",  # three replicas share two cores
     ]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
