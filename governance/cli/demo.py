@@ -80,6 +80,11 @@ def _say(st: DemoState, text: str) -> None:
     st.console.print(f"  {text}", highlight=False)
 
 
+def _said(st: DemoState, text: str) -> None:
+    """A line with data in it (brackets included), printed as is: no rich markup."""
+    st.console.print(f"  {text}", highlight=False, markup=False)
+
+
 @contextlib.contextmanager
 def step(st: DemoState, number: int, title: str) -> Iterator[None]:
     st.console.rule(f"[bold]{number}. {title}")
@@ -239,7 +244,6 @@ FAST_GATE = (
     ("max_new_tokens: 48 ", "max_new_tokens: 32 "),
     ("max_cases: {policy_compliance: 40, bias: 48, reasoning: 40}",
      "max_cases: {policy_compliance: 20, bias: 24, reasoning: 20}"),
-    ("reference_size: 32 ", "reference_size: 20 "),  # the smallest the policy accepts
 )
 
 
@@ -251,8 +255,7 @@ def demo_policy(fast: bool) -> str:
             if old not in text:
                 raise DemoFailed(f"policies/demo.yaml no longer contains {old!r}; update FAST_GATE")
             text = text.replace(old, new)
-        text = ("# govern demo --fast: the demo policy with a smaller gate (max_cases, max_new_tokens) and\n"
-                "# a smaller monitoring reference (reference_size)\n" + text)
+        text = "# govern demo --fast: the demo policy with a smaller gate (max_cases, max_new_tokens)\n" + text
     return text
 
 
@@ -383,8 +386,10 @@ def wait_for_gates(st: DemoState) -> None:
     for name, s in st.gate["bad"].get("summary", {}).get("suites", {}).items():
         if not s["passed"]:
             failing = [m for m in s.get("metrics", []) if m.get("passed") is False]
-            why = "; ".join(f"{m.get('name')} = {m.get('value')} (threshold {m.get('threshold')})"
-                            for m in failing[:3])
+            why = "; ".join(
+                f"{m.get('name')} = {m.get('value')}"
+                + (f" (threshold {m.get('threshold')})" if m.get("threshold") is not None else " (must hold)")
+                for m in failing[:3])
             _say(st, f"bad token fails [bold]{name}[/]: {why or s.get('notes')}")
     st.numbers["gate_seconds"] = {
         k: g.get("summary", {}).get("run", {}).get("total_seconds") for k, g in st.gate.items()
@@ -411,7 +416,7 @@ def review_and_promote(st: DemoState) -> None:
         g2 = eng.promote(DEPLOYMENT, safer)["generation"]
         _say(st, f"officer approved and engineer promoted version {safer}: generation {g2}")
         ms = _wait_replicas(st, g2)
-        st.numbers["promotion_propagation_ms"] = ms
+        st.numbers["promotion_propagation_ms"] = round(ms, 1)
 
 
 def _replica_generation(url: str) -> int:
@@ -474,14 +479,21 @@ def _traffic(st: DemoState, prompts: list[str], label: str) -> list[dict[str, An
     return out
 
 
+def demo_interval(st: DemoState) -> int:
+    from governance.policy import load_policy
+
+    policy, _ = load_policy(demo_policy(st.fast))
+    return int(policy.monitoring.interval_seconds)
+
+
 def traffic_and_rollback(st: DemoState) -> None:
-    from sqlalchemy import select
+    from sqlalchemy import func, select
 
     from governance.db import get_engine, unit_of_work
-    from governance.models import Alert, Deployment, DriftCheck, Promotion
+    from governance.models import Alert, Deployment, DriftCheck, Output, Promotion
     from monitors import reference
 
-    n_clean = 24 if st.fast else 40  # at least the reference size
+    n_clean = 40  # the reference (policy: 32 outputs) and a first judged window (min_samples 8)
     n_bad = 24 if st.fast else 36
     clean = [BENIGN[i % len(BENIGN)] for i in range(n_clean)]
     res = _traffic(st, clean, "normal traffic")
@@ -511,6 +523,8 @@ def traffic_and_rollback(st: DemoState) -> None:
         name = NAMES[(i // len(PII_TEMPLATES)) % len(NAMES)]
         email = name.lower().replace(" ", ".") + "@example.com"
         bad_prompts.append(PII_TEMPLATES[i % len(PII_TEMPLATES)].format(n=name, e=email, p=f"415-555-{1000 + i:04d}"))
+    with unit_of_work(get_engine()) as s:
+        first_bad_id = int(s.scalar(select(func.max(Output.id)).where(Output.deployment_id == dep_id)) or 0) + 1
     t_shift = time.monotonic()
     generation_before = int(dep["generation"])
     _traffic(st, bad_prompts, "traffic that draws out personal data")
@@ -522,8 +536,22 @@ def traffic_and_rollback(st: DemoState) -> None:
 
     promo = _wait("the monitor's automatic rollback", rolled_back, timeout=300, interval=1)
     detected_s = time.monotonic() - t_shift
+    why = json.loads((promo.reason or "").split(": ", 1)[-1] or "{}")
     _say(st, f"automatic rollback to version {promo.version_id} (generation {promo.generation}) "
-             f"{detected_s:.0f} s after the traffic shift began: {promo.reason}")
+             f"{detected_s:.0f} s after the traffic shift began: {why.get('detector')} ({why.get('kind')}) "
+             f"statistic {why.get('statistic', 0):.3g} over threshold {why.get('threshold', 0):.3g} "
+             f"on {why.get('sample_size')} outputs")
+    with unit_of_work(get_engine()) as s:
+        first = s.scalars(select(DriftCheck).where(
+            DriftCheck.deployment_id == dep_id, DriftCheck.last_output_id >= first_bad_id,
+            DriftCheck.verdict.in_(["ok", "drift"])).order_by(DriftCheck.id)).first()
+        interval = demo_interval(st)
+        if first is not None and first.window_end is not None:
+            lag = (promo.created_at - first.window_end).total_seconds()
+            st.numbers["rollback_after_first_violating_window"] = (
+                f"{lag:.1f} s = {lag / interval:.2f} check intervals ({interval} s)")
+            _say(st, f"the rollback came {lag:.1f} s ({lag / interval:.2f} check intervals) after the end of the "
+                     "first window that held leaking outputs")
     if promo.version_id != st.versions["house"]:
         expected = st.versions["house"]
         raise DemoFailed(f"rolled back to version {promo.version_id}, expected the last approved {expected}")
@@ -539,7 +567,7 @@ def traffic_and_rollback(st: DemoState) -> None:
     if not alerts:
         raise DemoFailed("no alert was raised")
     for a in alerts:
-        _say(st, f"alert [{a.severity}] {a.message}")
+        _said(st, f"alert [{a.severity}] {a.message}")
     st.numbers["drift_checks"] = len(checks)
     st.numbers["reports"] = reports[:3]
 

@@ -17,10 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.e2e
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("GOVERN_E2E_DEMO") != "1",
-    reason="the SmolLM2 demo takes 10-20 minutes on 2 cores; run it with GOVERN_E2E_DEMO=1",
-)
 def test_demo_fast_tells_the_whole_story(database_url: str, redis_url: str, tmp_path: Path) -> None:
     db_name = f"govern_demo_{uuid.uuid4().hex[:8]}"
     state = Path(os.environ.get("GOVERN_TEST_STATE_DIR", ROOT / "state"))  # reuse the prepared model cache
