@@ -49,10 +49,23 @@ def test_demo_fast_tells_the_whole_story(database_url: str, redis_url: str, tmp_
             drift = conn.execute("select count(*) from drift_checks where verdict = 'drift'").fetchone()
             outputs = conn.execute("select count(*) from outputs").fetchone()
             gaps = conn.execute("select max(seq) - count(*) from audit_log").fetchone()
+            promos = conn.execute(
+                "select kind, version_id, previous_version_id, actor from promotions order by generation").fetchall()
+            auto_actor = conn.execute(
+                "select actor from audit_log where action = 'deployment.auto_rollback'").fetchall()
+            violation_drift = conn.execute(
+                "select count(*) from drift_checks"
+                " where detectors::jsonb -> 'policy_violations' ->> 'verdict' = 'drift'"
+            ).fetchone()
         # step 2-3: three versions; the gate passed two and failed one
         assert sorted(states.values()).count("gate_failed") == 1, states
         # step 4-5: promote, promote, then the monitor's rollback to the first
         assert kinds == ["promote", "promote", "auto_rollback"], kinds
+        # the rollback went from the second promoted version back to the first, by the monitor
+        assert promos[2][1] == promos[0][1] and promos[2][2] == promos[1][1], promos
+        assert promos[2][3] == "system:monitor/policy_violations", promos
+        assert [r[0] for r in auto_actor] == ["system:monitor/policy_violations"], auto_actor
+        assert violation_drift is not None and violation_drift[0] >= 1
         assert list(states.values()).count("active") == 1 and list(states.values()).count("rolled_back") == 1
         # the audit log tells the story: submissions, gate verdicts, reviews, the refused
         # self-approval, promotions, the rollback, the alert, the auditor's export
