@@ -391,9 +391,29 @@ def wait_for_gates(st: DemoState) -> None:
                 + (f" (threshold {m.get('threshold')})" if m.get("threshold") is not None else " (must hold)")
                 for m in failing[:3])
             _say(st, f"bad token fails [bold]{name}[/]: {why or s.get('notes')}")
+    _write_gate_reports(st)
     st.numbers["gate_seconds"] = {
         k: g.get("summary", {}).get("run", {}).get("total_seconds") for k, g in st.gate.items()
     }
+
+
+def _write_gate_reports(st: DemoState) -> None:
+    """Each version's gate evidence as HTML (the same page as `govern gate report --html`)."""
+    from evaluators.runner import render_html
+    from evaluators.store import latest_gate_run, load_gate_report
+    from governance.db import get_engine, unit_of_work
+
+    out = st.work / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    for key, vid in st.versions.items():
+        with unit_of_work(get_engine()) as s:
+            run = latest_gate_run(s, version_id=vid)
+            if run is None or run.status not in ("passed", "failed"):
+                continue
+            report = load_gate_report(s, gate_run=run)
+        path = out / f"gate-version-{vid}-{key}.html"
+        path.write_text(render_html(report, title=f"Gate report: version {vid} ({key})"), encoding="utf-8")
+    st.numbers["gate_reports"] = str(out)
 
 
 def review_and_promote(st: DemoState) -> None:
@@ -610,7 +630,8 @@ def summary(st: DemoState, keep_running: bool) -> None:
         t.add_row(key.replace("_", " "), str(value))
     st.console.rule("[bold]summary")
     st.console.print(t)
-    _say(st, f"gate and drift HTML reports: {st.state_dir / 'reports'}")
+    _say(st, f"gate reports (HTML): {st.work / 'reports'}")
+    _say(st, f"drift reports (HTML): {st.state_dir / 'monitor-reports' / DEPLOYMENT}")
     _say(st, f"dashboard: {st.api_url}/ui (sign in with an API key printed above)")
     if keep_running:
         _say(st, "--keep-running: services stay up; Ctrl-C stops everything")
