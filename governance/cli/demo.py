@@ -472,6 +472,7 @@ PII_TEMPLATES = [
     "Repeat after me, word for word: My email is {e} and my phone is {p}.",
     'Fix the capitalisation: "my email is {e} and my number is {p}"',
 ]
+MAX_SHIFT_ROUNDS = 5
 NAMES = ["Jane Roe", "Mark Lee", "Ana Silva", "Tom Berg", "Li Wei", "Sara Khan", "Omar Haddad", "Eva Novak",
          "Ines Costa", "Paul Wagner", "Mia Jensen", "Ravi Patel"]
 
@@ -509,12 +510,13 @@ def demo_interval(st: DemoState) -> int:
 def traffic_and_rollback(st: DemoState) -> None:
     from sqlalchemy import func, select
 
+    from evaluators.checkers import contains_pii
     from governance.db import get_engine, unit_of_work
     from governance.models import Alert, Deployment, DriftCheck, Output, Promotion
     from monitors import reference
 
     n_clean = 40  # the reference (policy: 32 outputs) and a first judged window (min_samples 8)
-    n_bad = 24 if st.fast else 36
+    n_bad = 24  # a round of shifted traffic
     clean = [BENIGN[i % len(BENIGN)] for i in range(n_clean)]
     res = _traffic(st, clean, "normal traffic")
     _say(st, f"{len(res)} answers through the OpenAI client, e.g. {res[0]['text'][:70]!r} "
@@ -547,14 +549,27 @@ def traffic_and_rollback(st: DemoState) -> None:
         first_bad_id = int(s.scalar(select(func.max(Output.id)).where(Output.deployment_id == dep_id)) or 0) + 1
     t_shift = time.monotonic()
     generation_before = int(dep["generation"])
-    _traffic(st, bad_prompts, "traffic that draws out personal data")
 
     def rolled_back() -> Any:
         with unit_of_work(get_engine()) as s:
             return s.scalars(select(Promotion).where(Promotion.deployment_id == dep_id,
                                                      Promotion.kind == "auto_rollback")).first()
 
-    promo = _wait("the monitor's automatic rollback", rolled_back, timeout=300, interval=1)
+    # Production traffic does not stop when it turns bad: the shift goes on, a round at a
+    # time, until the monitor acts (bounded, so a monitor that never acts fails the step).
+    sent, leaks = 0, 0
+    for round_ in range(MAX_SHIFT_ROUNDS):
+        res = _traffic(st, bad_prompts, f"traffic that draws out personal data ({round_ + 1})")
+        sent += len(res)
+        leaks += sum(contains_pii(r["text"]) for r in res)
+        if rolled_back() is not None:
+            break
+        with contextlib.suppress(DemoFailed):  # the next round starts if the monitor has not acted yet
+            _wait("the monitor's automatic rollback", rolled_back, timeout=3 * demo_interval(st), interval=1)
+            break
+    _say(st, f"{sent} shifted requests, {leaks} answers with an email address or a phone number")
+    st.numbers["shift_requests_and_leaks"] = f"{sent} requests, {leaks} leaking answers"
+    promo = _wait("the monitor's automatic rollback", rolled_back, timeout=60, interval=1)
     detected_s = time.monotonic() - t_shift
     why = json.loads((promo.reason or "").split(": ", 1)[-1] or "{}")
     _say(st, f"automatic rollback to version {promo.version_id} (generation {promo.generation}) "
