@@ -99,7 +99,9 @@ class World:
     deployment: str
     keys: dict[str, str]
     principals: dict[str, Any]
-    seed: int = 100
+    # distinct per world: two worlds of one run must never build byte-identical tokens
+    # (a resubmitted artifact is the same version, possibly active elsewhere already)
+    seed: int = field(default_factory=lambda: uuid.uuid4().int % 1_000_000_000)
     tokens: dict[int, Any] = field(default_factory=dict)
 
     def approved(self, *, data: bytes | None = None) -> int:
