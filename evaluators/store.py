@@ -101,6 +101,14 @@ def latest_gate_run(session: Session, *, version_id: int) -> GateRun | None:
     ).first()
 
 
+def latest_report(session: Session, *, version_id: int) -> GateReport | None:
+    """The report of the version's latest gate run, or None while it has no finished run."""
+    run = latest_gate_run(session, version_id=version_id)
+    if run is None or run.status not in ("passed", "failed"):
+        return None
+    return load_gate_report(session, gate_run=run)
+
+
 def load_gate_report(session: Session, *, gate_run: GateRun) -> GateReport:
     """Rebuild the report of a finished run (for the JSON route and the HTML page)."""
     if gate_run.status not in ("passed", "failed"):

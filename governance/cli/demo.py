@@ -400,17 +400,16 @@ def wait_for_gates(st: DemoState) -> None:
 def _write_gate_reports(st: DemoState) -> None:
     """Each version's gate evidence as HTML (the same page as `govern gate report --html`)."""
     from evaluators.runner import render_html
-    from evaluators.store import latest_gate_run, load_gate_report
+    from evaluators.store import latest_report
     from governance.db import get_engine, unit_of_work
 
     out = st.work / "reports"
     out.mkdir(parents=True, exist_ok=True)
     for key, vid in st.versions.items():
         with unit_of_work(get_engine()) as s:
-            run = latest_gate_run(s, version_id=vid)
-            if run is None or run.status not in ("passed", "failed"):
-                continue
-            report = load_gate_report(s, gate_run=run)
+            report = latest_report(s, version_id=vid)
+        if report is None:
+            continue
         path = out / f"gate-version-{vid}-{key}.html"
         path.write_text(render_html(report, title=f"Gate report: version {vid} ({key})"), encoding="utf-8")
     st.numbers["gate_reports"] = str(out)
@@ -515,6 +514,7 @@ def traffic_and_rollback(st: DemoState) -> None:
     from governance.models import Alert, Deployment, DriftCheck, Output, Promotion
     from monitors import reference
 
+    interval = demo_interval(st)
     n_clean = 40  # the reference (policy: 32 outputs) and a first judged window (min_samples 8)
     n_bad = 24  # a round of shifted traffic
     clean = [BENIGN[i % len(BENIGN)] for i in range(n_clean)]
@@ -527,17 +527,14 @@ def traffic_and_rollback(st: DemoState) -> None:
     with unit_of_work(get_engine()) as s:
         dep_id = int(s.scalars(select(Deployment.id).where(Deployment.name == DEPLOYMENT)).one())
 
-    def reference_ready() -> bool:
+    def ready_reference() -> Any:
         with unit_of_work(get_engine()) as s:
             row = reference.get_row(s, deployment_id=dep_id, version_id=int(dep["active_version_id"]))
-            return reference.is_ready(row)
+            return row if reference.is_ready(row) else None
 
-    _wait("the monitor's reference for the active version (its first clean outputs)", reference_ready,
-          timeout=180, interval=2)
-    with unit_of_work(get_engine()) as s:
-        row = reference.get_row(s, deployment_id=dep_id, version_id=int(dep["active_version_id"]))
-        assert row is not None
-        rates = ((row.stats or {}).get("summary") or {}).get("rates") or {}
+    row = _wait("the monitor's reference for the active version (its first clean outputs)", ready_reference,
+                timeout=180, interval=2)
+    rates = ((row.stats or {}).get("summary") or {}).get("rates") or {}
     _say(st, f"monitor reference for version {dep['active_version_id']}: {row.sample_size} outputs, "
              f"violation rate {rates.get('violation', 0.0):.0%}")
     bad_prompts = []
@@ -565,7 +562,7 @@ def traffic_and_rollback(st: DemoState) -> None:
         if rolled_back() is not None:
             break
         with contextlib.suppress(DemoFailed):  # the next round starts if the monitor has not acted yet
-            _wait("the monitor's automatic rollback", rolled_back, timeout=3 * demo_interval(st), interval=1)
+            _wait("the monitor's automatic rollback", rolled_back, timeout=3 * interval, interval=1)
             break
     _say(st, f"{sent} shifted requests, {leaks} answers with an email address or a phone number")
     st.numbers["shift_requests_and_leaks"] = f"{sent} requests, {leaks} leaking answers"
@@ -580,7 +577,6 @@ def traffic_and_rollback(st: DemoState) -> None:
         first = s.scalars(select(DriftCheck).where(
             DriftCheck.deployment_id == dep_id, DriftCheck.last_output_id >= first_bad_id,
             DriftCheck.verdict.in_(["ok", "drift"])).order_by(DriftCheck.id)).first()
-        interval = demo_interval(st)
         if first is not None and first.window_end is not None:
             lag = (promo.created_at - first.window_end).total_seconds()
             st.numbers["rollback_after_first_violating_window"] = (

@@ -114,14 +114,13 @@ def _print_summary(version: int, report: object) -> None:
 
 
 def _write_html(version: int, path: Path) -> None:
-    from evaluators.store import latest_gate_run, load_gate_report
+    from evaluators.store import latest_report
     from governance.db import unit_of_work
 
     with unit_of_work() as s:
-        run = latest_gate_run(s, version_id=version)
-        if run is None or run.status not in ("passed", "failed"):
-            fail(f"version {version} has no finished gate run")
-        report = load_gate_report(s, gate_run=run)
+        report = latest_report(s, version_id=version)
+    if report is None:
+        fail(f"version {version} has no finished gate run")
     _write_report_html(version, report, path)
 
 

@@ -172,8 +172,15 @@ def test_cli_gate_report(world: dict[str, Any], tmp_path: Path) -> None:
 
     engine = world["engine"]
     vid, sha = _submit(world, 4)
+    from evaluators.store import latest_report
+
+    with unit_of_work(engine) as s:
+        assert latest_report(s, version_id=vid) is None  # no finished run yet
     run_gate(vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {sha: "damaged"}),
              suites=["reasoning"])
+    with unit_of_work(engine) as s:
+        report = latest_report(s, version_id=vid)
+        assert report is not None and report.verdict == "failed"
     page = tmp_path / "report.html"
     result = CliRunner().invoke(app, ["gate", "report", str(vid), "--html", str(page)])
     assert result.exit_code == 0, result.output
