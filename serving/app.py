@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from serving.control import ControlPlane
@@ -45,7 +46,15 @@ from serving.engine import (
 )
 from serving.metrics import ServingMetrics
 from serving.recorder import DatabaseSink, OutputRecorder, OutputSink
-from serving.schemas import ChatCompletionRequest, error_body, validation_error_body
+from serving.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    ErrorBody,
+    ModelList,
+    Readiness,
+    error_body,
+    validation_error_body,
+)
 from serving.tokens import ServedToken
 from serving.watcher import TokenWatcher
 
@@ -105,6 +114,73 @@ def _error(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(error_body(message, type_=type_, param=param, code=code), status_code=status, headers=headers)
+
+
+# -- what the OpenAPI document declares: every status a route really answers, with its body and headers --
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+_TOKEN_HEADERS = {
+    "X-Govern-Version": {
+        "description": "the version id the answer was produced with (`base` = no token)",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "X-Govern-Generation": {
+        "description": "the deployment generation of that token",
+        "required": True,
+        "schema": {"type": "integer"},
+    },
+    "X-Govern-Sha256": {
+        "description": "the token artifact's sha256 (empty for the base model)",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "X-Request-Id": {
+        "description": "the completion id, also in the body",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+}
+_CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": ChatCompletion,
+        "description": "the completion (`stream: true`: server-sent events of `chat.completion.chunk`, then "
+        "`data: [DONE]`)",
+        "headers": _TOKEN_HEADERS,
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    400: {
+        "model": ErrorBody,
+        "description": "the body is not JSON, a parameter is invalid, or the context is too long",
+    },
+    404: {"model": ErrorBody, "description": "the `model` is not the one this replica serves"},
+    429: {"model": ErrorBody, "description": "the request queue is full", "headers": _RETRY_AFTER},
+    500: {"model": ErrorBody, "description": "generation failed (not expected; the replica keeps serving)"},
+    503: {
+        "model": ErrorBody,
+        "description": "no verified token yet, or the replica is shutting down",
+        "headers": _RETRY_AFTER,
+    },
+}
+
+
+def _document_request_body(app: FastAPI) -> None:
+    """Publish ChatCompletionRequest in the OpenAPI components.
+
+    The route validates the body itself (so that every failure is an OpenAI-style 400, not
+    FastAPI's 422), which means FastAPI does not know the model; we add it here.
+    """
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            body = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(body.pop("$defs", {}))
+            components["ChatCompletionRequest"] = body
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _token_headers(token: ServedToken, request_id: str) -> dict[str, str]:
@@ -206,6 +282,7 @@ def create_app(
     app = FastAPI(title=f"govern serving: {config.deployment}", lifespan=lifespan)
     app.state.serving = state
     _routes(app, state)
+    _document_request_body(app)
     return app
 
 
@@ -217,7 +294,14 @@ def _routes(app: FastAPI, state: ServingState) -> None:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        response_model=None,
+        responses={
+            200: {"model": Readiness, "description": "the model is loaded and a verified token is in place"},
+            503: {"model": Readiness, "description": "not ready yet: no verified token (or the model thread stopped)"},
+        },
+    )
     async def readyz() -> JSONResponse:
         token = engine.current
         body = {
@@ -229,7 +313,16 @@ def _routes(app: FastAPI, state: ServingState) -> None:
         }
         return JSONResponse(body, status_code=200 if engine.ready else 503)
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={
+            200: {
+                "description": "Prometheus text exposition format",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
     async def prom() -> Response:
         data, content_type = metrics.render()
         return Response(data, media_type=content_type)
@@ -256,14 +349,24 @@ def _routes(app: FastAPI, state: ServingState) -> None:
             "recorded": rec.stats.__dict__ if rec else None,
         }
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=ModelList)
     async def models() -> dict[str, Any]:
         return {
             "object": "list",
             "data": [{"id": config.deployment, "object": "model", "created": int(state.started), "owned_by": "govern"}],
         }
 
-    @app.post("/v1/chat/completions")
+    @app.post(
+        "/v1/chat/completions",
+        response_model=None,
+        responses=_CHAT_RESPONSES,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
+            }
+        },
+    )
     async def chat(request: Request) -> Response:
         started = time.perf_counter()
         response = await _chat(request)

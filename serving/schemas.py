@@ -1,8 +1,10 @@
-"""The OpenAI chat-completions request schema (the subset we serve) and its error envelope.
+"""The OpenAI chat-completions schemas (the subset we serve), the replica's own answers, and the error envelope.
 
-Unknown fields are ignored, as OpenAI-compatible servers do, so that clients sending
-newer options still work; fields we cannot honour (n > 1, tools) are refused with a
-clear message and the name of the offending parameter.
+Unknown request fields are ignored, as OpenAI-compatible servers do, so that clients
+sending newer options still work; fields we cannot honour (n > 1, tools) are refused with
+a clear message and the name of the offending parameter. The response models document
+what the routes answer (the OpenAPI document of `serving.app`); the routes build plain
+dicts of the same shape, so a response costs no extra validation.
 """
 
 from __future__ import annotations
@@ -75,6 +77,69 @@ class ChatCompletionRequest(BaseModel):
     def chat(self) -> list[dict[str, str]]:
         # "developer" is OpenAI's newer name for the system role.
         return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+
+
+class ChatCompletionMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatCompletionChoice(BaseModel):
+    index: int
+    message: ChatCompletionMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    """A non-streamed answer; `system_fingerprint` = `govern-v<version>-g<generation>`."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChatCompletionChoice]
+    usage: CompletionUsage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class Readiness(BaseModel):
+    ready: bool
+    model_loaded: bool
+    token_verified: bool
+    version_id: int | None
+    generation: int | None
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(description="what was wrong and what to do")
+    type: str = Field(description="invalid_request_error, rate_limit_error or server_error")
+    param: str | None = Field(description="the offending request parameter (dotted path), if any")
+    code: str | None = Field(description="a stable machine-readable code, e.g. context_length_exceeded")
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error envelope: every error this server answers has this body."""
+
+    error: ErrorDetail
 
 
 def error_body(
