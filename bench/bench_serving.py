@@ -4,12 +4,17 @@
     .venv/bin/python bench/bench_serving.py --only propagation --flips 100
     .venv/bin/python bench/bench_serving.py --only overhead --max-tokens 64
 
-- propagation: 3 replicas (`govern serve` subprocesses, tiny random Llama, no fence, so
-  only the Redis push path counts) and 100 flips (alternating promotions and rollbacks,
-  committed through the deployments service exactly as the API does, then published
-  from the outbox as the API does right after its commit). Per flip: from the moment the
-  commit returned to the moment the last replica swapped the token in (each replica's own
-  clock, same machine; the bench polls slowly so it does not steal their CPU). Target p99 < 50 ms.
+- propagation: 3 replicas (`govern serve` subprocesses, tiny random Llama, `--torch-threads`
+  1 by default, no fence, so only the Redis push path counts) and 100 flips (alternating
+  promotions and rollbacks, committed through the deployments service exactly as the API
+  does, then published from the outbox as the API does right after its commit). Per flip:
+  from the moment the commit returned to the moment the last replica swapped the token in
+  (each replica's own clock, same machine; the bench polls slowly so it does not steal
+  their CPU). Target p99 < 50 ms. The breakdown rows split the slowest replica's time
+  into commit -> message received, received -> verified token proposed (cache or fetch),
+  proposed -> applied by the model thread. `--load N` keeps N clients per replica sending
+  completions (`--load-max-tokens`, from a separate process) during the flips, so swaps
+  wait for the batch in flight.
 - ingest: outputs/s through the recorder's batch path (`OutputRecorder` + the database
   sink = `governance.outputs.service.ingest_outputs`, one transaction per batch of 1,000).
   Target >= 5,000/s.
@@ -87,7 +92,45 @@ def drop_database(admin: str, name: str) -> None:
 # ---------------------------------------------------------------- propagation
 
 
-def bench_propagation(eng: Any, url: str, redis_url: str, tiny: Any, flips: int, n_replicas: int) -> list[tuple]:
+def load_worker(urls: list[str], clients: int, max_tokens: int, model: str) -> None:
+    """Run in a separate process: `clients` threads per replica, each sending completions until killed."""
+    import httpx
+
+    def run(url: str, k: int) -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while True:
+                body = {
+                    "model": model,
+                    "messages": [{"role": "user", "content": PROMPTS[k % len(PROMPTS)]}],
+                    "max_tokens": max_tokens,
+                    "temperature": 0,
+                }
+                try:
+                    r = c.post("/v1/chat/completions", json=body)
+                    if r.status_code >= 500:
+                        print(f"load: {url} answered {r.status_code}: {r.text[:200]}", flush=True)
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+
+    threads = [threading.Thread(target=run, args=(u, k), daemon=True) for u in urls for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def bench_propagation(
+    eng: Any,
+    url: str,
+    redis_url: str,
+    tiny: Any,
+    flips: int,
+    n_replicas: int,
+    *,
+    torch_threads: int = 1,
+    load: int = 0,
+    load_max_tokens: int = 16,
+) -> list[tuple]:
     import httpx
 
     world = make_world(eng, tiny[2])
@@ -125,6 +168,8 @@ def bench_propagation(eng: Any, url: str, redis_url: str, tiny: Any, flips: int,
                     "--no-fence",
                     "--replica-id",
                     f"bench{p}",
+                    "--torch-threads",
+                    str(torch_threads),
                 ]
                 procs.append(
                     subprocess.Popen(
@@ -144,6 +189,12 @@ def bench_propagation(eng: Any, url: str, redis_url: str, tiny: Any, flips: int,
                 if time.monotonic() > deadline:
                     raise SystemExit(f"replicas did not become ready; logs in {logdir}")
                 time.sleep(0.2)
+            if load:
+                urls = ",".join(f"http://127.0.0.1:{p}" for p in ports)
+                cmd = [sys.executable, __file__, "--load-worker", urls, "--load", str(load)]
+                cmd += ["--load-max-tokens", str(load_max_tokens), "--load-model", world.deployment]
+                procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env))
+                time.sleep(2.0)  # the clients are sending before the first flip
             from governance.db import unit_of_work
             from governance.deployments import service as deployments
             from governance.outbox.service import publish_pending
@@ -172,6 +223,10 @@ def bench_propagation(eng: Any, url: str, redis_url: str, tiny: Any, flips: int,
             lat_commit: list[float] = []
             lat_sent: list[float] = []
             lat_pub: list[float] = []
+            hop: list[float] = []  # commit -> the slowest replica received the message
+            prep: list[float] = []  # received -> verified token proposed
+            apply: list[float] = []  # proposed -> applied by the model thread
+            cached = 0
             kinds = {"promote": 0, "rollback": 0}
             for i in range(flips):
                 time.sleep(0.05)  # let the previous flip settle everywhere
@@ -186,6 +241,7 @@ def bench_propagation(eng: Any, url: str, redis_url: str, tiny: Any, flips: int,
                 else:
                     kinds["rollback"] += 1
                 swapped: list[float] = []
+                syncs: list[dict[str, Any]] = []
                 deadline = time.monotonic() + 10
                 time.sleep(0.01)
                 for c in clients:
@@ -193,11 +249,19 @@ def bench_propagation(eng: Any, url: str, redis_url: str, tiny: Any, flips: int,
                         s = status(c)
                         if s.get("generation") == gen and s.get("swapped_at"):
                             swapped.append(float(s["swapped_at"]))
+                            sync = s.get("last_sync") or {}
+                            syncs.append(sync if sync.get("generation") == gen else {})
                             break
                         if time.monotonic() > deadline:
                             raise SystemExit(f"flip {i}: a replica did not reach generation {gen}")
                         time.sleep(0.02)  # polling slowly: the replica's own clock says when it swapped
                 last = max(swapped)
+                slowest = syncs[swapped.index(last)]
+                if slowest:
+                    hop.append((slowest["received_at"] - t_commit) * 1000)
+                    prep.append((slowest["ready_at"] - slowest["received_at"]) * 1000)
+                    apply.append((last - slowest["ready_at"]) * 1000)
+                cached += sum(1 for x in syncs if x.get("cached"))
                 lat_commit.append((last - t_commit) * 1000)
                 lat_sent.append((last - t_sent) * 1000)
                 lat_pub.append((last - t_published) * 1000)
@@ -210,6 +274,17 @@ def bench_propagation(eng: Any, url: str, redis_url: str, tiny: Any, flips: int,
                 except subprocess.TimeoutExpired:
                     proc.kill()
     label = f"{flips} flips ({kinds['promote']} promote, {kinds['rollback']} rollback), {n_replicas} replicas"
+    label += f", torch threads {torch_threads}" + (
+        f", load {load} client(s)/replica x {load_max_tokens} tokens" if load else ", idle"
+    )
+    parts = [
+        ("slowest replica: commit -> message received", hop, "(Redis hop, incl. publishing)"),
+        ("slowest replica: received -> token proposed", prep, f"cache hits {cached}/{flips * n_replicas}"),
+        ("slowest replica: proposed -> applied", apply, "(model thread; waits for a batch in flight)"),
+    ]
+    breakdown = [
+        (name, label, f"p50 {pct(v, 50):.1f} ms", f"p99 {pct(v, 99):.1f} ms", note, "") for name, v, note in parts if v
+    ]
     return [
         (
             "propagation: commit -> all replicas serve it",
@@ -235,6 +310,7 @@ def bench_propagation(eng: Any, url: str, redis_url: str, tiny: Any, flips: int,
             "(includes the commit)",
             "",
         ),
+        *breakdown,
     ]
 
 
@@ -426,7 +502,15 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--torch-threads", type=int, default=1, help="propagation: torch threads per replica")
+    parser.add_argument("--load", type=int, default=0, help="propagation: clients per replica sending requests")
+    parser.add_argument("--load-max-tokens", type=int, default=16, help="propagation: max_tokens of the load")
+    parser.add_argument("--load-worker", help=argparse.SUPPRESS)  # internal: the load process's replica URLs
+    parser.add_argument("--load-model", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.load_worker:
+        load_worker(args.load_worker.split(","), args.load, args.load_max_tokens, args.load_model)
+        return
     which = args.only or ["propagation", "ingest", "overhead"]
 
     from aligner.providers import load_base_model
@@ -439,7 +523,17 @@ def main() -> None:
     try:
         tiny = load_base_model("tiny-random-llama", state_dir=os.environ.get("GOVERN_STATE_DIR", str(ROOT / "state")))
         if "propagation" in which:
-            rows += bench_propagation(eng, url, redis_url, tiny, args.flips, args.replicas)
+            rows += bench_propagation(
+                eng,
+                url,
+                redis_url,
+                tiny,
+                args.flips,
+                args.replicas,
+                torch_threads=args.torch_threads,
+                load=args.load,
+                load_max_tokens=args.load_max_tokens,
+            )
         if "ingest" in which:
             rows += bench_ingest(eng, url, tiny, args.ingest_rows)
         if "overhead" in which:

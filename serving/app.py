@@ -343,6 +343,7 @@ def _routes(app: FastAPI, state: ServingState) -> None:
             "queue_depth": engine.queue_depth,
             "swaps": engine.stats.swaps,
             "swapped_at": engine.swapped_at,
+            "last_sync": state.watcher.last_sync.as_dict() if state.watcher.last_sync else None,
             "rejected": dict(state.watcher.rejected),
             "pubsub_connected": state.watcher.pubsub_connected,
             "spool_pending": rec.spool_pending if rec else 0,

@@ -247,8 +247,9 @@ class Engine:
             self.adapter.set_token(pending.token)
         elif pending.token is not None:
             raise RuntimeError("a token was proposed but no Aligner adapter is attached")
-        self._current = pending
+        # The time first: a reader that sees the new token (status, benchmarks) sees its swap time too.
         self.swapped_at = time.time()
+        self._current = pending
         self.stats.swaps += 1
         for fn in self._swap_listeners:
             try:

@@ -10,9 +10,15 @@ already has, fetches the artifact (cached by sha256), verifies it (`serving.toke
 proposes it to the engine. A token that fails verification is never served: the replica
 keeps its previous token, remembers the rejected sha256 and raises one alert through the API.
 
-The reconcile loop also prefetches and verifies the tokens that could become active next
-(approved versions, and superseded ones that a rollback may bring back), so a promotion
-or rollback usually swaps from the cache without a round trip on its critical path.
+The push path needs no API call when the token is known: the message carries version,
+sha256 and generation, and verified tokens stay in a bounded in-memory cache by sha256
+(a token is immutable, so it is verified once). The reconcile loop prefetches and
+verifies the tokens that could become active next (approved versions, and superseded
+ones that a rollback may bring back), so a promotion or rollback swaps from the cache
+without a round trip on its critical path; an unknown sha256 is still fetched from the
+API and verified before it is proposed. `last_sync` records when each proposed
+generation was received and ready (the propagation benchmark reads it through
+`/v1/serving/status`).
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +44,20 @@ log = logging.getLogger(__name__)
 
 def channel_name(deployment: str) -> str:
     return f"govern:deployment:{deployment}"
+
+
+@dataclass(frozen=True)
+class SyncTiming:
+    """How one generation reached the engine (wall-clock seconds, this replica's clock)."""
+
+    generation: int
+    source: str  # push | reconcile | fence
+    received_at: float  # the message arrived, or the API answered
+    ready_at: float  # the verified token was in hand and proposed to the engine
+    cached: bool  # the token came from the verified cache (no fetch, no verification)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class TokenWatcher:
@@ -54,7 +76,8 @@ class TokenWatcher:
         fence_timeout: float = 0.25,
         artifact_dir: Path | None = None,
         on_reject: Callable[[str, str], None] | None = None,
-        prefetch: int = 20,
+        prefetch: int = 200,
+        cache_size: int = 1000,
     ) -> None:
         self.control = control
         self.deployment = deployment
@@ -72,8 +95,12 @@ class TokenWatcher:
         self.prefetch_limit = prefetch
         self.rejected: dict[str, str] = {}  # sha256 -> why it was refused
         self._alerted: set[str] = set()
-        self._cache: dict[str, Any] = {}  # sha256 -> verified token
-        self._sync_lock = threading.Lock()
+        # sha256 -> verified token, least recently used first; a token of SmolLM2 is a few kB.
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self.cache_size = max(cache_size, prefetch + 2)
+        self.last_sync: SyncTiming | None = None
+        self._sync_lock = threading.Lock()  # one sync at a time: generations are proposed in order
+        self._cache_lock = threading.Lock()  # the LRU is shared by sync and the prefetcher
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._fence_open_until = 0.0
@@ -100,24 +127,41 @@ class TokenWatcher:
         self._threads.clear()
 
     # -- the one sync path -----------------------------------------------------------------
-    def sync(self, desired: ActiveState) -> bool:
+    def sync(self, desired: ActiveState, *, source: str = "reconcile", received_at: float | None = None) -> bool:
         """Bring the engine to `desired` if it is newer; True if a token was proposed."""
         if desired.generation <= self.engine.known_generation:
             return False
+        received = time.time() if received_at is None else received_at
         with self._sync_lock:
             if desired.generation <= self.engine.known_generation:
                 return False
-            if desired.sha256 is None:
-                return self.engine.propose(ServedToken(None, None, desired.generation, None))
-            if desired.sha256 in self.rejected:
-                self._alert(desired, self.rejected[desired.sha256])
-                return False
-            token = self._cache.get(desired.sha256)
-            if token is None:
-                token = self._load(desired)
-                if token is None:
+            token: Any = None
+            cached = True
+            if desired.sha256 is not None:
+                if desired.sha256 in self.rejected:
+                    self._alert(desired, self.rejected[desired.sha256])
                     return False
+                with self._cache_lock:
+                    token = self._cached(desired.sha256)
+                if token is None:
+                    cached = False
+                    token = self._load(desired)
+                    if token is None:
+                        return False
+            self.last_sync = SyncTiming(desired.generation, source, received, time.time(), cached)
             return self.engine.propose(ServedToken(desired.version_id, desired.sha256, desired.generation, token))
+
+    def _cached(self, sha: str) -> Any | None:
+        token = self._cache.get(sha)
+        if token is not None:
+            self._cache.move_to_end(sha)
+        return token
+
+    def _remember(self, sha: str, token: Any) -> None:
+        self._cache[sha] = token
+        self._cache.move_to_end(sha)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
 
     def _load(self, desired: ActiveState, *, alert: bool = True) -> Any | None:
         assert desired.sha256 is not None
@@ -137,7 +181,8 @@ class TokenWatcher:
             if alert:  # a prefetched token is only alerted on when it is about to be served
                 self._alert(desired, reason)
             return None
-        self._cache[desired.sha256] = token
+        with self._cache_lock:
+            self._remember(desired.sha256, token)
         self._write_disk(desired.sha256, data)
         return token
 
@@ -182,7 +227,7 @@ class TokenWatcher:
             return
         try:
             self.artifact_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.artifact_dir / f".{sha}.tmp"
+            tmp = self.artifact_dir / f".{sha}.{threading.get_ident()}.tmp"  # the prefetcher may race a sync
             tmp.write_bytes(data)
             tmp.replace(self.artifact_dir / f"{sha}.bin")
         except OSError as exc:  # the cache is an optimisation; serving goes on without it
@@ -192,7 +237,7 @@ class TokenWatcher:
     def reconcile_once(self) -> bool:
         desired = self.control.get_active(self.deployment)
         self.last_reconcile = time.time()
-        return self.sync(desired)
+        return self.sync(desired, source="reconcile")
 
     def fence(self) -> None:
         """Run on the model thread before a batch: catch up with the API if a newer generation exists."""
@@ -200,7 +245,7 @@ class TokenWatcher:
         if now < self._fence_open_until:
             return
         try:
-            self.sync(self._fence_control.get_active(self.deployment))
+            self.sync(self._fence_control.get_active(self.deployment), source="fence")
         except ControlPlaneError as exc:
             # Fail open for a while: serve what we have rather than stall every batch on a dead API.
             self._fence_open_until = now + self.fence_backoff
@@ -214,10 +259,9 @@ class TokenWatcher:
                 sha = v.get("sha256")
                 if not sha or sha in self._cache or sha in self.rejected:
                     continue
-                desired = ActiveState(int(v["id"]), str(sha), -1)
-                with self._sync_lock:
-                    if sha not in self._cache and self._load(desired, alert=False) is not None:
-                        added += 1
+                # Not under the sync lock: a push that arrives meanwhile must not wait for this fetch.
+                if self._load(ActiveState(int(v["id"]), str(sha), -1), alert=False) is not None:
+                    added += 1
         return added
 
     def _reconcile_loop(self) -> None:
@@ -254,7 +298,7 @@ class TokenWatcher:
                     message = pubsub.get_message(timeout=0.5)
                     if message is not None and message.get("type") == "message":
                         self.messages_seen += 1
-                        self._on_message(message.get("data"))
+                        self._on_message(message.get("data"), time.time())
             except (redis.RedisError, OSError) as exc:
                 if self.pubsub_connected:
                     log.warning("redis pub/sub lost (%s); reconnecting, reconcile covers the gap", exc)
@@ -272,7 +316,7 @@ class TokenWatcher:
         except ControlPlaneError as exc:
             log.warning("reconcile after subscribe failed: %s", exc)
 
-    def _on_message(self, raw: Any) -> None:
+    def _on_message(self, raw: Any, received_at: float | None = None) -> None:
         try:
             data = json.loads(raw)
             if data.get("deployment") not in (None, self.deployment):
@@ -282,6 +326,6 @@ class TokenWatcher:
             log.warning("ignoring a malformed message on %s: %s", channel_name(self.deployment), exc)
             return
         try:
-            self.sync(desired)
+            self.sync(desired, source="push", received_at=received_at)
         except ControlPlaneError as exc:
             log.warning("fetching the pushed token failed (%s); reconcile will retry", exc)
