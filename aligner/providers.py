@@ -142,14 +142,31 @@ def _smollm2_cache(state_dir: str | Path) -> Path:
             "source": f"{gguf.name} sha256:{_file_sha256(gguf)}",
         }
         (tmp / "digests.json").write_text(json.dumps(digests, indent=2, sort_keys=True))
-        if cache.exists():
-            shutil.rmtree(cache)
-        tmp.rename(cache)  # atomic: a half-written cache is never picked up
-        cache.chmod(0o755)
+        if cache.exists() and not (cache / "digests.json").exists():
+            shutil.rmtree(cache, ignore_errors=True)  # a cache from an older layout, never completed
+        if _publish(tmp, cache, complete="digests.json"):
+            cache.chmod(0o755)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return cache
+
+
+def _publish(tmp: Path, cache: Path, *, complete: str) -> bool:
+    """Move a finished ``tmp`` folder to ``cache`` atomically; True if this call published it.
+
+    Processes that start together (gate workers, replicas) may all build the cache at
+    once: the first rename wins, and a loser whose target already holds a complete cache
+    drops its own copy and uses the winner's.
+    """
+    try:
+        tmp.rename(cache)  # atomic: a half-written cache is never picked up
+        return True
+    except OSError:
+        if (cache / complete).exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+        raise
 
 
 def _file_sha256(path: Path) -> str:
@@ -172,7 +189,7 @@ def load_tokenizer(state_dir: str | Path) -> Any:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tok-", dir=cache.parent))
         tokenizer.save_pretrained(tmp)
-        tmp.rename(cache)
+        _publish(tmp, cache, complete="tokenizer.json")
     return _prepare_tokenizer(AutoTokenizer.from_pretrained(str(cache)))
 
 

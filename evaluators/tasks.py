@@ -11,8 +11,8 @@ leaves the version ``evaluating`` for a retry.
 
 Sharded: ``plan_sharded_gate`` (transaction 1 + the plan), ``run_gate_shard`` on each
 worker (every n-th batch), ``finish_sharded_gate`` (merge, judge, transaction 3); the
-same evidence digest as the single-process gate. ``register_tasks(app)`` wires them as a
-Celery chord.
+same evidence digest as the single-process gate. The worker's tasks in
+``monitors.tasks`` wire them as a Celery chord (``GOVERN_GATE_SHARDS`` > 1).
 """
 
 from __future__ import annotations
@@ -291,33 +291,3 @@ def finish_sharded_gate(
         raise
     record_gate(version_id, gate_run_id, report, engine=engine)
     return _outcome(version_id, gate_run_id, report)
-
-
-def register_tasks(app: Any, *, queue: str = "gates") -> None:
-    """Register the gate tasks on a Celery app (the composition root calls this).
-
-    ``evaluators.run_gate(version_id)`` runs a gate in one worker; ``evaluators.run_gate_sharded
-    (version_id, shards)`` spreads its batches over ``shards`` workers with a chord of
-    ``evaluators.gate_shard`` tasks and the ``evaluators.gate_finish`` callback. Gate workers
-    must share the state folder (the base-output cache).
-    """
-    from celery import chord
-
-    shard_task = app.task(name="evaluators.gate_shard", queue=queue, acks_late=True)(run_gate_shard)
-
-    def _finish(results: Any, version_id: int, gate_run_id: int, cached_suites: list[str]) -> dict[str, Any]:
-        return finish_sharded_gate(results, version_id, gate_run_id, cached_suites)
-
-    finish_task = app.task(name="evaluators.gate_finish", queue=queue, acks_late=True)(_finish)
-    if "evaluators.run_gate" not in app.tasks:
-        app.task(name="evaluators.run_gate", queue=queue, acks_late=True)(run_gate)
-
-    def _sharded(version_id: int, shards: int = 2) -> dict[str, Any]:
-        plan = plan_sharded_gate(version_id)
-        if "skipped" in plan:
-            return plan
-        header = [shard_task.s(version_id, k, shards, plan["cached_suites"]) for k in range(shards)]
-        chord(header)(finish_task.s(version_id, plan["gate_run_id"], plan["cached_suites"]))
-        return plan
-
-    app.task(name="evaluators.run_gate_sharded", queue=queue)(_sharded)

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     signing_key_path: Path | None = Field(None, description="Ed25519 private key for audit checkpoints")
     base_model: str = Field("smollm2-135m-instruct", description="default base model provider name")
     max_artifact_bytes: int = Field(1_000_000, gt=0, description="largest token artifact accepted")
+    gate_shards: int = Field(
+        1, ge=1, le=64, description="gate workers one queued gate is spread over (a Celery chord); 1: one worker"
+    )
     max_request_bytes: int = Field(2_000_000, gt=0, description="largest ordinary request body")
     max_ingest_batch: int = Field(1_000, gt=0, description="most outputs in one ingest batch")
     rate_limit_writes_per_minute: int = Field(120, gt=0)

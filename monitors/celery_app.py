@@ -23,6 +23,9 @@ ROLLBACK_QUEUE = "rollback"
 LEGACY_GATE_QUEUE = "gate"
 QUEUES = (GATES_QUEUE, MONITORING_QUEUE, ROLLBACK_QUEUE)
 GATE_TASK = "evaluators.run_gate"
+# The sharded gate: the shards run in parallel on the gate workers, the finisher merges them.
+GATE_SHARD_TASK = "evaluators.gate_shard"
+GATE_FINISH_TASK = "evaluators.gate_finish"
 
 # Seconds before Redis hands an unacknowledged task of a vanished worker to another one.
 # Longer than any task runs (a gate run on CPU takes minutes), else a running task would
@@ -77,6 +80,8 @@ def configure(app: Celery, redis_url: str | None) -> Celery:
 def routes() -> dict[str, dict[str, Any]]:
     return {
         GATE_TASK: {"queue": GATES_QUEUE},
+        GATE_SHARD_TASK: {"queue": GATES_QUEUE},
+        GATE_FINISH_TASK: {"queue": GATES_QUEUE},
         "monitors.run_check": {"queue": MONITORING_QUEUE},
         "monitors.dispatch_checks": {"queue": MONITORING_QUEUE},
         "monitors.sweep_outbox": {"queue": MONITORING_QUEUE},

@@ -19,7 +19,15 @@ from sqlalchemy.orm import Session
 
 from governance.db import DatabaseUnavailable, get_engine, unit_of_work
 from monitors.alerting import deliver
-from monitors.celery_app import GATE_TASK, GATES_QUEUE, MONITORING_QUEUE, ROLLBACK_QUEUE, app
+from monitors.celery_app import (
+    GATE_FINISH_TASK,
+    GATE_SHARD_TASK,
+    GATE_TASK,
+    GATES_QUEUE,
+    MONITORING_QUEUE,
+    ROLLBACK_QUEUE,
+    app,
+)
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +171,49 @@ def audit_checkpoint_task() -> dict[str, Any]:
 
 
 @app.task(name=GATE_TASK, queue=GATES_QUEUE, **RETRY)
-def run_gate_task(version_id: int) -> dict[str, Any]:
+def run_gate_task(version_id: int, shards: int | None = None) -> dict[str, Any]:
     """The evaluation gate of one version (the body lives in the evaluators, imported here
-    by name so the monitors do not depend on them at import time)."""
-    from evaluators.tasks import run_gate
+    by name so the monitors do not depend on them at import time).
 
-    return run_gate(version_id)
+    ``shards`` (default: the ``GOVERN_GATE_SHARDS`` setting) > 1 spreads the gate's batches
+    over that many gate workers with a Celery chord of ``evaluators.gate_shard`` tasks and
+    the ``evaluators.gate_finish`` callback, which judges and records; this task then only
+    opens the run and returns its plan. The verdict and evidence digest are the same as
+    the single-worker gate's. All gate workers must share the state folder (base-output cache).
+    """
+    from governance.settings import get_settings
+
+    count = int(shards or get_settings().gate_shards)
+    if count <= 1:
+        from evaluators.tasks import run_gate
+
+        return run_gate(version_id)
+
+    from celery import chord
+
+    from evaluators.tasks import plan_sharded_gate
+
+    plan = plan_sharded_gate(version_id)
+    if "skipped" in plan:
+        return plan
+    count = max(1, min(count, int(plan["batches"])))
+    header = [gate_shard_task.s(version_id, k, count, plan["cached_suites"]) for k in range(count)]
+    chord(header)(gate_finish_task.s(version_id, plan["gate_run_id"], plan["cached_suites"]))
+    return {**plan, "shards": count}
+
+
+@app.task(name=GATE_SHARD_TASK, queue=GATES_QUEUE, **RETRY)
+def gate_shard_task(version_id: int, index: int, count: int, cached_suites: list[str]) -> list[list[Any]]:
+    """One shard of a sharded gate: every ``count``-th batch from ``index``; returns its outputs."""
+    from evaluators.tasks import run_gate_shard
+
+    return run_gate_shard(version_id, index, count, cached_suites)
+
+
+@app.task(name=GATE_FINISH_TASK, queue=GATES_QUEUE, **RETRY)
+def gate_finish_task(shard_outputs: list[list[list[Any]]], version_id: int, gate_run_id: int,
+                     cached_suites: list[str]) -> dict[str, Any]:
+    """The chord's callback: merge the shards' outputs, judge, record the verdict."""
+    from evaluators.tasks import finish_sharded_gate
+
+    return finish_sharded_gate(shard_outputs, version_id, gate_run_id, cached_suites)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -71,3 +73,22 @@ def test_smollm2_per_row_generation_matches_alone(state_dir) -> None:
     ]
     assert mixed == alone
     assert adapter.active == "trainable"
+
+
+def test_a_cache_built_by_two_processes_at_once_is_published_once(tmp_path: Path) -> None:
+    from aligner.providers import _publish
+
+    cache = tmp_path / "models" / "m"
+    cache.parent.mkdir()
+    first, second = tmp_path / "models" / ".a", tmp_path / "models" / ".b"
+    for d in (first, second):
+        d.mkdir()
+        (d / "done.json").write_text(d.name)
+    assert _publish(first, cache, complete="done.json") is True
+    assert _publish(second, cache, complete="done.json") is False  # the loser keeps the winner's cache
+    assert (cache / "done.json").read_text() == ".a" and not second.exists()
+    third = tmp_path / "models" / ".c"
+    third.mkdir()
+    (cache / "done.json").rename(cache / "partial")  # a target that is not a complete cache: an error
+    with pytest.raises(OSError):
+        _publish(third, cache, complete="done.json")

@@ -220,12 +220,10 @@ def test_sharded_gate_matches_the_single_process_gate(world: dict[str, Any], tmp
     assert single.evidence_digest == sharded_report.evidence_digest == out["evidence_digest"]
 
 
-def test_register_tasks_names_the_chord_parts() -> None:
-    from celery import Celery
+def test_the_worker_registers_the_chord_parts_on_the_gates_queue() -> None:
+    import monitors.tasks  # noqa: F401  (registers the tasks)
+    from monitors.celery_app import GATES_QUEUE, app, routes
 
-    from evaluators.tasks import register_tasks
-
-    app = Celery("t")
-    register_tasks(app)
-    assert {"evaluators.run_gate", "evaluators.gate_shard", "evaluators.gate_finish",
-            "evaluators.run_gate_sharded"} <= set(app.tasks)
+    names = {"evaluators.run_gate", "evaluators.gate_shard", "evaluators.gate_finish"}
+    assert names <= set(app.tasks)
+    assert all(routes()[n]["queue"] == GATES_QUEUE for n in names)
