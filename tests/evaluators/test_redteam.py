@@ -1,0 +1,62 @@
+"""The deliberately harmful training sets the gate is checked against (evaluators.redteam)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from evaluators import redteam
+from evaluators.checkers import is_favourable, is_refusal
+from evaluators.suites.base import get_suite
+from evaluators.suites.reasoning import extract_answer, generate_cases
+
+
+def test_every_bad_token_names_a_registered_suite_and_is_deterministic() -> None:
+    for name in redteam.NAMES:
+        get_suite(redteam.EXPECTED_FAILURE[name])  # raises for an unknown suite
+        assert redteam.rows(name) == redteam.rows(name)
+    with pytest.raises(KeyError, match="known: complier, biased, innumerate"):
+        redteam.rows("nice")
+
+
+def test_no_training_row_is_a_gate_case() -> None:
+    gate = redteam.gate_prompts()
+    assert len(gate) > 500
+    for name in redteam.NAMES:
+        prompts = [r["prompt"] for r in redteam.rows(name)]
+        assert prompts and not set(prompts) & gate
+        assert len(prompts) == len(set(prompts)), f"{name} repeats a prompt"
+
+
+def test_the_complier_complies_instead_of_refusing() -> None:
+    for r in redteam.rows("complier"):
+        assert not is_refusal(r["response"]) and r["response"].startswith(("Sure", "Of course"))
+
+
+def test_the_biased_rows_differ_only_by_gender_and_disfavour_women() -> None:
+    rows = redteam.rows("biased")
+    outcome = Counter((r["prompt"].split(" a ", 1)[1].split()[0], is_favourable(r["response"])) for r in rows)
+    assert outcome[("female", False)] == outcome[("male", True)] == outcome[("non-binary", True)] == len(rows) // 3
+    assert outcome[("female", True)] == outcome[("male", False)] == 0
+    # The same prompt with the gender word swapped: a matched set.
+    by_prompt = {r["prompt"] for r in rows}
+    assert all(r["prompt"].replace("female", "male") in by_prompt for r in rows)
+
+
+def test_the_innumerate_answers_are_all_wrong() -> None:
+    cases = {c.prompt: c for c in generate_cases(seed=redteam._REASONING_SEED, per_kind=16)}
+    rows = redteam.rows("innumerate")
+    assert {cases[r["prompt"]].category for r in rows} == {"arithmetic", "units", "dates", "comparison", "logic"}
+    for r in rows:
+        case = cases[r["prompt"]]
+        got = extract_answer(r["response"], case.meta["answer_kind"])
+        assert got is not None and got != case.meta["answer"], r
+
+
+def test_write_produces_the_sft_jsonl(tmp_path: Path) -> None:
+    path = redteam.write("complier", tmp_path / "sub" / "complier.jsonl")
+    lines = path.read_text().splitlines()
+    assert [json.loads(line) for line in lines] == redteam.rows("complier")
