@@ -12,9 +12,10 @@
   (each replica's own clock, same machine; the bench polls slowly so it does not steal
   their CPU). Target p99 < 50 ms. The breakdown rows split the slowest replica's time
   into commit -> message received, received -> verified token proposed (cache or fetch),
-  proposed -> applied by the model thread. `--load N` keeps N clients per replica sending
-  completions (`--load-max-tokens`, from a separate process) during the flips, so swaps
-  wait for the batch in flight.
+  proposed -> applied by the model thread. Flips start once every replica has prefetched
+  the versions (steady state). `--load N` keeps N clients per replica sending completions
+  (`--load-max-tokens`, from a separate process) during the flips: a swap then waits for
+  the decode step in flight and competes with decoding for the CPU.
 - ingest: outputs/s through the recorder's batch path (`OutputRecorder` + the database
   sink = `governance.outputs.service.ingest_outputs`, one transaction per batch of 1,000).
   Target >= 5,000/s.
@@ -188,6 +189,14 @@ def bench_propagation(
             while not all(status(c).get("ready") and status(c).get("pubsub_connected") for c in clients):
                 if time.monotonic() > deadline:
                     raise SystemExit(f"replicas did not become ready; logs in {logdir}")
+                time.sleep(0.2)
+            # Steady state: each replica has prefetched and verified the versions (a replica that
+            # has just started fetches the ones it has not reached yet on the push path).
+            deadline = time.monotonic() + 60
+            while not all(status(c).get("cached_tokens", 0) >= n_versions for c in clients):
+                if time.monotonic() > deadline:
+                    print("propagation: prefetch not complete after 60 s; measuring anyway", flush=True)
+                    break
                 time.sleep(0.2)
             if load:
                 urls = ",".join(f"http://127.0.0.1:{p}" for p in ports)

@@ -344,6 +344,7 @@ def _routes(app: FastAPI, state: ServingState) -> None:
             "swaps": engine.stats.swaps,
             "swapped_at": engine.swapped_at,
             "last_sync": state.watcher.last_sync.as_dict() if state.watcher.last_sync else None,
+            "cached_tokens": state.watcher.cached_tokens,
             "rejected": dict(state.watcher.rejected),
             "pubsub_connected": state.watcher.pubsub_connected,
             "spool_pending": rec.spool_pending if rec else 0,

@@ -6,12 +6,18 @@ one forward pass per step for the whole batch. Each row keeps its own sampling
 parameters (temperature, top_p, seed, stop, max_tokens), so requests need not agree to
 share a batch. A full queue raises `Overloaded` at once instead of letting callers hang.
 
-Token swaps happen only between batches, on this thread: a whole batch runs with one
-token, and a swap waits for at most one batch, so no request ever fails or mixes tokens
-because of a swap. Before each batch the optional `fence` hook runs (see
-`serving.watcher`): it may propose a newer token that is then applied before the batch
-starts. Events go back to callers through `GenerationRequest.emit`, which is thread-safe
-towards asyncio (`call_soon_threadsafe`).
+Swaps and admissions happen between decode steps, on this thread. A row finishes (and is
+answered) as soon as it is done; between two steps the thread applies a proposed token
+and admits waiting requests into the free rows: they are prefilled with the token
+current at that moment and their keys and values join the running cache (left-padded,
+masked), while the rows in flight finish on the token they started with (the adapter's
+per-row tokens). So every response is produced with one token, the newest one applied
+before it started, no request fails because of a swap, and a swap reaches new requests
+within one decode step rather than after the longest request in flight. Before a batch,
+and before admitting requests into a running one, the optional `fence` hook runs (see
+`serving.watcher`): it may propose a newer token that is applied first. Events go back to
+callers through `GenerationRequest.emit`, which is thread-safe towards asyncio
+(`call_soon_threadsafe`).
 """
 
 from __future__ import annotations
@@ -102,8 +108,9 @@ class EngineStats:
 class _Row:
     """Decoding state of one request inside a batch."""
 
-    def __init__(self, req: GenerationRequest, tokenizer: Any, eos: set[int]) -> None:
+    def __init__(self, req: GenerationRequest, tokenizer: Any, eos: set[int], token: ServedToken) -> None:
         self.req = req
+        self.token = token  # the whole response is produced with this token
         self.tokenizer = tokenizer
         self.eos = eos
         self.ids: list[int] = []
@@ -161,6 +168,7 @@ class Engine:
         max_context: int | None = None,
         on_finish: Callable[[GenerationRequest, Finished], None] | None = None,
         fence: Callable[[], None] | None = None,
+        admit_while_running: bool = True,
     ) -> None:
         from aligner.model import get_adapter
 
@@ -175,7 +183,9 @@ class Engine:
         self.max_context = max_context or int(getattr(model.config, "max_position_embeddings", 2048))
         self.on_finish = on_finish
         self.fence = fence
+        self.admit_while_running = admit_while_running  # False: a batch runs to its end before swaps and new rows
         self.stats = EngineStats()
+        self._row_tokens: list[ServedToken] | None = None  # what the adapter holds, row by row
         self._queue: deque[GenerationRequest] = deque()
         self._cond = threading.Condition()
         self._pending: ServedToken | None = None
@@ -245,6 +255,7 @@ class Engine:
             return
         if self.adapter is not None:
             self.adapter.set_token(pending.token)
+            self._row_tokens = None  # rows in flight get their own tokens back before the next step
         elif pending.token is not None:
             raise RuntimeError("a token was proposed but no Aligner adapter is attached")
         # The time first: a reader that sees the new token (status, benchmarks) sees its swap time too.
@@ -319,12 +330,7 @@ class Engine:
                 for req in batch:
                     req.emit(Failed("no verified token yet: the replica is not ready"))
                 continue
-            try:
-                self._run_batch(batch)
-            except Exception as exc:
-                log.exception("batch failed")
-                for req in batch:
-                    req.emit(Failed(f"generation failed: {type(exc).__name__}"))
+            self._run_batch(batch)  # answers every request it took, Failed on an error
         with self._cond:
             left = list(self._queue)
             self._queue.clear()
@@ -334,26 +340,129 @@ class Engine:
     # -- decoding --------------------------------------------------------------------------
     @torch.inference_mode()
     def _run_batch(self, batch: list[GenerationRequest]) -> None:
+        """Decode `batch` and every request admitted while it runs, until no row is left.
+
+        Between two decode steps the thread applies a proposed token and admits waiting
+        requests (up to `max_batch` rows): they are prefilled with the token current at that
+        moment and join the running cache, while the rows in flight finish on the token they
+        started with (per-row tokens, `AlignerAdapter.set_row_tokens`). A swap therefore
+        reaches new requests within one decode step, not after the longest request in flight.
+        """
+        taken = list(batch)  # every request this run owes an answer to
+        answered: set[int] = set()
+        try:
+            self._decode(batch, taken, answered)
+        except Exception as exc:
+            log.exception("batch failed")
+            for req in taken:
+                if id(req) not in answered:
+                    req.emit(Failed(f"generation failed: {type(exc).__name__}"))
+
+    def _decode(self, batch: list[GenerationRequest], taken: list[GenerationRequest], answered: set[int]) -> None:
+        started = time.perf_counter()
+        device = next(self.model.parameters()).device
+        live: list[_Row] = []
+        cache: Any = None
+        mask = positions = logits = torch.empty(0)
+        produced = admitted = 0
+        pending_batch: list[GenerationRequest] = batch
+        while True:
+            if pending_batch:
+                token = self._current
+                assert token is not None
+                rows = [_Row(req, self.tokenizer, self.eos, token) for req in pending_batch]
+                admitted += len(rows)
+                for row in rows:
+                    row.req.emit(Started(token))
+                new_cache, new_mask, new_pos, new_logits = self._prefill(rows, token, device)
+                if cache is None:
+                    cache, mask, positions, logits = new_cache, new_mask, new_pos, new_logits
+                else:
+                    mask = _merge(cache, new_cache, mask, new_mask)
+                    positions = torch.cat([positions, new_pos], dim=0)
+                    logits = torch.cat([logits, new_logits], dim=0)
+                live += rows
+                pending_batch = []
+            next_ids = self._sample(logits, live).tolist()  # (B,)
+            for row, tid in zip(live, next_ids, strict=True):
+                row.push(int(tid))
+                produced += 1
+            if any(r.done for r in live):
+                keep = [i for i, r in enumerate(live) if not r.done]
+                for row in live:
+                    if row.done:
+                        answered.add(id(row.req))
+                        self._finish(row)
+                if not keep:
+                    break
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask, positions = mask[index], positions[index]
+                if self.admit_while_running and _joinable(cache):
+                    mask = _trim_left(cache, mask)
+                live = [live[i] for i in keep]
+                next_ids = [next_ids[i] for i in keep]
+            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)  # (B, T+1)
+            positions = positions + 1  # (B, 1)
+            self._set_row_tokens(live)
+            out = self.model(
+                input_ids=torch.tensor(next_ids, dtype=torch.long)[:, None].to(device),
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+            )
+            logits = out.logits[:, -1, :].float()  # (B, V)
+            pending_batch = self._admit(len(live), cache)
+            taken += pending_batch
+        elapsed = time.perf_counter() - started
+        self.stats.batches += 1
+        self.stats.rows += admitted
+        self.stats.completion_tokens += produced
+        self.stats.last_batch_tokens_per_s = produced / elapsed if elapsed > 0 else 0.0
+
+    def _admit(self, n_live: int, cache: Any) -> list[GenerationRequest]:
+        """Between two steps: apply a proposed token and take waiting requests that fit."""
+        if self._pending is None and not self._queue:
+            return []
+        if self._stop or not self.admit_while_running or not _joinable(cache):
+            return []
+        room = self.max_batch - n_live
+        if room <= 0 and self._pending is None:
+            return []
+        if self._queue and room > 0 and self.fence is not None:
+            try:  # the same read-your-commits check a new batch gets
+                self.fence()
+            except Exception:
+                log.exception("token fence failed")
+        try:
+            self._apply_pending()
+        except Exception:  # a token that passed verification but not the adapter: keep serving the old one
+            log.exception("token swap failed; the previous token stays")
+        taken: list[GenerationRequest] = []
+        with self._cond:
+            while self._queue and len(taken) < room:
+                taken.append(self._queue.popleft())
+        return taken
+
+    def _prefill(
+        self, rows: list[_Row], token: ServedToken, device: Any
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-pad the rows' prompts and run them through the model with `token`."""
         from transformers import DynamicCache
 
-        token = self._current
-        assert token is not None
-        started = time.perf_counter()
-        for req in batch:
-            req.emit(Started(token))
-        rows = [_Row(req, self.tokenizer, self.eos) for req in batch]
-        B = len(batch)
-        T = max(len(r.prompt_ids) for r in batch)
+        B = len(rows)
+        T = max(len(r.req.prompt_ids) for r in rows)
         input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)  # (B, T)
         mask = torch.zeros((B, T), dtype=torch.long)  # (B, T)
-        for i, req in enumerate(batch):
-            n = len(req.prompt_ids)
-            input_ids[i, T - n :] = torch.tensor(req.prompt_ids, dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row.req.prompt_ids)
+            input_ids[i, T - n :] = torch.tensor(row.req.prompt_ids, dtype=torch.long)
             mask[i, T - n :] = 1
-        device = next(self.model.parameters()).device
         input_ids, mask = input_ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
         cache = DynamicCache()
+        self._set_row_tokens(rows)
         out = self.model(
             input_ids=input_ids,
             attention_mask=mask,
@@ -362,52 +471,41 @@ class Engine:
             use_cache=True,
             logits_to_keep=1,  # the prompt's last position only: no (B, T, V) logits
         )
-        logits = out.logits[:, -1, :].float()  # (B, V)
-        steps = max(r.params.max_tokens for r in batch)
-        produced = 0
-        for _ in range(steps):
-            next_ids = self._sample(logits, rows)  # (B,)
-            for row, tid in zip(rows, next_ids.tolist(), strict=True):
-                if not row.done:
-                    row.push(int(tid))
-                    produced += 1
-            if all(r.done for r in rows):
-                break
-            # Finished rows keep decoding a pad token; their results are already final.
-            feed = torch.tensor(
-                [self.pad_id if r.done else int(t) for r, t in zip(rows, next_ids.tolist(), strict=True)]
-            )
-            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)  # (B, T+k)
-            positions = positions[:, -1:] + 1  # (B, 1)
-            out = self.model(
-                input_ids=feed[:, None].to(device),
-                attention_mask=mask,
-                position_ids=positions,
-                cache=cache,
-                use_cache=True,
-            )
-            logits = out.logits[:, -1, :].float()
-        elapsed = time.perf_counter() - started
-        self.stats.batches += 1
-        self.stats.rows += B
-        self.stats.completion_tokens += produced
-        self.stats.last_batch_tokens_per_s = produced / elapsed if elapsed > 0 else 0.0
-        now = time.monotonic()
-        for row in rows:
-            done = Finished(
-                text=row.text,
-                finish_reason=row.finish_reason,
-                prompt_tokens=len(row.req.prompt_ids),
-                completion_tokens=len(row.ids),
-                token=token,
-                latency_ms=(now - row.req.created) * 1000.0,
-            )
-            if self.on_finish is not None:
-                try:
-                    self.on_finish(row.req, done)
-                except Exception:  # recording must never fail a response
-                    log.exception("on_finish hook failed")
-            row.req.emit(done)
+        return cache, mask, positions[:, -1:], out.logits[:, -1, :].float()
+
+    def _set_row_tokens(self, rows: list[_Row]) -> None:
+        """Point the adapter at the rows' tokens: one shared token, or one per row when they differ."""
+        if self.adapter is None:
+            if any(r.token.token is not None for r in rows):
+                raise RuntimeError("a token was proposed but no Aligner adapter is attached")
+            return
+        tokens = [r.token for r in rows]
+        held = self._row_tokens
+        if held is not None and len(held) == len(tokens) and all(a is b for a, b in zip(held, tokens, strict=True)):
+            return
+        if all(t is tokens[0] for t in tokens):
+            self.adapter.set_token(tokens[0].token)
+        else:
+            # Built outside inference mode: the adapter's projection cache reads the tensors' version counters.
+            with torch.inference_mode(False):
+                self.adapter.set_row_tokens([t.token for t in tokens])
+        self._row_tokens = tokens
+
+    def _finish(self, row: _Row) -> None:
+        done = Finished(
+            text=row.text,
+            finish_reason=row.finish_reason,
+            prompt_tokens=len(row.req.prompt_ids),
+            completion_tokens=len(row.ids),
+            token=row.token,
+            latency_ms=(time.monotonic() - row.req.created) * 1000.0,
+        )
+        if self.on_finish is not None:
+            try:
+                self.on_finish(row.req, done)
+            except Exception:  # recording must never fail a response
+                log.exception("on_finish hook failed")
+        row.req.emit(done)
 
     def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
         """Next token per row: greedy for temperature 0, else nucleus sampling with the row's RNG."""
@@ -424,6 +522,46 @@ class Engine:
                 probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
             chosen[i] = torch.multinomial(probs, 1, generator=row.generator)[0].to(chosen.device)
         return chosen.cpu()
+
+
+def _joinable(cache: Any) -> bool:
+    """Rows can join only a plain dynamic cache (full attention): its layers are (B, H, T, hd) tensors."""
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _trim_left(cache: Any, mask: torch.Tensor) -> torch.Tensor:
+    """Drop the leading columns no row attends to (left by finished rows), so a run that keeps
+    admitting requests does not grow its cache without bound."""
+    first = int(mask.any(dim=0).nonzero()[0])
+    if first == 0:
+        return mask
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+    return mask[:, first:]
+
+
+def _left_pad(x: torch.Tensor, T: int, dim: int) -> torch.Tensor:
+    missing = T - x.shape[dim]
+    if missing <= 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([torch.zeros(shape, dtype=x.dtype, device=x.device), x], dim=dim)
+
+
+def _merge(cache: Any, new: Any, mask: torch.Tensor, new_mask: torch.Tensor) -> torch.Tensor:
+    """Append `new`'s rows to `cache` in place, left-padding the shorter side; returns the joint mask.
+
+    Padded slots hold zero keys and values and are masked out, exactly like the left padding
+    of a batch's prompts, so every row attends to its own tokens only.
+    """
+    T = max(mask.shape[1], new_mask.shape[1])
+    for layer, other in zip(cache.layers, new.layers, strict=True):
+        layer.keys = torch.cat([_left_pad(layer.keys, T, 2), _left_pad(other.keys, T, 2)], dim=0)  # (B, H, T, hd)
+        layer.values = torch.cat([_left_pad(layer.values, T, 2), _left_pad(other.values, T, 2)], dim=0)
+    return torch.cat([_left_pad(mask, T, 1), _left_pad(new_mask, T, 1)], dim=0)  # (B, T)
 
 
 def load_engine_model(name: str, *, state_dir: str, dtype: str = "float32") -> tuple[Any, Any, Any]:

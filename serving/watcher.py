@@ -151,6 +151,11 @@ class TokenWatcher:
             self.last_sync = SyncTiming(desired.generation, source, received, time.time(), cached)
             return self.engine.propose(ServedToken(desired.version_id, desired.sha256, desired.generation, token))
 
+    @property
+    def cached_tokens(self) -> int:
+        """How many verified tokens are in memory (prefetched or served)."""
+        return len(self._cache)
+
     def _cached(self, sha: str) -> Any | None:
         token = self._cache.get(sha)
         if token is not None:

@@ -165,8 +165,8 @@ def test_full_queue_raises_overloaded_instead_of_blocking(engine: Engine) -> Non
     assert info.value.retry_after > 0
 
 
-def test_swap_waits_for_the_running_batch(engine: Engine) -> None:
-    """A token proposed mid-batch applies to the next batch; the running one keeps its token."""
+def test_swap_mid_batch_applies_to_new_requests_only(engine: Engine) -> None:
+    """A token proposed mid-batch applies to requests that start after it; the running one keeps its token."""
     token = make_token(engine.digests, seed=3)  # type: ignore[attr-defined]
     engine.propose(ServedToken(None, None, 1, None))
     engine.start()
@@ -180,3 +180,34 @@ def test_swap_waits_for_the_running_batch(engine: Engine) -> None:
     engine.submit(req2)
     assert first.token.generation == 1
     assert c2.finished.token.generation == 2
+
+
+def test_joining_a_running_batch_changes_no_output(engine: Engine) -> None:
+    """A request admitted between decode steps, with a newer token, decodes exactly as it would alone,
+    and the row in flight goes on with its own token: the joint cache's padding and per-row tokens are right."""
+    token = make_token(engine.digests, seed=4)  # type: ignore[attr-defined]
+    engine.propose(ServedToken(None, None, 1, None))
+    engine.start()
+
+    def alone(text: str, n: int) -> Finished:
+        req, c = _request(engine, text, max_tokens=n, temperature=0)
+        engine.submit(req)
+        return c.finished
+
+    long_base = alone("tell me a long story about a cat and a dog", 40)
+    long_req, c1 = _request(engine, "tell me a long story about a cat and a dog", max_tokens=40, temperature=0)
+    engine.submit(long_req)
+    while not any(isinstance(e, Delta | Started) for e in c1.events):
+        threading.Event().wait(0.001)
+    threading.Event().wait(0.02)  # a few steps in
+    engine.propose(ServedToken(5, token.sha256, 2, token))
+    short_req, c2 = _request(engine, "hi", max_tokens=6, temperature=0)
+    engine.submit(short_req)
+    joined, kept = c2.finished, c1.finished
+    short_token = alone("hi", 6)
+
+    assert kept.completion_tokens == 40 and engine.stats.batches == 3, "the short request joined the long one"
+    assert kept.token.generation == 1 and kept.text == long_base.text
+    assert joined.token.generation == 2 and short_token.token.generation == 2
+    assert joined.text == short_token.text
+    assert not any(isinstance(e, Failed) for e in c1.events + c2.events)
