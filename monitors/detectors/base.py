@@ -128,11 +128,15 @@ class Reference:
     ``embeddings`` holds the reference rows projected on ``emb_components`` (whitened
     principal components of the reference embeddings), so windows are compared in the
     same small space; ``emb_mean`` / ``emb_components`` project new embeddings.
+    ``emb_novelty`` is the embedding novelty score's model and the reference rows' scores
+    (see :func:`novelty_score`); references built before it was stored have None.
     """
 
     frame: Frame
     emb_mean: np.ndarray | None = None
     emb_components: np.ndarray | None = None  # (k, d), rows scaled so projections have unit variance
+    # {"centre", "sd", "t2_scale", "spe_scale", "scores"}: see monitors.reference.novelty_model
+    emb_novelty: dict[str, Any] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -143,6 +147,15 @@ class Reference:
         if embeddings is None or self.emb_mean is None or self.emb_components is None:
             return None
         return (np.asarray(embeddings, dtype=float) - self.emb_mean) @ self.emb_components.T
+
+    def novelty(self, embeddings: np.ndarray | None) -> np.ndarray | None:
+        """Novelty scores of new embeddings (:func:`novelty_score` with the stored model)."""
+        model = self.emb_novelty
+        if embeddings is None or model is None or self.emb_components is None:
+            return None
+        return novelty_score(embeddings, self.emb_components, centre=np.asarray(model["centre"], dtype=float),
+                             sd=np.asarray(model["sd"], dtype=float), t2_scale=float(model["t2_scale"]),
+                             spe_scale=float(model["spe_scale"]))
 
     def key(self) -> str:
         """A short digest of the reference contents (names calibrations in the cache)."""
@@ -158,6 +171,31 @@ class Reference:
         if self.frame.embeddings is not None:
             h.update(np.asarray(self.frame.embeddings, dtype=float).round(5).tobytes())
         return h.hexdigest()[:20]
+
+
+def t2_spe(rows: np.ndarray, components: np.ndarray, *, centre: np.ndarray, sd: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """The PCA process-monitoring pair per row: Hotelling's T^2 = sum_j (u_j . (x - centre) / sd_j)^2
+    in the directions u_j of ``components`` (k, d; only their directions matter, so whitened
+    rows do, and they must be orthogonal) and the squared prediction error (SPE, or Q):
+    the energy of ``x - centre`` outside their span.
+    """
+    d = np.atleast_2d(np.asarray(rows, dtype=float)) - np.asarray(centre, dtype=float)  # (n, D)
+    comps = np.atleast_2d(np.asarray(components, dtype=float))  # (k, D)
+    norms = np.linalg.norm(comps, axis=1, keepdims=True)
+    inside = d @ (comps / np.where(norms > 0, norms, 1.0)).T  # (n, k)
+    t2 = ((inside / np.asarray(sd, dtype=float)) ** 2).sum(axis=1)
+    spe = np.maximum((d * d).sum(axis=1) - (inside * inside).sum(axis=1), 0.0)
+    return t2, spe
+
+
+def novelty_score(rows: np.ndarray, components: np.ndarray, *, centre: np.ndarray, sd: np.ndarray,
+                  t2_scale: float, spe_scale: float) -> np.ndarray:
+    """``max(T^2 / t2_scale, SPE / spe_scale)`` per row: how unusual an embedding is, inside the
+    principal subspace or out of it (a scale <= 0 leaves that part out)."""
+    t2, spe = t2_spe(rows, components, centre=centre, sd=sd)
+    out = t2 / t2_scale if t2_scale > 0 else np.zeros_like(t2)
+    return np.maximum(out, spe / spe_scale) if spe_scale > 0 else out
 
 
 _REGISTRY: dict[str, type[Detector]] = {}

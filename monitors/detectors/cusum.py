@@ -269,13 +269,17 @@ def calibrate_mcusum(sampler: Sampler, k: float, arl: float, *, key: str, cache_
 
 
 class _Bernoulli(Sampler):
-    def __init__(self, p0: float, p1: float, reference_k: int | None, reference_n: int | None) -> None:
+    def __init__(self, p0: float, p1: float, reference_k: int | None, reference_n: int | None,
+                 rate_beta: tuple[float, float] | None = None) -> None:
         self.up, self.down = math.log(p1 / p0), math.log((1 - p1) / (1 - p0))
         self.p0, self.k, self.n = p0, reference_k, reference_n
+        self.beta = rate_beta
 
     def start(self, rng: np.random.Generator, streams: int) -> None:
         super().start(rng, streams)
-        if self.k is not None and self.n:
+        if self.beta is not None:
+            self.p = rng.beta(self.beta[0], self.beta[1], size=(1, streams, 1))
+        elif self.k is not None and self.n:
             # the true rate is uncertain: Jeffreys posterior given the reference counts
             self.p = rng.beta(self.k + 0.5, self.n - self.k + 0.5, size=(1, streams, 1))
         else:
@@ -287,10 +291,12 @@ class _Bernoulli(Sampler):
 
 
 def bernoulli_sampler(p0: float, p1: float, *, reference_k: int | None = None,
-                      reference_n: int | None = None) -> Sampler:
+                      reference_n: int | None = None, rate_beta: tuple[float, float] | None = None) -> Sampler:
     """Clean llr increments of a Bernoulli CUSUM. With the reference counts, each stream's true
-    rate is drawn from the posterior, so h keeps the budget despite p0 being an estimate."""
-    return _Bernoulli(p0, p1, reference_k, reference_n)
+    rate is drawn from the posterior, so h keeps the budget despite p0 being an estimate.
+    ``rate_beta`` = (a, b) draws it from Beta(a, b) instead (e.g. the exact distribution of
+    the exceedance rate of a threshold set at a reference order statistic)."""
+    return _Bernoulli(p0, p1, reference_k, reference_n, rate_beta)
 
 
 class _Bootstrap(Sampler):

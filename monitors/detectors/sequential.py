@@ -6,8 +6,10 @@
   descriptors (log scale for lengths), one threshold for all of them, calibrated
   jointly on bootstrap resamples of the reference rows (their real shape and
   correlations, not a Gaussian idealisation).
-- ``cusum_embeddings``: Crosier's multivariate CUSUM on the whitened principal components
-  of the sentence embeddings: a topic change in any direction.
+- ``cusum_embeddings``: a Bernoulli CUSUM on a per-output "novel" flag: the output's
+  Hotelling T^2 in the reference's principal components, or its residual energy outside
+  them (SPE), above the reference's own out-of-sample quantile. A topic change shows as
+  a rise in the share of novel outputs, whichever direction it goes.
 
 The ARL is in samples (outputs), as in STATISTICS.md. The statistic carries across
 windows in the returned ``state``; it restarts at zero after an alarm, so a persisting
@@ -17,6 +19,7 @@ change drifts window after window while a lone false alarm does not linger.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,7 +33,6 @@ LOG_COLUMNS = frozenset({"length", "word_count"})
 # A design shift of 0.75 sd loses little against both 0.5 and 1 sd shifts (drift per
 # sample d(D - d/2) against the optimum D^2/2); 1 sd tunes for gross changes only.
 DEFAULT_SHIFT_SIGMAS = 0.75
-DEFAULT_EMBEDDING_SHIFT = 0.5
 MIN_REFERENCE = 20
 
 
@@ -155,34 +157,133 @@ class GaussianCusum(Detector):
         )
 
 
+# Share of clean outputs flagged "novel" (the reference's upper 5% of novelty scores).
+# Wide enough that a partial shift (a topic that overlaps the reference's) still raises
+# the flag rate, and that the 500 held-out reference rows hold ~25 flagged ones, so the
+# clean rate is known to +-20% (a 1% flag leaves ~5 and needs a much higher h).
+NOVELTY_ALPHA = 0.05
+NOVELTY_P1_MULTIPLE = 5.0
+
+
+@dataclass(frozen=True)
+class Novelty:
+    """The embedding detector's per-output "novel" flag: the novelty score above ``threshold``.
+
+    The score (:func:`monitors.detectors.base.novelty_score`, fitted by
+    :func:`monitors.reference.novelty_model`) is the larger of Hotelling's T^2 in the
+    reference's principal components and the squared prediction error outside them (SPE),
+    each on its own scale -- the standard PCA process-monitoring pair. The threshold is the
+    (1 - alpha) order statistic of the held-out reference rows' scores, rows the score's
+    fit never saw, so a clean new output is exchangeable with them: with ``flagged`` of
+    ``rows`` above it, its flag rate follows Beta(flagged + 1, rows - flagged), mean
+    (flagged + 1) / (rows + 1) (split-conformal). SPE sees what a mean shift in the
+    components cannot: a new topic moves little inside 10 components of the old topics but
+    lands far outside them.
+
+    ``score_name`` "t2" is the fallback for references built before the model was stored:
+    T^2 in the whitened components only, its threshold from the same rows that set the
+    whitening (slightly optimistic), blind to topics outside the components.
+    """
+
+    score_name: str  # "t2+spe" or "t2"
+    threshold: float
+    flagged: int
+    rows: int
+
+    @property
+    def p0(self) -> float:
+        return (self.flagged + 1.0) / (self.rows + 1.0)
+
+    @property
+    def rate_beta(self) -> tuple[float, float]:
+        return self.flagged + 1.0, float(max(self.rows - self.flagged, 1))
+
+    def scores(self, reference: Reference, embeddings: np.ndarray) -> np.ndarray:
+        if self.score_name == "t2":
+            proj = reference.project(embeddings)
+            if proj is None:
+                raise ValueError("the reference has no embedding components")
+            return np.asarray((proj * proj).sum(axis=1))
+        score = reference.novelty(embeddings)
+        if score is None:
+            raise ValueError("the reference has no embedding novelty model")
+        return score
+
+    def flags(self, reference: Reference, embeddings: np.ndarray) -> np.ndarray:
+        """0/1 per output: novel against the reference."""
+        return (self.scores(reference, embeddings) > self.threshold).astype(np.int8)
+
+
+def fit_novelty(reference: Reference, alpha: float = NOVELTY_ALPHA) -> tuple[Novelty | None, str | None]:
+    """(the reference's novelty flag, a note on a fallback) or (None, why there is none)."""
+    if reference.frame.embeddings is None or reference.emb_mean is None or reference.emb_components is None:
+        return None, "the reference has no embeddings"
+    note = None
+    model = reference.emb_novelty
+    if model and model.get("scores"):
+        name, scores = "t2+spe", np.asarray(model["scores"], dtype=float)
+    else:
+        proj = np.asarray(reference.frame.embeddings, dtype=float)
+        name, scores = "t2", (proj * proj).sum(axis=1)
+        note = ("T^2 only: this reference predates the stored novelty model, so a topic outside its principal "
+                "components goes unseen and the threshold is slightly optimistic; references built from now on "
+                "carry the model")
+    threshold = float(np.quantile(scores, 1.0 - alpha, method="higher"))
+    return Novelty(name, threshold, int((scores > threshold).sum()), len(scores)), note
+
+
 @register
 class EmbeddingCusum(Detector):
+    """A topic change in the embeddings: a Bernoulli CUSUM on the per-output novelty flag.
+
+    The flag (:class:`Novelty`) turns each 384-dimensional embedding into one bit whose
+    clean rate p0 the reference gives out of sample; the CUSUM is tuned to the policy's
+    ``p1`` (the share of novel outputs to catch fast), else 5 x p0, and its threshold is
+    calibrated to the ARL with each simulated stream's true clean rate drawn from the
+    exact Beta law of p0, so the budget holds despite p0 being an estimate.
+
+    Why a flag, not the mean: the multivariate CUSUM on the components' mean that this
+    replaced (Crosier's) was over its false-alarm budget in bench/bench_monitors.py and
+    slow, since a new topic moves the mean inside the old topics' components little.
+    What the flag does not target: a change of mix among the reference's own topics
+    (outputs still typical, their average moving within the components) raises the flag
+    rate only a little; the per-window Hotelling test (``evidently_embeddings``) watches
+    the mean.
+    """
+
     kind = "cusum_embeddings"
 
     def run(self, *, reference: Reference, window: Frame, state: dict[str, Any] | None,
             context: DetectorContext) -> DetectorResult:
         if (small := _too_small(self, reference, window)) is not None:
             return small
-        ref = reference.frame.embeddings
         cur = reference.project(window.embeddings)
-        if ref is None or cur is None:
+        if reference.frame.embeddings is None or cur is None or window.embeddings is None:
             return self.result("inconclusive", window, details={"reason": "no embeddings"})
-        shift = float(getattr(self.config, "shift_sigmas", None) or DEFAULT_EMBEDDING_SHIFT)
-        k = shift / 2.0
+        model, note = fit_novelty(reference)
+        if model is None:
+            return self.result("inconclusive", window, details={"reason": note})
+        p0 = model.p0
+        p1 = cusum.design_p1(p0, getattr(self.config, "p1", None), multiple=NOVELTY_P1_MULTIPLE)
         arl = self.arl or DEFAULT_ARL
         explicit = getattr(self.config, "threshold", None)
-        h = float(explicit) if explicit else cusum.calibrate_mcusum(
-            cusum.bootstrap_sampler(ref, reference_uncertainty=True), k, arl, key=f"emb3|{reference.key()}",
-            cache_dir=context.cache_dir)
-        params = {"components": int(ref.shape[1]), "shift_norm": shift, "h": h, "arl": arl}
-        state = _continue(state, params, int(ref.shape[1]))
-        s, peak, alarms, first = cusum.mcusum_block(cur, np.asarray(state["s"]), k, h)
-        mean_shift = float(np.linalg.norm(cur.mean(axis=0)))
-        return _sequential_result(
-            self, window, stats=s, peak=peak, alarms=alarms, first=first, h=h, state=state,
-            details={**params, "window_mean_shift_norm": mean_shift,
-                     "lorden_delay_design": cusum.lorden_delay(arl, shift * shift / 2.0)},
-        )
+        h = float(explicit) if explicit else cusum.calibrate_cusum(
+            cusum.bernoulli_sampler(p0, p1, rate_beta=model.rate_beta), arl,
+            key=f"novel|{p0:.6g}|{p1:.6g}|{model.flagged}/{model.rows}", cache_dir=context.cache_dir)
+        params = {"score": model.score_name, "p0": p0, "p1": p1, "h": h, "arl": arl}
+        state = _continue(state, params, 1)
+        x = model.flags(reference, window.embeddings)
+        run = cusum.cusum_block(cusum.bernoulli_llr(x, p0, p1).reshape(-1, 1), np.asarray(state["s"]), h)
+        kl = cusum.bernoulli_kl(p1, p0)
+        details: dict[str, Any] = {
+            **params, "novelty_alpha": NOVELTY_ALPHA, "reference_flagged": f"{model.flagged}/{model.rows}",
+            "window_rate": float(x.mean()), "novel": int(x.sum()),
+            "window_mean_shift_norm": float(np.linalg.norm(cur.mean(axis=0))),
+            "kl_design": kl, "lorden_delay_design": cusum.lorden_delay(arl, kl)}
+        if note:
+            details["note"] = note
+        return _sequential_result(self, window, stats=run.stats, peak=run.peak, alarms=run.alarms,
+                                  first=run.first_alarm, h=h, state=state, details=details)
 
 
 def resolve_kind(name: str, policy_kind: str, flags: list[str] | None = None) -> tuple[str, dict[str, Any]]:

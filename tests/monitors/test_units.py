@@ -15,7 +15,7 @@ from monitors.alerting import Notification, deliver, webhook_body
 from monitors.check import parse_window_key, window_key
 from monitors.descriptors import OutputRecord, describe, prompt_of, text_numeric
 from monitors.detectors import DetectorContext, Frame, Reference, build_detector
-from monitors.reference import whiten
+from monitors.reference import novelty_model, whiten
 from monitors.sampling import sample_size, seed_for
 
 
@@ -80,7 +80,7 @@ def _reference(rng: np.random.Generator, n: int = 300) -> Reference:
     frame = Frame(numeric={"length": rng.normal(100, 10, n), "sentiment": rng.normal(0, 0.3, n)},
                   flags={"violation": (rng.random(n) < 0.02).astype(np.int8)}, embeddings=proj,
                   texts=[f"text {i % 13} about things" for i in range(n)])
-    return Reference(frame=frame, emb_mean=mean, emb_components=comps)
+    return Reference(frame=frame, emb_mean=mean, emb_components=comps, emb_novelty=novelty_model(emb, comps))
 
 
 def _window(rng: np.random.Generator, n: int = 60, shift: float = 0.0, emb_shift: np.ndarray | None = None
@@ -128,11 +128,17 @@ def test_embedding_detectors_see_a_shift_in_embeddings_only() -> None:
     assert hotelling.run(reference=ref, window=_window(rng), state=None, context=ctx).verdict == "ok"
     assert hotelling.run(reference=ref, window=_window(rng, emb_shift=direction), state=None,
                          context=ctx).verdict == "drift"
+    # the sequential detector watches for outputs unlike the reference's (new topics):
+    # here every output moves 3 sd along a direction outside its principal components
     seq = build_detector("embedding_topics", _Cfg("cusum", arl=2000.0))
+    away = rng.standard_normal(16)
+    unit = ref.emb_components / np.linalg.norm(ref.emb_components, axis=1, keepdims=True)
+    away -= unit.T @ (unit @ away)
+    away *= 3.0 / np.linalg.norm(away)
     state = None
     verdicts = []
     for _ in range(3):
-        res = seq.run(reference=ref, window=_window(rng, emb_shift=direction), state=state, context=ctx)
+        res = seq.run(reference=ref, window=_window(rng, emb_shift=away), state=state, context=ctx)
         state = res.state
         verdicts.append(res.verdict)
     assert "drift" in verdicts
