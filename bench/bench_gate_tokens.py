@@ -18,6 +18,7 @@ cached in a temporary state folder, shared by all the gates of one run.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -68,6 +69,9 @@ def main() -> None:
     parser.add_argument("--policy", help="policy file (default: policies/default.yaml)")
     parser.add_argument("--max-cases", help="policy_compliance,bias,reasoning subset sizes (default: all)")
     parser.add_argument("--max-new-tokens", type=int, help="override gate.max_new_tokens")
+    parser.add_argument("--active", help="token dir gated against as the deployment's active version too (e.g. "
+                                         "the preference token of bench_aligner.py, STATE/bench/preference)")
+    parser.add_argument("--json", help="also write each report (verdict first) to this JSON file")
     parser.add_argument("--only", help="comma-separated token names (zero, house, complier, biased, innumerate)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=3e-2)
@@ -99,14 +103,20 @@ def main() -> None:
             tok, secs = train_bad(name, state, epochs=args.epochs, lr=args.lr, n_tokens=args.n_tokens)
             tokens.append((name, f"fails {redteam.EXPECTED_FAILURE[name]}", tok, secs))
 
+    active = AlignerToken.load(args.active) if args.active else None
+    if active is not None:
+        active.check_base(digests)
     gen = AlignerGenerator(model, tokenizer, base_digest=digests.weights, max_new_tokens=policy.gate.max_new_tokens)
     rows = []
+    reports: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as cache:
         for name, expected, tok, train_s in tokens:
             tok.check_base(digests)
             t = time.perf_counter()
             report = run_gate(gen, policy=policy, policy_sha256=policy_sha, candidate=tok,
-                              candidate_digest=tok.sha256, state_dir=cache)
+                              candidate_digest=tok.sha256, active=active,
+                              active_digest=active.sha256 if active is not None else None, state_dir=cache)
+            reports[name] = report.to_dict()
             secs = time.perf_counter() - t
             outcome = {s.suite: s.passed for s in report.suites}
             failing = [f"{s.suite}: {m.name} {m.value:.3g} vs {m.comparator}{m.threshold}"
@@ -121,9 +131,11 @@ def main() -> None:
                          report.run.get("rows_generated")))
             print(f"[{name}] {report.verdict} in {secs:.0f}s; failing: {failing[:6]}", flush=True)
 
+    if args.json:
+        Path(args.json).write_text(json.dumps(reports, indent=1, default=str))
     sizes = ", ".join(f"{k} {v}" for k, v in (policy.gate.max_cases or {}).items()) or "all cases"
     print(f"\nGate verdicts on SmolLM2-135M-Instruct ({sizes}; {policy.gate.max_new_tokens} new tokens; "
-          f"baseline: the bare base model)")
+          f"baselines: the bare base model{' and the active token ' + Path(args.active).name if args.active else ''})")
     print(f"{'token':<11}{'expected':<26}{'verdict':<9}{'compliance':<12}{'bias':<7}{'reasoning':<11}{'ok':<4}"
           f"{'train s':>8}{'gate s':>8}  failing decisive metrics")
     for name, expected, verdict, outcome, failing, ok, train_s, secs, _ in rows:
