@@ -17,7 +17,7 @@ UI_PREFIX = "/ui"
 def install(app: Any, *, prefix: str = UI_PREFIX) -> None:
     """Mount the dashboard on a FastAPI/Starlette app at ``prefix`` (default ``/ui``).
 
-    The dashboard reads ``app.state.engine`` (and calls ``app.state.publish_outbox()`` after
+    The dashboard reads ``app.state.engine`` (and calls ``app.state.publish_outbox(outgoing)`` after
     a commit that queued messages, when the app has it) at request time, so it can be
     installed before the app's lifespan has created them.
     """

@@ -33,6 +33,7 @@ from governance.api.errors import DomainError
 from governance.auth.models import ApiKey, Role, User
 from governance.auth.service import Principal
 from governance.db import utcnow
+from governance.outbox.service import Outgoing
 from governance.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,11 @@ def get_engine(request: Request) -> Engine:
 def ui_session(request: Request) -> Iterator[Session]:
     publish = getattr(parent_app(request).state, "publish_outbox", None)
 
-    def publish_quietly() -> None:
+    def publish_quietly(outgoing: Outgoing) -> None:
         if not callable(publish):
             return
         try:
-            publish()
+            publish(outgoing)
         except Exception:  # the periodic sweep sends it later; the change itself committed
             log.exception("publishing the outbox after a dashboard action failed")
 

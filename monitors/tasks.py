@@ -72,6 +72,7 @@ def run_check_task(deployment_id: int, window_key: str) -> dict[str, Any]:
 @app.task(name="monitors.auto_rollback", queue=ROLLBACK_QUEUE, **RETRY)
 def auto_rollback_task(deployment_id: int, expected_version_id: int | None, check_id: int,
                        detector: str) -> dict[str, Any]:
+    from governance.outbox.service import take_outgoing
     from monitors.rollback import auto_rollback, pause_point
 
     engine = get_engine()
@@ -79,17 +80,18 @@ def auto_rollback_task(deployment_id: int, expected_version_id: int | None, chec
         decision = auto_rollback(session, deployment_id=deployment_id, expected_version_id=expected_version_id,
                                  check_id=check_id, detector=detector, now=_now())
         pause_point("rollback.before_commit")
-    deliver(decision.notifications)
+    outgoing = take_outgoing(session)  # the commit has returned: what it enqueued, still in memory
     if decision.status == "rolled_back":
-        _publish_outbox(engine)  # replicas swap now instead of at the next sweep
+        _publish_outbox(engine, outgoing)  # replicas swap now, before the alert webhooks, not at the next sweep
+    deliver(decision.notifications)
     return {"status": decision.status, "message": decision.message, "to_version_id": decision.to_version_id}
 
 
-def _publish_outbox(engine: Any) -> int:
-    from governance.outbox.service import publish_pending
+def _publish_outbox(engine: Any, outgoing: Any) -> int:
+    from governance.outbox.service import publish_committed
 
     try:
-        return publish_pending(engine, _redis_url())
+        return publish_committed(engine, _redis_url(), outgoing)
     except Exception as exc:
         log.warning("outbox not published now (%s); the sweep will", exc)
         return 0

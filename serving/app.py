@@ -347,6 +347,7 @@ def _routes(app: FastAPI, state: ServingState) -> None:
             "cached_tokens": state.watcher.cached_tokens,
             "rejected": dict(state.watcher.rejected),
             "pubsub_connected": state.watcher.pubsub_connected,
+            "unconfirmed_ignored": state.watcher.unconfirmed_ignored,  # pushed states the API did not confirm
             "spool_pending": rec.spool_pending if rec else 0,
             "recorded": rec.stats.__dict__ if rec else None,
         }

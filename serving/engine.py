@@ -189,6 +189,7 @@ class Engine:
         self._queue: deque[GenerationRequest] = deque()
         self._cond = threading.Condition()
         self._pending: ServedToken | None = None
+        self._replace = False  # the pending token replaces the current one whatever their generations
         self._current: ServedToken | None = None
         self._stop = False
         self._busy = False
@@ -226,19 +227,40 @@ class Engine:
 
     @property
     def known_generation(self) -> int:
-        """The highest generation applied or waiting to be applied; -1 before the first."""
+        """The highest generation applied or waiting to be applied; -1 before the first.
+
+        While an authoritative replacement waits, it is the replacement's generation: the
+        current token is about to go, whatever generation it claimed.
+        """
+        pending = self._pending
+        if pending is not None and self._replace:
+            return pending.generation
         best = -1
-        for t in (self._current, self._pending):
+        for t in (self._current, pending):
             if t is not None and t.generation > best:
                 best = t.generation
         return best
 
-    def propose(self, token: ServedToken) -> bool:
-        """Offer a verified token; it is applied before the next batch if its generation is newer."""
+    def propose(self, token: ServedToken, *, replace: bool = False) -> bool:
+        """Offer a verified token; it is applied before the next batch if its generation is newer.
+
+        `replace=True` is for the control plane's own answer (the watcher's reconcile): the
+        token is applied even if its generation is not above the current one, as long as it
+        differs from what the engine has or awaits. That is how a replica leaves a generation
+        it should never have adopted (a forged Redis message claiming a huge one).
+        """
         with self._cond:
-            if token.generation <= self.known_generation:
-                return False
-            self._pending = token
+            if replace:
+                have = self._pending or self._current
+                if have is not None and _same(have, token):
+                    return False
+                self._pending, self._replace = token, True
+            else:
+                if token.generation <= self.known_generation:
+                    return False
+                # A newer token proposed on top of a waiting replacement replaces the current too.
+                self._replace = self._replace and self._pending is not None
+                self._pending = token
             self._cond.notify_all()
         # Applied right away when idle: the model thread wakes on the notify.
         return True
@@ -249,9 +271,10 @@ class Engine:
     def _apply_pending(self) -> None:
         with self._cond:
             pending, self._pending = self._pending, None
+            replace, self._replace = self._replace, False
         if pending is None:
             return
-        if self._current is not None and pending.generation <= self._current.generation:
+        if self._current is not None and not replace and pending.generation <= self._current.generation:
             return
         if self.adapter is not None:
             self.adapter.set_token(pending.token)
@@ -522,6 +545,10 @@ class Engine:
                 probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
             chosen[i] = torch.multinomial(probs, 1, generator=row.generator)[0].to(chosen.device)
         return chosen.cpu()
+
+
+def _same(a: ServedToken, b: ServedToken) -> bool:
+    return (a.generation, a.version_id, a.sha256) == (b.generation, b.version_id, b.sha256)
 
 
 def _joinable(cache: Any) -> bool:

@@ -19,6 +19,13 @@ without a round trip on its critical path; an unknown sha256 is still fetched fr
 API and verified before it is proposed. `last_sync` records when each proposed
 generation was received and ready (the propagation benchmark reads it through
 `/v1/serving/status`).
+
+The channel is not authenticated, so a pushed generation is a hint. The next generation
+(known + 1) is adopted from the message alone; a jump, or another token under the
+generation the replica has, is first confirmed with `GET /active`. The API's answer is
+authoritative: when a reconcile or the fence gets a state other than the one the replica
+adopted before asking, the replica moves to it even if its generation is lower. So a
+forged huge generation never locks a replica out of the real flips that follow it.
 """
 
 from __future__ import annotations
@@ -99,6 +106,10 @@ class TokenWatcher:
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self.cache_size = max(cache_size, prefetch + 2)
         self.last_sync: SyncTiming | None = None
+        # What was last proposed to the engine (version, sha256, generation) and when it was received.
+        self._known: tuple[int | None, str | None, int] | None = None
+        self._known_at = 0.0
+        self.unconfirmed_ignored = 0  # pushed states the API did not confirm
         self._sync_lock = threading.Lock()  # one sync at a time: generations are proposed in order
         self._cache_lock = threading.Lock()  # the LRU is shared by sync and the prefetcher
         self._stop = threading.Event()
@@ -127,14 +138,38 @@ class TokenWatcher:
         self._threads.clear()
 
     # -- the one sync path -----------------------------------------------------------------
-    def sync(self, desired: ActiveState, *, source: str = "reconcile", received_at: float | None = None) -> bool:
-        """Bring the engine to `desired` if it is newer; True if a token was proposed."""
-        if desired.generation <= self.engine.known_generation:
-            return False
+    def sync(
+        self,
+        desired: ActiveState,
+        *,
+        source: str = "reconcile",
+        received_at: float | None = None,
+        asked_at: float | None = None,
+    ) -> bool:
+        """Bring the engine to `desired` if it is newer; True if a token was proposed.
+
+        `asked_at` marks `desired` as the API's answer to a request sent at that time: it is
+        authoritative. If the replica holds something else (a lower generation is not the
+        only way: a forged message may have claimed a higher one or another token under the
+        same one) and adopted it before the request was sent, `desired` replaces it. A state
+        adopted after the request was sent may be newer than the answer (a push that overtook
+        it) and stays; the next reconcile settles it.
+        """
         received = time.time() if received_at is None else received_at
         with self._sync_lock:
+            replace = False
             if desired.generation <= self.engine.known_generation:
-                return False
+                if asked_at is None or not self._contradicts(desired, asked_at):
+                    return False
+                replace = True
+                log.warning(
+                    "the API says generation %s (version %s) but this replica adopted generation %s "
+                    "(version %s) from an unconfirmed message; serving the API's answer",
+                    desired.generation,
+                    desired.version_id,
+                    self._known[2] if self._known else None,
+                    self._known[0] if self._known else None,
+                )
             token: Any = None
             cached = True
             if desired.sha256 is not None:
@@ -149,7 +184,18 @@ class TokenWatcher:
                     if token is None:
                         return False
             self.last_sync = SyncTiming(desired.generation, source, received, time.time(), cached)
-            return self.engine.propose(ServedToken(desired.version_id, desired.sha256, desired.generation, token))
+            served = ServedToken(desired.version_id, desired.sha256, desired.generation, token)
+            if not self.engine.propose(served, replace=replace):
+                return False
+            self._known = (desired.version_id, desired.sha256, desired.generation)
+            self._known_at = received
+            return True
+
+    def _contradicts(self, desired: ActiveState, asked_at: float) -> bool:
+        """True if the API's answer (asked at `asked_at`) is not what this replica adopted before then."""
+        if self._known is None or self._known_at >= asked_at:
+            return False
+        return self._known != (desired.version_id, desired.sha256, desired.generation)
 
     @property
     def cached_tokens(self) -> int:
@@ -240,9 +286,10 @@ class TokenWatcher:
 
     # -- the three paths -------------------------------------------------------------------
     def reconcile_once(self) -> bool:
+        asked = time.time()
         desired = self.control.get_active(self.deployment)
         self.last_reconcile = time.time()
-        return self.sync(desired, source="reconcile")
+        return self.sync(desired, source="reconcile", asked_at=asked)
 
     def fence(self) -> None:
         """Run on the model thread before a batch: catch up with the API if a newer generation exists."""
@@ -250,7 +297,8 @@ class TokenWatcher:
         if now < self._fence_open_until:
             return
         try:
-            self.sync(self._fence_control.get_active(self.deployment), source="fence")
+            asked = time.time()
+            self.sync(self._fence_control.get_active(self.deployment), source="fence", asked_at=asked)
         except ControlPlaneError as exc:
             # Fail open for a while: serve what we have rather than stall every batch on a dead API.
             self._fence_open_until = now + self.fence_backoff
@@ -331,6 +379,45 @@ class TokenWatcher:
             log.warning("ignoring a malformed message on %s: %s", channel_name(self.deployment), exc)
             return
         try:
-            self.sync(desired, source="push", received_at=received_at)
+            if self._plausible(desired):
+                self.sync(desired, source="push", received_at=received_at)
+            else:
+                self._confirm(desired, received_at)
         except ControlPlaneError as exc:
             log.warning("fetching the pushed token failed (%s); reconcile will retry", exc)
+
+    def _plausible(self, pushed: ActiveState) -> bool:
+        """Whether a pushed state may be adopted without asking the API first.
+
+        The channel is not authenticated: whoever can PUBLISH on it can claim any generation.
+        Generations go up by one per promotion or rollback, so the push path trusts only the
+        next one (the steady state, no round trip) and anything it would ignore anyway.
+        A jump (a lost message, or a forged huge generation that would make the replica
+        ignore every real flip after it) and a different token under the generation the
+        replica already has are confirmed with the API first.
+        """
+        known = self.engine.known_generation
+        if pushed.generation == known + 1 or pushed.generation < known:
+            return True
+        if pushed.generation == known:
+            return self._known is None or self._known == (pushed.version_id, pushed.sha256, pushed.generation)
+        return False
+
+    def _confirm(self, pushed: ActiveState, received_at: float | None) -> None:
+        asked = time.time()
+        answer = self.control.get_active(self.deployment)
+        if (answer.version_id, answer.sha256, answer.generation) != (
+            pushed.version_id,
+            pushed.sha256,
+            pushed.generation,
+        ):
+            self.unconfirmed_ignored += 1
+            log.warning(
+                "ignoring a pushed generation %s (version %s) that the API does not confirm "
+                "(it says generation %s, version %s)",
+                pushed.generation,
+                pushed.version_id,
+                answer.generation,
+                answer.version_id,
+            )
+        self.sync(answer, source="confirm", received_at=received_at, asked_at=asked)

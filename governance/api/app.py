@@ -10,7 +10,7 @@ generic 500 (logged here, never echoed: no stack traces or SQL reach a client).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -24,6 +24,9 @@ from governance.api.guard import Guard
 from governance.api.middleware import ApiMiddleware
 from governance.api.openapi import install_openapi
 from governance.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from governance.outbox.service import Outgoing
 
 log = logging.getLogger("governance.api")
 
@@ -57,11 +60,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.redis_url = resolve_redis_url(settings)
         return str(app.state.redis_url)
 
-    def publish_outbox() -> None:
-        from governance.outbox.service import publish_pending
+    def publish_outbox(outgoing: Outgoing | None = None) -> None:
+        """After a commit: send what it enqueued from memory (`outgoing`), or sweep the table."""
+        from governance.outbox.service import publish_committed, publish_pending
 
         try:
-            publish_pending(app.state.engine, redis_url())
+            if outgoing is None:
+                publish_pending(app.state.engine, redis_url())
+            else:
+                publish_committed(app.state.engine, redis_url(), outgoing)
         except Exception:  # the periodic sweep sends what is left
             log.exception("outbox publish after commit failed; the sweep will retry")
 

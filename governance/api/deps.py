@@ -4,7 +4,8 @@
 response is sent (dependency scope "function"), so a failed commit is an error
 response, never a lost success. A refused governed action is rolled back and then its
 ``denied`` entry is written in a transaction of its own. After a commit that wrote
-outbox rows, they are published right away (the periodic sweep is the safety net).
+outbox rows, they are sent right away from memory (`outbox.publish_committed`; the
+periodic sweep is the safety net).
 
 Every route declares `RequireRole(...)`; a test walks the app's routes and fails on a
 route without one.
@@ -38,7 +39,7 @@ def get_engine(request: Request) -> Engine:
     return request.app.state.engine  # type: ignore[no-any-return]
 
 
-def transaction(engine: Engine, publish: Callable[[], object] | None) -> Iterator[Session]:
+def transaction(engine: Engine, publish: Callable[[outbox.Outgoing], object] | None) -> Iterator[Session]:
     """One request's unit of work: commit on success; a refused action rolls back and is
     audited as denied in its own transaction; outbox rows are published after the commit."""
     session = session_factory(engine)()
@@ -49,10 +50,10 @@ def transaction(engine: Engine, publish: Callable[[], object] | None) -> Iterato
         record_refusal(engine, exc)
         raise
     finally:
-        pending = outbox.has_pending(session)
+        outgoing = outbox.take_outgoing(session)
         session.close()
-    if pending and publish is not None:
-        publish()
+    if outgoing and publish is not None:  # only reached once the commit returned
+        publish(outgoing)
 
 
 def get_session(request: Request) -> Iterator[Session]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import socket
+import sys
 
 import typer
 
@@ -72,5 +73,8 @@ def serve_cmd(
     # Frozen, they are never scanned again; only what serving allocates is collected.
     gc.collect()
     gc.freeze()
+    # The model thread holds the GIL between torch calls; the pub/sub thread that receives a
+    # promotion waits for it up to the switch interval (5 ms by default) at each step it takes.
+    sys.setswitchinterval(0.001)
     console.print(f"serving on http://{host}:{port}/v1 (replica {config.replica_id})")
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -4,23 +4,34 @@
 rolled-back change never announces anything. `publish_pending` sends committed rows
 in id order: Redis PUBLISH for ``publish`` rows, Celery ``send_task`` (through a plain
 ``celery.Celery(broker=...)`` client: governance never imports the workers) for
-``task`` rows, and marks them published. The API calls it right after each commit
-that wrote a row; a periodic sweep calls it to catch anything left (a crash between
-commit and send). One publisher runs at a time (a transaction-scoped advisory lock),
-which keeps the per-channel order equal to the commit order: promotions lock their
-deployment row before they allocate an outbox id, so ids follow generations. Delivery
-is at least once; subscribers de-duplicate by generation.
+``task`` rows, and marks them published; a periodic sweep calls it to catch anything
+left (a crash between commit and send). One sweep runs at a time (a transaction-scoped
+advisory lock) and sends in id order.
+
+The fast path: every enqueued row is also kept in the session's memory (`take_fresh`),
+and the edge that committed (an API request, a task) hands them to `publish_committed`
+right after the commit: one PUBLISH (or `send_task`) per row on a pooled connection,
+with no database round trip before it; the rows are marked published afterwards in one
+UPDATE. Measured under load, the old path (a second transaction: pool ping, advisory
+lock, SELECT ... FOR UPDATE, then the PUBLISH) put 23 ms p50 / 68 ms p99 between the
+commit and the replicas receiving the message (docs/benchmarks.md). A row whose send
+fails, or that is not marked because the process dies, stays unpublished and the sweep
+sends it. Delivery is at least once and, on the fast path, not serialised between
+concurrent commits; subscribers order and de-duplicate by generation (replicas ignore
+a generation at or below the one they serve), so neither a duplicate nor a late stale
+message changes what a replica serves.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import redis as redis_lib
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, event, select, text, update
 from sqlalchemy.orm import Session
 
 from governance.api import metrics
@@ -32,16 +43,36 @@ log = logging.getLogger(__name__)
 GATE_TASK = "evaluators.run_gate"
 GATE_QUEUE = "gates"  # the queue monitors.celery_app routes gate runs to
 OUTBOX_LOCK_KEY = 0x6F75_7462_6F78  # "outbox"
-PENDING_FLAG = "govern_outbox_pending"
+FRESH_KEY = "govern_outbox_fresh"  # session.info: rows enqueued in this transaction
+STALE_KEY = "govern_outbox_unsure"  # session.info: a rollback dropped some of them
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """An outbox row written in this session's transaction, with what to send kept in memory."""
+
+    id: int
+    kind: str  # publish | task
+    target: str
+    payload: dict[str, Any]
 
 
 def deployment_channel(name: str) -> str:
     return f"govern:deployment:{name}"
 
 
-def _mark(session: Session) -> None:
-    # the edge looks at this after commit to publish right away
-    session.info[PENDING_FLAG] = True
+def _mark(session: Session, msg: OutboxMessage) -> None:
+    # the edge takes these after the commit and sends them at once (`publish_committed`)
+    session.info.setdefault(FRESH_KEY, []).append(Fresh(msg.id, msg.kind, msg.target, dict(msg.payload)))
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_on_rollback(session: Session, previous_transaction: Any) -> None:
+    # A rollback (even of a savepoint) may have undone some of these rows: send none of
+    # them from memory. Whatever did commit is still in the table, and the sweep (or the
+    # edge's `publish_pending` fallback) sends it.
+    if session.info.pop(FRESH_KEY, None):
+        session.info[STALE_KEY] = True
 
 
 def enqueue_task(
@@ -57,7 +88,7 @@ def enqueue_task(
     msg = OutboxMessage(kind="task", target=name, payload=payload)
     session.add(msg)
     session.flush()
-    _mark(session)
+    _mark(session, msg)
     return msg
 
 
@@ -69,12 +100,24 @@ def enqueue_publish(session: Session, *, channel: str, payload: dict[str, Any]) 
     msg = OutboxMessage(kind="publish", target=channel, payload=payload)
     session.add(msg)
     session.flush()
-    _mark(session)
+    _mark(session, msg)
     return msg
 
 
-def has_pending(session: Session) -> bool:
-    return bool(session.info.pop(PENDING_FLAG, False))
+@dataclass
+class Outgoing:
+    """What one committed transaction has to send (`take_outgoing`)."""
+
+    rows: list[Fresh] = field(default_factory=list)
+    unsure: bool = False  # a rollback inside the session dropped rows from memory: sweep instead
+
+    def __bool__(self) -> bool:
+        return bool(self.rows) or self.unsure
+
+
+def take_outgoing(session: Session) -> Outgoing:
+    """The rows this session enqueued, taken once after its commit (and cleared)."""
+    return Outgoing(list(session.info.pop(FRESH_KEY, None) or []), bool(session.info.pop(STALE_KEY, False)))
 
 
 @lru_cache(maxsize=8)
@@ -92,7 +135,7 @@ def _celery(url: str) -> Any:
     return app
 
 
-def _send(msg: OutboxMessage, redis_url: str) -> None:
+def _send(msg: OutboxMessage | Fresh, redis_url: str) -> None:
     if msg.kind == "publish":
         _redis(redis_url).publish(msg.target, json.dumps(msg.payload, sort_keys=True))
     else:
@@ -135,3 +178,45 @@ def publish_pending(engine: Engine, redis_url: str, *, batch: int = 200) -> int:
                 sent += 1
         if failed or len(rows) < batch:
             return sent
+
+
+def publish_committed(engine: Engine, redis_url: str, outgoing: Outgoing) -> int:
+    """Send what a transaction enqueued, right after its commit returned, from memory.
+
+    The sends come first (no database round trip before them), in id order; one UPDATE
+    then marks the sent rows published. A failed send stops the run and leaves that row
+    and the rest to the sweep; a crash before the UPDATE means the sweep sends them again
+    (at least once). When a rollback inside the session made the in-memory list unsure,
+    `publish_pending` sends what actually committed instead. Returns how many were sent.
+    """
+    if outgoing.unsure:
+        return publish_pending(engine, redis_url)
+    sent = send_committed(redis_url, outgoing)
+    mark_published(engine, sent)
+    return len(sent)
+
+
+def send_committed(redis_url: str, outgoing: Outgoing) -> list[int]:
+    """The sending half of `publish_committed`: returns the ids sent, in order."""
+    sent: list[int] = []
+    for msg in sorted(outgoing.rows, key=lambda m: m.id):
+        try:
+            _send(msg, redis_url)
+        except Exception as exc:
+            log.warning("outbox message %s (%s %s) not sent yet: %s; the sweep will", msg.id, msg.kind, msg.target, exc)
+            break
+        sent.append(msg.id)
+        metrics.OUTBOX_PUBLISHED.labels(kind=msg.kind).inc()
+    return sent
+
+
+def mark_published(engine: Engine, ids: list[int]) -> None:
+    """The marking half of `publish_committed`: the sweep will not send these rows again."""
+    if not ids:
+        return
+    with unit_of_work(engine) as session:
+        session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_(ids), OutboxMessage.published_at.is_(None))
+            .values(published_at=utcnow(), attempts=OutboxMessage.attempts + 1)
+        )
