@@ -11,11 +11,17 @@ policy's ``arl`` for them is counted in windows: alpha = 1/arl; 1% by default):
   decision does not depend on whether the HTML report is rendered; the report (Evidently,
   via :mod:`monitors.evidently_adapter`) is saved as evidence.
 - ``evidently_embeddings``: the squared distance between the window's and the
-  reference's mean embedding in the whitened principal-component space, scaled by
-  ``1/n + 1/N`` (a two-sample Hotelling-style statistic; chi-squared with k degrees of
-  freedom for Gaussian data, which real embeddings are not, so its threshold is the
-  1 - alpha quantile over clean windows simulated by a double bootstrap of the reference:
-  a resampled reference and a resampled window each time, so both estimation errors count).
+  reference's mean embedding in the reference's principal components, each scaled by
+  its spread over reference and window together, times ``1/(1/n + 1/N)`` (a two-sample
+  Hotelling-style statistic). Its p-value is a two-sample permutation test: the window's
+  rows and the reference's are relabelled at random and the statistic recomputed. The
+  reference rows and new clean outputs are exchangeable (the components come from the
+  other half of the reference, :func:`monitors.reference.whiten`), so the test has level
+  alpha exactly, averaged over references, whatever the embeddings' shape: the null
+  accounts for the reference being a sample too. (The chi-squared p-value, which would
+  need Gaussian rows, is recorded for comparison only. A double bootstrap of the
+  reference, which this replaced, took the reference's rows for the population and ran
+  at 1.4 % false alarms per check for a 1 % budget in bench/bench_monitors.py.)
 - ``expectations``: the policy's rules over the window (no personal-data patterns,
   length within the format bounds, refusal rate under a bound) through
   :mod:`evaluators.expectations`; any failed expectation is drift.
@@ -23,7 +29,10 @@ policy's ``arl`` for them is counted in windows: alpha = 1/arl; 1% by default):
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,33 +117,67 @@ class EvidentlyDescriptors(Detector):
 
 
 def embedding_statistic(ref_proj: np.ndarray, cur_proj: np.ndarray) -> tuple[float, float]:
-    """(T, p-value): T = |mean_cur - mean_ref|^2 / (1/n + 1/N) in whitened space, chi2(k) under no drift."""
+    """(T, p-value): T = |mean_cur - mean_ref|^2 / (1/n + 1/N) in whitened space, chi2(k) under no drift
+    for Gaussian rows of unit variance (a reference only: the decision is the permutation test's)."""
     n, big_n, k = cur_proj.shape[0], ref_proj.shape[0], cur_proj.shape[1]
     diff = cur_proj.mean(axis=0) - ref_proj.mean(axis=0)
     t = float(diff @ diff / (1.0 / n + 1.0 / big_n))
     return t, float(stats.chi2.sf(t, k))
 
 
-_T_CACHE: dict[tuple[str, int, float], float] = {}
+def permutations_for(alpha: float) -> int:
+    """Relabellings for a Monte Carlo permutation p-value at level ``alpha``: B + 1 a multiple of
+    1/alpha, with 10 relabellings beyond the critical value. The level is exact for any B; a
+    small B only blurs the critical value, which costs a little power, never false alarms."""
+    return int(max(999, math.ceil(10.0 / alpha) - 1))
 
 
-def calibrated_t(ref_proj: np.ndarray, n: int, alpha: float, key: str, seed: int = 7) -> float:
-    """The 1 - alpha quantile of the embedding statistic on clean windows of size n (double bootstrap)."""
-    cached = _T_CACHE.get((key, n, alpha))
-    if cached is not None:
-        return cached
+@dataclass(frozen=True)
+class PermutationTest:
+    statistic: float  # T of the observed labelling
+    p_value: float  # (1 + #{T* >= T}) / (B + 1)
+    critical: float  # drift iff statistic > critical (equivalent to p_value <= alpha)
+    permutations: int
+
+
+def embedding_permutation_test(ref_proj: np.ndarray, cur_proj: np.ndarray, *, alpha: float,
+                               permutations: int | None = None, seed: int | None = None) -> PermutationTest:
+    """Two-sample permutation test of equal mean embeddings, reference (N, k) against window (n, k).
+
+    T = sum_j (mean_cur_j - mean_ref_j)^2 / v_j / (1/n + 1/N), v_j the variance of component j
+    over both samples together: a function of the pooled rows that relabelling leaves
+    alone, so only the split changes. Under no drift the N + n rows are exchangeable and
+    every split is equally likely; the p-value (1 + #{T* >= T}) / (B + 1) over B random
+    splits is then at most alpha with probability at most alpha (Monte Carlo permutation
+    test), for any distribution of the rows and any reference size. The splits are drawn
+    from a seed derived from the window's rows unless given, so every worker reaches the
+    same verdict on the same window.
+    """
+    ref = np.atleast_2d(np.asarray(ref_proj, dtype=float))
+    cur = np.atleast_2d(np.asarray(cur_proj, dtype=float))
+    n, big_n = cur.shape[0], ref.shape[0]
+    b = permutations or permutations_for(alpha)
+    pooled = np.vstack([cur, ref])
+    pooled = pooled - pooled.mean(axis=0)
+    sd = pooled.std(axis=0, ddof=1)
+    z = pooled / np.where(sd > 1e-12, sd, 1.0)  # (N + n, k), mean 0
+    # with the pooled mean at 0: mean_cur - mean_ref = sum_cur * (1/n + 1/N)
+    scale = 1.0 / n + 1.0 / big_n
+    t_obs = float(np.sum(z[:n].sum(axis=0) ** 2) * scale)
+    if seed is None:
+        seed = int.from_bytes(hashlib.sha256(np.round(cur, 6).tobytes()).digest()[:8], "little")
     rng = np.random.default_rng(seed)
-    big_n = ref_proj.shape[0]
-    reps = int(max(2000, 50 / alpha))
-    ts = np.empty(reps)
-    for i in range(reps):
-        ref_mean = ref_proj[rng.integers(0, big_n, size=big_n)].mean(axis=0)
-        win_mean = ref_proj[rng.integers(0, big_n, size=n)].mean(axis=0)
-        diff = win_mean - ref_mean
-        ts[i] = diff @ diff / (1.0 / n + 1.0 / big_n)
-    t = float(np.quantile(ts, 1.0 - alpha))
-    _T_CACHE[(key, n, alpha)] = t
-    return t
+    t_perm = np.empty(b)
+    chunk = 500
+    for lo in range(0, b, chunk):
+        m = min(chunk, b - lo)
+        picks = np.argpartition(rng.random((m, big_n + n)), n - 1, axis=1)[:, :n]  # (m, n): a random split
+        t_perm[lo:lo + m] = np.sum(z[picks].sum(axis=1) ** 2, axis=1) * scale
+    p = (1.0 + float(np.sum(t_perm >= t_obs))) / (b + 1.0)
+    # p <= alpha  <=>  fewer than floor(alpha (B + 1)) of the T* reach T  <=>  T above that order statistic
+    rank = math.floor(alpha * (b + 1) + 1e-9)
+    critical = float(np.sort(t_perm)[::-1][rank - 1]) if rank >= 1 else math.inf
+    return PermutationTest(t_obs, p, critical, b)
 
 
 @register
@@ -148,10 +191,11 @@ class EvidentlyEmbeddings(Detector):
         if ref is None or cur is None or reference.n < MIN_REFERENCE or window.n < 2:
             return self.result("inconclusive", window, details={"reason": "no embeddings or too few"})
         alpha = alpha_of(self.config)
-        t, p = embedding_statistic(ref, cur)
-        t_crit = calibrated_t(ref, cur.shape[0], alpha, reference.key())
-        details: dict[str, Any] = {"alpha": alpha, "components": int(ref.shape[1]), "hotelling_t": t,
-                                   "t_threshold": t_crit, "chi2_p_value": p,
+        test = embedding_permutation_test(ref, cur, alpha=alpha)
+        _, chi2_p = embedding_statistic(ref, cur)
+        details: dict[str, Any] = {"alpha": alpha, "components": int(ref.shape[1]), "test": "permutation",
+                                   "hotelling_t": test.statistic, "t_threshold": test.critical,
+                                   "permutations": test.permutations, "chi2_p_value": chi2_p,
                                    "mean_shift_norm": float(np.linalg.norm(cur.mean(axis=0) - ref.mean(axis=0)))}
         evidence: dict[str, str] = {}
         path = _report_path(context, self.name)
@@ -167,8 +211,10 @@ class EvidentlyEmbeddings(Detector):
             except Exception as exc:
                 log.warning("Evidently embeddings report for %s failed: %s", context.window_key, exc)
                 details["evidently_error"] = str(exc)[:500]
-        verdict: Verdict = "drift" if t > t_crit else "ok"
-        return self.result(verdict, window, statistic=t, threshold=t_crit, p_values={"embedding_chi2": p},
+        # a p-value against alpha, like the descriptor test (the dashboard plots it so)
+        verdict: Verdict = "drift" if test.p_value <= alpha else "ok"
+        return self.result(verdict, window, statistic=test.p_value, threshold=alpha,
+                           p_values={"embedding_permutation": test.p_value, "embedding_chi2": chi2_p},
                            details=details, evidence=evidence)
 
 

@@ -1,7 +1,10 @@
 """Sequential detectors: CUSUMs whose thresholds are calibrated to the policy's ARL.
 
 - ``cusum_bernoulli``: per-output 0/1 flag (default ``violation``: any policy checker
-  fired) from the reference rate p0 to the design rate p1.
+  fired) from the reference rate p0 to the design rate p1. p0 is an estimate from the
+  reference's counts, so h is calibrated with each simulated stream's true rate drawn
+  from what those counts allow (:func:`cusum.reference_rate_beta`): the ARL holds
+  averaged over references, as the budget promises.
 - ``cusum_gaussian``: two-sided CUSUMs on the standardised means of the numeric
   descriptors (log scale for lengths), one threshold for all of them, calibrated
   jointly on bootstrap resamples of the reference rows (their real shape and
@@ -80,8 +83,10 @@ class BernoulliCusum(Detector):
         arl = self.arl or DEFAULT_ARL
         h = float(explicit) if explicit else cusum.calibrate_cusum(
             cusum.bernoulli_sampler(p0, p1, reference_k=k, reference_n=n), arl,
-            key=f"bern|{p0:.6g}|{p1:.6g}|{k}/{n}", cache_dir=context.cache_dir)
-        return {"flag": self.flag, "p0": p0, "p1": p1, "h": h, "arl": arl}
+            key=f"bern-ucd|{p0:.6g}|{p1:.6g}|{k}/{n}", cache_dir=context.cache_dir)
+        # "calibration" names how h was set: a state kept under another scheme restarts
+        return {"flag": self.flag, "p0": p0, "p1": p1, "h": h, "arl": arl,
+                "calibration": "explicit" if explicit else "upper-confidence"}
 
     def run(self, *, reference: Reference, window: Frame, state: dict[str, Any] | None,
             context: DetectorContext) -> DetectorResult:
@@ -269,7 +274,7 @@ class EmbeddingCusum(Detector):
         explicit = getattr(self.config, "threshold", None)
         h = float(explicit) if explicit else cusum.calibrate_cusum(
             cusum.bernoulli_sampler(p0, p1, rate_beta=model.rate_beta), arl,
-            key=f"novel|{p0:.6g}|{p1:.6g}|{model.flagged}/{model.rows}", cache_dir=context.cache_dir)
+            key=f"novel2|{p0:.6g}|{p1:.6g}|{model.flagged}/{model.rows}", cache_dir=context.cache_dir)
         params = {"score": model.score_name, "p0": p0, "p1": p1, "h": h, "arl": arl}
         state = _continue(state, params, 1)
         x = model.flags(reference, window.embeddings)
