@@ -163,6 +163,8 @@ def dpo_cmd(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     beta: Annotated[float, typer.Option("--beta", min=0.0, help="DPO temperature")] = 0.1,
+    sft_weight: Annotated[float, typer.Option(
+        "--sft-weight", min=0.0, help="weight of the chosen answers' NLL added to the DPO loss (0: pure DPO)")] = 0.0,
     model: ModelOpt = None,
     parent: ParentOpt = None,
     force: ForceOpt = False,
@@ -170,4 +172,5 @@ def dpo_cmd(
     """Direct preference optimisation on {"prompt", "chosen", "rejected"} lines; the reference
     policy is the base model with the token switched off."""
     _train("dpo", data, out, eval_data, model, parent, force,
-           n_tokens=tokens, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, beta=beta)
+           n_tokens=tokens, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, beta=beta,
+           sft_weight=sft_weight)

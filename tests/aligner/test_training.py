@@ -83,6 +83,31 @@ def test_dpo_reference_is_the_token_off_model(tiny_llama, tmp_path) -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_dpo_nll_term_raises_the_chosen_answers(tiny_llama, tmp_path) -> None:
+    """With ``sft_weight`` the chosen answers' likelihood goes up more than with pure DPO
+    (pure DPO may widen the margin by pushing the rejected answers down only)."""
+    from aligner import detach
+    from aligner.training import _collate, encode_pair, response_logprobs
+
+    model, tokenizer, _ = tiny_llama
+    examples = load_dpo_jsonl(_write(tmp_path / "p.jsonl", DPO_ROWS))
+    enc = [encode_pair(tokenizer, [{"role": "user", "content": e.prompt}], e.chosen, 384) for e in examples]
+
+    def chosen_logp() -> float:
+        with torch.no_grad():
+            sums, counts = response_logprobs(model, _collate(enc, tokenizer.pad_token_id))
+        return float((sums / counts).mean())
+
+    results = {}
+    for weight in (0.0, 1.0):
+        config = TrainConfig(n_tokens=2, epochs=3, batch_size=5, lr=0.1, beta=0.5, sft_weight=weight)
+        _, _, history = train_dpo(model, tokenizer, examples, examples, config)
+        results[weight] = chosen_logp()
+        assert "chosen_nll" in history[-1]
+        detach(model)
+    assert results[1.0] > results[0.0]
+
+
 def test_train_file_writes_an_artifact(state_dir, tmp_path) -> None:
     data = _write(tmp_path / "d.jsonl", SFT_ROWS)
     result = train_file(
