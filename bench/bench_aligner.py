@@ -164,7 +164,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     if args.train in ("dpo", "both"):
         pref_dir = pref_dir or state / "bench" / "preference"
         started, cpu = time.time(), time.process_time()
-        train_file("dpo", PREFERENCE_TRAIN, pref_dir, eval_data=PREFERENCE_EVAL, state_dir=state,
+        train_file("dpo", args.dpo_data or PREFERENCE_TRAIN, pref_dir, eval_data=PREFERENCE_EVAL, state_dir=state,
                    config=TrainConfig(n_tokens=args.dpo_tokens, epochs=args.dpo_epochs, lr=args.dpo_lr,
                                       beta=args.beta, sft_weight=args.dpo_sft_weight, seed=0,
                                       batch_size=args.batch_size,
@@ -208,6 +208,7 @@ def main() -> None:
     parser.add_argument("--dpo-epochs", type=int, default=2)
     parser.add_argument("--dpo-lr", type=float, default=2e-2)
     parser.add_argument("--beta", type=float, default=0.1)
+    parser.add_argument("--dpo-data", help="DPO training JSONL (default: the shipped preference set)")
     parser.add_argument("--dpo-sft-weight", type=float, default=0.0,
                         help="weight of the chosen answers' NLL added to the DPO loss (0: pure DPO)")
     parser.add_argument("--json", help="also write the results to this JSON file")
