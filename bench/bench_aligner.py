@@ -148,6 +148,23 @@ def bench_memory(digests: Any, count: int = 10_000) -> dict[str, float]:
     }
 
 
+def balance_labels(src: str | Path, dst: Path) -> Path:
+    """The rows of ``src`` followed by (k - 1) more copies of each label's rows, k = round(largest
+    label count / its count): the shipped preference set has 105 unsafe and 45 benign pairs,
+    so the benign pairs appear twice (90) and the refusals do not drown them."""
+    rows = [json.loads(line) for line in Path(src).read_text().splitlines() if line.strip()]
+    counts: dict[Any, int] = {}
+    for r in rows:
+        counts[r.get("label")] = counts.get(r.get("label"), 0) + 1
+    largest = max(counts.values())
+    out = list(rows)
+    for label, n in counts.items():
+        out += [r for r in rows if r.get("label") == label] * (round(largest / n) - 1)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text("".join(json.dumps(r) + "\n" for r in out))
+    return dst
+
+
 def run_training(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     state = Path(args.state_dir)
@@ -164,7 +181,10 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     if args.train in ("dpo", "both"):
         pref_dir = pref_dir or state / "bench" / "preference"
         started, cpu = time.time(), time.process_time()
-        train_file("dpo", args.dpo_data or PREFERENCE_TRAIN, pref_dir, eval_data=PREFERENCE_EVAL, state_dir=state,
+        data = args.dpo_data or PREFERENCE_TRAIN
+        if args.dpo_balance:
+            data = balance_labels(data, state / "bench" / "preference_balanced.jsonl")
+        train_file("dpo", data, pref_dir, eval_data=PREFERENCE_EVAL, state_dir=state,
                    config=TrainConfig(n_tokens=args.dpo_tokens, epochs=args.dpo_epochs, lr=args.dpo_lr,
                                       beta=args.beta, sft_weight=args.dpo_sft_weight, seed=0,
                                       batch_size=args.batch_size,
@@ -209,6 +229,8 @@ def main() -> None:
     parser.add_argument("--dpo-lr", type=float, default=2e-2)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--dpo-data", help="DPO training JSONL (default: the shipped preference set)")
+    parser.add_argument("--dpo-balance", action="store_true",
+                        help="repeat each label's pairs so the labels weigh about the same (see balance_labels)")
     parser.add_argument("--dpo-sft-weight", type=float, default=0.0,
                         help="weight of the chosen answers' NLL added to the DPO loss (0: pure DPO)")
     parser.add_argument("--json", help="also write the results to this JSON file")
