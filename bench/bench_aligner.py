@@ -222,16 +222,16 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=25, help="training steps between evaluations")
     parser.add_argument("--house-token", help="evaluate this house-style token dir")
     parser.add_argument("--preference-token", help="evaluate this preference token dir")
-    parser.add_argument("--sft-epochs", type=int, default=2)
-    parser.add_argument("--sft-lr", type=float, default=2e-2)
-    parser.add_argument("--dpo-tokens", type=int, default=10)
+    parser.add_argument("--sft-epochs", type=int, default=4)
+    parser.add_argument("--sft-lr", type=float, default=5e-2)
+    parser.add_argument("--dpo-tokens", type=int, default=4)
     parser.add_argument("--dpo-epochs", type=int, default=2)
-    parser.add_argument("--dpo-lr", type=float, default=2e-2)
+    parser.add_argument("--dpo-lr", type=float, default=1e-2)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--dpo-data", help="DPO training JSONL (default: the shipped preference set)")
-    parser.add_argument("--dpo-balance", action="store_true",
+    parser.add_argument("--dpo-balance", action=argparse.BooleanOptionalAction, default=True,
                         help="repeat each label's pairs so the labels weigh about the same (see balance_labels)")
-    parser.add_argument("--dpo-sft-weight", type=float, default=0.0,
+    parser.add_argument("--dpo-sft-weight", type=float, default=0.6,
                         help="weight of the chosen answers' NLL added to the DPO loss (0: pure DPO)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
