@@ -103,34 +103,6 @@ def cusum_block(llr: np.ndarray, start: np.ndarray, h: float) -> CusumRun:
     return CusumRun(s, peak, alarms, first)
 
 
-# ------------------------------------------------------------------ multivariate (embeddings)
-
-
-def mcusum_block(x: np.ndarray, start: np.ndarray, k: float, h: float) -> tuple[np.ndarray, float, int, int | None]:
-    """Crosier's multivariate CUSUM on whitened rows ``x`` (n, d): direction-free mean-shift detection.
-
-    ``C = |S + x|``; ``S = 0`` if ``C <= k`` else ``(S + x)(1 - k / C)``; alarm when ``|S| >= h``.
-    ``k`` is half the shift norm it is tuned to. Restarts at zero after an alarm.
-    Returns (state, peak |S|, alarms, first alarm index).
-    """
-    x = np.atleast_2d(np.asarray(x, dtype=float))
-    s = np.array(start, dtype=float).reshape(-1).copy()
-    if x.shape[1] != s.shape[0]:
-        raise ValueError(f"rows have {x.shape[1]} dimensions but the state has {s.shape[0]}")
-    peak, alarms, first = float(np.linalg.norm(s)), 0, None
-    for t in range(x.shape[0]):
-        v = s + x[t]
-        c = float(np.linalg.norm(v))
-        s = np.zeros_like(s) if c <= k else v * (1.0 - k / c)
-        norm = float(np.linalg.norm(s))
-        peak = max(peak, norm)
-        if norm >= h:
-            alarms += 1
-            first = t if first is None else first
-            s = np.zeros_like(s)
-    return s, peak, alarms, first
-
-
 # ------------------------------------------------------------------ calibration
 
 _CACHE: dict[str, float] = {}
@@ -161,29 +133,6 @@ def alarm_rate_cusum(sampler: Sampler, h: float, *, streams: int, length: int, s
         for t in range(n):
             s = np.maximum(0.0, s + inc[t])
             hit = s.max(axis=1) >= h
-            if hit.any():
-                alarms += int(hit.sum())
-                s[hit] = 0.0
-        done += n
-    return alarms / float(streams * length)
-
-
-def alarm_rate_mcusum(sampler: Sampler, k: float, h: float, *, streams: int, length: int, seed: int) -> float:
-    """False alarms per sample of restarting Crosier MCUSUMs on simulated clean rows."""
-    rng = np.random.default_rng(seed)
-    sampler.start(rng, streams)
-    s: np.ndarray | None = None
-    alarms, done, chunk = 0, 0, 2048
-    while done < length:
-        n = min(chunk, length - done)
-        rows = sampler.draw(rng, n)  # (n, streams, d)
-        if s is None:
-            s = np.zeros(rows.shape[1:])
-        for t in range(n):
-            v = s + rows[t]
-            c = np.linalg.norm(v, axis=1, keepdims=True)
-            s = np.where(c > k, v * (1.0 - k / np.maximum(c, 1e-12)), 0.0)
-            hit = np.linalg.norm(s, axis=1) >= h
             if hit.any():
                 alarms += int(hit.sum())
                 s[hit] = 0.0
@@ -257,14 +206,6 @@ def calibrate_cusum(sampler: Sampler, arl: float, *, key: str, cache_dir: Path |
     return calibrate_threshold(
         lambda h, st, ln, sd: alarm_rate_cusum(sampler, h, streams=st, length=ln, seed=sd),
         arl, key=f"cusum|{key}", cache_dir=cache_dir, seed=seed,
-    )
-
-
-def calibrate_mcusum(sampler: Sampler, k: float, arl: float, *, key: str, cache_dir: Path | None = None,
-                     seed: int = 20240601) -> float:
-    return calibrate_threshold(
-        lambda h, st, ln, sd: alarm_rate_mcusum(sampler, k, h, streams=st, length=ln, seed=sd),
-        arl, key=f"mcusum|k={k}|{key}", cache_dir=cache_dir, seed=seed,
     )
 
 

@@ -75,18 +75,6 @@ def test_calibration_is_deterministic_and_cached(tmp_path) -> None:  # type: ign
     assert cusum.calibrate_cusum(sampler, 500.0, key="det", cache_dir=tmp_path) == h1
 
 
-def test_mcusum_detects_a_shift_in_any_direction() -> None:
-    rng = np.random.default_rng(0)
-    clean = rng.standard_normal((2000, 5))
-    h = cusum.calibrate_mcusum(cusum.bootstrap_sampler(clean), 0.75, 1000.0, key="test-mcusum")
-    _, _, alarms_clean, _ = cusum.mcusum_block(clean[:200], np.zeros(5), k=0.75, h=h)
-    assert alarms_clean == 0
-    for axis in range(5):
-        shifted = rng.standard_normal((200, 5)) + 1.5 * np.eye(5)[axis]
-        _, _, alarms, first = cusum.mcusum_block(shifted, np.zeros(5), k=0.75, h=h)
-        assert alarms >= 1 and first is not None and first < 30
-
-
 def test_bernoulli_detector_state_round_trip() -> None:
     ref = Reference(frame=Frame(flags={"violation": np.zeros(500, dtype=np.int8)}))
     det = BernoulliCusum("policy_violations", type("C", (), {"arl": 1000.0, "p1": 0.2, "rollback": True})())
