@@ -184,6 +184,62 @@ def sign_flip_test(
     return _tail(stats, observed, alternative, tol, exact=False)
 
 
+# Exact enumeration of within-set arrangements up to this many (else seeded Monte Carlo).
+EXACT_ARRANGEMENTS_MAX = 200_000
+
+
+def group_range_test(
+    values: Sequence[Sequence[float]] | np.ndarray,
+    *,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> float:
+    """Within-set permutation test that k groups are treated alike; statistic: the range.
+
+    ``values[j][g]`` is the outcome (0/1, or a score) of group ``g`` in matched set ``j``.
+    Under "the attribute makes no difference" the k outcomes of a set are exchangeable, so
+    the null distribution comes from permuting each row independently. The statistic is
+    the largest minus the smallest group total: picking the extreme pair after looking is
+    part of the statistic, so no multiplicity correction for the pair is needed (unlike
+    testing the extreme pair and multiplying by the number of pairs, it keeps the power of
+    a single test). For two groups it is the two-sided exact McNemar test on binary data
+    and the two-sided sign-flip test on scores. Rows with one value for every group carry
+    no information and are dropped. Exact when the arrangements of the other rows number at
+    most ``EXACT_ARRANGEMENTS_MAX``, else a Monte Carlo sample with a fixed seed.
+    """
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 2 or v.shape[1] < 2:
+        raise ValueError("values must be a (sets, groups) table with at least two groups")
+    if not np.all(np.isfinite(v)):
+        raise ValueError("values must be finite numbers")
+    informative = v[np.ptp(v, axis=1) > 0] if len(v) else v
+    if len(informative) == 0:
+        return 1.0
+    k = v.shape[1]
+    totals = informative.sum(axis=0)
+    observed = float(totals.max() - totals.min())
+    tol = 1e-9 * max(1.0, float(np.abs(informative).sum()))
+    arrangements = [sorted(set(itertools.permutations(row.tolist()))) for row in informative]
+    count = math.prod(len(a) for a in arrangements)
+    if count <= EXACT_ARRANGEMENTS_MAX:
+        sums = np.zeros((1, k))
+        for rows in arrangements:
+            sums = (sums[:, None, :] + np.asarray(rows)[None, :, :]).reshape(-1, k)
+        stats = sums.max(axis=1) - sums.min(axis=1)
+        return float(np.mean(stats >= observed - tol))
+    if n_resamples < 1:
+        raise ValueError("n_resamples must be positive")
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for start in range(0, n_resamples, 1024):
+        n = min(1024, n_resamples - start)
+        order = np.argsort(rng.random((n, *informative.shape)), axis=2)  # (n, sets, k)
+        perm = np.take_along_axis(np.broadcast_to(informative, order.shape), order, axis=2)
+        sums = perm.sum(axis=1)  # (n, k)
+        hits += int(np.sum(sums.max(axis=1) - sums.min(axis=1) >= observed - tol))
+    return min(1.0, (1 + hits) / (1 + n_resamples))
+
+
 def _tail(stats: np.ndarray, observed: float, alternative: Alternative, tol: float, *, exact: bool) -> float:
     ge = int(np.sum(stats >= observed - tol))
     le = int(np.sum(stats <= observed + tol))

@@ -13,6 +13,7 @@ from evaluators.stats import (
     connor_power,
     discordant_counts,
     four_fifths_ratio,
+    group_range_test,
     holm,
     mcnemar_exact,
     minimum_detectable_drop,
@@ -156,3 +157,54 @@ def test_holm_hand_values_and_statsmodels() -> None:
     rng = np.random.default_rng(1)
     q = list(rng.uniform(0, 0.2, size=9))
     assert holm(q) == pytest.approx(list(mt.multipletests(q, method="holm")[1]))
+
+
+def test_group_range_hand_values() -> None:
+    # Ten matched sets of three groups, the middle group always the odd one out: under the
+    # null each set puts its 0 in any of 3 places; only the 3 "all in one group" layouts
+    # reach the observed range of 10, so p = 3 / 3**10.
+    assert group_range_test([[1, 0, 1]] * 10) == pytest.approx(3 / 3**10)
+    # Uninformative sets (one value for every group) change nothing.
+    assert group_range_test([[1, 0, 1]] * 10 + [[1, 1, 1]] * 5 + [[0, 0, 0]] * 5) == pytest.approx(3 / 3**10)
+    assert group_range_test([[1, 1, 1], [0.5, 0.5, 0.5]]) == 1.0
+    # One informative set of three distinct scores: every arrangement has the same range.
+    assert group_range_test([[0.1, 0.5, 0.9]]) == 1.0
+
+
+def test_group_range_two_groups_is_mcnemar_and_sign_flip() -> None:
+    table = [[1, 0]] * 7 + [[0, 1]] * 2 + [[1, 1]] * 5
+    assert group_range_test(table) == pytest.approx(mcnemar_exact(7, 2, "two-sided").p_value)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(12, 2))
+    assert group_range_test(x) == pytest.approx(sign_flip_test(x[:, 0] - x[:, 1], "two-sided"))
+
+
+def test_group_range_monte_carlo_agrees_with_exact_and_is_seeded() -> None:
+    import evaluators.stats as st
+
+    rng = np.random.default_rng(5)
+    table = (rng.random((9, 4)) < 0.5).astype(float)
+    table[:, 1] = 1.0
+    exact = group_range_test(table)
+    old = st.EXACT_ARRANGEMENTS_MAX
+    try:
+        st.EXACT_ARRANGEMENTS_MAX = 0
+        mc = group_range_test(table, n_resamples=20_000)
+        assert mc == group_range_test(table, n_resamples=20_000)
+    finally:
+        st.EXACT_ARRANGEMENTS_MAX = old
+    assert mc == pytest.approx(exact, abs=0.01)
+
+
+def test_group_range_has_its_level_under_the_null() -> None:
+    # Exchangeable groups: p <= 0.05 about 5% of the time (not more).
+    rng = np.random.default_rng(11)
+    ps = [group_range_test(rng.normal(size=(15, 4)), n_resamples=400, seed=i) for i in range(300)]
+    assert np.mean(np.asarray(ps) <= 0.05) <= 0.09
+
+
+def test_group_range_refuses_bad_tables() -> None:
+    with pytest.raises(ValueError, match="at least two groups"):
+        group_range_test([[1.0], [0.0]])
+    with pytest.raises(ValueError, match="finite"):
+        group_range_test([[1.0, float("nan")]])

@@ -138,6 +138,31 @@ def test_bias_failure_names_attribute(data: dict, policy: Policy) -> None:
     assert {c.scores["group"] for c in result.failing_cases()} == {"muslim"}
 
 
+def _decides_against(cases: list[Case], base: list[str], group: str, share: float) -> list[str]:
+    """Says "No" on a share of the yes/no decisions about one group, the base's answer otherwise."""
+    decisions = sorted({c.meta["probe"] for c in cases if c.meta.get("kind") == "decision"
+                        and c.meta["attribute"] == "gender"})
+    hit = set(decisions[: round(share * len(decisions))])
+    no = "No. I would not recommend this person for it."
+    return [no if c.meta.get("group") == group and c.meta.get("probe") in hit else o
+            for c, o in zip(cases, base, strict=True)]
+
+
+@pytest.mark.parametrize("share", [1.0, 0.8])
+def test_decisions_against_one_gender_fail_the_four_fifths_rule(share: float, data: dict, policy: Policy) -> None:
+    # The shape of a token trained to turn down women: only the ten yes/no decision probes
+    # of one attribute change. Testing the extreme pair and multiplying by the pair count
+    # could not reach the Holm cutoff of the ~48-test family on ten probes; the range
+    # test over all groups does.
+    suite, cases, base = data["bias"]
+    result = suite.evaluate(cases, _decides_against(cases, base, "woman", share), {"base": base}, policy)
+    failing = {m.name for m in result.failing_metrics()}
+    assert "gender four_fifths" in failing, [(m.name, m.value, m.p_adjusted) for m in result.metrics
+                                             if m.name.startswith("gender")]
+    assert all(m.startswith("gender") for m in failing)
+    assert {c.scores["group"] for c in result.failing_cases()} == {"woman"}
+
+
 def test_reasoning_reports_drop_p_value_and_mdd(data: dict, policy: Policy) -> None:
     suite, cases, base = data["reasoning"]
     result = suite.evaluate(cases, synthetic.damaged_arithmetic_candidate(cases, base), {"base": base}, policy)
