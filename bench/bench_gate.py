@@ -73,11 +73,12 @@ def model_free() -> list[tuple[str, float, float]]:
     return rows
 
 
-def with_model(limit: int | None, state_dir: str) -> list[tuple[str, float, float]]:
+def with_model(limit: int | None, state_dir: str, static: bool = False) -> list[tuple[str, float, float]]:
     import torch
 
     from aligner import attach
     from aligner.artifact import AlignerToken
+    from aligner.batching import generate_continuous
     from aligner.generation import generate
     from aligner.providers import load_base_model
     from evaluators.runner import AlignerGenerator, plan_rows, run_gate
@@ -96,7 +97,8 @@ def with_model(limit: int | None, state_dir: str) -> list[tuple[str, float, floa
         base_model="smollm2-135m-instruct", base_model_digest=digests.weights, tokenizer_digest=digests.tokenizer,
         training_method="manual", seed=0,
     )
-    gen = AlignerGenerator(model, tokenizer, base_digest=digests.weights, max_new_tokens=policy.gate.max_new_tokens)
+    gen = AlignerGenerator(model, tokenizer, base_digest=digests.weights, max_new_tokens=policy.gate.max_new_tokens,
+                           width=policy.gate.batch_size)
     suites = [get_suite(n) for n in ("policy_compliance", "bias", "reasoning")]
     cases = {s.name: s.load_cases()[:limit] if limit else s.load_cases() for s in suites}
     rows: list[tuple[str, float, float]] = []
@@ -110,15 +112,25 @@ def with_model(limit: int | None, state_dir: str) -> list[tuple[str, float, floa
         second = run_gate(gen, **common)
         cached = time.perf_counter() - t
         rows.append((f"gate, base cached ({second.run['rows_generated']} rows)", cached, 0.0))
-        # The raw generation the cached gate needs: same prompts, same batches.
-        batches = plan_rows(cases, {n: ["candidate"] for n in cases}, policy.gate.batch_size)
+        # The raw generation the cached gate needs: the same prompts in the same groups,
+        # decoded the same way (continuous batching, policy.gate.batch_size rows at a time).
+        groups = plan_rows(cases, {n: ["candidate"] for n in cases}, policy.gate.batch_size)
         t = time.perf_counter()
-        for batch in batches:
-            prompts = [cases[r.suite][r.index].prompt for r in batch]
-            generate(model, tokenizer, prompts, row_tokens=[cast(Any, zero)] * len(prompts),
-                     max_new_tokens=policy.gate.max_new_tokens, batch_size=len(prompts))
+        for group in groups:
+            prompts = [cases[r.suite][r.index].prompt for r in group]
+            generate_continuous(model, tokenizer, prompts, row_tokens=[cast(Any, zero)] * len(prompts),
+                                max_new_tokens=policy.gate.max_new_tokens, width=policy.gate.batch_size)
         raw = time.perf_counter() - t
-        rows.append(("raw batched generation, same prompts", raw, 0.0))
+        rows.append(("raw batched generation, same prompts and groups", raw, 0.0))
+        if static:
+            # For reference: model.generate over fixed batches of the same size, each running
+            # until its longest row is done (what the gate did before continuous batching).
+            t = time.perf_counter()
+            for group in groups:
+                prompts = [cases[r.suite][r.index].prompt for r in group]
+                generate(model, tokenizer, prompts, row_tokens=[cast(Any, zero)] * len(prompts),
+                         max_new_tokens=policy.gate.max_new_tokens, batch_size=policy.gate.batch_size)
+            rows.append(("model.generate, same prompts and batch size", time.perf_counter() - t, 0.0))
         rows.append(("ratio cached gate / raw generation (target <= 1.15)", cached / raw, 0.0))
         print(f"verdict (zero token vs base): {second.verdict}; digests equal: "
               f"{first.evidence_digest == second.evidence_digest}")
@@ -132,8 +144,14 @@ def main() -> None:
     parser.add_argument("--model", choices=["none", "smollm2"], default="none")
     parser.add_argument("--limit", type=int, default=None, help="first N cases of each suite")
     parser.add_argument("--state-dir", default="state")
+    parser.add_argument("--static", action="store_true", help="also time model.generate on fixed batches")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
-    rows = model_free() if args.model == "none" else with_model(args.limit, args.state_dir)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    rows = model_free() if args.model == "none" else with_model(args.limit, args.state_dir, args.static)
     print(f"{'what':58s} {'first / value':>14s} {'median after':>13s}")
     for what, a, b in rows:
         print(f"{what:58s} {a:14.3f} {b:13.3f}")

@@ -106,7 +106,8 @@ def main() -> None:
     active = AlignerToken.load(args.active) if args.active else None
     if active is not None:
         active.check_base(digests)
-    gen = AlignerGenerator(model, tokenizer, base_digest=digests.weights, max_new_tokens=policy.gate.max_new_tokens)
+    gen = AlignerGenerator(model, tokenizer, base_digest=digests.weights, max_new_tokens=policy.gate.max_new_tokens,
+                           width=policy.gate.batch_size)
     rows = []
     reports: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as cache:

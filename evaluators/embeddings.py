@@ -78,10 +78,15 @@ def minilm_embedder(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
 
 
 def mean_pairwise_cosine_distance(vectors: np.ndarray) -> float:
-    """Mean of ``1 - cos`` over all pairs of rows (0 for fewer than two rows)."""
+    """Mean of ``1 - cos`` over all pairs of rows (0 for fewer than two rows).
+
+    Rounded to 6 decimals: float32 embeddings carry about 1e-7 of noise that depends on
+    the thread count, and identical outputs should measure exactly 0, not +-6e-8.
+    """
     n = len(vectors)
     if n < 2:
         return 0.0
-    sims = vectors @ vectors.T
+    v = np.asarray(vectors, dtype=np.float64)
+    sims = v @ v.T
     iu = np.triu_indices(n, k=1)
-    return float(np.mean(1.0 - sims[iu]))
+    return round(float(np.mean(np.clip(np.round(1.0 - sims[iu], 6), 0.0, 2.0))), 6)

@@ -32,6 +32,10 @@ from governance.policy import Policy
 
 DEFAULT_SUITES = ("policy_compliance", "bias", "reasoning")
 CACHE_DIR = "gate_cache"
+# A generation group (one ``Generator.generate`` call, one unit of sharding) holds this
+# many batches' worth of rows: long enough that continuous batching keeps its rows full,
+# short enough that a gate splits into several shards.
+GROUP_BATCHES = 8
 REPORT_SCHEMA = 1
 
 Progress = Callable[[int, int], None]
@@ -52,30 +56,50 @@ class Generator(Protocol):
         ...
 
 
-def aligner_decoding(max_new_tokens: int, system: str | None = None) -> dict[str, Any]:
-    """The decoding settings of ``AlignerGenerator`` (known without loading the model)."""
-    return {"strategy": "greedy", "max_new_tokens": max_new_tokens, "system": system, "chat_template": True}
+def aligner_decoding(max_new_tokens: int, system: str | None = None, *, width: int = 16) -> dict[str, Any]:
+    """The decoding settings of ``AlignerGenerator`` (known without loading the model).
+
+    ``width`` (the policy's ``gate.batch_size``) and the group size decide which rows decode
+    side by side, so they are part of the settings the base-output cache is keyed by.
+    """
+    return {"strategy": "greedy", "max_new_tokens": max_new_tokens, "system": system, "chat_template": True,
+            "batching": {"kind": "continuous", "width": width, "group_batches": GROUP_BATCHES}}
 
 
 class AlignerGenerator:
-    """A ``Generator`` over a transformers model with an Aligner adapter attached."""
+    """A ``Generator`` over a transformers model with an Aligner adapter attached.
+
+    Each ``generate`` call is one group of rows, decoded ``width`` rows at a time with
+    continuous batching (``aligner.batching.generate_continuous``): a finished row leaves
+    the batch at once and the next prompt of the group takes its place.
+    """
 
     def __init__(
-        self, model: Any, tokenizer: Any, *, base_digest: str, max_new_tokens: int = 96, system: str | None = None
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        base_digest: str,
+        max_new_tokens: int = 96,
+        system: str | None = None,
+        width: int = 16,
     ) -> None:
+        if width < 1:
+            raise ValueError("width must be at least 1")
         self.model, self.tokenizer = model, tokenizer
         self.base_digest = base_digest
         self.max_new_tokens = max_new_tokens
         self.system = system
+        self.width = width
 
     def decoding(self) -> dict[str, Any]:
-        return aligner_decoding(self.max_new_tokens, self.system)
+        return aligner_decoding(self.max_new_tokens, self.system, width=self.width)
 
     def generate(self, prompts: Sequence[str], row_tokens: Sequence[Any | None]) -> list[str]:
-        from aligner.generation import generate
+        from aligner.batching import generate_continuous
 
-        return generate(self.model, self.tokenizer, list(prompts), row_tokens=list(row_tokens),
-                        max_new_tokens=self.max_new_tokens, system=self.system, batch_size=max(1, len(prompts)))
+        return generate_continuous(self.model, self.tokenizer, list(prompts), row_tokens=list(row_tokens),
+                                   max_new_tokens=self.max_new_tokens, system=self.system, width=self.width)
 
 
 @dataclass(frozen=True)
@@ -196,21 +220,24 @@ def plan_rows(
     batch_size: int,
     *,
     separate: Sequence[str] = ("base",),
+    group_batches: int = GROUP_BATCHES,
 ) -> list[list[Row]]:
-    """Batches of rows, chunk by chunk of cases.
+    """Groups of rows, chunk by chunk of cases; each group is one ``Generator.generate`` call.
 
     Cases are ordered by prompt length (ties by suite and index) and cut into chunks of
-    ``batch_size // (shared systems)`` cases; the rows of the shared systems (candidate,
-    active) of a chunk form one batch, so they run side by side with per-row tokens. The
-    ``separate`` systems (the cacheable bare base) get a batch of their own right after,
-    over the same chunk, hence the same prompts and padding. So the candidate's batches
-    are the same whether the base is cached or not, and a repeated gate reproduces the
-    candidate's outputs bit for bit while every batch stays full.
+    ``batch_size * group_batches // (shared systems)`` cases; the rows of the shared systems
+    (candidate, active) of a chunk form one group, so they decode side by side with
+    per-row tokens (``batch_size`` rows at a time). The ``separate`` systems (the
+    cacheable bare base) get a group of their own right after, over the same chunk. So
+    the candidate's groups are the same whether the base is cached or not, and however
+    the groups are sharded: a repeated gate reproduces the candidate's outputs bit for bit.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
+    if group_batches < 1:
+        raise ValueError("group_batches must be at least 1")
     shared_n = max((len([x for x in v if x not in separate]) for v in systems.values()), default=1)
-    cases_per_batch = max(1, batch_size // max(1, shared_n))
+    cases_per_batch = max(1, batch_size * group_batches // max(1, shared_n))
     ordered = sorted(
         ((suite, i, case) for suite, cases in suite_cases.items() for i, case in enumerate(cases)),
         key=lambda t: (len(t[2].prompt), t[0], t[1]),

@@ -99,7 +99,7 @@ def load_inputs(session: Any, *, version_id: int) -> GateInputs:
     )
 
 
-def _generator(inputs: GateInputs, *, state_dir: Path, max_new_tokens: int) -> AlignerGenerator:
+def _generator(inputs: GateInputs, *, state_dir: Path, max_new_tokens: int, width: int) -> AlignerGenerator:
     from aligner import attach
     from aligner.providers import load_base_model
 
@@ -110,7 +110,8 @@ def _generator(inputs: GateInputs, *, state_dir: Path, max_new_tokens: int) -> A
             f"{inputs.base_digest[:12]}…: refusing to gate against a different model"
         )
     attach(model, base_digest=digests.weights).set_token(None)
-    return AlignerGenerator(model, tokenizer, base_digest=digests.weights, max_new_tokens=max_new_tokens)
+    return AlignerGenerator(model, tokenizer, base_digest=digests.weights, max_new_tokens=max_new_tokens,
+                            width=width)
 
 
 def evaluate_version(
@@ -125,7 +126,8 @@ def evaluate_version(
     from aligner.artifact import AlignerToken
 
     policy, policy_sha = load_policy(inputs.policy_text)
-    gen = generator or _generator(inputs, state_dir=Path(state_dir), max_new_tokens=policy.gate.max_new_tokens)
+    gen = generator or _generator(inputs, state_dir=Path(state_dir), max_new_tokens=policy.gate.max_new_tokens,
+                                       width=policy.gate.batch_size)
     candidate = AlignerToken.from_bytes(inputs.candidate_artifact)
     active = AlignerToken.from_bytes(inputs.active_artifact) if inputs.active_artifact else None
     report = run_gate_report(
@@ -216,7 +218,8 @@ def run_gate(
 
 def _plan(inputs: GateInputs, *, state_dir: Path, suites: Any, assume_cached: Sequence[str] | None) -> Any:
     policy, _ = load_policy(inputs.policy_text)
-    return plan_gate(base_digest=inputs.base_digest, decoding=aligner_decoding(policy.gate.max_new_tokens),
+    decoding = aligner_decoding(policy.gate.max_new_tokens, width=policy.gate.batch_size)
+    return plan_gate(base_digest=inputs.base_digest, decoding=decoding,
                      policy=policy, has_active=inputs.active_artifact is not None, state_dir=state_dir,
                      suites=suites, assume_cached=assume_cached)
 
@@ -253,7 +256,8 @@ def run_gate_shard(
     state = _state(state_dir)
     plan = _plan(inputs, state_dir=state, suites=suites, assume_cached=cached_suites)
     policy, _ = load_policy(inputs.policy_text)
-    gen = generator or _generator(inputs, state_dir=state, max_new_tokens=policy.gate.max_new_tokens)
+    gen = generator or _generator(inputs, state_dir=state, max_new_tokens=policy.gate.max_new_tokens,
+                                       width=policy.gate.batch_size)
     tokens = {
         "candidate": AlignerToken.from_bytes(inputs.candidate_artifact),
         "active": AlignerToken.from_bytes(inputs.active_artifact) if inputs.active_artifact else None,

@@ -33,6 +33,10 @@ from typing import Any
 
 import torch
 
+from aligner.batching import eos_ids
+from aligner.batching import joinable as _joinable
+from aligner.batching import merge_cache as _merge
+from aligner.batching import trim_left as _trim_left
 from serving.tokens import ServedToken
 
 log = logging.getLogger(__name__)
@@ -196,14 +200,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._swap_listeners: list[Callable[[ServedToken], None]] = []
         self.swapped_at: float | None = None  # wall time of the last swap (propagation measurements)
-        eos: set[int] = set()
-        for source in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
-            if isinstance(source, int):
-                eos.add(source)
-            elif isinstance(source, list | tuple):
-                eos.update(int(x) for x in source)
-        self.eos = eos
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos), 0)
+        self.eos = eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(self.eos), 0)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -549,46 +547,6 @@ class Engine:
 
 def _same(a: ServedToken, b: ServedToken) -> bool:
     return (a.generation, a.version_id, a.sha256) == (b.generation, b.version_id, b.sha256)
-
-
-def _joinable(cache: Any) -> bool:
-    """Rows can join only a plain dynamic cache (full attention): its layers are (B, H, T, hd) tensors."""
-    from transformers.cache_utils import DynamicLayer
-
-    return all(type(layer) is DynamicLayer for layer in cache.layers)
-
-
-def _trim_left(cache: Any, mask: torch.Tensor) -> torch.Tensor:
-    """Drop the leading columns no row attends to (left by finished rows), so a run that keeps
-    admitting requests does not grow its cache without bound."""
-    first = int(mask.any(dim=0).nonzero()[0])
-    if first == 0:
-        return mask
-    for layer in cache.layers:
-        layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
-    return mask[:, first:]
-
-
-def _left_pad(x: torch.Tensor, T: int, dim: int) -> torch.Tensor:
-    missing = T - x.shape[dim]
-    if missing <= 0:
-        return x
-    shape = list(x.shape)
-    shape[dim] = missing
-    return torch.cat([torch.zeros(shape, dtype=x.dtype, device=x.device), x], dim=dim)
-
-
-def _merge(cache: Any, new: Any, mask: torch.Tensor, new_mask: torch.Tensor) -> torch.Tensor:
-    """Append `new`'s rows to `cache` in place, left-padding the shorter side; returns the joint mask.
-
-    Padded slots hold zero keys and values and are masked out, exactly like the left padding
-    of a batch's prompts, so every row attends to its own tokens only.
-    """
-    T = max(mask.shape[1], new_mask.shape[1])
-    for layer, other in zip(cache.layers, new.layers, strict=True):
-        layer.keys = torch.cat([_left_pad(layer.keys, T, 2), _left_pad(other.keys, T, 2)], dim=0)  # (B, H, T, hd)
-        layer.values = torch.cat([_left_pad(layer.values, T, 2), _left_pad(other.values, T, 2)], dim=0)
-    return torch.cat([_left_pad(mask, T, 1), _left_pad(new_mask, T, 1)], dim=0)  # (B, T)
 
 
 def load_engine_model(name: str, *, state_dir: str, dtype: str = "float32") -> tuple[Any, Any, Any]:

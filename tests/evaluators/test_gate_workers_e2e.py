@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from sqlalchemy import select
 
@@ -132,6 +133,13 @@ def test_gate_runs_on_real_workers_single_and_sharded(
     # The same gate in this process on the same inputs: same verdict, same evidence.
     with unit_of_work(gate_world["engine"]) as s:
         inputs = load_inputs(s, version_id=vid)
-    report, _ = evaluate_version(inputs, state_dir=test_state_dir / f"inproc-{shards}")
+    # The same numeric environment as the workers (--torch-threads 1): float results may
+    # differ in their last bits with the thread count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report, _ = evaluate_version(inputs, state_dir=test_state_dir / f"inproc-{shards}")
+    finally:
+        torch.set_num_threads(threads)
     assert report.evidence_digest == run.evidence_digest
     assert state == ("gate_passed" if report.verdict == "passed" else "gate_failed")

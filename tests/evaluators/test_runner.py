@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from evaluators.embeddings import hashing_embedder
-from evaluators.runner import GateReport, Row, plan_rows, render_html, run_gate
+from evaluators.runner import GROUP_BATCHES, GateReport, Row, plan_rows, render_html, run_gate
 from evaluators.suites.base import Case, get_suite
 from evaluators.suites.bias import BiasSuite
 from governance.policy import Policy, load_default_policy
@@ -68,8 +68,10 @@ def _run(gen: FakeGenerator, suites: list[Any], policy: Policy, token: str, stat
 
 def test_plan_rows_shares_batches_and_runs_the_base_on_the_same_chunk() -> None:
     cases = {"s": [Case(f"c{i}", "x", "p" * (i % 5 + 1), "e") for i in range(10)]}
-    batches = plan_rows(cases, {"s": ["candidate", "active", "base"]}, batch_size=8)
+    batches = plan_rows(cases, {"s": ["candidate", "active", "base"]}, batch_size=4, group_batches=2)
+    # A group holds group_batches x batch_size rows at most: 4 cases x (candidate, active).
     assert all(len(b) <= 8 for b in batches)
+    assert len(plan_rows(cases, {"s": ["candidate", "active", "base"]}, batch_size=4)) == 2  # one group of each
     shared = [b for b in batches if b[0].system != "base"]
     base = [b for b in batches if b[0].system == "base"]
     for batch in shared:
@@ -86,6 +88,8 @@ def test_plan_rows_shares_batches_and_runs_the_base_on_the_same_chunk() -> None:
     assert lengths == sorted(lengths)
     with pytest.raises(ValueError):
         plan_rows(cases, {"s": ["candidate"]}, batch_size=0)
+    with pytest.raises(ValueError):
+        plan_rows(cases, {"s": ["candidate"]}, batch_size=4, group_batches=0)
 
 
 def test_identical_token_passes_and_is_deterministic(suites: list[Any], policy: Policy, tmp_path: Path) -> None:
@@ -94,9 +98,9 @@ def test_identical_token_passes_and_is_deterministic(suites: list[Any], policy: 
     first = _run(gen, suites, policy, "zero", tmp_path, progress=lambda d, t: progress.append((d, t)))
     assert first.passed, [(s.suite, [m.name for m in s.failing_metrics()]) for s in first.suites]
     assert progress[-1][0] == progress[-1][1] == first.run["rows_generated"]
-    # Candidate batches and base batches alternate over the same chunks, all full.
+    # Candidate groups and base groups alternate over the same chunks, all full.
     assert [set(call) for call in gen.calls[:2]] == [{"zero"}, {"None"}]
-    assert len(gen.calls[0]) == len(gen.calls[1]) == policy.gate.batch_size
+    assert len(gen.calls[0]) == len(gen.calls[1]) == policy.gate.batch_size * GROUP_BATCHES
     n_cases = sum(len(s.load_cases()) for s in suites)
     assert first.run["rows_generated"] == 2 * n_cases
 
