@@ -73,7 +73,9 @@ def model_free() -> list[tuple[str, float, float]]:
     return rows
 
 
-def with_model(limit: int | None, state_dir: str, static: bool = False) -> list[tuple[str, float, float]]:
+def with_model(
+    limit: int | None, state_dir: str, static: bool = False, cache_dir: str | None = None
+) -> list[tuple[str, float, float]]:
     import torch
 
     from aligner import attach
@@ -102,7 +104,8 @@ def with_model(limit: int | None, state_dir: str, static: bool = False) -> list[
     suites = [get_suite(n) for n in ("policy_compliance", "bias", "reasoning")]
     cases = {s.name: s.load_cases()[:limit] if limit else s.load_cases() for s in suites}
     rows: list[tuple[str, float, float]] = []
-    with tempfile.TemporaryDirectory() as state:
+    with tempfile.TemporaryDirectory() as tmp:
+        state = cache_dir or tmp
         common: dict[str, Any] = dict(policy=policy, policy_sha256=policy_sha, candidate=zero,
                                       candidate_digest=zero.sha256, state_dir=state, suites=suites, cases=cases)
         t = time.perf_counter()
@@ -145,13 +148,15 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N cases of each suite")
     parser.add_argument("--state-dir", default="state")
     parser.add_argument("--static", action="store_true", help="also time model.generate on fixed batches")
+    parser.add_argument("--cache-dir", help="keep the base outputs here (bench_gate_tokens can reuse them); "
+                                            "default: a temporary folder")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    rows = model_free() if args.model == "none" else with_model(args.limit, args.state_dir, args.static)
+    rows = model_free() if args.model == "none" else with_model(args.limit, args.state_dir, args.static, args.cache_dir)
     print(f"{'what':58s} {'first / value':>14s} {'median after':>13s}")
     for what, a, b in rows:
         print(f"{what:58s} {a:14.3f} {b:13.3f}")

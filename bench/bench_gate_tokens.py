@@ -12,7 +12,8 @@ expected verdict, verdict, each suite's outcome and the decisive metrics that fa
 A bad token must fail the suite named in ``redteam.EXPECTED_FAILURE``; a good one must
 pass. ``--max-cases`` takes a fixed stratified subset per suite (policy_compliance, bias,
 reasoning), exactly what ``gate.max_cases`` in a policy does; the base outputs are
-cached in a temporary state folder, shared by all the gates of one run.
+cached in a temporary state folder shared by all the gates of one run, or in
+``--cache-dir`` across runs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from typing import Any
 import yaml
 
 
-def _policy(path: str | None, max_cases: str | None, max_new_tokens: int | None) -> tuple[Any, str]:
+def _policy(
+    path: str | None, max_cases: str | None, max_new_tokens: int | None, batch_size: int | None = None
+) -> tuple[Any, str]:
     from governance.policy import default_policy_path, load_policy
 
     data = yaml.safe_load(Path(path or default_policy_path()).read_text())
@@ -36,6 +39,8 @@ def _policy(path: str | None, max_cases: str | None, max_new_tokens: int | None)
         data["gate"]["max_cases"] = {"policy_compliance": pc, "bias": bias, "reasoning": reasoning}
     if max_new_tokens:
         data["gate"]["max_new_tokens"] = max_new_tokens
+    if batch_size:
+        data["gate"]["batch_size"] = batch_size
     return load_policy(yaml.safe_dump(data, sort_keys=False))
 
 
@@ -61,7 +66,7 @@ def main() -> None:
     from aligner.artifact import AlignerToken
     from aligner.providers import load_base_model
     from evaluators import redteam
-    from evaluators.runner import AlignerGenerator, run_gate
+    from evaluators.runner import AlignerGenerator, render_html, run_gate
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--state-dir", default="state")
@@ -72,6 +77,9 @@ def main() -> None:
     parser.add_argument("--active", help="token dir gated against as the deployment's active version too (e.g. "
                                          "the preference token of bench_aligner.py, STATE/bench/preference)")
     parser.add_argument("--json", help="also write each report (verdict first) to this JSON file")
+    parser.add_argument("--batch-size", type=int, help="override gate.batch_size (rows decoded together)")
+    parser.add_argument("--html", help="write each token's HTML gate report into this folder")
+    parser.add_argument("--cache-dir", help="keep the base outputs here across runs (default: a temporary folder)")
     parser.add_argument("--only", help="comma-separated token names (zero, house, complier, biased, innumerate)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=3e-2)
@@ -80,7 +88,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     state = Path(args.state_dir)
-    policy, policy_sha = _policy(args.policy, args.max_cases, args.max_new_tokens)
+    policy, policy_sha = _policy(args.policy, args.max_cases, args.max_new_tokens, args.batch_size)
     wanted = set(args.only.split(",")) if args.only else {"zero", "house", *redteam.NAMES}
 
     model, tokenizer, digests = load_base_model("smollm2-135m-instruct", state_dir=state)
@@ -110,7 +118,8 @@ def main() -> None:
                            width=policy.gate.batch_size)
     rows = []
     reports: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as cache:
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = args.cache_dir or tmp
         for name, expected, tok, train_s in tokens:
             tok.check_base(digests)
             t = time.perf_counter()
@@ -118,6 +127,9 @@ def main() -> None:
                               candidate_digest=tok.sha256, active=active,
                               active_digest=active.sha256 if active is not None else None, state_dir=cache)
             reports[name] = report.to_dict()
+            if args.html:
+                Path(args.html).mkdir(parents=True, exist_ok=True)
+                Path(args.html, f"{name}.html").write_text(render_html(report, title=f"Gate report: {name}"))
             secs = time.perf_counter() - t
             outcome = {s.suite: s.passed for s in report.suites}
             failing = [f"{s.suite}: {m.name} {m.value:.3g} vs {m.comparator}{m.threshold}"
