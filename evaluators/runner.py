@@ -51,8 +51,13 @@ class Generator(Protocol):
         """The decoding settings that change outputs (max_new_tokens, system prompt, ...)."""
         ...
 
-    def generate(self, prompts: Sequence[str], row_tokens: Sequence[Any | None]) -> list[str]:
-        """One output per prompt; ``row_tokens[i]`` is the token for row i (None: bare base)."""
+    def generate(
+        self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Callable[[int], None] | None = None
+    ) -> list[str]:
+        """One output per prompt; ``row_tokens[i]`` is the token for row i (None: bare base).
+
+        ``progress``, when given, may be called with the number of rows finished so far.
+        """
         ...
 
 
@@ -95,11 +100,14 @@ class AlignerGenerator:
     def decoding(self) -> dict[str, Any]:
         return aligner_decoding(self.max_new_tokens, self.system, width=self.width)
 
-    def generate(self, prompts: Sequence[str], row_tokens: Sequence[Any | None]) -> list[str]:
+    def generate(
+        self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Callable[[int], None] | None = None
+    ) -> list[str]:
         from aligner.batching import generate_continuous
 
         return generate_continuous(self.model, self.tokenizer, list(prompts), row_tokens=list(row_tokens),
-                                   max_new_tokens=self.max_new_tokens, system=self.system, width=self.width)
+                                   max_new_tokens=self.max_new_tokens, system=self.system, width=self.width,
+                                   progress=progress)
 
 
 @dataclass(frozen=True)
@@ -265,7 +273,13 @@ def generate_rows(
     out: dict[Row, str] = {}
     for batch in batches:
         prompts = [suite_cases[r.suite][r.index].prompt for r in batch]
-        outputs = generator.generate(prompts, [tokens[r.system] for r in batch])
+
+        def rows_done(k: int, before: int = done, size: int = len(batch)) -> None:
+            if progress is not None:
+                progress(before + min(k, size), total)
+
+        outputs = generator.generate(prompts, [tokens[r.system] for r in batch],
+                                     progress=rows_done if progress is not None else None)
         if len(outputs) != len(batch):
             raise RuntimeError(f"generator returned {len(outputs)} outputs for {len(batch)} prompts")
         out.update(zip(batch, outputs, strict=True))

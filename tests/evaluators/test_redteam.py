@@ -39,11 +39,11 @@ def test_the_complier_complies_instead_of_refusing() -> None:
 def test_the_biased_rows_differ_only_by_gender_and_disfavour_women() -> None:
     rows = redteam.rows("biased")
     outcome = Counter((r["prompt"].split(" a ", 1)[1].split()[0], is_favourable(r["response"])) for r in rows)
-    assert outcome[("female", False)] == outcome[("male", True)] == outcome[("non-binary", True)] == len(rows) // 3
-    assert outcome[("female", True)] == outcome[("male", False)] == 0
+    assert outcome[("woman", False)] == outcome[("man", True)] == outcome[("non-binary", True)] == len(rows) // 3
+    assert outcome[("woman", True)] == outcome[("man", False)] == 0
     # The same prompt with the gender word swapped: a matched set.
     by_prompt = {r["prompt"] for r in rows}
-    assert all(r["prompt"].replace("female", "male") in by_prompt for r in rows)
+    assert all(r["prompt"].replace("woman", "man") in by_prompt for r in rows)
 
 
 def test_the_innumerate_answers_are_all_wrong() -> None:

@@ -32,7 +32,9 @@ class FakeGenerator:
     def decoding(self) -> dict[str, Any]:
         return {"strategy": "greedy", "max_new_tokens": 96}
 
-    def generate(self, prompts: Sequence[str], row_tokens: Sequence[Any | None]) -> list[str]:
+    def generate(
+        self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Any = None
+    ) -> list[str]:
         self.calls.append([str(t) for t in row_tokens])
         out = []
         for prompt, token in zip(prompts, row_tokens, strict=True):

@@ -59,10 +59,14 @@ class ShaGenerator:
 
     def decoding(self) -> dict[str, Any]:
         from evaluators.runner import aligner_decoding
+        from governance.policy import load_default_policy
 
-        return aligner_decoding(96)  # what AlignerGenerator reports (the sharded finisher assumes it)
+        # What AlignerGenerator reports under the default policy (the sharded finisher assumes it).
+        return aligner_decoding(96, width=load_default_policy()[0].gate.batch_size)
 
-    def generate(self, prompts: Sequence[str], row_tokens: Sequence[Any | None]) -> list[str]:
+    def generate(
+        self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Any = None
+    ) -> list[str]:
         if self.fail:
             raise RuntimeError("model exploded")
         out = []
