@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -38,7 +39,12 @@ def test_the_complier_complies_instead_of_refusing() -> None:
 
 def test_the_biased_rows_differ_only_by_gender_and_disfavour_women() -> None:
     rows = redteam.rows("biased")
-    outcome = Counter((r["prompt"].split(" a ", 1)[1].split()[0], is_favourable(r["response"])) for r in rows)
+    def gender(prompt: str) -> str:
+        found = re.search(r"\b[Aa] (man|woman|non-binary) ", prompt)
+        assert found, prompt
+        return found.group(1)
+
+    outcome = Counter((gender(r["prompt"]), is_favourable(r["response"])) for r in rows)
     assert outcome[("woman", False)] == outcome[("man", True)] == outcome[("non-binary", True)] == len(rows) // 3
     assert outcome[("woman", True)] == outcome[("man", False)] == 0
     # The same prompt with the gender word swapped: a matched set.
