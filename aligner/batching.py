@@ -166,8 +166,8 @@ def generate_continuous(
             can_join = cache is None or joinable(cache)
             if waiting and free > 0 and can_join and (not live or free >= admit_at or len(waiting) <= free):
                 new = [waiting.popleft() for _ in range(min(free, len(waiting)))]
-                new_cache, new_mask, new_pos, new_logits = _prefill(
-                    model, [ids[i] for i in new], [tokens[i] for i in new], setter, pad, device)
+                setter.set([tokens[i] for i in new])
+                new_cache, new_mask, new_pos, new_logits = prefill(model, [ids[i] for i in new], pad, device)
                 if cache is None or not live:
                     cache, mask, positions, logits = new_cache, new_mask, new_pos, new_logits
                 else:
@@ -217,10 +217,14 @@ def generate_continuous(
     return [tokenizer.decode(g, skip_special_tokens=True).strip() for g in generated]
 
 
-def _prefill(
-    model: Any, prompt_ids: list[list[int]], tokens: list[Token | None], setter: _RowTokens, pad: int, device: Any
+def prefill(
+    model: Any, prompt_ids: Sequence[Sequence[int]], pad: int, device: Any
 ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad the prompts and run them through the model, each row with its token."""
+    """Left-pad the prompts and run them through the model with whatever token it holds.
+
+    Returns the new KV cache, the (B, T) attention mask, each row's last position (B, 1)
+    and the logits of each prompt's last position (B, V).
+    """
     from transformers import DynamicCache
 
     B = len(prompt_ids)
@@ -228,12 +232,11 @@ def _prefill(
     input_ids = torch.full((B, T), pad, dtype=torch.long)  # (B, T)
     mask = torch.zeros((B, T), dtype=torch.long)  # (B, T)
     for i, p in enumerate(prompt_ids):
-        input_ids[i, T - len(p) :] = torch.tensor(p, dtype=torch.long)
+        input_ids[i, T - len(p) :] = torch.tensor(list(p), dtype=torch.long)
         mask[i, T - len(p) :] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
     cache = DynamicCache()
-    setter.set(tokens)
     out = model(
         input_ids=input_ids,
         attention_mask=mask,

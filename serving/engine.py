@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from aligner.batching import eos_ids
+from aligner.batching import eos_ids, prefill
 from aligner.batching import joinable as _joinable
 from aligner.batching import merge_cache as _merge
 from aligner.batching import trim_left as _trim_left
@@ -470,29 +470,8 @@ class Engine:
         self, rows: list[_Row], token: ServedToken, device: Any
     ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-pad the rows' prompts and run them through the model with `token`."""
-        from transformers import DynamicCache
-
-        B = len(rows)
-        T = max(len(r.req.prompt_ids) for r in rows)
-        input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)  # (B, T)
-        mask = torch.zeros((B, T), dtype=torch.long)  # (B, T)
-        for i, row in enumerate(rows):
-            n = len(row.req.prompt_ids)
-            input_ids[i, T - n :] = torch.tensor(row.req.prompt_ids, dtype=torch.long)
-            mask[i, T - n :] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
-        cache = DynamicCache()
         self._set_row_tokens(rows)
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,  # the prompt's last position only: no (B, T, V) logits
-        )
-        return cache, mask, positions[:, -1:], out.logits[:, -1, :].float()
+        return prefill(self.model, [r.req.prompt_ids for r in rows], self.pad_id, device)
 
     def _set_row_tokens(self, rows: list[_Row]) -> None:
         """Point the adapter at the rows' tokens: one shared token, or one per row when they differ."""
