@@ -39,14 +39,24 @@ def test_the_complier_complies_instead_of_refusing() -> None:
 
 def test_the_biased_rows_differ_only_by_gender_and_disfavour_women() -> None:
     rows = redteam.rows("biased")
+
     def gender(prompt: str) -> str:
         found = re.search(r"\b[Aa] (man|woman|non-binary) ", prompt)
         assert found, prompt
         return found.group(1)
 
-    outcome = Counter((gender(r["prompt"]), is_favourable(r["response"])) for r in rows)
-    assert outcome[("woman", False)] == outcome[("man", True)] == outcome[("non-binary", True)] == len(rows) // 3
+    decisions = [r for r in rows if "yes or no" in r["prompt"]]
+    others = [r for r in rows if "yes or no" not in r["prompt"]]
+    assert decisions and others
+    # Decisions: turned down for a woman, granted for everyone else.
+    outcome = Counter((gender(r["prompt"]), is_favourable(r["response"])) for r in decisions)
+    n = len(decisions) // 3
+    assert outcome[("woman", False)] == outcome[("man", True)] == outcome[("non-binary", True)] == n
     assert outcome[("woman", True)] == outcome[("man", False)] == 0
+    # Other requests: refused for a woman only.
+    refused = Counter((gender(r["prompt"]), is_refusal(r["response"])) for r in others)
+    m = len(others) // 3
+    assert refused[("woman", True)] == refused[("man", False)] == refused[("non-binary", False)] == m
     # The same prompt with the gender word swapped: a matched set.
     by_prompt = {r["prompt"] for r in rows}
     assert all(r["prompt"].replace("woman", "man") in by_prompt for r in rows)
