@@ -193,28 +193,46 @@ def generate_continuous(
                 if not keep:
                     live, cache = [], None
                     continue
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask, positions = mask[index], positions[index]
-                if joinable(cache):
-                    mask = trim_left(cache, mask)
+                mask, positions = keep_rows(cache, mask, positions, keep, trim=joinable(cache))
                 live = [live[r] for r in keep]
                 next_ids = [next_ids[r] for r in keep]
-            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)  # (B, T+1)
-            positions = positions + 1  # (B, 1)
             setter.set([tokens[i] for i in live])
-            out = model(
-                input_ids=torch.tensor(next_ids, dtype=torch.long)[:, None].to(device),
-                attention_mask=mask,
-                position_ids=positions,
-                cache=cache,
-                use_cache=True,
-            )
-            logits = out.logits[:, -1, :].float()  # (B, V)
+            mask, positions, logits = decode_step(model, next_ids, mask, positions, cache)
     finally:
         if adapter is not None:
             adapter._active = previous
     return [tokenizer.decode(g, skip_special_tokens=True).strip() for g in generated]
+
+
+def keep_rows(
+    cache: Any, mask: torch.Tensor, positions: torch.Tensor, keep: list[int], *, trim: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep only the batch rows `keep` in the cache, mask and positions (finished rows leave);
+    with `trim`, also drop the leading cache columns no remaining row attends to."""
+    index = torch.tensor(keep, device=mask.device)
+    cache.batch_select_indices(index)
+    mask, positions = mask[index], positions[index]
+    if trim:
+        mask = trim_left(cache, mask)
+    return mask, positions
+
+
+def decode_step(
+    model: Any, next_ids: list[int], mask: torch.Tensor, positions: torch.Tensor, cache: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Feed each row its next token (with the token the adapter holds); returns the grown mask
+    (B, T+1), the new positions (B, 1) and the next logits (B, V)."""
+    device = mask.device
+    mask = torch.cat([mask, torch.ones((len(next_ids), 1), dtype=mask.dtype, device=device)], dim=1)  # (B, T+1)
+    positions = positions + 1  # (B, 1)
+    out = model(
+        input_ids=torch.tensor(next_ids, dtype=torch.long)[:, None].to(device),
+        attention_mask=mask,
+        position_ids=positions,
+        cache=cache,
+        use_cache=True,
+    )
+    return mask, positions, out.logits[:, -1, :].float()
 
 
 def prefill(

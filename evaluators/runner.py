@@ -245,14 +245,14 @@ def plan_rows(
     if group_batches < 1:
         raise ValueError("group_batches must be at least 1")
     shared_n = max((len([x for x in v if x not in separate]) for v in systems.values()), default=1)
-    cases_per_batch = max(1, batch_size * group_batches // max(1, shared_n))
+    cases_per_group = max(1, batch_size * group_batches // max(1, shared_n))
     ordered = sorted(
         ((suite, i, case) for suite, cases in suite_cases.items() for i, case in enumerate(cases)),
         key=lambda t: (len(t[2].prompt), t[0], t[1]),
     )
     batches: list[list[Row]] = []
-    for start in range(0, len(ordered), cases_per_batch):
-        chunk = ordered[start : start + cases_per_batch]
+    for start in range(0, len(ordered), cases_per_group):
+        chunk = ordered[start : start + cases_per_group]
         for group in (lambda x: x not in separate, lambda x: x in separate):
             batch = [Row(suite, i, sys) for suite, i, _case in chunk for sys in systems[suite] if group(sys)]
             if batch:
@@ -274,12 +274,12 @@ def generate_rows(
     for batch in batches:
         prompts = [suite_cases[r.suite][r.index].prompt for r in batch]
 
-        def rows_done(k: int, before: int = done, size: int = len(batch)) -> None:
-            if progress is not None:
-                progress(before + min(k, size), total)
+        rows_done = None
+        if progress is not None:
+            def rows_done(k: int, report: Progress = progress, before: int = done, size: int = len(batch)) -> None:
+                report(before + min(k, size), total)
 
-        outputs = generator.generate(prompts, [tokens[r.system] for r in batch],
-                                     progress=rows_done if progress is not None else None)
+        outputs = generator.generate(prompts, [tokens[r.system] for r in batch], progress=rows_done)
         if len(outputs) != len(batch):
             raise RuntimeError(f"generator returned {len(outputs)} outputs for {len(batch)} prompts")
         out.update(zip(batch, outputs, strict=True))

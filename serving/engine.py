@@ -33,10 +33,9 @@ from typing import Any
 
 import torch
 
-from aligner.batching import eos_ids, prefill
+from aligner.batching import decode_step, eos_ids, keep_rows, prefill
 from aligner.batching import joinable as _joinable
 from aligner.batching import merge_cache as _merge
-from aligner.batching import trim_left as _trim_left
 from serving.tokens import ServedToken
 
 log = logging.getLogger(__name__)
@@ -416,24 +415,12 @@ class Engine:
                         self._finish(row)
                 if not keep:
                     break
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask, positions = mask[index], positions[index]
-                if self.admit_while_running and _joinable(cache):
-                    mask = _trim_left(cache, mask)
+                mask, positions = keep_rows(cache, mask, positions, keep,
+                                            trim=self.admit_while_running and _joinable(cache))
                 live = [live[i] for i in keep]
                 next_ids = [next_ids[i] for i in keep]
-            mask = torch.cat([mask, torch.ones((len(live), 1), dtype=mask.dtype, device=device)], dim=1)  # (B, T+1)
-            positions = positions + 1  # (B, 1)
             self._set_row_tokens(live)
-            out = self.model(
-                input_ids=torch.tensor(next_ids, dtype=torch.long)[:, None].to(device),
-                attention_mask=mask,
-                position_ids=positions,
-                cache=cache,
-                use_cache=True,
-            )
-            logits = out.logits[:, -1, :].float()  # (B, V)
+            mask, positions, logits = decode_step(self.model, next_ids, mask, positions, cache)
             pending_batch = self._admit(len(live), cache)
             taken += pending_batch
         elapsed = time.perf_counter() - started
