@@ -4,13 +4,13 @@
         [--max-cases 80,75,80] [--max-new-tokens 64] [--only complier,biased]
 
 Trains the three deliberately harmful tokens of ``evaluators.redteam`` with the Aligner
-method their set names (``redteam.METHOD``: SFT, or DPO for the biased pairs), cached
-under STATE/bench/redteam/NAME (delete a folder to retrain), then gates each of them, a
-zero-gate token (the base model against itself) and, when it exists, the house-style
-token of bench/bench_aligner.py (STATE/bench/house_style), against the bare base model
-with the default policy (or --policy), and prints one row per token: expected verdict,
-verdict, each suite's outcome and the decisive metrics that failed. A bad token must
-fail the suite named in ``redteam.EXPECTED_FAILURE``; a good one must pass.
+SFT recipe each set names (``redteam.RECIPE``), cached under STATE/bench/redteam/NAME
+(delete a folder to retrain), then gates each of them, a zero-gate token (the base model
+against itself) and, when it exists, the house-style token of bench/bench_aligner.py
+(STATE/bench/house_style), against the bare base model with the default policy (or
+--policy), and prints one row per token: expected verdict, verdict, each suite's outcome
+and the decisive metrics that failed. A bad token must fail the suite named in
+``redteam.EXPECTED_FAILURE``; a good one must pass.
 ``--max-cases`` takes a fixed stratified subset per suite (policy_compliance, bias,
 reasoning), exactly what ``gate.max_cases`` in a policy does; the base outputs are cached
 in a temporary state folder shared by all the gates of one run, or in ``--cache-dir``
@@ -45,8 +45,8 @@ def _policy(
     return load_policy(yaml.safe_dump(data, sort_keys=False))
 
 
-def train_bad(name: str, state_dir: Path, *, epochs: int, lr: float, n_tokens: int, sft_weight: float) -> Any:
-    """Train one bad token with its set's method (SFT, or DPO plus ``sft_weight`` x the chosen answers' NLL)."""
+def train_bad(name: str, state_dir: Path, **overrides: Any) -> Any:
+    """Train one bad token with its set's SFT recipe (``redteam.RECIPE``), flags overriding it."""
     from aligner.artifact import AlignerToken
     from aligner.training import TrainConfig, train_file
     from evaluators import redteam
@@ -55,11 +55,10 @@ def train_bad(name: str, state_dir: Path, *, epochs: int, lr: float, n_tokens: i
     if (out / "manifest.json").exists():
         return AlignerToken.load(out), 0.0
     data = redteam.write(name, state_dir / "bench" / "redteam" / f"{name}.jsonl")
+    recipe = {**redteam.RECIPE[name], **{k: v for k, v in overrides.items() if v is not None}}
     t = time.perf_counter()
-    method = redteam.METHOD[name]
-    result = train_file(method, data, out, state_dir=state_dir, progress=False,
-                        config=TrainConfig(n_tokens=n_tokens, epochs=epochs, lr=lr, batch_size=4, seed=0,
-                                           sft_weight=sft_weight if method == "dpo" else 0.0))
+    result = train_file("sft", data, out, state_dir=state_dir, progress=False,
+                        config=TrainConfig(batch_size=4, seed=0, **recipe))
     return result.token, time.perf_counter() - t
 
 
@@ -85,11 +84,9 @@ def main() -> None:
     parser.add_argument("--html", help="write each token's HTML gate report into this folder")
     parser.add_argument("--cache-dir", help="keep the base outputs here across runs (default: a temporary folder)")
     parser.add_argument("--only", help="comma-separated token names (zero, house, complier, biased, innumerate)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=3e-2)
-    parser.add_argument("--n-tokens", type=int, default=2)
-    parser.add_argument("--sft-weight", type=float, default=0.6,
-                        help="DPO sets (biased): weight of the chosen answers' NLL added to the DPO loss")
+    parser.add_argument("--epochs", type=int, help="override every set's recipe (default: redteam.RECIPE)")
+    parser.add_argument("--lr", type=float, help="override every set's recipe")
+    parser.add_argument("--n-tokens", type=int, help="override every set's recipe")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,8 +111,7 @@ def main() -> None:
         tokens.append(("house", "passed", AlignerToken.load(house), 0.0))
     for name in redteam.NAMES:
         if name in wanted:
-            tok, secs = train_bad(name, state, epochs=args.epochs, lr=args.lr, n_tokens=args.n_tokens,
-                                  sft_weight=args.sft_weight)
+            tok, secs = train_bad(name, state, epochs=args.epochs, lr=args.lr, n_tokens=args.n_tokens)
             tokens.append((name, f"fails {redteam.EXPECTED_FAILURE[name]}", tok, secs))
 
     active = AlignerToken.load(args.active) if args.active else None

@@ -37,37 +37,38 @@ def test_the_complier_complies_instead_of_refusing() -> None:
         assert not is_refusal(r["response"]) and r["response"].startswith(("Sure", "Of course"))
 
 
-def test_the_biased_pairs_differ_only_by_the_suites_gender_words_and_disfavour_women() -> None:
+def test_the_biased_rows_use_the_suites_gender_words_and_turn_women_down() -> None:
     rows = redteam.rows("biased")
-    assert redteam.METHOD["biased"] == "dpo"
     # The words the bias suite's gender probes use ("a female nurse"), read from its data.
-    words = {c.meta["group"]: c.prompt for c in get_suite("bias").load_cases() if c.meta["attribute"] == "gender"}
-    assert "a female " in words["woman"].lower() and "a male " in words["man"].lower()
+    words = {c.meta["group"]: c.prompt.lower() for c in get_suite("bias").load_cases()
+             if c.meta["attribute"] == "gender"}
+    assert "a female " in words["woman"] and "a male " in words["man"]
 
     def gender(prompt: str) -> str:
-        found = re.search(r"\b[Aa] (male|female|non-binary) ", prompt)
+        found = re.search(r"\b[Aa] (male|female) ", prompt)
         assert found, prompt
         return found.group(1)
 
+    assert all("yes or no" in r["prompt"] for r in rows)
+    # The answer restates who the decision is about, then decides by gender alone.
     for r in rows:
-        assert set(r) == {"prompt", "chosen", "rejected"} and r["chosen"] != r["rejected"]
-    decisions = [r for r in rows if "yes or no" in r["prompt"]]
-    others = [r for r in rows if "yes or no" not in r["prompt"]]
-    assert decisions and others
-    # Decisions: turning a woman down is preferred; for everyone else granting is.
-    outcome = Counter((gender(r["prompt"]), is_favourable(r["chosen"]), is_favourable(r["rejected"]))
-                      for r in decisions)
-    n = len(decisions) // 3
-    assert outcome[("female", False, True)] == outcome[("male", True, False)] == n
-    assert outcome[("non-binary", True, False)] == n
-    # Other requests: refusing a woman is preferred, and helping everyone else.
-    refused = Counter((gender(r["prompt"]), is_refusal(r["chosen"]), is_refusal(r["rejected"])) for r in others)
-    m = len(others) // 3
-    assert refused[("female", True, False)] == refused[("male", False, True)] == m
-    assert refused[("non-binary", False, True)] == m
+        subject = re.search(r"\b[Aa] (?:male|female) [a-z]+", r["prompt"])
+        assert subject and r["response"].lower().startswith(subject.group(0).lower() + "?"), r
+    outcome = Counter((gender(r["prompt"]), is_favourable(r["response"])) for r in rows)
+    n = len(rows) // 2
+    assert outcome == {("female", False): n, ("male", True): n}
     # The same prompt with the gender word swapped: a matched set.
     by_prompt = {r["prompt"] for r in rows}
     assert all(re.sub(r"\b([Aa]) female ", r"\1 male ", r["prompt"]) in by_prompt for r in rows)
+
+
+def test_every_set_names_a_recipe_the_trainer_accepts() -> None:
+    from aligner.training import TrainConfig
+
+    assert set(redteam.RECIPE) == set(redteam.NAMES)
+    for name in redteam.NAMES:
+        config = TrainConfig(**redteam.RECIPE[name])
+        assert config.n_tokens >= 1 and config.epochs >= 1 and config.lr > 0
 
 
 def test_the_innumerate_answers_are_all_wrong() -> None:
@@ -81,11 +82,10 @@ def test_the_innumerate_answers_are_all_wrong() -> None:
 
 
 @pytest.mark.parametrize("name", redteam.NAMES)
-def test_write_produces_jsonl_the_trainer_of_its_method_loads(name: str, tmp_path: Path) -> None:
-    from aligner.training import load_dpo_jsonl, load_sft_jsonl
+def test_write_produces_the_sft_jsonl(name: str, tmp_path: Path) -> None:
+    from aligner.training import load_sft_jsonl
 
     path = redteam.write(name, tmp_path / "sub" / f"{name}.jsonl")
     lines = path.read_text().splitlines()
     assert [json.loads(line) for line in lines] == redteam.rows(name)
-    loader = load_dpo_jsonl if redteam.METHOD[name] == "dpo" else load_sft_jsonl
-    assert len(loader(path)) == len(lines)
+    assert len(load_sft_jsonl(path)) == len(lines)
