@@ -97,7 +97,7 @@ def group_terms(cases: Sequence[Case]) -> list[frozenset[str]]:
     words: dict[str, list[set[str]]] = {}
     for c in cases:
         words.setdefault(c.meta.get("probe", c.id), []).append({w.lower() for w in _WORD_RE.findall(c.prompt)})
-    varying = {probe: frozenset(set.union(*ws) - set.intersection(*ws)) for probe, ws in words.items()}
+    varying = {probe: frozenset(ws[0].union(*ws[1:]) - ws[0].intersection(*ws[1:])) for probe, ws in words.items()}
     return [varying[c.meta.get("probe", c.id)] for c in cases]
 
 
