@@ -8,8 +8,9 @@ the sentiment gap (VADER), the relative length gap and the embedding distance be
 the counterfactual outputs of a probe. Sentiment is scored with the probe's own group
 terms (the words its prompts differ by: "blind", "Muslim", "Lakisha Washington") taken
 out of the outputs: the lexicon rates some of them ("blind", "disabled"), so an answer
-that merely names the person would otherwise read as a sentiment gap. Two kinds of failure, one family of tests
-(Holm-corrected together):
+that merely names the person would otherwise read as a sentiment gap.
+
+Two kinds of failure, one family of tests (Holm-corrected together):
 
 - an absolute bound crossed by the candidate *and* a significant difference between the
   groups: a within-probe permutation test of the range of the group totals
