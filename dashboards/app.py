@@ -30,9 +30,9 @@ from dashboards.security import (
     new_login_token,
     tokens_match,
 )
-from governance.api.errors import DomainError
 from governance.audit import service as audit
 from governance.auth.service import authenticate
+from governance.errors import DomainError
 from governance.settings import get_settings
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Each request is one unit of work, as in the API: the route runs inside a transaction
 that commits before the response is sent; a refused governed action is rolled back and
-its ``denied`` entry written on its own (`governance.api.errors.record_refusal`), and
+its ``denied`` entry written on its own (`governance.errors.record_refusal`), and
 outbox rows are published right after the commit. The engine and the outbox publisher
 are the host API's (``app.state.engine`` / ``app.state.publish_outbox``), found through
 the parent application that `dashboards.install` records.
@@ -29,11 +29,12 @@ from sqlalchemy.orm import Session
 from dashboards import reports
 from dashboards.security import CSRF_FIELD, SESSION_COOKIE, BadSignature, UiSession, tokens_match
 from governance.api.deps import transaction
-from governance.api.errors import DomainError
-from governance.auth.models import ApiKey, Role, User
-from governance.auth.service import Principal
+from governance.auth.models import ApiKey, User
 from governance.db import utcnow
+from governance.errors import DomainError
 from governance.outbox.service import Outgoing
+from governance.principal import Principal
+from governance.roles import Role
 from governance.settings import get_settings
 
 log = logging.getLogger(__name__)

@@ -39,9 +39,9 @@ from evaluators.runner import (
 )
 from evaluators.runner import run_gate as run_gate_report
 from evaluators.store import mark_gate_error, open_gate_run, save_gate_run
-from governance.auth.service import Principal
 from governance.db import get_engine, unit_of_work
 from governance.policy import load_policy
+from governance.principal import Principal
 from governance.registry import service as registry
 from governance.registry.models import BaseModel_, TokenVersion, VersionState
 from governance.registry.models import Policy as PolicyRow

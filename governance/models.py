@@ -2,7 +2,7 @@
 
 from governance.alerts.models import Alert
 from governance.audit.models import AuditCheckpoint, AuditEntry
-from governance.auth.models import ApiKey, Role, User
+from governance.auth.models import ApiKey, User
 from governance.db import Base
 from governance.deployments.models import Deployment, Promotion
 from governance.gates.models import GateCaseResult, GateRun
@@ -10,6 +10,7 @@ from governance.monitoring.models import DetectorState, DriftCheck, MonitorRefer
 from governance.outbox.models import OutboxMessage
 from governance.outputs.models import Output
 from governance.registry.models import Adapter, BaseModel_, Policy, Review, TokenVersion, VersionState
+from governance.roles import Role
 
 __all__ = [
     "Adapter",

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from governance.api.errors import InvalidInput, NotFound
+from governance.errors import InvalidInput, NotFound
 from governance.registry.models import Policy
 
 MAX_POLICY_BYTES = 256_000

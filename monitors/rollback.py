@@ -152,8 +152,8 @@ def rollback_reason(check: DriftCheck | None, detector: str, run: list[int]) -> 
 def auto_rollback(session: Session, *, deployment_id: int, expected_version_id: int | None, check_id: int,
                   detector: str, now: datetime) -> RollbackDecision:
     """The guarded automatic rollback; idempotent (redelivery finds it done and does nothing)."""
-    from governance.auth.service import Principal
     from governance.deployments import service as deployments
+    from governance.principal import Principal
     from monitors.check import deployment_policy
 
     dep = session.scalars(select(Deployment).where(Deployment.id == deployment_id).with_for_update()

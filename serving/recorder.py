@@ -50,8 +50,8 @@ class DatabaseSink:
         self.engine = make_engine(database_url, connect_args={"connect_timeout": connect_timeout}, pool_size=2)
 
     def write(self, rows: Sequence[Row]) -> None:
-        from governance.api.errors import InvalidInput, NotFound
         from governance.db import unit_of_work
+        from governance.errors import InvalidInput, NotFound
         from governance.outputs.service import ingest_outputs
 
         prepared = [_with_datetime(r) for r in rows]

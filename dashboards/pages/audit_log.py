@@ -12,12 +12,12 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response, StreamingResponse
 
 from dashboards.deps import CsrfDep, SessionDep, ViewerDep, get_engine, parent_app, render, require
-from governance.api.errors import InvalidInput, ServiceUnavailable
 from governance.audit import service as audit
 from governance.audit.export import ExportError, iter_export_lines, prepare_export
 from governance.audit.signing import AuditKeyError, default_private_key_path, load_public_key, load_signing_key
-from governance.auth.models import Role
 from governance.db import unit_of_work
+from governance.errors import InvalidInput, ServiceUnavailable
+from governance.roles import Role
 
 router = APIRouter()
 # the same roles as GET /v1/audit and GET /v1/audit/export

@@ -10,8 +10,8 @@ from fastapi.responses import Response
 
 from dashboards.deps import UI_ROLES, CsrfDep, SessionDep, ViewerDep, render, require
 from dashboards.pages.common import DONE_MESSAGES, Paging, redirect, user_names
-from governance.api.errors import InvalidInput
 from governance.deployments import service as deployments
+from governance.errors import InvalidInput
 from governance.registry import service as registry
 from governance.registry.models import VersionState
 

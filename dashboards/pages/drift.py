@@ -11,9 +11,9 @@ from fastapi.responses import FileResponse, Response
 from dashboards import reports
 from dashboards.deps import UI_ROLES, SessionDep, ViewerDep, render, require
 from dashboards.security import REPORT_CSP
-from governance.api.errors import NotFound
 from governance.deployments import service as deployments
 from governance.deployments.models import Deployment
+from governance.errors import NotFound
 from governance.monitoring.models import DriftCheck
 from governance.settings import get_settings
 

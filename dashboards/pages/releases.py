@@ -13,13 +13,13 @@ from dashboards import reports
 from dashboards.deps import UI_ROLES, CsrfDep, SessionDep, Viewer, ViewerDep, render, require
 from dashboards.pages.common import DONE_MESSAGES, Paging, redirect, user_names
 from dashboards.security import REPORT_CSP
-from governance.api.errors import NotFound
-from governance.auth.models import Role
 from governance.deployments.models import Deployment
+from governance.errors import NotFound
 from governance.gates.models import GateRun
 from governance.registry import lifecycle
 from governance.registry import service as registry
 from governance.registry.models import BaseModel_, TokenVersion, VersionState
+from governance.roles import Role
 
 router = APIRouter()
 

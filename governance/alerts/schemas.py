@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from governance.api.schemas import Out, StrictIn
+from governance.schemas import Out, StrictIn
 
 
 class AlertIn(StrictIn):

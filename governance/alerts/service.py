@@ -15,12 +15,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from governance.alerts.models import Alert
-from governance.api.errors import Conflict, InvalidInput, NotFound, Refusal
 from governance.audit import service as audit
-from governance.auth.models import Role
-from governance.auth.service import Principal, require_role
 from governance.db import utcnow
 from governance.deployments.models import Deployment
+from governance.errors import Conflict, InvalidInput, NotFound, Refusal
+from governance.principal import Principal, require_role
+from governance.roles import Role
 
 SEVERITIES = ("info", "warning", "critical")
 ACKERS = (Role.compliance_officer,)

@@ -9,9 +9,9 @@ from fastapi import APIRouter
 from governance.alerts import service
 from governance.alerts.schemas import AckIn, AlertIn, AlertRaised, AlertRead
 from governance.api.deps import HUMANS, PageDep, SessionDep, role
-from governance.auth.models import Role
-from governance.auth.service import Principal
 from governance.deployments import service as deployments
+from governance.principal import Principal
+from governance.roles import Role
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
 

@@ -19,10 +19,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DataError as SQLAlchemyDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from governance.api.errors import DomainError, TooManyRequests
 from governance.api.guard import Guard
 from governance.api.middleware import ApiMiddleware
 from governance.api.openapi import install_openapi
+from governance.errors import DomainError, TooManyRequests
 from governance.settings import Settings, get_settings
 
 if TYPE_CHECKING:

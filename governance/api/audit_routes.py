@@ -15,11 +15,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from governance.api.deps import SessionDep, role
-from governance.api.errors import InvalidInput, ServiceUnavailable
-from governance.api.schemas import Out
 from governance.audit import service as audit
-from governance.auth.models import Role
-from governance.auth.service import Principal
+from governance.errors import InvalidInput, ServiceUnavailable
+from governance.principal import Principal
+from governance.roles import Role
+from governance.schemas import Out
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 

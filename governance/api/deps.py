@@ -22,12 +22,14 @@ from fastapi import Depends, Query, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from governance.api.errors import DomainError, Forbidden, Refusal, Unauthorized, record_refusal
 from governance.api.guard import Guard
-from governance.auth.models import Role
-from governance.auth.service import Principal, authenticate
+from governance.auth.service import authenticate
 from governance.db import session_factory
+from governance.errors import DomainError, Forbidden, Refusal, Unauthorized
 from governance.outbox import service as outbox
+from governance.principal import Principal
+from governance.refusals import record_refusal
+from governance.roles import Role
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from governance.api.errors import TooManyRequests as Throttled
+from governance.errors import TooManyRequests as Throttled
 from governance.ratelimit import Decision, RateLimiter
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class Guard:
             return None
 
     def _redis_down(self, exc: Exception) -> None:
-        from governance.api import metrics
+        from governance import metrics
 
         metrics.GUARD_UNAVAILABLE.inc()
         now = time.monotonic()
@@ -145,7 +145,7 @@ class Guard:
 
     @staticmethod
     def _throttled(scope: str, by: str) -> None:
-        from governance.api import metrics
+        from governance import metrics
 
         metrics.THROTTLED.labels(scope=scope, by=by).inc()
 
@@ -185,7 +185,7 @@ class Guard:
         ``via`` says where (``api`` or ``dashboard``). The key itself is never stored or
         logged, only its public prefix when it has the shape of one of ours.
         """
-        from governance.api import metrics
+        from governance import metrics
 
         metrics.AUTH_FAILURES.labels(via=via).inc()
         prefix = presented_prefix(raw_key)

@@ -31,9 +31,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from governance.api import metrics
-from governance.api.errors import TooManyRequests
+from governance import metrics
 from governance.api.guard import WRITE_METHODS, Guard, is_ingest
+from governance.errors import TooManyRequests
 from governance.settings import Settings
 
 log = logging.getLogger("governance.api")

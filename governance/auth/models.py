@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from governance.db import Base, utcnow
-
-
-class Role(enum.StrEnum):
-    ml_engineer = "ml_engineer"
-    compliance_officer = "compliance_officer"
-    auditor = "auditor"
-    admin = "admin"
-    service = "service"
-
-
-ROLE_VALUES = tuple(r.value for r in Role)
+from governance.roles import ROLE_VALUES
 
 
 def _in(col: str, values: tuple[str, ...]) -> str:

@@ -6,8 +6,8 @@ from datetime import datetime
 
 from pydantic import Field
 
-from governance.api.schemas import Out, StrictIn
-from governance.auth.models import Role
+from governance.roles import Role
+from governance.schemas import Out, StrictIn
 
 
 class UserCreate(StrictIn):

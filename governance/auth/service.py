@@ -12,42 +12,23 @@ from __future__ import annotations
 import hashlib
 import secrets
 import string
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from governance.api.errors import Conflict, Forbidden, InvalidInput, NotFound, Refusal
 from governance.audit import service as audit
-from governance.auth.models import ROLE_VALUES, ApiKey, Role, User
+from governance.auth.models import ApiKey, User
 from governance.db import utcnow
+from governance.errors import Conflict, InvalidInput, NotFound
+from governance.principal import Principal
+from governance.roles import ROLE_VALUES
 
 KEY_PREFIX = "gov"
 _PREFIX_ALPHABET = string.ascii_lowercase + string.digits
 # last_used_at is a convenience, not an audit record: write it at most once a minute per key
 _LAST_USED_RESOLUTION = timedelta(seconds=60)
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who acts: a user holding an API key, or an automated component (``system:<name>``)."""
-
-    name: str
-    role: str
-    user_id: int | None = None
-    key_prefix: str | None = None
-    system: bool = False
-
-    @property
-    def actor(self) -> str:
-        return f"system:{self.name}" if self.system else f"user:{self.name}"
-
-    @classmethod
-    def for_system(cls, component: str, role: str = Role.service.value) -> Principal:
-        """The principal of automation, e.g. ``Principal.for_system("monitor/cusum")``."""
-        return cls(name=component, role=role, system=True)
 
 
 def hash_key(raw_key: str) -> str:
@@ -191,15 +172,3 @@ def authenticate(session: Session, *, raw_key: str) -> Principal | None:
     if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
         session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
     return Principal(name=user.name, role=user.role, user_id=user.id, key_prefix=key.prefix)
-
-
-def require_role(
-    principal: Principal, roles: tuple[Role, ...] | set[Role], attempted: str, subject_type: str, subject_id: str | int
-) -> None:
-    """Refuse (403, audited by the edge) unless the principal holds one of the roles."""
-    allowed = {r.value for r in roles}
-    if principal.role not in allowed:
-        raise Forbidden(
-            f"role {principal.role} may not {attempted} (allowed: {', '.join(sorted(allowed))})",
-            refusal=Refusal.of(principal, attempted, subject_type, subject_id),
-        )

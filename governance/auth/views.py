@@ -8,9 +8,9 @@ from fastapi import APIRouter
 
 from governance.api.deps import ALL_ROLES, PageDep, SessionDep, role
 from governance.auth import service
-from governance.auth.models import Role
 from governance.auth.schemas import KeyCreate, KeyCreated, KeyRead, Me, UserCreate, UserRead
-from governance.auth.service import Principal, require_role
+from governance.principal import Principal, require_role
+from governance.roles import Role
 
 router = APIRouter(prefix="/v1", tags=["users"])
 Admin = Annotated[Principal, role(Role.admin)]

@@ -63,10 +63,10 @@ def prepare_cmd(
 
 def _register(info: dict[str, Any]) -> None:
     """Register the prepared base model in the registry (a bootstrap step, like `users create`)."""
-    from governance.api.errors import Conflict
-    from governance.auth.service import Principal
     from governance.db import check_database, engine_for, unit_of_work
     from governance.embedded import ServicesNotRunning, resolve_database_url
+    from governance.errors import Conflict
+    from governance.principal import Principal
     from governance.registry import service as registry
 
     try:

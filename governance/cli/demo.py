@@ -169,8 +169,8 @@ def setup(st: DemoState) -> None:
 
 def prepare_model(st: DemoState) -> dict[str, Any]:
     from aligner.providers import prepare_base_model
-    from governance.auth.service import Principal
     from governance.db import get_engine, unit_of_work
+    from governance.principal import Principal
     from governance.registry import service as registry
     from governance.settings import get_settings
 
@@ -191,8 +191,9 @@ def prepare_model(st: DemoState) -> dict[str, Any]:
 
 
 def create_users(st: DemoState) -> None:
-    from governance.auth.service import Principal, create_user
+    from governance.auth.service import create_user
     from governance.db import get_engine, unit_of_work
+    from governance.principal import Principal
 
     run = uuid.uuid4().hex[:4]
     with unit_of_work(get_engine()) as s:

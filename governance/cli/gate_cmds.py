@@ -28,7 +28,7 @@ def run_cmd(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from evaluators.tasks import run_gate
-    from governance.api.errors import DomainError
+    from governance.errors import DomainError
 
     with Progress(TextColumn("[bold]gate[/] v{task.fields[version]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("outputs"), TimeElapsedColumn(), console=console) as bar:

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import Field
 
-from governance.api.schemas import Out, StrictIn
+from governance.schemas import Out, StrictIn
 
 
 class DeploymentCreate(StrictIn):

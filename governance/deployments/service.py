@@ -17,18 +17,18 @@ from typing import Literal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from governance.api import metrics
-from governance.api.errors import BindingMismatch, Conflict, InvalidInput, NoRollbackTarget, NotFound, Refusal
+from governance import metrics
 from governance.audit import service as audit
-from governance.auth.models import Role
-from governance.auth.service import Principal, require_role
 from governance.db import utcnow
 from governance.deployments.models import Deployment, Promotion
+from governance.errors import BindingMismatch, Conflict, InvalidInput, NoRollbackTarget, NotFound, Refusal
 from governance.outbox import service as outbox
 from governance.policy_store import store_policy
+from governance.principal import Principal, require_role
 from governance.registry import lifecycle
 from governance.registry import service as registry
 from governance.registry.models import BaseModel_, Policy, TokenVersion, VersionState
+from governance.roles import Role
 
 ADMINS = (Role.admin,)
 PROMOTERS = (Role.ml_engineer, Role.admin)

@@ -8,8 +8,6 @@ from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
 from governance.api.deps import READERS, PageDep, SessionDep, role
-from governance.auth.models import Role
-from governance.auth.service import Principal
 from governance.deployments import service
 from governance.deployments.models import Deployment, Promotion
 from governance.deployments.schemas import (
@@ -22,6 +20,8 @@ from governance.deployments.schemas import (
     RollbackIn,
     UnfreezeIn,
 )
+from governance.principal import Principal
+from governance.roles import Role
 
 router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
 Reader = Annotated[Principal, role(*READERS)]

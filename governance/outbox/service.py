@@ -34,7 +34,7 @@ import redis as redis_lib
 from sqlalchemy import Engine, event, select, text, update
 from sqlalchemy.orm import Session
 
-from governance.api import metrics
+from governance import metrics
 from governance.db import unit_of_work, utcnow
 from governance.outbox.models import OutboxMessage
 

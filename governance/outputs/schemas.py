@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
-from governance.api.schemas import Out, StrictIn
+from governance.schemas import Out, StrictIn
 
 MAX_MESSAGES = 500  # chat turns of one request
 MAX_OUTPUT_CHARS = 200_000  # one completion; the batch body limit bounds the total

@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from governance.api import metrics
-from governance.api.errors import InvalidInput, NotFound
+from governance import metrics
 from governance.db import utcnow
 from governance.deployments.models import Deployment
+from governance.errors import InvalidInput, NotFound
 from governance.registry.models import TokenVersion
 
 _INSERT_BATCH = text(

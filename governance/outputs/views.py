@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Request
 
 from governance.api.deps import SessionDep, role
-from governance.api.errors import PayloadTooLarge
-from governance.auth.models import Role
-from governance.auth.service import Principal
+from governance.errors import PayloadTooLarge
 from governance.outputs import service
 from governance.outputs.schemas import IngestIn, IngestResult
+from governance.principal import Principal
+from governance.roles import Role
 
 router = APIRouter(prefix="/v1/deployments", tags=["outputs"])
 

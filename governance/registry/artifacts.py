@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from governance.api.errors import InvalidInput
+from governance.errors import InvalidInput
 
 
 @dataclass(frozen=True)

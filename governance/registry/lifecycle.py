@@ -23,12 +23,12 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from governance.api import metrics
-from governance.api.errors import Forbidden, InvalidTransition, NotFound, Refusal
+from governance import metrics
 from governance.audit import service as audit
-from governance.auth.models import Role
-from governance.auth.service import Principal
+from governance.errors import Forbidden, InvalidTransition, NotFound, Refusal
+from governance.principal import Principal
 from governance.registry.models import TokenVersion, VersionState
+from governance.roles import Role
 
 S = VersionState
 R = Role

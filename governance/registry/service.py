@@ -15,16 +15,16 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from governance.api.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Refusal
 from governance.audit import service as audit
-from governance.auth.models import Role
-from governance.auth.service import Principal, require_role
 from governance.deployments.models import Deployment
+from governance.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Refusal
 from governance.gates.models import GateRun
 from governance.outbox import service as outbox
+from governance.principal import Principal, require_role
 from governance.registry import lifecycle
 from governance.registry.artifacts import check_against_base_model, parse_artifact
 from governance.registry.models import Adapter, BaseModel_, Review, TokenVersion, VersionState
+from governance.roles import Role
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")

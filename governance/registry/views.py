@@ -10,9 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from governance.api.deps import HUMANS, READERS, PageDep, SessionDep, role
-from governance.api.errors import InvalidInput, NotFound, PayloadTooLarge
-from governance.auth.models import Role, User
-from governance.auth.service import Principal
+from governance.auth.models import User
+from governance.errors import InvalidInput, NotFound, PayloadTooLarge
+from governance.principal import Principal
 from governance.registry import service
 from governance.registry.models import Review, TokenVersion
 from governance.registry.schemas import (
@@ -25,6 +25,7 @@ from governance.registry.schemas import (
     SubmitResult,
     VersionRead,
 )
+from governance.roles import Role
 
 router = APIRouter(prefix="/v1", tags=["registry"])
 Reader = Annotated[Principal, role(*READERS)]

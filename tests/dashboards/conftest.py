@@ -25,9 +25,9 @@ from evaluators.runner import GateReport, build_report
 from evaluators.store import save_gate_run
 from evaluators.suites.base import CaseResult, Metric, SuiteResult
 from governance.auth import service as auth
-from governance.auth.service import Principal
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
+from governance.principal import Principal
 from governance.registry import service as registry
 
 HIDDEN, LAYERS, HEADS = 64, 2, 4

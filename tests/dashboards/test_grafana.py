@@ -39,7 +39,7 @@ def _names(registry: CollectorRegistry, prefixes: tuple[str, ...]) -> set[str]:
 
 
 def exported_metrics() -> set[str]:
-    import governance.api.metrics  # noqa: F401  (registers the control plane's metrics)
+    import governance.metrics  # noqa: F401  (registers the control plane's metrics)
     import monitors.metrics  # noqa: F401  (the workers')
     from serving.metrics import ServingMetrics
 

@@ -22,11 +22,11 @@ from sqlalchemy import select
 
 from evaluators.tasks import evaluate_version, load_inputs
 from governance.auth import service as auth
-from governance.auth.service import Principal
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
 from governance.gates.models import GateRun
 from governance.policy import default_policy_path
+from governance.principal import Principal
 from governance.registry import service as registry
 from tests.monitors.test_workers_e2e import Procs, _wait
 from tests.serving.helpers import make_token, uid

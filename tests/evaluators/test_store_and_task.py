@@ -20,11 +20,11 @@ from evaluators.store import latest_gate_run, load_gate_report
 from evaluators.suites.base import get_suite
 from evaluators.tasks import run_gate
 from governance.auth import service as auth
-from governance.auth.service import Principal
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
 from governance.gates.models import GateCaseResult, GateRun
 from governance.policy import default_policy_path
+from governance.principal import Principal
 from governance.registry import service as registry
 from tests.evaluators import synthetic
 

@@ -19,10 +19,10 @@ from sqlalchemy import Engine, func, select
 
 from governance.audit.models import AuditEntry
 from governance.auth import service as auth
-from governance.auth.service import Principal
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
 from governance.gates.models import GateRun
+from governance.principal import Principal
 from governance.registry import service as registry
 
 HIDDEN, LAYERS, HEADS = 64, 2, 4  # the tiny-random-llama shapes

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import Engine, select
 
-from governance.api.errors import DomainError, governed_unit_of_work
-from governance.auth.service import Principal
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
 from governance.deployments.models import Deployment, Promotion
+from governance.errors import DomainError
 from governance.gates.models import GateRun
+from governance.principal import Principal
+from governance.refusals import governed_unit_of_work
 from governance.registry import lifecycle
 from governance.registry import service as registry
 from governance.registry.models import BaseModel_, Policy, Review, TokenVersion, VersionState

@@ -8,11 +8,11 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
-from governance.api.errors import NoRollbackTarget
-from governance.auth.service import Principal
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
+from governance.errors import NoRollbackTarget
 from governance.gates.models import GateRun
+from governance.principal import Principal
 from governance.registry.models import TokenVersion
 from tests.governance.conftest import World, audit_head, audit_since, make_actor, token_bytes
 
@@ -327,7 +327,7 @@ def test_unexpected_errors_are_a_generic_500(client: TestClient, world: World, a
     from fastapi import APIRouter
 
     from governance.api.deps import role
-    from governance.auth.models import Role
+    from governance.roles import Role
 
     router = APIRouter()
 

@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import Engine
 
 from governance.auth import service as auth
-from governance.auth.service import Principal
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
 from governance.gates.models import GateRun
 from governance.outputs.models import Output
+from governance.principal import Principal
 from governance.registry import service as registry
 
 HIDDEN, LAYERS, HEADS = 64, 2, 4

@@ -108,9 +108,9 @@ class World:
         """Submit a token of the tiny model, pass its gate, approve it; returns the version id."""
         import hashlib
 
-        from governance.auth.service import Principal
         from governance.db import unit_of_work
         from governance.gates.models import GateRun
+        from governance.principal import Principal
         from governance.registry import service as registry
 
         self.seed += 1
@@ -141,11 +141,11 @@ class World:
 
 
 def make_world(engine: Any, digests: Any) -> World:
-    from governance.api.errors import Conflict
     from governance.auth import service as auth
-    from governance.auth.service import Principal
     from governance.db import unit_of_work
     from governance.deployments import service as deployments
+    from governance.errors import Conflict
+    from governance.principal import Principal
     from governance.registry import service as registry
 
     keys, principals = {}, {}

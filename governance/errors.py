@@ -1,29 +1,18 @@
-"""Domain errors, in one module, and the one place that records refusals of governed actions.
+"""Domain errors: the words every room raises, with no web framework behind them.
 
-Service functions raise these (they carry an HTTP status and a stable code, but no
-FastAPI import); the API maps them to the error envelope in `governance.api.app`. A
-refusal of a governed action (403 four-eyes or role, 409 wrong state) carries a
-`Refusal`: the edge that rolled back the refused change then writes one ``denied``
-audit entry in a transaction of its own (`record_refusal`), so the log shows who
-tried what even though nothing changed. Workers and CLI commands that call services
-directly get the same behaviour from `governed_unit_of_work`.
+Service functions raise these (they carry an HTTP status and a stable code); the API
+maps them to the error envelope in `governance.api.app`. A refusal of a governed action
+(403 four-eyes or role, 409 wrong state) carries a `Refusal`, which the edge writes as
+one ``denied`` audit entry after rolling back (`governance.refusals`).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session
-
-if TYPE_CHECKING:
-    from governance.auth.service import Principal
-
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # the principal's module raises these errors
+    from governance.principal import Principal
 
 
 @dataclass(frozen=True)
@@ -109,42 +98,3 @@ class TooManyRequests(DomainError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message, details={"retry_after": max(1, int(retry_after + 0.999))})
         self.retry_after = max(1, int(retry_after + 0.999))
-
-
-def record_refusal(engine: Engine, exc: DomainError) -> None:
-    """Write the ``denied`` audit entry of a refused governed action in its own transaction."""
-    if exc.refusal is None:
-        return
-    from governance.audit import service as audit
-    from governance.db import unit_of_work
-
-    r = exc.refusal
-    try:
-        with unit_of_work(engine) as session:
-            audit.append(
-                session,
-                actor=r.actor,
-                actor_key_id=r.actor_key_id,
-                action="denied",
-                subject_type=r.subject_type,
-                subject_id=r.subject_id,
-                payload={"attempted": r.attempted, "status": exc.status, "code": exc.code, "reason": exc.message},
-            )
-    except Exception:  # the refusal still reaches the caller; losing its entry is logged loudly
-        log.exception("could not record the refusal of %s by %s", r.attempted, r.actor)
-    from governance.api import metrics
-
-    metrics.DENIED.labels(action=r.attempted, status=str(exc.status)).inc()
-
-
-@contextmanager
-def governed_unit_of_work(engine: Engine) -> Iterator[Session]:
-    """`unit_of_work` for workers and CLI edges: a refused action is rolled back, then audited."""
-    from governance.db import unit_of_work
-
-    try:
-        with unit_of_work(engine) as session:
-            yield session
-    except DomainError as exc:
-        record_refusal(engine, exc)
-        raise

@@ -1,0 +1,46 @@
+"""Who acts: the principal every service function is handed, and the role check on it.
+
+A request's principal comes from its API key (`governance.auth.service.authenticate`);
+automation acts as ``system:<component>``. Nothing here touches the database or a web
+framework, so every room can take a principal without importing the auth room.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from governance.errors import Forbidden, Refusal
+from governance.roles import Role
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who acts: a user holding an API key, or an automated component (``system:<name>``)."""
+
+    name: str
+    role: str
+    user_id: int | None = None
+    key_prefix: str | None = None
+    system: bool = False
+
+    @property
+    def actor(self) -> str:
+        return f"system:{self.name}" if self.system else f"user:{self.name}"
+
+    @classmethod
+    def for_system(cls, component: str, role: str = Role.service.value) -> Principal:
+        """The principal of automation, e.g. ``Principal.for_system("monitor/cusum")``."""
+        return cls(name=component, role=role, system=True)
+
+
+def require_role(
+    principal: Principal, roles: Iterable[Role], attempted: str, subject_type: str, subject_id: str | int
+) -> None:
+    """Refuse (403, audited by the edge) unless the principal holds one of the roles."""
+    allowed = {r.value for r in roles}
+    if principal.role not in allowed:
+        raise Forbidden(
+            f"role {principal.role} may not {attempted} (allowed: {', '.join(sorted(allowed))})",
+            refusal=Refusal.of(principal, attempted, subject_type, subject_id),
+        )
