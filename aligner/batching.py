@@ -136,14 +136,8 @@ def generate_continuous(
     row decodes with the adapter's active token; with them, the adapter's previous token
     is restored afterwards.
     """
-    if width < 1:
-        raise ValueError("width must be at least 1")
-    if max_new_tokens < 1:
-        raise ValueError("max_new_tokens must be at least 1")
     n = len(prompts)
-    tokens = list(row_tokens) if row_tokens is not None else [None] * n
-    if len(tokens) != n:
-        raise ValueError(f"got {len(tokens)} row tokens for {n} prompts")
+    tokens = _checked_row_tokens(n, row_tokens, width=width, max_new_tokens=max_new_tokens)
     if n == 0:
         return []
     admit_at = max(1, width // 4) if admit_at is None else max(1, admit_at)
@@ -176,17 +170,8 @@ def generate_continuous(
                     logits = torch.cat([logits, new_logits], dim=0)
                 live += new
             next_ids = logits.argmax(dim=-1).tolist()  # (B,)
-            keep = []
-            for row, (i, tid) in enumerate(zip(live, next_ids, strict=True)):
-                if int(tid) in eos:
-                    done = True
-                else:
-                    generated[i].append(int(tid))
-                    done = len(generated[i]) >= max_new_tokens
-                if done:
-                    finished += 1
-                else:
-                    keep.append(row)
+            keep = _append_and_keep(live, next_ids, generated, eos, max_new_tokens)
+            finished += len(live) - len(keep)
             if progress is not None and len(keep) < len(live):
                 progress(finished)
             if len(keep) < len(live):
@@ -202,6 +187,34 @@ def generate_continuous(
         if adapter is not None:
             adapter._active = previous
     return [tokenizer.decode(g, skip_special_tokens=True).strip() for g in generated]
+
+
+def _checked_row_tokens(
+    n: int, row_tokens: Sequence[Token | None] | None, *, width: int, max_new_tokens: int
+) -> list[Token | None]:
+    if width < 1:
+        raise ValueError("width must be at least 1")
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be at least 1")
+    tokens = list(row_tokens) if row_tokens is not None else [None] * n
+    if len(tokens) != n:
+        raise ValueError(f"got {len(tokens)} row tokens for {n} prompts")
+    return tokens
+
+
+def _append_and_keep(
+    live: list[int], next_ids: list[int], generated: list[list[int]], eos: set[int],
+    max_new_tokens: int,
+) -> list[int]:
+    """Append each row's next token to its completion; the rows that go on (not at EOS or the length limit)."""
+    keep = []
+    for row, (i, tid) in enumerate(zip(live, next_ids, strict=True)):
+        if int(tid) in eos:
+            continue
+        generated[i].append(int(tid))
+        if len(generated[i]) < max_new_tokens:
+            keep.append(row)
+    return keep
 
 
 def keep_rows(

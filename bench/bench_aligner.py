@@ -209,7 +209,28 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
+def print_trained(trained: dict[str, Any]) -> None:
+    table = Table(title="Held-out results (SmolLM2-135M-Instruct, greedy)")
+    table.add_column("measure")
+    table.add_column("base", justify="right")
+    table.add_column("token", justify="right")
+    if "house_style" in trained:
+        h = trained["house_style"]
+        table.add_row(f"house-style format adherence (n={h['n']}, 1 token)",
+                      f"{100 * h['base_adherence']:.0f}%", f"{100 * h['token_adherence']:.0f}%")
+    if "preference" in trained:
+        p = trained["preference"]
+        table.add_row(f"refusal rate, unsafe prompts (n={p['n_unsafe']}, {p['n_tokens']} tokens)",
+                      f"{100 * p['base_refusal_unsafe']:.0f}%", f"{100 * p['token_refusal_unsafe']:.0f}%")
+        table.add_row(f"refusal rate, benign prompts (n={p['n_benign']})",
+                      f"{100 * p['base_refusal_benign']:.0f}%", f"{100 * p['token_refusal_benign']:.0f}%")
+    for key in ("sft_seconds", "sft_cpu_seconds", "dpo_seconds", "dpo_cpu_seconds"):
+        if key in trained:
+            table.add_row(key.replace("_", " "), "", f"{trained[key]:.0f} s")
+    console.print(table)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Aligner benchmark on SmolLM2 (CPU)")
     parser.add_argument("--state-dir", default="state")
     parser.add_argument("--reps", type=int, default=3, help="interleaved generation runs per variant")
@@ -234,7 +255,11 @@ def main() -> None:
     parser.add_argument("--dpo-sft-weight", type=float, default=0.6,
                         help="weight of the chosen answers' NLL added to the DPO loss (0: pure DPO)")
     parser.add_argument("--json", help="also write the results to this JSON file")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -270,24 +295,7 @@ def main() -> None:
     trained = run_training(args)
     results.update(trained)
     if trained:
-        table = Table(title="Held-out results (SmolLM2-135M-Instruct, greedy)")
-        table.add_column("measure")
-        table.add_column("base", justify="right")
-        table.add_column("token", justify="right")
-        if "house_style" in trained:
-            h = trained["house_style"]
-            table.add_row(f"house-style format adherence (n={h['n']}, 1 token)",
-                          f"{100 * h['base_adherence']:.0f}%", f"{100 * h['token_adherence']:.0f}%")
-        if "preference" in trained:
-            p = trained["preference"]
-            table.add_row(f"refusal rate, unsafe prompts (n={p['n_unsafe']}, {p['n_tokens']} tokens)",
-                          f"{100 * p['base_refusal_unsafe']:.0f}%", f"{100 * p['token_refusal_unsafe']:.0f}%")
-            table.add_row(f"refusal rate, benign prompts (n={p['n_benign']})",
-                          f"{100 * p['base_refusal_benign']:.0f}%", f"{100 * p['token_refusal_benign']:.0f}%")
-        for key in ("sft_seconds", "sft_cpu_seconds", "dpo_seconds", "dpo_cpu_seconds"):
-            if key in trained:
-                table.add_row(key.replace("_", " "), "", f"{trained[key]:.0f} s")
-        console.print(table)
+        print_trained(trained)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from dashboards.app import create_ui_app
+from dashboards.security import SecurityHeaders
+
 UI_PREFIX = "/ui"
 
 
@@ -21,9 +24,6 @@ def install(app: Any, *, prefix: str = UI_PREFIX) -> None:
     a commit that queued messages, when the app has it) at request time, so it can be
     installed before the app's lifespan has created them.
     """
-    from dashboards.app import create_ui_app
-    from dashboards.security import SecurityHeaders
-
     if not prefix.startswith("/") or prefix.endswith("/"):
         raise ValueError(f"the dashboard prefix must start with '/' and not end with one (got {prefix!r})")
     app.mount(prefix, SecurityHeaders(create_ui_app(parent=app)), name="dashboard")

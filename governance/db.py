@@ -15,6 +15,8 @@ from functools import lru_cache
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from governance.embedded import resolve_database_url
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -55,8 +57,6 @@ def engine_for(url: str) -> Engine:
 
 
 def get_engine() -> Engine:
-    from governance.embedded import resolve_database_url
-
     return engine_for(resolve_database_url())
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from governance.alerts.service import raise_alert
 from monitors import metrics
 
 log = logging.getLogger("monitors.alerts")
@@ -46,8 +47,6 @@ def raise_monitor_alert(
     policy: Any = None,
 ) -> Notification | None:
     """Store the alert (one open alert per incident); a Notification when it is newly opened."""
-    from governance.alerts.service import raise_alert
-
     alert, opened = raise_alert(
         session, kind=kind, severity=severity, incident_key=incident_key, message=message, details=details,
         deployment_id=deployment_id, actor=actor,

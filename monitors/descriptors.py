@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from evaluators.checkers import CHECKERS, run_checkers, sentiment
 from monitors.detectors.base import Frame
+from monitors.embeddings import embed
 
 NUMERIC = ("length", "word_count", "non_letter_share", "sentiment")
 # Flags counted as a policy violation in production. "favourable" describes an answer and
@@ -48,8 +50,6 @@ def prompt_of(messages: Any) -> str:
 
 
 def text_numeric(text: str) -> dict[str, float]:
-    from evaluators.checkers import sentiment
-
     n = len(text)
     letters = sum(ch.isalpha() for ch in text)
     return {
@@ -62,8 +62,6 @@ def text_numeric(text: str) -> dict[str, float]:
 
 def describe(records: Sequence[OutputRecord], *, fmt: Any = None, with_embeddings: bool = True) -> Frame:
     """A :class:`Frame` of descriptors for ``records`` (embeddings optional: they cost most)."""
-    from evaluators.checkers import CHECKERS, run_checkers
-
     numeric: dict[str, list[float]] = {k: [] for k in NUMERIC}
     flags: dict[str, list[int]] = {k: [] for k in (*CHECKERS, "violation")}
     for rec in records:
@@ -75,8 +73,6 @@ def describe(records: Sequence[OutputRecord], *, fmt: Any = None, with_embedding
         flags["violation"].append(int(any(fired.get(k, False) for k in VIOLATION_CHECKERS)))
     emb = None
     if with_embeddings:
-        from monitors.embeddings import embed
-
         emb = embed([r.output for r in records])
     return Frame(
         numeric={k: np.asarray(v, dtype=float) for k, v in numeric.items()},

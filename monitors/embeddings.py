@@ -11,6 +11,8 @@ import threading
 
 import numpy as np
 
+from evaluators.embeddings import minilm_embedder
+
 DIM = 384
 _lock = threading.Lock()
 
@@ -19,7 +21,5 @@ def embed(texts: list[str], *, batch_size: int = 64) -> np.ndarray:
     """(len(texts), 384) float32 unit vectors."""
     if not texts:
         return np.zeros((0, DIM), dtype=np.float32)
-    from evaluators.embeddings import minilm_embedder
-
     with _lock:
         return np.asarray(minilm_embedder(texts, batch_size=batch_size), dtype=np.float32)

@@ -22,7 +22,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from governance.db import utcnow
+from governance.gates.models import GateCaseResult, GateRun
 from governance.monitoring.models import MonitorReference
+from monitors.descriptors import OutputRecord, describe
 from monitors.detectors.base import Frame, Reference, novelty_score, t2_spe
 
 MAX_COMPONENTS = 10
@@ -195,9 +197,6 @@ def gate_summary(session: Session, *, version_id: int | None, fmt: Any = None) -
     """Descriptor rates and means of the version's latest gate outputs (for the report)."""
     if version_id is None:
         return None
-    from governance.gates.models import GateCaseResult, GateRun
-    from monitors.descriptors import OutputRecord, describe
-
     run_id = session.scalar(select(GateRun.id).where(GateRun.version_id == version_id)
                             .order_by(GateRun.id.desc()).limit(1))
     if run_id is None:

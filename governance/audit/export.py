@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from governance.audit.canonical import body_from_stored, format_ts
 from governance.audit.models import AuditEntry
-from governance.audit.service import append, checkpoint_record, write_checkpoint
+from governance.audit.service import append, checkpoint_record, iter_rows, write_checkpoint
 from governance.audit.signing import sign_manifest
 from governance.audit.verify import CSV_COLUMNS, FORMAT_NAME, FORMAT_VERSION, csv_sidecar_path, entry_line
 from governance.db import unit_of_work, utcnow
@@ -40,7 +40,6 @@ from governance.db import unit_of_work, utcnow
 ExportFormat = Literal["jsonl", "csv"]
 FORMATS: tuple[str, ...] = ("jsonl", "csv")
 HASH_RULE = "hash = sha256(utf8(prev_hash_hex + entry_json)); first prev_hash of the log = 64 zeros"
-_YIELD_PER = 5_000
 
 
 class ExportError(ValueError):
@@ -199,28 +198,6 @@ def _record_line(obj: dict[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
-def iter_rows(session: Session, first_seq: int, last_seq: int) -> Iterator[Any]:
-    """Entries first_seq..last_seq in order, through a server-side cursor (constant memory)."""
-    stmt = (
-        select(
-            AuditEntry.seq,
-            AuditEntry.ts,
-            AuditEntry.actor,
-            AuditEntry.actor_key_id,
-            AuditEntry.action,
-            AuditEntry.subject_type,
-            AuditEntry.subject_id,
-            AuditEntry.payload,
-            AuditEntry.prev_hash,
-            AuditEntry.hash,
-        )
-        .where(AuditEntry.seq >= first_seq, AuditEntry.seq <= last_seq)
-        .order_by(AuditEntry.seq)
-        .execution_options(yield_per=_YIELD_PER)
-    )
-    yield from session.execute(stmt)
-
-
 def iter_export_lines(session: Session, plan: ExportPlan) -> Iterator[str]:
     """The export's lines, each ending in a newline. Read-only: run after ``prepare_export`` commits.
 
@@ -331,7 +308,6 @@ __all__ = [
     "build_manifest",
     "export_to_file",
     "iter_export_lines",
-    "iter_rows",
     "prepare_export",
     "resolve_range",
     "sidecar_json",

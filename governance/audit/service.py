@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +33,7 @@ from governance.audit.canonical import (
     format_ts,
 )
 from governance.audit.models import AuditCheckpoint, AuditEntry
-from governance.audit.signing import check_signed_checkpoint, sign_checkpoint
+from governance.audit.signing import check_signed_checkpoint, key_id_for, sign_checkpoint
 
 # arbitrary constant naming "the audit chain head" among advisory locks
 AUDIT_LOCK_KEY = 0x6A75_6469_7400
@@ -190,6 +190,56 @@ class ChainCheck:
         return asdict(self)
 
 
+class _Checkpoints:
+    """The stored checkpoints by log size, matched against the recomputed head as the chain is walked."""
+
+    def __init__(self, session: Session, keys: dict[str, Ed25519PublicKey], count_unknown_keys: bool) -> None:
+        self.by_size: dict[int, list[AuditCheckpoint]] = {}
+        for cp in session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.id)):
+            self.by_size.setdefault(cp.size, []).append(cp)
+        self.keys, self.count_unknown_keys = keys, count_unknown_keys
+        self.checked = self.unverified = 0
+
+    def check(self, size: int, head_hash: str) -> str | None:
+        """The first problem with the checkpoints taken at ``size``, or None."""
+        for cp in self.by_size.pop(size, []):
+            if cp.head_hash != head_hash:
+                return f"checkpoint {cp.id} ({cp.reason}, {format_ts(cp.ts)}) records a different head hash"
+            if self.keys:
+                key = self.keys.get(cp.key_id)
+                if key is None and self.count_unknown_keys:
+                    self.unverified += 1
+                elif key is None:
+                    return f"checkpoint {cp.id}: signed by key {cp.key_id}, not by the trusted public key(s)"
+                else:
+                    problem = check_signed_checkpoint(checkpoint_record(cp), key)
+                    if problem:
+                        return f"checkpoint {cp.id}: {problem}"
+            self.checked += 1
+        return None
+
+
+def _stored_row_problem(r: Any, expected_seq: int, prev: str) -> str | None:
+    """Why stored row ``r`` does not continue the chain whose head is ``prev``, or None."""
+    if r.seq != expected_seq:
+        return f"entry #{expected_seq} is missing (next stored entry is #{r.seq})"
+    if r.prev_hash != prev:
+        return "prev_hash does not match the hash of the entry before it"
+    body = body_from_stored(
+        seq=r.seq,
+        ts=format_ts(r.ts),
+        actor=r.actor,
+        actor_key_id=r.actor_key_id,
+        action=r.action,
+        subject_type=r.subject_type,
+        subject_id=r.subject_id,
+        payload_text=r.payload,
+    )
+    if hashlib.sha256((prev + body).encode("utf-8")).hexdigest() != r.hash:
+        return "stored hash does not match the stored content (row altered)"
+    return None
+
+
 def verify_chain_in_db(
     session: Session,
     *,
@@ -207,70 +257,52 @@ def verify_chain_in_db(
     public keys after a rotation so that their checkpoints stay verifiable. One streaming pass; constant
     memory apart from the checkpoints.
     """
-    from governance.audit.signing import key_id_for
-
     keys = {key_id_for(k): k for k in [*([public_key] if public_key is not None else []), *trusted_keys]}
-    unverified = 0
-    from governance.audit.export import iter_rows
-
-    cps: dict[int, list[AuditCheckpoint]] = {}
-    for cp in session.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.id)):
-        cps.setdefault(cp.size, []).append(cp)
-    checked = 0
+    cps = _Checkpoints(session, keys, count_unknown_keys)
 
     def bad(seq: int | None, reason: str, size: int, head_hash: str) -> ChainCheck:
-        return ChainCheck(False, size, head_hash, checked, seq, reason, unverified)
-
-    def check_cps(size: int, head_hash: str) -> str | None:
-        nonlocal checked, unverified
-        for cp in cps.pop(size, []):
-            if cp.head_hash != head_hash:
-                return f"checkpoint {cp.id} ({cp.reason}, {format_ts(cp.ts)}) records a different head hash"
-            if keys:
-                key = keys.get(cp.key_id)
-                if key is None and count_unknown_keys:
-                    unverified += 1
-                elif key is None:
-                    return f"checkpoint {cp.id}: signed by key {cp.key_id}, not by the trusted public key(s)"
-                else:
-                    problem = check_signed_checkpoint(checkpoint_record(cp), key)
-                    if problem:
-                        return f"checkpoint {cp.id}: {problem}"
-            checked += 1
-        return None
+        return ChainCheck(False, size, head_hash, cps.checked, seq, reason, cps.unverified)
 
     prev, exp = GENESIS_HASH, 1
-    problem = check_cps(0, prev)
+    problem = cps.check(0, prev)
     if problem:
         return bad(0, problem, 0, prev)
     last_seq = session.scalar(select(AuditEntry.seq).order_by(AuditEntry.seq.desc()).limit(1)) or 0
-    sha256 = hashlib.sha256
     for r in iter_rows(session, 1, last_seq):
-        if r.seq != exp:
-            return bad(exp, f"entry #{exp} is missing (next stored entry is #{r.seq})", exp - 1, prev)
-        if r.prev_hash != prev:
-            return bad(exp, "prev_hash does not match the hash of the entry before it", exp - 1, prev)
-        body = body_from_stored(
-            seq=r.seq,
-            ts=format_ts(r.ts),
-            actor=r.actor,
-            actor_key_id=r.actor_key_id,
-            action=r.action,
-            subject_type=r.subject_type,
-            subject_id=r.subject_id,
-            payload_text=r.payload,
-        )
-        if sha256((prev + body).encode("utf-8")).hexdigest() != r.hash:
-            return bad(exp, "stored hash does not match the stored content (row altered)", exp - 1, prev)
+        problem = _stored_row_problem(r, exp, prev)
+        if problem:
+            return bad(exp, problem, exp - 1, prev)
         prev = r.hash
-        if exp in cps:
-            problem = check_cps(exp, prev)
+        if exp in cps.by_size:
+            problem = cps.check(exp, prev)
             if problem:
                 return bad(exp, problem, exp, prev)
         exp += 1
-    if cps:
-        size = min(cps)
+    if cps.by_size:
+        size = min(cps.by_size)
         return bad(
             exp, f"checkpoint at #{size} lies beyond the log's end #{exp - 1}: entries were removed", exp - 1, prev
         )
-    return ChainCheck(True, exp - 1, prev, checked, unverified_checkpoints=unverified)
+    return ChainCheck(True, exp - 1, prev, cps.checked, unverified_checkpoints=cps.unverified)
+
+
+def iter_rows(session: Session, first_seq: int, last_seq: int) -> Iterator[Any]:
+    """Entries first_seq..last_seq in order, through a server-side cursor (constant memory)."""
+    stmt = (
+        select(
+            AuditEntry.seq,
+            AuditEntry.ts,
+            AuditEntry.actor,
+            AuditEntry.actor_key_id,
+            AuditEntry.action,
+            AuditEntry.subject_type,
+            AuditEntry.subject_id,
+            AuditEntry.payload,
+            AuditEntry.prev_hash,
+            AuditEntry.hash,
+        )
+        .where(AuditEntry.seq >= first_seq, AuditEntry.seq <= last_seq)
+        .order_by(AuditEntry.seq)
+        .execution_options(yield_per=5_000)
+    )
+    yield from session.execute(stmt)

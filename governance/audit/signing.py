@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from governance.audit.canonical import canonical_json, format_ts
+from governance.settings import get_settings
 
 CHECKPOINT_PREFIX = "govern-audit-checkpoint/1\n"
 MANIFEST_PREFIX = "govern-audit-manifest/1\n"
@@ -45,8 +46,6 @@ def public_path_for(private_path: Path) -> Path:
 def default_private_key_path(settings: Any = None) -> Path:
     """``GOVERN_SIGNING_KEY_PATH`` if set, else ``<state>/audit/ed25519.key``."""
     if settings is None:
-        from governance.settings import get_settings
-
         settings = get_settings()
     if settings.signing_key_path is not None:
         return Path(settings.signing_key_path)

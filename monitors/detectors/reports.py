@@ -40,7 +40,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from evaluators.checkers import PII_REGEXES
+from evaluators.expectations import ExpectationSpec, validate_frame
 from monitors.detectors.base import Detector, DetectorContext, DetectorResult, Frame, Reference, Verdict, register
+from monitors.evidently_adapter import drift_report
 
 log = logging.getLogger(__name__)
 DEFAULT_ALPHA = 0.01
@@ -98,8 +101,6 @@ class EvidentlyDescriptors(Detector):
         path = _report_path(context, self.name)
         if path is not None:
             try:
-                from monitors.evidently_adapter import drift_report
-
                 rep = drift_report(
                     ref_numeric=reference.frame.numeric, cur_numeric=window.numeric,
                     ref_flags=reference.frame.flags, cur_flags=window.flags,
@@ -202,8 +203,6 @@ class EvidentlyEmbeddings(Detector):
         path = _report_path(context, self.name)
         if path is not None:
             try:
-                from monitors.evidently_adapter import drift_report
-
                 rep = drift_report(ref_numeric={}, cur_numeric={}, ref_embeddings=ref, cur_embeddings=cur,
                                    html_path=path)
                 details["evidently"] = {"values": rep.values, "methods": rep.methods, "seconds": rep.seconds}
@@ -228,9 +227,6 @@ class Expectations(Detector):
         self.policy = policy
 
     def specs(self, reference: Reference, window: Frame) -> list[Any]:
-        from evaluators.checkers import PII_REGEXES
-        from evaluators.expectations import ExpectationSpec
-
         specs = [ExpectationSpec(f"no {kind} in outputs", "not_match_regex", "output", regex=regex)
                  for kind, regex in PII_REGEXES.items()]
         fmt = getattr(self.policy, "format", None)
@@ -250,8 +246,6 @@ class Expectations(Detector):
     def run(self, *, reference: Reference, window: Frame, state: dict[str, Any] | None,
             context: DetectorContext) -> DetectorResult:
         import pandas as pd
-
-        from evaluators.expectations import validate_frame
 
         if window.n == 0 or not window.texts:
             return self.result("inconclusive", window, details={"reason": "no outputs"})
