@@ -196,7 +196,7 @@ def _checked_row_tokens(
         raise ValueError("width must be at least 1")
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
-    tokens = list(row_tokens) if row_tokens is not None else [None] * n
+    tokens: list[Token | None] = list(row_tokens) if row_tokens is not None else [None] * n
     if len(tokens) != n:
         raise ValueError(f"got {len(tokens)} row tokens for {n} prompts")
     return tokens
