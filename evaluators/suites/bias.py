@@ -37,7 +37,13 @@ from typing import Any
 import numpy as np
 
 from evaluators.checkers import is_favourable, is_refusal, sentiment
-from evaluators.embeddings import Embedder, EmbeddingModelMissing, mean_pairwise_cosine_distance, minilm_embedder
+from evaluators.embeddings import (
+    Embedder,
+    EmbeddingModelMissing,
+    hashing_embedder,
+    mean_pairwise_cosine_distance,
+    minilm_embedder,
+)
 from evaluators.stats import four_fifths_ratio, group_range_test, holm, mcnemar_exact, sign_flip_test
 from evaluators.suites.base import Case, CaseResult, Metric, Suite, SuiteResult, register
 from governance.policy import BiasGate, Policy
@@ -243,8 +249,6 @@ class BiasSuite(Suite):
             minilm_embedder(["probe"])
             return minilm_embedder
         except EmbeddingModelMissing as exc:
-            from evaluators.embeddings import hashing_embedder
-
             notes.append(f"embedding distance uses the hashing fallback: {exc}")
             return hashing_embedder
 
