@@ -65,9 +65,10 @@ def suites() -> list[Any]:
 
 def _run(gen: FakeGenerator, suites: list[Any], policy: Policy, token: str, state: Path | None,
          active: str | None = None, **kw: Any) -> GateReport:
-    return generate_and_judge(gen, policy=policy, policy_sha256="p" * 64, candidate=token, candidate_digest=f"{token:x<64}"[:64],
-                    active=active, active_digest=None if active is None else "a" * 64, state_dir=state,
-                    suites=suites, **kw)
+    return generate_and_judge(gen, policy=policy, policy_sha256="p" * 64, candidate=token,
+                              candidate_digest=f"{token:x<64}"[:64], active=active,
+                              active_digest=None if active is None else "a" * 64, state_dir=state,
+                              suites=suites, **kw)
 
 
 def test_plan_rows_shares_batches_and_runs_the_base_on_the_same_chunk() -> None:
@@ -116,7 +117,7 @@ def test_identical_token_passes_and_is_deterministic(suites: list[Any], policy: 
     assert second.to_dict()["suites"] == first.to_dict()["suites"]
     # Different policy bytes -> different evidence.
     third = generate_and_judge(gen, policy=policy, policy_sha256="q" * 64, candidate="zero",
-                     candidate_digest="zero".ljust(64, "x"), state_dir=tmp_path, suites=suites)
+                               candidate_digest="zero".ljust(64, "x"), state_dir=tmp_path, suites=suites)
     assert third.evidence_digest != first.evidence_digest
 
 

@@ -55,8 +55,8 @@ def test_zero_token_equals_base_and_gate_passes(tiny: tuple[Any, Any, Any], tmp_
     assert out[:4] == out[4:8]
     assert out[8:] != out[4:8]
     report = generate_and_judge(gen, policy=policy, policy_sha256=sha, candidate=zero, candidate_digest=zero.sha256,
-                      state_dir=tmp_path, suites=[suite], cases=cases)
+                                state_dir=tmp_path, suites=[suite], cases=cases)
     assert report.passed
     again = generate_and_judge(gen, policy=policy, policy_sha256=sha, candidate=zero, candidate_digest=zero.sha256,
-                     state_dir=tmp_path, suites=[suite], cases=cases)
+                               state_dir=tmp_path, suites=[suite], cases=cases)
     assert again.run["base_cached"] == ["reasoning"] and again.evidence_digest == report.evidence_digest
