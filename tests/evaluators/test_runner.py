@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from evaluators.embeddings import hashing_embedder
 from dashboards.gate_report_html import render_html
+from evaluators.embeddings import hashing_embedder
 from evaluators.runner import GROUP_BATCHES, Row, generate_and_judge, plan_rows
 from evaluators.suites.base import Case, get_suite
 from evaluators.suites.bias import BiasSuite

@@ -139,8 +139,10 @@ def test_good_token_passes_and_evidence_is_recomputable(world: dict[str, Any], t
 def test_damaged_token_fails_and_names_the_cases(world: dict[str, Any], tmp_path: Path) -> None:
     engine = world["engine"]
     vid, sha = _submit(world, 2)
-    out = run_gate_for_version(vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {sha: "damaged"}),
-                   suites=["reasoning"])
+    out = run_gate_for_version(
+        vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {sha: "damaged"}),
+        suites=["reasoning"],
+    )
     assert out["verdict"] == "failed" and out["failing_suites"] == ["reasoning"]
     assert _state(engine, vid) == "gate_failed"
     with unit_of_work(engine) as s:
@@ -155,14 +157,18 @@ def test_generation_error_marks_the_run_and_allows_a_retry(world: dict[str, Any]
     engine = world["engine"]
     vid, _ = _submit(world, 3)
     with pytest.raises(RuntimeError, match="exploded"):
-        run_gate_for_version(vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {}, fail=True),
-                 suites=["reasoning"])
+        run_gate_for_version(
+            vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {}, fail=True),
+            suites=["reasoning"],
+        )
     assert _state(engine, vid) == "evaluating"
     with unit_of_work(engine) as s:
         run = latest_gate_run(s, version_id=vid)
         assert run is not None and run.status == "error" and "exploded" in (run.error or "")
-    out = run_gate_for_version(vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {}),
-                   suites=["reasoning"])
+    out = run_gate_for_version(
+        vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {}),
+        suites=["reasoning"],
+    )
     assert out["verdict"] == "passed" and _state(engine, vid) == "gate_passed"
     with unit_of_work(engine) as s:
         statuses = s.scalars(select(GateRun.status).where(GateRun.version_id == vid).order_by(GateRun.id)).all()
@@ -178,8 +184,10 @@ def test_cli_gate_report(world: dict[str, Any], tmp_path: Path) -> None:
     vid, sha = _submit(world, 4)
     with unit_of_work(engine) as s:
         assert latest_report(s, version_id=vid) is None  # no finished run yet
-    run_gate_for_version(vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {sha: "damaged"}),
-             suites=["reasoning"])
+    run_gate_for_version(
+        vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {sha: "damaged"}),
+        suites=["reasoning"],
+    )
     with unit_of_work(engine) as s:
         report = latest_report(s, version_id=vid)
         assert report is not None and report.verdict == "failed"
