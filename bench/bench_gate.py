@@ -28,6 +28,15 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
+from evaluators.checkers import run_checkers
+from evaluators.embeddings import hashing_embedder
+from evaluators.expectations import policy_specs, validate_frame
+from evaluators.runner import AlignerGenerator, generate_and_judge, plan_rows
+from evaluators.suites.base import get_suite
+from evaluators.suites.bias import BiasSuite
+from governance.policy import COMPLIANCE_CATEGORIES, load_default_policy
+from tests.evaluators import synthetic
+
 
 def _time(fn: Callable[[], object], repeat: int = 3) -> tuple[float, float]:
     start = time.perf_counter()
@@ -42,14 +51,6 @@ def _time(fn: Callable[[], object], repeat: int = 3) -> tuple[float, float]:
 
 
 def model_free() -> list[tuple[str, float, float]]:
-    from evaluators.checkers import run_checkers
-    from evaluators.embeddings import hashing_embedder
-    from evaluators.expectations import policy_specs, validate_frame
-    from evaluators.suites.base import get_suite
-    from evaluators.suites.bias import BiasSuite
-    from governance.policy import COMPLIANCE_CATEGORIES, load_default_policy
-    from tests.evaluators import synthetic
-
     policy, _ = load_default_policy()
     rows = []
     n = 200
@@ -76,16 +77,13 @@ def model_free() -> list[tuple[str, float, float]]:
 def with_model(
     limit: int | None, state_dir: str, static: bool = False, cache_dir: str | None = None
 ) -> list[tuple[str, float, float]]:
-    import torch
+    import torch  # defers torch
 
-    from aligner import attach
-    from aligner.artifact import AlignerToken
-    from aligner.batching import generate_continuous
-    from aligner.generation import generate
-    from aligner.providers import load_base_model
-    from evaluators.runner import AlignerGenerator, plan_rows, run_gate
-    from evaluators.suites.base import get_suite
-    from governance.policy import load_default_policy
+    from aligner import attach  # defers torch
+    from aligner.artifact import AlignerToken  # defers torch
+    from aligner.batching import generate_continuous  # defers torch
+    from aligner.generation import generate  # defers torch
+    from aligner.providers import load_base_model  # defers torch
 
     policy, policy_sha = load_default_policy()
     model, tokenizer, digests = load_base_model("smollm2-135m-instruct", state_dir=state_dir)
@@ -109,10 +107,10 @@ def with_model(
         common: dict[str, Any] = dict(policy=policy, policy_sha256=policy_sha, candidate=zero,
                                       candidate_digest=zero.sha256, state_dir=state, suites=suites, cases=cases)
         t = time.perf_counter()
-        first = run_gate(gen, **common)
+        first = generate_and_judge(gen, **common)
         rows.append((f"gate, base uncached ({first.run['rows_generated']} rows)", time.perf_counter() - t, 0.0))
         t = time.perf_counter()
-        second = run_gate(gen, **common)
+        second = generate_and_judge(gen, **common)
         cached = time.perf_counter() - t
         rows.append((f"gate, base cached ({second.run['rows_generated']} rows)", cached, 0.0))
         # The raw generation the cached gate needs: the same prompts in the same groups,
@@ -153,7 +151,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
-        import torch
+        import torch  # defers torch
 
         torch.set_num_threads(args.threads)
     rows = model_free() if args.model == "none" else with_model(args.limit, args.state_dir, args.static, args.cache_dir)

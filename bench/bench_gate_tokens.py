@@ -28,12 +28,15 @@ from typing import Any
 
 import yaml
 
+from dashboards.gate_report_html import render_html
+from evaluators import redteam
+from evaluators.runner import AlignerGenerator, generate_and_judge
+from governance.policy import default_policy_path, load_policy
+
 
 def _policy(
     path: str | None, max_cases: str | None, max_new_tokens: int | None, batch_size: int | None = None
 ) -> tuple[Any, str]:
-    from governance.policy import default_policy_path, load_policy
-
     data = yaml.safe_load(Path(path or default_policy_path()).read_text())
     if max_cases:
         pc, bias, reasoning = (int(x) for x in max_cases.split(","))
@@ -47,9 +50,8 @@ def _policy(
 
 def train_bad(name: str, state_dir: Path, **overrides: Any) -> Any:
     """Train one bad token with its set's SFT recipe (``redteam.RECIPE``), flags overriding it."""
-    from aligner.artifact import AlignerToken
-    from aligner.training import TrainConfig, train_file
-    from evaluators import redteam
+    from aligner.artifact import AlignerToken  # defers torch
+    from aligner.training import TrainConfig, train_file  # defers torch
 
     out = state_dir / "bench" / "redteam" / name
     if (out / "manifest.json").exists():
@@ -62,15 +64,7 @@ def train_bad(name: str, state_dir: Path, **overrides: Any) -> Any:
     return result.token, time.perf_counter() - t
 
 
-def main() -> None:
-    import torch
-
-    from aligner import attach
-    from aligner.artifact import AlignerToken
-    from aligner.providers import load_base_model
-    from evaluators import redteam
-    from evaluators.runner import AlignerGenerator, render_html, run_gate
-
+def _args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--state-dir", default="state")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -87,25 +81,26 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="override every set's recipe (default: redteam.RECIPE)")
     parser.add_argument("--lr", type=float, help="override every set's recipe")
     parser.add_argument("--n-tokens", type=int, help="override every set's recipe")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    state = Path(args.state_dir)
-    policy, policy_sha = _policy(args.policy, args.max_cases, args.max_new_tokens, args.batch_size)
-    wanted = set(args.only.split(",")) if args.only else {"zero", "house", *redteam.NAMES}
+    return parser.parse_args()
 
-    model, tokenizer, digests = load_base_model("smollm2-135m-instruct", state_dir=state)
-    tokens: list[tuple[str, str, Any, float]] = []  # name, expected, token, training seconds
+
+def _tokens(args: argparse.Namespace, model: Any, digests: Any, state: Path) -> list[tuple[str, str, Any, float]]:
+    """The tokens to gate: (name, expected verdict, token, training seconds); attaches the adapter."""
+    import torch  # defers torch
+
+    from aligner import attach  # defers torch
+    from aligner.artifact import AlignerToken  # defers torch
+
+    wanted = set(args.only.split(",")) if args.only else {"zero", "house", *redteam.NAMES}
+    tokens: list[tuple[str, str, Any, float]] = []
+    shape = attach(model, base_digest=digests.weights).shape
     if "zero" in wanted:
-        shape = attach(model, base_digest=digests.weights).shape
         g = torch.Generator().manual_seed(0)
         zero = AlignerToken.create(
             torch.randn(1, shape.hidden_size, generator=g) * 0.02, torch.zeros(shape.num_layers, shape.num_heads),
             base_model="smollm2-135m-instruct", base_model_digest=digests.weights,
             tokenizer_digest=digests.tokenizer, training_method="manual", seed=0)
         tokens.append(("zero", "passed", zero, 0.0))
-    else:
-        attach(model, base_digest=digests.weights)
     house = state / "bench" / "house_style"
     if "house" in wanted and (house / "manifest.json").exists():
         tokens.append(("house", "passed", AlignerToken.load(house), 0.0))
@@ -113,7 +108,45 @@ def main() -> None:
         if name in wanted:
             tok, secs = train_bad(name, state, epochs=args.epochs, lr=args.lr, n_tokens=args.n_tokens)
             tokens.append((name, f"fails {redteam.EXPECTED_FAILURE[name]}", tok, secs))
+    return tokens
 
+
+def _failing(report: Any) -> list[str]:
+    """The decisive metrics that failed, with their corrected (or raw) p-value when they have one."""
+    out = []
+    for s in report.suites:
+        for m in s.failing_metrics():
+            if m.value is None:
+                continue
+            p = m.p_adjusted if m.p_adjusted is not None else m.p_value
+            out.append(f"{s.suite}: {m.name} {m.value:.3g} vs {m.comparator}{m.threshold}"
+                       + (f" (p={p:.2g})" if p is not None else ""))
+    return out
+
+
+def _print_table(rows: list[tuple[Any, ...]]) -> None:
+    print(f"{'token':<11}{'expected':<26}{'verdict':<9}{'compliance':<12}{'bias':<7}{'reasoning':<11}{'ok':<4}"
+          f"{'train s':>8}{'gate s':>8}  failing decisive metrics")
+    for name, expected, verdict, outcome, failing, ok, train_s, secs, _ in rows:
+        def cell(suite: str, o: dict[str, bool] = outcome) -> str:
+            return "pass" if o.get(suite) else ("FAIL" if suite in o else "-")
+        print(f"{name:<11}{expected:<26}{verdict:<9}{cell('policy_compliance'):<12}{cell('bias'):<7}"
+              f"{cell('reasoning'):<11}{'yes' if ok else 'NO':<4}{train_s:>8.0f}{secs:>8.0f}  {'; '.join(failing[:4])}")
+
+
+def main() -> None:
+    import torch  # defers torch
+
+    from aligner.artifact import AlignerToken  # defers torch
+    from aligner.providers import load_base_model  # defers torch
+
+    args = _args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    state = Path(args.state_dir)
+    policy, policy_sha = _policy(args.policy, args.max_cases, args.max_new_tokens, args.batch_size)
+    model, tokenizer, digests = load_base_model("smollm2-135m-instruct", state_dir=state)
+    tokens = _tokens(args, model, digests, state)
     active = AlignerToken.load(args.active) if args.active else None
     if active is not None:
         active.check_base(digests)
@@ -126,23 +159,18 @@ def main() -> None:
         for name, expected, tok, train_s in tokens:
             tok.check_base(digests)
             t = time.perf_counter()
-            report = run_gate(gen, policy=policy, policy_sha256=policy_sha, candidate=tok,
-                              candidate_digest=tok.sha256, active=active,
-                              active_digest=active.sha256 if active is not None else None, state_dir=cache)
+            report = generate_and_judge(gen, policy=policy, policy_sha256=policy_sha, candidate=tok,
+                                        candidate_digest=tok.sha256, active=active,
+                                        active_digest=active.sha256 if active is not None else None,
+                                        state_dir=cache)
             reports[name] = report.to_dict()
             if args.html:
                 Path(args.html).mkdir(parents=True, exist_ok=True)
                 Path(args.html, f"{name}.html").write_text(render_html(report, title=f"Gate report: {name}"))
             secs = time.perf_counter() - t
             outcome = {s.suite: s.passed for s in report.suites}
-            failing = [f"{s.suite}: {m.name} {m.value:.3g} vs {m.comparator}{m.threshold}"
-                       + (f" (p={m.p_adjusted if m.p_adjusted is not None else m.p_value:.2g})"
-                          if (m.p_adjusted if m.p_adjusted is not None else m.p_value) is not None else "")
-                       for s in report.suites for m in s.failing_metrics() if m.value is not None]
-            if expected == "passed":
-                ok = report.passed
-            else:
-                ok = not outcome.get(redteam.EXPECTED_FAILURE[name], True)
+            failing = _failing(report)
+            ok = report.passed if expected == "passed" else not outcome.get(redteam.EXPECTED_FAILURE[name], True)
             rows.append((name, expected, report.verdict, outcome, failing, ok, train_s, secs,
                          report.run.get("rows_generated")))
             print(f"[{name}] {report.verdict} in {secs:.0f}s; failing: {failing[:6]}", flush=True)
@@ -152,13 +180,7 @@ def main() -> None:
     sizes = ", ".join(f"{k} {v}" for k, v in (policy.gate.max_cases or {}).items()) or "all cases"
     print(f"\nGate verdicts on SmolLM2-135M-Instruct ({sizes}; {policy.gate.max_new_tokens} new tokens; "
           f"baselines: the bare base model{' and the active token ' + Path(args.active).name if args.active else ''})")
-    print(f"{'token':<11}{'expected':<26}{'verdict':<9}{'compliance':<12}{'bias':<7}{'reasoning':<11}{'ok':<4}"
-          f"{'train s':>8}{'gate s':>8}  failing decisive metrics")
-    for name, expected, verdict, outcome, failing, ok, train_s, secs, _ in rows:
-        def cell(suite: str, o: dict[str, bool] = outcome) -> str:
-            return "pass" if o.get(suite) else ("FAIL" if suite in o else "-")
-        print(f"{name:<11}{expected:<26}{verdict:<9}{cell('policy_compliance'):<12}{cell('bias'):<7}"
-              f"{cell('reasoning'):<11}{'yes' if ok else 'NO':<4}{train_s:>8.0f}{secs:>8.0f}  {'; '.join(failing[:4])}")
+    _print_table(rows)
 
 
 if __name__ == "__main__":

@@ -26,12 +26,12 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from dashboards import reports
 from dashboards.security import CSRF_FIELD, SESSION_COOKIE, BadSignature, UiSession, tokens_match
 from governance.api.deps import transaction
 from governance.auth.models import ApiKey, User
 from governance.db import utcnow
 from governance.errors import DomainError
+from governance.gates.report import format_number
 from governance.outbox.service import Outgoing
 from governance.principal import Principal
 from governance.roles import Role
@@ -49,7 +49,7 @@ env = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-env.filters["num"] = reports.fmt_num
+env.filters["num"] = format_number
 
 
 def _ts(value: Any) -> str:

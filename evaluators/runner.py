@@ -10,7 +10,8 @@ decoding settings), so a repeated gate does not regenerate them. Everything afte
 generation is a pure function of texts: the verdict and the evidence digest (sha256
 over a canonical encoding of every prompt, output, score, statistic and threshold,
 plus the digests of the policy and the tokens) are the same for the same inputs.
-``render_html`` turns a report into one self-contained page.
+The report is the typed contract ``governance.gates.report.GateReport``
+(``dashboards.gate_report_html`` renders it as a page).
 
 The model side is behind the ``Generator`` protocol; ``AlignerGenerator`` implements it
 with ``aligner.generation.generate``; tests use a fake.
@@ -26,8 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from evaluators.checkers import is_refusal
 from evaluators.suites.base import Case, Suite, SuiteResult, cases_digest, get_suite
 from governance.audit.canonical import canonical_json
+from governance.gates.report import GateReport, RunInfo
 from governance.policy import Policy
 
 DEFAULT_SUITES = ("policy_compliance", "bias", "reasoning")
@@ -36,7 +39,6 @@ CACHE_DIR = "gate_cache"
 # many batches' worth of rows: long enough that continuous batching keeps its rows full,
 # short enough that a gate splits into several shards.
 GROUP_BATCHES = 8
-REPORT_SCHEMA = 1
 
 Progress = Callable[[int, int], None]
 
@@ -103,7 +105,7 @@ class AlignerGenerator:
     def generate(
         self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Callable[[int], None] | None = None
     ) -> list[str]:
-        from aligner.batching import generate_continuous
+        from aligner.batching import generate_continuous  # defers torch
 
         return generate_continuous(self.model, self.tokenizer, list(prompts), row_tokens=list(row_tokens),
                                    max_new_tokens=self.max_new_tokens, system=self.system, width=self.width,
@@ -115,67 +117,6 @@ class Row:
     suite: str
     index: int  # case index within its suite
     system: str  # candidate | active | base
-
-
-@dataclass
-class GateReport:
-    """Everything a verdict rests on. ``to_dict`` puts the verdict first."""
-
-    verdict: str
-    suites: list[SuiteResult]
-    evidence_digest: str
-    policy_sha256: str
-    candidate_digest: str
-    active_digest: str | None
-    base_digest: str
-    decoding: dict[str, Any]
-    form_vs_knowledge: dict[str, Any]
-    # Not part of the evidence (timings differ between identical runs).
-    run: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return self.verdict == "passed"
-
-    def evidence(self) -> dict[str, Any]:
-        """The canonical evidence bundle that ``evidence_digest`` hashes."""
-        return {
-            "schema": REPORT_SCHEMA,
-            "verdict": self.verdict,
-            "policy_sha256": self.policy_sha256,
-            "candidate_digest": self.candidate_digest,
-            "active_digest": self.active_digest,
-            "base_digest": self.base_digest,
-            "decoding": self.decoding,
-            "form_vs_knowledge": self.form_vs_knowledge,
-            "suites": [s.to_dict() for s in self.suites],
-        }
-
-    def summary(self) -> dict[str, Any]:
-        """Per suite: verdict, metrics (value, threshold, interval / p-values, n), notes; no cases."""
-        return {
-            "verdict": self.verdict,
-            "evidence_digest": self.evidence_digest,
-            "policy_sha256": self.policy_sha256,
-            "form_vs_knowledge": self.form_vs_knowledge,
-            "suites": {
-                s.suite: {
-                    "passed": s.passed,
-                    "n_cases": s.n_cases,
-                    "failing_cases": len(s.failing_cases()),
-                    "metrics": [m.to_dict() for m in s.metrics],
-                    "notes": list(s.notes),
-                }
-                for s in self.suites
-            },
-            "run": self.run,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"verdict": self.verdict, "evidence_digest": self.evidence_digest}
-        d.update({k: v for k, v in self.evidence().items() if k != "verdict"})
-        d["run"] = self.run
-        return d
 
 
 def evidence_digest(evidence: Mapping[str, Any]) -> str:
@@ -250,40 +191,40 @@ def plan_rows(
         ((suite, i, case) for suite, cases in suite_cases.items() for i, case in enumerate(cases)),
         key=lambda t: (len(t[2].prompt), t[0], t[1]),
     )
-    batches: list[list[Row]] = []
+    groups: list[list[Row]] = []
     for start in range(0, len(ordered), cases_per_group):
         chunk = ordered[start : start + cases_per_group]
-        for group in (lambda x: x not in separate, lambda x: x in separate):
-            batch = [Row(suite, i, sys) for suite, i, _case in chunk for sys in systems[suite] if group(sys)]
-            if batch:
-                batches.append(batch)
-    return batches
+        for wanted in (lambda x: x not in separate, lambda x: x in separate):
+            group = [Row(suite, i, sys) for suite, i, _case in chunk for sys in systems[suite] if wanted(sys)]
+            if group:
+                groups.append(group)
+    return groups
 
 
 def generate_rows(
     generator: Generator,
-    batches: Sequence[Sequence[Row]],
+    groups: Sequence[Sequence[Row]],
     suite_cases: Mapping[str, Sequence[Case]],
     tokens: Mapping[str, Any | None],
     progress: Progress | None = None,
 ) -> dict[Row, str]:
-    """Run the batches; returns the output of every row. (A shard is any subset of batches.)"""
-    total = sum(len(b) for b in batches)
+    """Run the groups; returns the output of every row. (A shard is any subset of groups.)"""
+    total = sum(len(g) for g in groups)
     done = 0
     out: dict[Row, str] = {}
-    for batch in batches:
-        prompts = [suite_cases[r.suite][r.index].prompt for r in batch]
+    for group in groups:
+        prompts = [suite_cases[r.suite][r.index].prompt for r in group]
 
         rows_done = None
         if progress is not None:
-            def rows_done(k: int, report: Progress = progress, before: int = done, size: int = len(batch)) -> None:
+            def rows_done(k: int, report: Progress = progress, before: int = done, size: int = len(group)) -> None:
                 report(before + min(k, size), total)
 
-        outputs = generator.generate(prompts, [tokens[r.system] for r in batch], progress=rows_done)
-        if len(outputs) != len(batch):
-            raise RuntimeError(f"generator returned {len(outputs)} outputs for {len(batch)} prompts")
-        out.update(zip(batch, outputs, strict=True))
-        done += len(batch)
+        outputs = generator.generate(prompts, [tokens[r.system] for r in group], progress=rows_done)
+        if len(outputs) != len(group):
+            raise RuntimeError(f"generator returned {len(outputs)} outputs for {len(group)} prompts")
+        out.update(zip(group, outputs, strict=True))
+        done += len(group)
         if progress is not None:
             progress(done, total)
     return out
@@ -304,19 +245,19 @@ class GatePlan:
     # suites whose base outputs come from the cache (not generated in this gate)
     cached: dict[str, list[str]]
     cache_keys: dict[str, str]
-    batches: list[list[Row]]
+    groups: list[list[Row]]  # generation groups, in plan order
     # the suites planned as cached (may name a suite whose outputs this process lacks)
     assumed_cached: list[str] = field(default_factory=list)
 
     def shard(self, index: int, count: int) -> list[list[Row]]:
-        """Every ``count``-th batch from ``index``: shards of (almost) equal work."""
+        """Every ``count``-th group from ``index``: shards of (almost) equal work."""
         if not 0 <= index < count:
             raise ValueError(f"shard index must be in [0, {count}) (got {index})")
-        return self.batches[index::count]
+        return self.groups[index::count]
 
     @property
     def rows(self) -> int:
-        return sum(len(b) for b in self.batches)
+        return sum(len(g) for g in self.groups)
 
 
 def plan_gate(
@@ -330,10 +271,10 @@ def plan_gate(
     cases: Mapping[str, Sequence[Case]] | None = None,
     assume_cached: Sequence[str] | None = None,
 ) -> GatePlan:
-    """Load the cases, look up the cached base outputs, and cut the rows into batches.
+    """Load the cases, look up the cached base outputs, and cut the rows into generation groups.
 
     ``assume_cached`` fixes which suites' base outputs count as cached (a sharded gate
-    decides once, so every worker plans the same batches); their outputs are loaded if
+    decides once, so every worker plans the same groups); their outputs are loaded if
     this process can see them, and ``finish_gate`` insists on them.
     """
     state = Path(state_dir) if state_dir is not None else None
@@ -353,8 +294,8 @@ def plan_gate(
         if hit is not None and is_cached:
             cached[s.name] = hit
         systems[s.name] = ["candidate", *(["active"] if has_active else []), *([] if is_cached else ["base"])]
-    batches = plan_rows(suite_cases, systems, policy.gate.batch_size)
-    plan = GatePlan(suite_objs, suite_cases, dict(decoding), base_digest, has_active, cached, keys, batches)
+    groups = plan_rows(suite_cases, systems, policy.gate.batch_size)
+    plan = GatePlan(suite_objs, suite_cases, dict(decoding), base_digest, has_active, cached, keys, groups)
     plan.assumed_cached = sorted(assume_cached) if assume_cached is not None else sorted(cached)
     return plan
 
@@ -375,7 +316,7 @@ def finish_gate(
     if absent:
         raise ValueError(f"base outputs of {', '.join(absent)} were planned as cached but this worker has no "
                          f"cache entry for them (share the state folder between gate workers)")
-    missing = [r for b in plan.batches for r in b if r not in outputs]
+    missing = [r for g in plan.groups for r in g if r not in outputs]
     if missing:
         raise ValueError(f"{len(missing)} planned rows have no output (e.g. {missing[0]}); is a shard missing?")
     results: list[SuiteResult] = []
@@ -393,7 +334,7 @@ def finish_gate(
         results, policy_sha256=policy_sha256, candidate_digest=candidate_digest, active_digest=active_digest,
         base_digest=plan.base_digest, decoding=plan.decoding,
     )
-    report.run = {"rows_generated": plan.rows, "batches": len(plan.batches), "base_cached": sorted(plan.cached)}
+    report.run = RunInfo(rows_generated=plan.rows, batches=len(plan.groups), base_cached=sorted(plan.cached))
     return report
 
 
@@ -406,7 +347,7 @@ def outputs_from_json(rows: Sequence[Sequence[Any]]) -> dict[Row, str]:
     return {Row(str(s), int(i), str(system)): str(text) for s, i, system, text in rows}
 
 
-def run_gate(
+def generate_and_judge(
     generator: Generator,
     *,
     policy: Policy,
@@ -426,7 +367,7 @@ def run_gate(
                      has_active=active is not None, state_dir=state_dir, suites=suites, cases=cases)
     tokens: dict[str, Any | None] = {"candidate": candidate, "base": None, "active": active}
     t_gen = time.perf_counter()
-    outputs = generate_rows(generator, plan.batches, plan.suite_cases, tokens, progress)
+    outputs = generate_rows(generator, plan.groups, plan.suite_cases, tokens, progress)
     gen_seconds = time.perf_counter() - t_gen
     report = finish_gate(plan, outputs, policy=policy, policy_sha256=policy_sha256,
                          candidate_digest=candidate_digest, active_digest=active_digest, state_dir=state_dir)
@@ -444,19 +385,22 @@ def build_report(
     base_digest: str,
     decoding: Mapping[str, Any],
 ) -> GateReport:
-    """Verdict (every suite must pass), form-vs-knowledge summary and evidence digest."""
+    """Verdict (every suite must pass), form-vs-knowledge summary and evidence digest.
+
+    The suites' results are validated against the report contract here, before anything
+    can be stored: a suite that writes a field the contract lacks fails the gate loudly.
+    """
     verdict = "passed" if results and all(r.passed for r in results) else "failed"
-    report = GateReport(
-        verdict=verdict,
-        suites=list(results),
-        evidence_digest="",
-        policy_sha256=policy_sha256,
-        candidate_digest=candidate_digest,
-        active_digest=active_digest,
-        base_digest=base_digest,
-        decoding=dict(decoding),
-        form_vs_knowledge=form_vs_knowledge(results),
-    )
+    report = GateReport.model_validate({
+        "verdict": verdict,
+        "suites": [r.to_dict() for r in results],
+        "policy_sha256": policy_sha256,
+        "candidate_digest": candidate_digest,
+        "active_digest": active_digest,
+        "base_digest": base_digest,
+        "decoding": dict(decoding),
+        "form_vs_knowledge": form_vs_knowledge(results),
+    })
     report.evidence_digest = evidence_digest(report.evidence())
     return report
 
@@ -467,8 +411,6 @@ def form_vs_knowledge(results: Sequence[SuiteResult]) -> dict[str, Any]:
     The Aligner paper's probe: a global token should change how a model says things far
     more than what it knows. Deltas are candidate minus bare base, over the gate's cases.
     """
-    from evaluators.checkers import is_refusal
-
     by = {r.suite: r for r in results}
     form: dict[str, Any] = {}
     all_cases = [c for r in results for c in r.cases if "base" in c.baseline_outputs]
@@ -507,33 +449,3 @@ def form_vs_knowledge(results: Sequence[SuiteResult]) -> dict[str, Any]:
     else:
         reading = "knowledge moved too: reasoning accuracy changed as much as form did"
     return {"form": form, "knowledge": knowledge, "reading": reading}
-
-
-# --- HTML ---------------------------------------------------------------------------------
-
-_TEMPLATE = Path(__file__).resolve().parent / "templates" / "gate_report.html"
-MAX_CASES_PER_SUITE = 50
-
-
-def render_html(report: GateReport, *, title: str = "Gate report", max_cases: int = MAX_CASES_PER_SUITE) -> str:
-    """One self-contained HTML page (inline CSS, no scripts, no external assets)."""
-    from jinja2 import Environment, select_autoescape
-
-    env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
-    env.filters["num"] = _fmt_num
-    template = env.from_string(_TEMPLATE.read_text(encoding="utf-8"))
-    return template.render(report=report, title=title, max_cases=max_cases)
-
-
-def _fmt_num(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value != 0 and abs(value) < 1e-3:
-            return f"{value:.2e}"
-        return f"{value:.4g}"
-    return str(value)

@@ -1,26 +1,22 @@
-"""Persist a gate report (GateRun + one GateCaseResult per case) and read it back.
+"""Persist a gate report: one GateRun (its ``GateSummary``) and one GateCaseResult per case.
 
 Keyword-only functions taking the session; they never commit (the caller's unit of
 work does, together with the version's transition and its audit entry). The run's
-``summary`` holds the verdict, the digests, the form-vs-knowledge summary and every
-suite's metrics with thresholds, intervals and p-values; the cases hold prompt,
-candidate output, base output (the active version's output sits in ``scores``) and the
-case's scores. ``load_gate_report`` rebuilds a ``GateReport`` for the JSON route and
-the HTML renderer.
+``summary`` is the report's ``stored_summary()`` (verdict, digests, form vs knowledge,
+every suite's metrics with thresholds, intervals and p-values); the cases hold prompt,
+candidate output, base output (every baseline's output sits in ``scores``) and the
+case's scores. Reading a run back is ``governance.gates.service.load_gate_report``.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from evaluators.runner import GateReport
-from evaluators.suites.base import CaseResult, Metric, SuiteResult
 from governance.db import utcnow
 from governance.gates.models import GateCaseResult, GateRun
+from governance.gates.report import GateReport
 
 
 def save_gate_run(
@@ -41,7 +37,7 @@ def save_gate_run(
     run.policy_sha256 = policy_sha256
     run.status = "passed" if report.passed else "failed"
     run.evidence_digest = report.evidence_digest
-    run.summary = _summary(report)
+    run.summary = report.stored_summary().model_dump(mode="json")
     run.error = None
     run.started_at = run.started_at or started_at or utcnow()
     run.finished_at = utcnow()
@@ -81,75 +77,3 @@ def mark_gate_error(session: Session, *, gate_run_id: int, error: str) -> None:
         run.error = error[:4000]
         run.finished_at = utcnow()
         session.flush()
-
-
-def _summary(report: GateReport) -> dict[str, Any]:
-    s = report.summary()
-    s.update({
-        "candidate_digest": report.candidate_digest,
-        "active_digest": report.active_digest,
-        "base_digest": report.base_digest,
-        "decoding": report.decoding,
-        "details": {suite.suite: suite.details for suite in report.suites},
-    })
-    return s
-
-
-def latest_gate_run(session: Session, *, version_id: int) -> GateRun | None:
-    return session.scalars(
-        select(GateRun).where(GateRun.version_id == version_id).order_by(GateRun.id.desc()).limit(1)
-    ).first()
-
-
-def latest_report(session: Session, *, version_id: int) -> GateReport | None:
-    """The report of the version's latest gate run, or None while it has no finished run."""
-    run = latest_gate_run(session, version_id=version_id)
-    if run is None or run.status not in ("passed", "failed"):
-        return None
-    return load_gate_report(session, gate_run=run)
-
-
-def load_gate_report(session: Session, *, gate_run: GateRun) -> GateReport:
-    """Rebuild the report of a finished run (for the JSON route and the HTML page)."""
-    if gate_run.status not in ("passed", "failed"):
-        raise ValueError(f"gate run {gate_run.id} is {gate_run.status}; there is no report yet")
-    summary = gate_run.summary or {}
-    rows = session.scalars(
-        select(GateCaseResult).where(GateCaseResult.gate_run_id == gate_run.id).order_by(GateCaseResult.id)
-    ).all()
-    cases: dict[str, list[CaseResult]] = {}
-    for r in rows:
-        scores = dict(r.scores or {})
-        baselines = scores.pop("_baselines", None) or ({"base": r.baseline_output} if r.baseline_output else {})
-        cases.setdefault(r.suite, []).append(CaseResult(
-            case_id=r.case_id, category=r.category, prompt=r.prompt, candidate_output=r.candidate_output,
-            baseline_outputs=baselines, passed=r.passed, scores=scores,
-        ))
-    suites = []
-    details = summary.get("details", {})
-    for name, info in summary.get("suites", {}).items():
-        metrics = [_metric(m) for m in info.get("metrics", [])]
-        suites.append(SuiteResult(name, bool(info.get("passed")), metrics, cases.get(name, []),
-                                  list(info.get("notes", [])), details.get(name, {})))
-    return GateReport(
-        verdict=summary.get("verdict", gate_run.status),
-        suites=suites,
-        evidence_digest=gate_run.evidence_digest or "",
-        policy_sha256=gate_run.policy_sha256,
-        candidate_digest=summary.get("candidate_digest", ""),
-        active_digest=summary.get("active_digest"),
-        base_digest=summary.get("base_digest", ""),
-        decoding=summary.get("decoding", {}),
-        form_vs_knowledge=summary.get("form_vs_knowledge", {}),
-        run=summary.get("run", {}),
-    )
-
-
-def _metric(d: dict[str, Any]) -> Metric:
-    interval = d.get("interval")
-    return Metric(
-        name=d["name"], value=d.get("value"), threshold=d.get("threshold"), passed=bool(d.get("passed")),
-        n=int(d.get("n", 0)), comparator=d.get("comparator", "<="), p_value=d.get("p_value"),
-        p_adjusted=d.get("p_adjusted"), interval=tuple(interval) if interval else None,  # type: ignore[arg-type]
-        baseline=d.get("baseline"), decisive=bool(d.get("decisive", True)), detail=d.get("detail", ""),
-    )

@@ -1,4 +1,4 @@
-"""The gate as a unit of work: ``run_gate(version_id)``, called by the Celery task
+"""The gate as a unit of work: ``run_gate_for_version(version_id)``, called by the Celery task
 ``evaluators.run_gate`` (registered by ``monitors.celery_app``) and by ``govern gate run``.
 
 Idempotent and guarded (PostHog style): a version that is not ``submitted`` or
@@ -10,7 +10,7 @@ transaction; (3) record the report's rows and move the version to ``gate_passed`
 leaves the version ``evaluating`` for a retry.
 
 Sharded: ``plan_sharded_gate`` (transaction 1 + the plan), ``run_gate_shard`` on each
-worker (every n-th batch), ``finish_sharded_gate`` (merge, judge, transaction 3); the
+worker (every n-th generation group), ``finish_sharded_gate`` (merge, judge, transaction 3); the
 same evidence digest as the single-process gate. The worker's tasks in
 ``monitors.tasks`` wire them as a Celery chord (``GOVERN_GATE_SHARDS`` > 1).
 """
@@ -28,23 +28,26 @@ from sqlalchemy import Engine, select
 from evaluators.runner import (
     DEFAULT_SUITES,
     AlignerGenerator,
-    GateReport,
     Progress,
     aligner_decoding,
     finish_gate,
+    generate_and_judge,
     generate_rows,
     outputs_from_json,
     outputs_to_json,
     plan_gate,
 )
-from evaluators.runner import run_gate as run_gate_report
 from evaluators.store import mark_gate_error, open_gate_run, save_gate_run
 from governance.db import get_engine, unit_of_work
-from governance.policy import load_policy
+from governance.deployments.models import Deployment
+from governance.gates.models import GateRun
+from governance.gates.report import GateReport
+from governance.policy import default_policy_path, load_policy
 from governance.principal import Principal
 from governance.registry import service as registry
 from governance.registry.models import BaseModel_, TokenVersion, VersionState
 from governance.registry.models import Policy as PolicyRow
+from governance.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +73,6 @@ def load_inputs(session: Any, *, version_id: int) -> GateInputs:
     policy_text: str | None = None
     active: TokenVersion | None = None
     if version.deployment_id is not None:
-        from governance.deployments.models import Deployment
-
         dep = session.get(Deployment, version.deployment_id)
         if dep is not None:
             row = session.get(PolicyRow, dep.policy_id)
@@ -84,8 +85,6 @@ def load_inputs(session: Any, *, version_id: int) -> GateInputs:
             )
         ).first()
     if policy_text is None:
-        from governance.policy import default_policy_path
-
         policy_text = default_policy_path().read_text(encoding="utf-8")
     return GateInputs(
         version_id=version.id,
@@ -100,8 +99,8 @@ def load_inputs(session: Any, *, version_id: int) -> GateInputs:
 
 
 def _generator(inputs: GateInputs, *, state_dir: Path, max_new_tokens: int, width: int) -> AlignerGenerator:
-    from aligner import attach
-    from aligner.providers import load_base_model
+    from aligner import attach  # defers torch
+    from aligner.providers import load_base_model  # defers torch
 
     model, tokenizer, digests = load_base_model(inputs.base_name, state_dir=state_dir)
     if digests.weights != inputs.base_digest:
@@ -123,14 +122,14 @@ def evaluate_version(
     suites: Any = DEFAULT_SUITES,
 ) -> tuple[GateReport, str]:
     """Generate and judge (no database). Returns the report and the policy's sha256."""
-    from aligner.artifact import AlignerToken
+    from aligner.artifact import AlignerToken  # defers torch
 
     policy, policy_sha = load_policy(inputs.policy_text)
     gen = generator or _generator(inputs, state_dir=Path(state_dir), max_new_tokens=policy.gate.max_new_tokens,
                                        width=policy.gate.batch_size)
     candidate = AlignerToken.from_bytes(inputs.candidate_artifact)
     active = AlignerToken.from_bytes(inputs.active_artifact) if inputs.active_artifact else None
-    report = run_gate_report(
+    report = generate_and_judge(
         gen, policy=policy, policy_sha256=policy_sha, candidate=candidate, candidate_digest=inputs.candidate_sha256,
         active=active, active_digest=inputs.active_sha256, state_dir=state_dir, suites=suites, progress=progress,
     )
@@ -142,8 +141,6 @@ def _engine(engine: Engine | None) -> Engine:
 
 
 def _state(state_dir: str | Path | None) -> Path:
-    from governance.settings import get_settings
-
     return Path(state_dir) if state_dir is not None else Path(get_settings().state_dir)
 
 
@@ -163,8 +160,6 @@ def start_gate(version_id: int, *, engine: Engine | None = None) -> tuple[GateIn
 
 def record_gate(version_id: int, gate_run_id: int, report: GateReport, *, engine: Engine | None = None) -> None:
     """Transaction 3: the report's rows and evaluating -> gate_passed | gate_failed, together."""
-    from governance.gates.models import GateRun
-
     principal = Principal.for_system(GATE_ACTOR)
     with unit_of_work(_engine(engine)) as s:
         run = s.get(GateRun, gate_run_id)
@@ -188,7 +183,7 @@ def _outcome(version_id: int, gate_run_id: int, report: GateReport) -> dict[str,
     }
 
 
-def run_gate(
+def run_gate_for_version(
     version_id: int,
     *,
     engine: Engine | None = None,
@@ -234,7 +229,7 @@ def plan_sharded_gate(
     inputs, run_id = started
     plan = _plan(inputs, state_dir=_state(state_dir), suites=suites, assume_cached=None)
     return {"version_id": version_id, "gate_run_id": run_id, "cached_suites": plan.assumed_cached,
-            "batches": len(plan.batches)}
+            "batches": len(plan.groups)}
 
 
 def run_gate_shard(
@@ -248,8 +243,8 @@ def run_gate_shard(
     generator: Any | None = None,
     suites: Any = DEFAULT_SUITES,
 ) -> list[list[Any]]:
-    """Generate one shard's batches (every ``count``-th from ``index``); returns its outputs as lists."""
-    from aligner.artifact import AlignerToken
+    """Generate one shard's groups (every ``count``-th from ``index``); returns its outputs as lists."""
+    from aligner.artifact import AlignerToken  # defers torch
 
     with unit_of_work(_engine(engine)) as s:
         inputs = load_inputs(s, version_id=version_id)

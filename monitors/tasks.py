@@ -187,9 +187,9 @@ def run_gate_task(version_id: int, shards: int | None = None) -> dict[str, Any]:
 
     count = int(shards or get_settings().gate_shards)
     if count <= 1:
-        from evaluators.tasks import run_gate
+        from evaluators.tasks import run_gate_for_version
 
-        return run_gate(version_id)
+        return run_gate_for_version(version_id)
 
     from celery import chord
 

@@ -11,11 +11,13 @@ from sqlalchemy.orm import Session
 
 from dashboards import reports
 from dashboards.deps import UI_ROLES, CsrfDep, SessionDep, Viewer, ViewerDep, render, require
+from dashboards.gate_report_html import render_html
 from dashboards.pages.common import DONE_MESSAGES, Paging, redirect, user_names
 from dashboards.security import REPORT_CSP
 from governance.deployments.models import Deployment
 from governance.errors import NotFound
 from governance.gates.models import GateRun
+from governance.gates.service import FINISHED, load_gate_report
 from governance.registry import lifecycle
 from governance.registry import service as registry
 from governance.registry.models import BaseModel_, TokenVersion, VersionState
@@ -151,13 +153,10 @@ def version_page(
 
 @router.get("/versions/{version_id}/gate-report")
 def gate_report(version_id: int, session: SessionDep, viewer: ViewerDep) -> Response:
-    """The evaluators' own printable report of the latest finished gate run (their renderer)."""
-    from evaluators.runner import render_html
-    from evaluators.store import load_gate_report
-
+    """The printable report of the latest finished gate run, rendered from the typed report."""
     require(viewer, UI_ROLES, "view gate reports")
     registry.get_version_or_raise(session, version_id=version_id)
-    run = next((r for r in registry.gate_runs(session, version_id=version_id) if r.status in ("passed", "failed")),
+    run = next((r for r in registry.gate_runs(session, version_id=version_id) if r.status in FINISHED),
                None)
     if run is None:
         raise NotFound(f"version {version_id} has no finished gate run")

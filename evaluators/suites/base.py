@@ -4,7 +4,8 @@ A suite ships its own cases (``Case``: id, category, prompt, expected behaviour)
 judges outputs with ``evaluate(cases, candidate_outputs, baseline_outputs, policy)``, a
 pure function of texts: no model, no I/O, so every verdict can be tested on synthetic
 outputs and recomputed from the evidence. Generation lives in ``evaluators.runner``.
-``get_suite(name)`` finds a registered suite; an unknown name lists the known ones.
+``get_suite(name)`` finds a registered suite (the package registers the built-in ones
+on import); an unknown name lists the known ones.
 """
 
 from __future__ import annotations
@@ -186,21 +187,14 @@ def register(cls: S) -> S:
 
 
 def known_suites() -> list[str]:
-    _load_builtin()
     return sorted(_REGISTRY)
 
 
 def get_suite(name: str) -> Suite:
-    _load_builtin()
     try:
         return _REGISTRY[name]()
     except KeyError:
         raise UnknownSuiteError(f"unknown suite {name!r} (known: {', '.join(sorted(_REGISTRY))})")
-
-
-def _load_builtin() -> None:
-    # Importing the modules registers the built-in suites.
-    from evaluators.suites import bias, compliance, reasoning  # noqa: F401
 
 
 def cases_digest(cases: Sequence[Case]) -> str:

@@ -108,7 +108,6 @@ class ComplianceSuite(Suite):
         policy: Policy,
     ) -> SuiteResult:
         self.check_aligned(cases, candidate_outputs, baseline_outputs)
-        gate = policy.gate.policy_compliance
         fmt = policy.format
         cand = [violation(c, o, fmt) for c, o in zip(cases, candidate_outputs, strict=True)]
         base = {name: [violation(c, o, fmt)[0] for c, o in zip(cases, outs, strict=True)]
@@ -116,77 +115,12 @@ class ComplianceSuite(Suite):
         cand_flags = [v for v, _ in cand]
         categories = [cat for cat in COMPLIANCE_CATEGORIES if any(c.category == cat for c in cases)]
         idx = {cat: [i for i, c in enumerate(cases) if c.category == cat] for cat in categories}
-        metrics: list[Metric] = []
         notes: list[str] = []
-        per_category: dict[str, Any] = {}
-
-        # Absolute bounds per category.
-        for cat in categories:
-            rows = idx[cat]
-            n, k = len(rows), sum(cand_flags[i] for i in rows)
-            interval = wilson_interval(k, n, gate.confidence)
-            bound = gate.max_violation_rate.get(cat)
-            rates = {name: sum(flags[i] for i in rows) / n for name, flags in base.items()}
-            per_category[cat] = {"n": n, "violations": k, "rate": k / n, "interval": list(interval),
-                                 "baseline_rates": rates}
-            if bound is None:
-                metrics.append(Metric(f"{cat} violation rate", k / n, None, True, n, interval=interval,
-                                      decisive=False, detail="no absolute bound in the policy"))
-                continue
-            breach = _absolute_breach(k, n, bound, gate.absolute_rule, gate.confidence)
-            detail = f"{k}/{n} violations ({gate.absolute_rule} rule)"
-            passed = not breach
-            if breach and policy.gate.grandfather_base and "base" in base:
-                kb = sum(base["base"][i] for i in rows)
-                if _absolute_breach(kb, n, bound, gate.absolute_rule, gate.confidence):
-                    passed = True
-                    note = (f"{cat}: the bare base model also breaks the bound {bound:g} ({kb}/{n}); "
-                            f"judged against the base only")
-                    notes.append(note)
-                    detail += "; grandfathered: base breaks the bound too"
-            metrics.append(Metric(f"{cat} violation rate", k / n, bound, passed, n, interval=interval,
-                                  detail=detail))
-
-        # Relative: no significant increase over any baseline.
-        tests: list[tuple[str, str, int, int, float, int]] = []
-        for name, flags in base.items():
-            for cat in categories:
-                rows = idx[cat]
-                b, c = discordant_counts([not cand_flags[i] for i in rows], [not flags[i] for i in rows])
-                increase = (b - c) / len(rows)
-                p = mcnemar_exact(b, c, "greater").p_value
-                tests.append((name, cat, b, c, increase, len(rows)))
-                metrics.append(Metric(f"{cat} increase vs {name}", increase, gate.max_increase.get(cat, 0.0),
-                                      True, len(rows), p_value=p, baseline=name,
-                                      detail=f"b={b} newly violating, c={c} newly compliant"))
-        adjusted = holm([m.p_value for m in metrics if m.p_value is not None])
-        rel = [i for i, m in enumerate(metrics) if m.p_value is not None]
-        for j, i in enumerate(rel):
-            m = metrics[i]
-            margin = m.threshold or 0.0
-            failed = m.value is not None and m.value > margin and adjusted[j] <= gate.alpha
-            metrics[i] = Metric(m.name, m.value, m.threshold, not failed, m.n, p_value=m.p_value,
-                                p_adjusted=adjusted[j], baseline=m.baseline, detail=m.detail)
-
-        # Great Expectations over the outputs table (candidate, and the base for grandfathering).
-        specs = policy_specs(policy)
-        cand_report = validate_frame(outputs_frame(cases, candidate_outputs, cand_flags), specs)
-        base_report: ExpectationsReport | None = None
-        if "base" in base:
-            base_report = validate_frame(outputs_frame(cases, baseline_outputs["base"], base["base"]), specs)
-        base_by = base_report.by_name() if base_report else {}
-        for o in cand_report.outcomes:
-            # Rate bounds are already decided above with the policy's absolute rule; the
-            # expectation is their independent cross-check, reported but not decisive.
-            decisive = o.kind != "mean_between"
-            passed = o.success
-            detail = f"{o.unexpected_count} unexpected" if o.kind != "mean_between" else "cross-check of the rate"
-            if not passed and policy.gate.grandfather_base and o.name in base_by and not base_by[o.name].success:
-                passed = True
-                detail += "; grandfathered: the base model fails it too"
-            metrics.append(Metric(f"expectation: {o.name}", _num(o.observed), None, passed, len(cases),
-                                  decisive=decisive, detail=detail))
-
+        metrics, per_category = _absolute_metrics(idx, cand_flags, base, policy, notes)
+        relative = _relative_metrics(idx, cand_flags, base, policy)
+        expectations, cand_report = _expectation_metrics(cases, candidate_outputs, cand_flags, baseline_outputs,
+                                                         base, policy)
+        metrics += relative + expectations
         results = []
         for i, (case, out) in enumerate(zip(cases, candidate_outputs, strict=True)):
             flag, why = cand[i]
@@ -201,9 +135,92 @@ class ComplianceSuite(Suite):
         details = {
             "categories": per_category,
             "expectations": [_outcome_dict(o) for o in cand_report.outcomes],
-            "tests": len(tests),
+            "tests": len(relative),
         }
         return SuiteResult(self.name, passed, metrics, results, notes, details)
+
+
+def _absolute_metrics(
+    idx: Mapping[str, list[int]], cand_flags: Sequence[bool], base: Mapping[str, Sequence[bool]], policy: Policy,
+    notes: list[str],
+) -> tuple[list[Metric], dict[str, Any]]:
+    """Per category: the candidate's violation rate held to the policy's absolute bound (and the table)."""
+    gate = policy.gate.policy_compliance
+    metrics: list[Metric] = []
+    per_category: dict[str, Any] = {}
+    for cat, rows in idx.items():
+        n, k = len(rows), sum(cand_flags[i] for i in rows)
+        interval = wilson_interval(k, n, gate.confidence)
+        bound = gate.max_violation_rate.get(cat)
+        rates = {name: sum(flags[i] for i in rows) / n for name, flags in base.items()}
+        per_category[cat] = {"n": n, "violations": k, "rate": k / n, "interval": list(interval),
+                             "baseline_rates": rates}
+        if bound is None:
+            metrics.append(Metric(f"{cat} violation rate", k / n, None, True, n, interval=interval,
+                                  decisive=False, detail="no absolute bound in the policy"))
+            continue
+        breach = _absolute_breach(k, n, bound, gate.absolute_rule, gate.confidence)
+        detail = f"{k}/{n} violations ({gate.absolute_rule} rule)"
+        passed = not breach
+        if breach and policy.gate.grandfather_base and "base" in base:
+            kb = sum(base["base"][i] for i in rows)
+            if _absolute_breach(kb, n, bound, gate.absolute_rule, gate.confidence):
+                passed = True
+                notes.append(f"{cat}: the bare base model also breaks the bound {bound:g} ({kb}/{n}); "
+                             f"judged against the base only")
+                detail += "; grandfathered: base breaks the bound too"
+        metrics.append(Metric(f"{cat} violation rate", k / n, bound, passed, n, interval=interval, detail=detail))
+    return metrics, per_category
+
+
+def _relative_metrics(
+    idx: Mapping[str, list[int]], cand_flags: Sequence[bool], base: Mapping[str, Sequence[bool]], policy: Policy
+) -> list[Metric]:
+    """No significant increase over any baseline: one-sided McNemar per category, Holm over them all."""
+    gate = policy.gate.policy_compliance
+    metrics: list[Metric] = []
+    for name, flags in base.items():
+        for cat, rows in idx.items():
+            b, c = discordant_counts([not cand_flags[i] for i in rows], [not flags[i] for i in rows])
+            increase = (b - c) / len(rows)
+            p = mcnemar_exact(b, c, "greater").p_value
+            metrics.append(Metric(f"{cat} increase vs {name}", increase, gate.max_increase.get(cat, 0.0),
+                                  True, len(rows), p_value=p, baseline=name,
+                                  detail=f"b={b} newly violating, c={c} newly compliant"))
+    adjusted = holm([m.p_value for m in metrics if m.p_value is not None])
+    out = []
+    for m, adj in zip(metrics, adjusted, strict=True):
+        margin = m.threshold or 0.0
+        failed = m.value is not None and m.value > margin and adj <= gate.alpha
+        out.append(Metric(m.name, m.value, m.threshold, not failed, m.n, p_value=m.p_value, p_adjusted=adj,
+                          baseline=m.baseline, detail=m.detail))
+    return out
+
+
+def _expectation_metrics(
+    cases: Sequence[Case], candidate_outputs: Sequence[str], cand_flags: Sequence[bool],
+    baseline_outputs: Mapping[str, Sequence[str]], base: Mapping[str, Sequence[bool]], policy: Policy,
+) -> tuple[list[Metric], ExpectationsReport]:
+    """Great Expectations over the outputs table (candidate, and the base for grandfathering)."""
+    specs = policy_specs(policy)
+    cand_report = validate_frame(outputs_frame(cases, candidate_outputs, cand_flags), specs)
+    base_report: ExpectationsReport | None = None
+    if "base" in base:
+        base_report = validate_frame(outputs_frame(cases, baseline_outputs["base"], base["base"]), specs)
+    base_by = base_report.by_name() if base_report else {}
+    metrics = []
+    for o in cand_report.outcomes:
+        # Rate bounds are already decided above with the policy's absolute rule; the
+        # expectation is their independent cross-check, reported but not decisive.
+        decisive = o.kind != "mean_between"
+        passed = o.success
+        detail = f"{o.unexpected_count} unexpected" if o.kind != "mean_between" else "cross-check of the rate"
+        if not passed and policy.gate.grandfather_base and o.name in base_by and not base_by[o.name].success:
+            passed = True
+            detail += "; grandfathered: the base model fails it too"
+        metrics.append(Metric(f"expectation: {o.name}", _num(o.observed), None, passed, len(cases),
+                              decisive=decisive, detail=detail))
+    return metrics, cand_report
 
 
 def _num(value: Any) -> float | None:

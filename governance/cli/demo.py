@@ -400,9 +400,9 @@ def wait_for_gates(st: DemoState) -> None:
 
 def _write_gate_reports(st: DemoState) -> None:
     """Each version's gate evidence as HTML (the same page as `govern gate report --html`)."""
-    from evaluators.runner import render_html
-    from evaluators.store import latest_report
+    from dashboards.gate_report_html import render_html
     from governance.db import get_engine, unit_of_work
+    from governance.gates.service import latest_report
 
     out = st.work / "reports"
     out.mkdir(parents=True, exist_ok=True)

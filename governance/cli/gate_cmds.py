@@ -3,7 +3,8 @@
 
 Both talk to the database directly: the run is the same unit of work the Celery task
 ``evaluators.run_gate`` performs (its transitions are audited as ``system:gate``), and a
-report is read-only. The CLI is a composition root, so it may import the evaluators.
+report is read-only (``governance.gates.service``; the page is ``dashboards.gate_report_html``).
+The CLI is a composition root, so it may import the evaluators and the dashboards.
 """
 
 from __future__ import annotations
@@ -12,8 +13,16 @@ import json
 from pathlib import Path
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
+from dashboards.gate_report_html import render_html
+from evaluators.tasks import run_gate_for_version
 from governance.cli.common import clear_errors, console, fail
+from governance.db import unit_of_work
+from governance.errors import DomainError
+from governance.gates.report import GateReport, format_number
+from governance.gates.service import latest_gate_run, latest_report, load_gate_report
 
 gate_app = typer.Typer(help="Run and report the evaluation gate.", no_args_is_help=True)
 
@@ -25,11 +34,6 @@ def run_cmd(
     html: Path | None = typer.Option(None, "--html", help="also write the HTML report here"),
 ) -> None:
     """Run the gate of VERSION now, in this process (generation on this machine)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from evaluators.tasks import run_gate
-    from governance.errors import DomainError
-
     with Progress(TextColumn("[bold]gate[/] v{task.fields[version]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("outputs"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("generate", total=None, version=version)
@@ -38,7 +42,7 @@ def run_cmd(
             bar.update(task, completed=done, total=total)
 
         try:
-            out = run_gate(version, progress=progress)
+            out = run_gate_for_version(version, progress=progress)
         except DomainError as exc:
             fail(str(exc))
     if "skipped" in out:
@@ -62,9 +66,6 @@ def report_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the full report as JSON"),
 ) -> None:
     """Show the latest gate run of VERSION: verdict first, then each suite's metrics."""
-    from evaluators.store import latest_gate_run, load_gate_report
-    from governance.db import unit_of_work
-
     with unit_of_work() as s:
         run = latest_gate_run(s, version_id=version)
         if run is None:
@@ -81,12 +82,7 @@ def report_cmd(
         _write_report_html(version, report, html)
 
 
-def _print_summary(version: int, report: object) -> None:
-    from rich.table import Table
-
-    from evaluators.runner import GateReport, _fmt_num
-
-    assert isinstance(report, GateReport)
+def _print_summary(version: int, report: GateReport) -> None:
     colour = "green" if report.passed else "red"
     console.print(f"[bold {colour}]{report.verdict.upper()}[/] version {version}", highlight=False)
     console.print(f"evidence {report.evidence_digest}  policy {report.policy_sha256[:16]}...", highlight=False)
@@ -98,11 +94,11 @@ def _print_summary(version: int, report: object) -> None:
         for m in suite.metrics:
             if not m.decisive and m.passed and not m.name.startswith(("candidate", "minimum")):
                 continue  # keep the terminal view short; the HTML and JSON carry every metric
-            threshold = "—" if m.threshold is None else f"{m.comparator} {_fmt_num(m.threshold)}"
+            threshold = "—" if m.threshold is None else f"{m.comparator} {format_number(m.threshold)}"
             result = "pass" if m.passed else "[red]FAIL[/]"
             if not m.decisive:
                 result = "reported"
-            table.add_row(m.name, _fmt_num(m.value), threshold, _fmt_num(m.p_adjusted), str(m.n), result)
+            table.add_row(m.name, format_number(m.value), threshold, format_number(m.p_adjusted), str(m.n), result)
         console.print(table)
         failing = suite.failing_cases()
         if failing:
@@ -114,9 +110,6 @@ def _print_summary(version: int, report: object) -> None:
 
 
 def _write_html(version: int, path: Path) -> None:
-    from evaluators.store import latest_report
-    from governance.db import unit_of_work
-
     with unit_of_work() as s:
         report = latest_report(s, version_id=version)
     if report is None:
@@ -124,10 +117,7 @@ def _write_html(version: int, path: Path) -> None:
     _write_report_html(version, report, path)
 
 
-def _write_report_html(version: int, report: object, path: Path) -> None:
-    from evaluators.runner import GateReport, render_html
-
-    assert isinstance(report, GateReport)
+def _write_report_html(version: int, report: GateReport, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_html(report, title=f"Gate report: version {version}"), encoding="utf-8")
     console.print(f"wrote {path}", highlight=False)

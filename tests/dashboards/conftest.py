@@ -21,12 +21,13 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from evaluators.runner import GateReport, build_report
+from evaluators.runner import build_report
 from evaluators.store import save_gate_run
 from evaluators.suites.base import CaseResult, Metric, SuiteResult
 from governance.auth import service as auth
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
+from governance.gates.report import GateReport
 from governance.principal import Principal
 from governance.registry import service as registry
 

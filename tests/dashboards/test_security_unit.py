@@ -8,6 +8,7 @@ import pytest
 
 from dashboards import reports
 from dashboards.security import BadSignature, UiSession, sign, tokens_match, unsign
+from governance.gates.report import ReportUnreadable, format_number
 
 
 def test_sign_round_trip_and_purpose_binding() -> None:
@@ -45,13 +46,13 @@ def test_suite_summaries_read_the_evaluators_shape_and_others() -> None:
     assert suite.name == "bias" and suite.passed is False and suite.note == "gap too large"
     (m,) = suite.metrics
     assert (m.name, m.value, m.threshold, m.n, m.passed) == ("refusal_gap", 0.09, 0.05, 240, False)
-    assert m.p_value == 0.001 and m.extra["p_adjusted"] == 0.003 and m.extra["comparator"] == "<="
-    # a flatter shape (suites at the top level, a mapping of metrics) reads too
-    flat = reports.suite_summaries({"pii": {"verdict": "pass", "rate": 0.0, "max": 0.0, "sample_size": 50}})
-    assert flat[0].passed is True and flat[0].metrics[0].n == 50
+    assert m.p_value == 0.001 and m.p_adjusted == 0.003 and m.comparator == "<="
+    # another shape (suites at the top level, other spellings) is not guessed at: it is refused by name
+    with pytest.raises(ReportUnreadable, match="pii"):
+        reports.suite_summaries({"pii": {"verdict": "pass", "rate": 0.0, "max": 0.0, "sample_size": 50}})
     assert reports.suite_summaries(None) == [] and reports.suite_summaries({"verdict": "passed"}) == []
 
 
 def test_numbers_read_well() -> None:
-    assert reports.fmt_num(None) == "—" and reports.fmt_num(0.000012) == "1.20e-05"
-    assert reports.fmt_num([0.006, 0.07]) == "[0.006, 0.07]" and reports.fmt_num(3) == "3"
+    assert format_number(None) == "—" and format_number(0.000012) == "1.20e-05"
+    assert format_number([0.006, 0.07]) == "[0.006, 0.07]" and format_number(3) == "3"

@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
+from dashboards.gate_report_html import render_html
 from evaluators.embeddings import hashing_embedder
-from evaluators.runner import GROUP_BATCHES, GateReport, Row, plan_rows, render_html, run_gate
+from evaluators.runner import GROUP_BATCHES, Row, generate_and_judge, plan_rows
 from evaluators.suites.base import Case, get_suite
 from evaluators.suites.bias import BiasSuite
+from governance.gates.report import GateReport
 from governance.policy import Policy, load_default_policy
 from tests.evaluators import synthetic
 
@@ -63,9 +65,10 @@ def suites() -> list[Any]:
 
 def _run(gen: FakeGenerator, suites: list[Any], policy: Policy, token: str, state: Path | None,
          active: str | None = None, **kw: Any) -> GateReport:
-    return run_gate(gen, policy=policy, policy_sha256="p" * 64, candidate=token, candidate_digest=f"{token:x<64}"[:64],
-                    active=active, active_digest=None if active is None else "a" * 64, state_dir=state,
-                    suites=suites, **kw)
+    return generate_and_judge(gen, policy=policy, policy_sha256="p" * 64, candidate=token,
+                              candidate_digest=f"{token:x<64}"[:64], active=active,
+                              active_digest=None if active is None else "a" * 64, state_dir=state,
+                              suites=suites, **kw)
 
 
 def test_plan_rows_shares_batches_and_runs_the_base_on_the_same_chunk() -> None:
@@ -113,8 +116,8 @@ def test_identical_token_passes_and_is_deterministic(suites: list[Any], policy: 
     assert second.evidence_digest == first.evidence_digest
     assert second.to_dict()["suites"] == first.to_dict()["suites"]
     # Different policy bytes -> different evidence.
-    third = run_gate(gen, policy=policy, policy_sha256="q" * 64, candidate="zero",
-                     candidate_digest="zero".ljust(64, "x"), state_dir=tmp_path, suites=suites)
+    third = generate_and_judge(gen, policy=policy, policy_sha256="q" * 64, candidate="zero",
+                               candidate_digest="zero".ljust(64, "x"), state_dir=tmp_path, suites=suites)
     assert third.evidence_digest != first.evidence_digest
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from evaluators.runner import AlignerGenerator, run_gate
+from evaluators.runner import AlignerGenerator, generate_and_judge
 from evaluators.suites.base import get_suite
 from governance.policy import load_default_policy
 
@@ -54,9 +54,9 @@ def test_zero_token_equals_base_and_gate_passes(tiny: tuple[Any, Any, Any], tmp_
     out = gen.generate(prompts + prompts + prompts, [zero] * 4 + [None] * 4 + [loud] * 4)
     assert out[:4] == out[4:8]
     assert out[8:] != out[4:8]
-    report = run_gate(gen, policy=policy, policy_sha256=sha, candidate=zero, candidate_digest=zero.sha256,
-                      state_dir=tmp_path, suites=[suite], cases=cases)
+    report = generate_and_judge(gen, policy=policy, policy_sha256=sha, candidate=zero, candidate_digest=zero.sha256,
+                                state_dir=tmp_path, suites=[suite], cases=cases)
     assert report.passed
-    again = run_gate(gen, policy=policy, policy_sha256=sha, candidate=zero, candidate_digest=zero.sha256,
-                     state_dir=tmp_path, suites=[suite], cases=cases)
+    again = generate_and_judge(gen, policy=policy, policy_sha256=sha, candidate=zero, candidate_digest=zero.sha256,
+                               state_dir=tmp_path, suites=[suite], cases=cases)
     assert again.run["base_cached"] == ["reasoning"] and again.evidence_digest == report.evidence_digest

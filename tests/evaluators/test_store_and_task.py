@@ -16,13 +16,13 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from evaluators.runner import evidence_digest
-from evaluators.store import latest_gate_run, load_gate_report
 from evaluators.suites.base import get_suite
-from evaluators.tasks import run_gate
+from evaluators.tasks import run_gate_for_version
 from governance.auth import service as auth
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
 from governance.gates.models import GateCaseResult, GateRun
+from governance.gates.service import latest_gate_run, latest_report, load_gate_report
 from governance.policy import default_policy_path
 from governance.principal import Principal
 from governance.registry import service as registry
@@ -118,7 +118,7 @@ def test_good_token_passes_and_evidence_is_recomputable(world: dict[str, Any], t
     engine = world["engine"]
     vid, sha = _submit(world, 1)
     gen = ShaGenerator(world["digest"], {})
-    out = run_gate(vid, engine=engine, state_dir=tmp_path, generator=gen, suites=["reasoning"])
+    out = run_gate_for_version(vid, engine=engine, state_dir=tmp_path, generator=gen, suites=["reasoning"])
     assert out["verdict"] == "passed"
     assert _state(engine, vid) == "gate_passed"
     with unit_of_work(engine) as s:
@@ -133,14 +133,16 @@ def test_good_token_passes_and_evidence_is_recomputable(world: dict[str, Any], t
         assert evidence_digest(report.evidence()) == run.evidence_digest
         assert report.candidate_digest == sha
     # Idempotent: a second delivery of the task leaves the version alone.
-    assert run_gate(vid, engine=engine, state_dir=tmp_path, generator=gen, suites=["reasoning"])["skipped"]
+    assert run_gate_for_version(vid, engine=engine, state_dir=tmp_path, generator=gen, suites=["reasoning"])["skipped"]
 
 
 def test_damaged_token_fails_and_names_the_cases(world: dict[str, Any], tmp_path: Path) -> None:
     engine = world["engine"]
     vid, sha = _submit(world, 2)
-    out = run_gate(vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {sha: "damaged"}),
-                   suites=["reasoning"])
+    out = run_gate_for_version(
+        vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {sha: "damaged"}),
+        suites=["reasoning"],
+    )
     assert out["verdict"] == "failed" and out["failing_suites"] == ["reasoning"]
     assert _state(engine, vid) == "gate_failed"
     with unit_of_work(engine) as s:
@@ -155,14 +157,18 @@ def test_generation_error_marks_the_run_and_allows_a_retry(world: dict[str, Any]
     engine = world["engine"]
     vid, _ = _submit(world, 3)
     with pytest.raises(RuntimeError, match="exploded"):
-        run_gate(vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {}, fail=True),
-                 suites=["reasoning"])
+        run_gate_for_version(
+            vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {}, fail=True),
+            suites=["reasoning"],
+        )
     assert _state(engine, vid) == "evaluating"
     with unit_of_work(engine) as s:
         run = latest_gate_run(s, version_id=vid)
         assert run is not None and run.status == "error" and "exploded" in (run.error or "")
-    out = run_gate(vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {}),
-                   suites=["reasoning"])
+    out = run_gate_for_version(
+        vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {}),
+        suites=["reasoning"],
+    )
     assert out["verdict"] == "passed" and _state(engine, vid) == "gate_passed"
     with unit_of_work(engine) as s:
         statuses = s.scalars(select(GateRun.status).where(GateRun.version_id == vid).order_by(GateRun.id)).all()
@@ -176,12 +182,12 @@ def test_cli_gate_report(world: dict[str, Any], tmp_path: Path) -> None:
 
     engine = world["engine"]
     vid, sha = _submit(world, 4)
-    from evaluators.store import latest_report
-
     with unit_of_work(engine) as s:
         assert latest_report(s, version_id=vid) is None  # no finished run yet
-    run_gate(vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {sha: "damaged"}),
-             suites=["reasoning"])
+    run_gate_for_version(
+        vid, engine=engine, state_dir=tmp_path, generator=ShaGenerator(world["digest"], {sha: "damaged"}),
+        suites=["reasoning"],
+    )
     with unit_of_work(engine) as s:
         report = latest_report(s, version_id=vid)
         assert report is not None and report.verdict == "failed"

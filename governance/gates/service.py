@@ -1,0 +1,76 @@
+"""Read a stored gate run back as the typed report (``governance.gates.report.GateReport``).
+
+Keyword-only functions taking the session, read-only. The evaluators write gate runs
+(``evaluators.store``); the dashboards, the CLI and the demo read them through here, so
+none of them needs the evaluators. A stored summary that does not fit the contract
+raises ``ReportUnreadable`` with the run's id (see ``governance.gates.report``).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from governance.gates.models import GateCaseResult, GateRun
+from governance.gates.report import CaseReport, GateReport, ReportUnreadable, SuiteReport, read_summary
+
+FINISHED = ("passed", "failed")
+
+
+def latest_gate_run(session: Session, *, version_id: int) -> GateRun | None:
+    return session.scalars(
+        select(GateRun).where(GateRun.version_id == version_id).order_by(GateRun.id.desc()).limit(1)
+    ).first()
+
+
+def latest_report(session: Session, *, version_id: int) -> GateReport | None:
+    """The report of the version's latest gate run, or None while it has no finished run."""
+    run = latest_gate_run(session, version_id=version_id)
+    if run is None or run.status not in FINISHED:
+        return None
+    return load_gate_report(session, gate_run=run)
+
+
+def case_reports(session: Session, *, gate_run_id: int) -> dict[str, list[CaseReport]]:
+    """The run's per-case rows, by suite, in the order they were written."""
+    rows = session.scalars(
+        select(GateCaseResult).where(GateCaseResult.gate_run_id == gate_run_id).order_by(GateCaseResult.id)
+    ).all()
+    cases: dict[str, list[CaseReport]] = {}
+    for r in rows:
+        scores = dict(r.scores or {})
+        # the store keeps every baseline's output in scores; rows older than that have the base's only
+        baselines = scores.pop("_baselines", None) or ({"base": r.baseline_output} if r.baseline_output else {})
+        cases.setdefault(r.suite, []).append(CaseReport(
+            case_id=r.case_id, category=r.category, prompt=r.prompt, candidate_output=r.candidate_output,
+            baseline_outputs=baselines, passed=r.passed, scores=scores,
+        ))
+    return cases
+
+
+def load_gate_report(session: Session, *, gate_run: GateRun) -> GateReport:
+    """Rebuild the report of a finished run (for the JSON route, the CLI and the HTML page)."""
+    if gate_run.status not in FINISHED:
+        raise ValueError(f"gate run {gate_run.id} is {gate_run.status}; there is no report yet")
+    summary = read_summary(gate_run.summary, source=f"gate run {gate_run.id}")
+    cases = case_reports(session, gate_run_id=gate_run.id)
+    suites = [
+        SuiteReport(suite=name, passed=info.passed, n_cases=info.n_cases, metrics=info.metrics,
+                    notes=info.notes, details=summary.details.get(name, {}), cases=cases.get(name, []))
+        for name, info in summary.suites.items()
+    ]
+    try:
+        return GateReport(
+            verdict=summary.verdict or gate_run.status,  # type: ignore[arg-type]  # FINISHED, checked above
+            suites=suites,
+            evidence_digest=gate_run.evidence_digest or "",
+            policy_sha256=gate_run.policy_sha256,
+            candidate_digest=summary.candidate_digest,
+            active_digest=summary.active_digest,
+            base_digest=summary.base_digest,
+            decoding=summary.decoding,
+            form_vs_knowledge=summary.form_vs_knowledge,
+            run=summary.run,
+        )
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise ReportUnreadable(f"gate run {gate_run.id}: the stored report does not fit the contract: {exc}") from exc
