@@ -65,6 +65,7 @@ class Imp:
     module: str  # absolute dotted name
     names: tuple[str, ...]  # for `from m import a, b`; empty for `import m`
     in_function: bool
+    type_only: bool = False  # under `if TYPE_CHECKING:`
 
 
 def _module_name(rel: str) -> str:
@@ -76,23 +77,25 @@ def _imports(rel: str, source: str, modules: frozenset[str] = frozenset()) -> It
     tree = ast.parse(source, rel)
     funcs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
     inner = {id(n) for f in funcs for n in ast.walk(f) if isinstance(n, ast.Import | ast.ImportFrom)}
+    guarded = {id(n) for g in ast.walk(tree) if isinstance(g, ast.If) and "TYPE_CHECKING" in ast.unparse(g.test)
+               for n in ast.walk(g) if isinstance(n, ast.Import | ast.ImportFrom)}
     package = _module_name(rel).split(".")
     if not rel.endswith("__init__.py"):
         package = package[:-1]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for a in node.names:
-                yield Imp(rel, node.lineno, a.name, (), id(node) in inner)
+                yield Imp(rel, node.lineno, a.name, (), id(node) in inner, id(node) in guarded)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
             names = tuple(a.name for a in node.names)
-            yield Imp(rel, node.lineno, base, names, id(node) in inner)
+            yield Imp(rel, node.lineno, base, names, id(node) in inner, id(node) in guarded)
             # `from governance.registry import models` imports a module too
             for n in names:
                 if f"{base}.{n}" in modules:
-                    yield Imp(rel, node.lineno, f"{base}.{n}", (), id(node) in inner)
+                    yield Imp(rel, node.lineno, f"{base}.{n}", (), id(node) in inner, id(node) in guarded)
 
 
 def source_files(root: Path = ROOT, packages: Iterable[str] = PACKAGES) -> dict[str, str]:
@@ -164,6 +167,8 @@ def room_models(imps: Iterable[Imp], root: Path = ROOT) -> list[str]:
     for i in imps:
         parts = i.module.split(".")
         if len(parts) != 3 or parts[0] != "governance" or parts[1] not in classes or parts[2] != "models":
+            continue
+        if i.type_only:  # an annotation names a class; it queries nothing
             continue
         owner = parts[1]
         room = _room(i.path)
