@@ -20,15 +20,13 @@ from governance.deployments.models import Deployment
 from governance.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Refusal
 from governance.gates.models import GateRun
 from governance.outbox import service as outbox
-from governance.principal import Principal, require_role
+from governance.principal import Principal, require_allowed
 from governance.registry import lifecycle
 from governance.registry.artifacts import check_against_base_model, parse_artifact
 from governance.registry.models import Adapter, BaseModel_, Review, TokenVersion, VersionState
-from governance.roles import Role
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-SUBMITTERS = (Role.ml_engineer, Role.admin)
 
 
 def _digest(value: str, what: str) -> str:
@@ -161,7 +159,7 @@ def submit_version(
     parent_id: int | None = None,
 ) -> Submission:
     """Validate and register an artifact, queue its gate; a known sha256 returns the existing version."""
-    require_role(principal, SUBMITTERS, "version.submit", "adapter", adapter)
+    require_allowed(principal, "version.submit", "adapter", adapter)
     if len(data) > max_bytes:
         raise PayloadTooLarge(
             f"the artifact is {len(data)} bytes; the limit is {max_bytes} (GOVERN_MAX_ARTIFACT_BYTES)"
@@ -226,10 +224,9 @@ def submit_version(
     )
     session.add(version)
     session.flush()
-    audit.append(
+    audit.record(
         session,
-        actor=principal.actor,
-        actor_key_id=principal.key_prefix,
+        principal,
         action="version.submit",
         subject_type="version",
         subject_id=version.id,
