@@ -43,27 +43,35 @@ class Move:
     why: str
 
 
-def _m(src: VersionState, dst: VersionState, action: str, why: str) -> Move:
-    return Move(src, dst, action, allowed(f"version.{action}"), why)
+# each action's moves as (from, to, why); the action's roles are the row version.<action> of the roles table
+_MOVES_OF: dict[str, tuple[tuple[VersionState, VersionState, str], ...]] = {
+    "gate_start": ((S.submitted, S.evaluating, "the gate worker picked the version up"),),
+    "gate_pass": ((S.evaluating, S.gate_passed, "every gate suite passed"),),
+    "gate_fail": ((S.evaluating, S.gate_failed, "a gate suite failed or the run errored"),),
+    "approve": (
+        (S.gate_passed, S.approved, "four-eyes review approved it"),
+        (S.rolled_back, S.approved, "a new review re-approved a rolled-back version"),
+    ),
+    "reject": (
+        (S.gate_passed, S.rejected, "four-eyes review rejected it"),
+        (S.rolled_back, S.rejected, "a new review rejected a rolled-back version"),
+    ),
+    "promote": ((S.approved, S.active, "promoted onto a deployment"),),
+    "supersede": ((S.active, S.superseded, "another version became active"),),
+    "restore": (
+        (S.superseded, S.active, "reactivated as a rollback target"),
+        (S.approved, S.active, "a named approved version as rollback target"),
+    ),
+    "rollback": ((S.active, S.rolled_back, "rolled back (manual or automatic)"),),
+}
 
-
-MOVES: tuple[Move, ...] = (
-    _m(S.submitted, S.evaluating, "gate_start", "the gate worker picked the version up"),
-    _m(S.evaluating, S.gate_passed, "gate_pass", "every gate suite passed"),
-    _m(S.evaluating, S.gate_failed, "gate_fail", "a gate suite failed or the run errored"),
-    _m(S.gate_passed, S.approved, "approve", "four-eyes review approved it"),
-    _m(S.gate_passed, S.rejected, "reject", "four-eyes review rejected it"),
-    _m(S.rolled_back, S.approved, "approve", "a new review re-approved a rolled-back version"),
-    _m(S.rolled_back, S.rejected, "reject", "a new review rejected a rolled-back version"),
-    _m(S.approved, S.active, "promote", "promoted onto a deployment"),
-    _m(S.active, S.superseded, "supersede", "another version became active"),
-    _m(S.active, S.rolled_back, "rollback", "rolled back (manual or automatic)"),
-    _m(S.superseded, S.active, "restore", "reactivated as a rollback target"),
-    _m(S.approved, S.active, "restore", "a named approved version as rollback target"),
+MOVES: tuple[Move, ...] = tuple(
+    Move(src, dst, action, allowed(f"version.{action}"), why)
+    for action, moves in _MOVES_OF.items()
+    for src, dst, why in moves
 )
 
 _BY_KEY: dict[tuple[str, str, str], Move] = {(m.from_state.value, m.to_state.value, m.action): m for m in MOVES}
-ACTIONS: tuple[str, ...] = tuple(dict.fromkeys(m.action for m in MOVES))
 
 
 def find_move(from_state: str, to_state: str, action: str) -> Move | None:
