@@ -2,7 +2,7 @@
 
 Each request is one unit of work, as in the API: the route runs inside a transaction
 that commits before the response is sent; a refused governed action is rolled back and
-its ``denied`` entry written on its own (`governance.errors.record_refusal`), and
+its ``denied`` entry written on its own (`governance.refusals.record_refusal`), and
 outbox rows are published right after the commit. The engine and the outbox publisher
 are the host API's (``app.state.engine`` / ``app.state.publish_outbox``), found through
 the parent application that `dashboards.install` records.
