@@ -21,8 +21,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dashboards import deps
 from dashboards.deps import CsrfDep, CsrfRejected, LoginRequired, SessionDep, ViewerDep, render
+from dashboards.pages import alerts, audit_log, deployments, drift, releases
 from dashboards.security import (
     LOGIN_COOKIE,
+    LOGIN_TTL_SECONDS,
     SESSION_COOKIE,
     SESSION_TTL_SECONDS,
     UiSession,
@@ -134,8 +136,6 @@ def _install_handlers(app: FastAPI) -> None:
 
 def create_ui_app(parent: Any = None) -> FastAPI:
     """The dashboard app; ``parent`` is the API app whose ``state.engine`` it uses."""
-    from dashboards.pages import alerts, audit_log, deployments, drift, releases
-
     app = FastAPI(title="govern dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.parent = parent
     _install_handlers(app)
@@ -174,12 +174,12 @@ def create_ui_app(parent: Any = None) -> FastAPI:
         if principal is None:
             return _login_page(request, next=next, status=401,
                                error="That API key is not valid (unknown, revoked or expired).")
-        if principal.role not in {r.value for r in deps.UI_ROLES} or principal.user_id is None:
+        if principal.role not in deps.UI_ROLES or principal.user_id is None:
             return _login_page(request, next=next, status=403,
                                error=f"Keys of role {principal.role} are for automation and cannot sign in here.")
         ui = UiSession.new(user_id=principal.user_id, key_prefix=principal.key_prefix or "")
-        audit.append(session, actor=principal.actor, actor_key_id=principal.key_prefix, action="ui.sign_in",
-                     subject_type="user", subject_id=principal.name, payload={"via": "dashboard"})
+        audit.record(session, principal, action="ui.sign_in", subject_type="user", subject_id=principal.name,
+                     payload={"via": "dashboard"})
         response = RedirectResponse(_safe_next(request, next), status_code=303)
         _set_cookie(request, response, SESSION_COOKIE, ui.to_cookie(secret), SESSION_TTL_SECONDS)
         response.delete_cookie(LOGIN_COOKIE, path=_cookie_path(request))
@@ -187,9 +187,8 @@ def create_ui_app(parent: Any = None) -> FastAPI:
 
     @app.post("/logout", include_in_schema=False, dependencies=[CsrfDep])
     def logout(request: Request, viewer: ViewerDep, session: SessionDep) -> Response:
-        audit.append(session, actor=viewer.principal.actor, actor_key_id=viewer.principal.key_prefix,
-                     action="ui.sign_out", subject_type="user", subject_id=viewer.principal.name,
-                     payload={"via": "dashboard"})
+        audit.record(session, viewer.principal, action="ui.sign_out", subject_type="user",
+                     subject_id=viewer.principal.name, payload={"via": "dashboard"})
         base = str(request.scope.get("root_path", "")).rstrip("/")
         response = RedirectResponse(f"{base}/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path=_cookie_path(request), secure=secure_cookies(request),
@@ -213,8 +212,6 @@ def _set_cookie(request: Request, response: Response, name: str, value: str, max
 
 
 def _login_page(request: Request, *, next: str | None, status: int = 200, error: str | None = None) -> HTMLResponse:
-    from dashboards.security import LOGIN_TTL_SECONDS
-
     token, cookie = new_login_token(deps.session_secret())
     response = render(request, "login.html", None, http_status=status, csrf=token, next=next or "", error=error)
     _set_cookie(request, response, LOGIN_COOKIE, cookie, LOGIN_TTL_SECONDS)

@@ -2,7 +2,7 @@
 
 Each request is one unit of work, as in the API: the route runs inside a transaction
 that commits before the response is sent; a refused governed action is rolled back and
-its ``denied`` entry written on its own (`governance.errors.record_refusal`), and
+its ``denied`` entry written on its own (`governance.refusals.record_refusal`), and
 outbox rows are published right after the commit. The engine and the outbox publisher
 are the host API's (``app.state.engine`` / ``app.state.publish_outbox``), found through
 the parent application that `dashboards.install` records.
@@ -15,7 +15,7 @@ out at once, and a role change applies at the next click.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,25 +23,24 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from dashboards.security import CSRF_FIELD, SESSION_COOKIE, BadSignature, UiSession, tokens_match
 from governance.api.deps import transaction
-from governance.auth.models import ApiKey, User
-from governance.db import utcnow
+from governance.auth.service import principal_for_key_prefix
+from governance.db import get_engine as default_engine
 from governance.errors import DomainError
 from governance.gates.report import format_number
 from governance.outbox.service import Outgoing
 from governance.principal import Principal
-from governance.roles import Role
+from governance.roles import Role, allowed
 from governance.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
-# people sign in to the dashboard; service keys belong to automation
-UI_ROLES = (Role.ml_engineer, Role.compliance_officer, Role.auditor, Role.admin)
+UI_ROLES = allowed("ui.sign_in")
 
 env = Environment(
     loader=FileSystemLoader(str(TEMPLATES)),
@@ -80,8 +79,6 @@ def parent_app(request: Request) -> Any:
 def get_engine(request: Request) -> Engine:
     engine = getattr(parent_app(request).state, "engine", None)
     if engine is None:
-        from governance.db import get_engine as default_engine
-
         engine = default_engine()
     return engine  # type: ignore[no-any-return]
 
@@ -118,20 +115,12 @@ def read_ui_session(request: Request) -> UiSession | None:
 
 
 def principal_for(session: Session, ui: UiSession) -> Principal | None:
-    """The person a session cookie names, if the key is still good (not revoked, expired, disabled)."""
-    row = session.execute(
-        select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(ApiKey.prefix == ui.key_prefix)
-    ).first()
-    if row is None:
+    """The person a session cookie names, if the key is still valid (the auth service's rules)
+    and the role may sign in here."""
+    principal = principal_for_key_prefix(session, prefix=ui.key_prefix, user_id=ui.user_id)
+    if principal is None or principal.role not in UI_ROLES:
         return None
-    key, user = row
-    if user.id != ui.user_id or key.revoked_at is not None or user.disabled_at is not None:
-        return None
-    if key.expires_at is not None and key.expires_at <= utcnow():
-        return None
-    if user.role not in {r.value for r in UI_ROLES}:
-        return None
-    return Principal(name=user.name, role=user.role, user_id=user.id, key_prefix=key.prefix)
+    return principal
 
 
 @dataclass(frozen=True)
@@ -147,6 +136,10 @@ class Viewer:
 
     def has(self, *roles: Role | str) -> bool:
         return self.principal.role in {str(getattr(r, "value", r)) for r in roles}
+
+    def may(self, action: str) -> bool:
+        """Whether the table (`governance.roles.PERMISSIONS`) lets this person's role do the action."""
+        return self.has(*allowed(action))
 
 
 def get_viewer(request: Request, session: SessionDep) -> Viewer:
@@ -176,7 +169,7 @@ async def check_csrf(request: Request) -> None:
 CsrfDep = Depends(check_csrf)
 
 
-def require(viewer: Viewer, roles: tuple[Role, ...], what: str) -> None:
+def require(viewer: Viewer, roles: Collection[Role], what: str) -> None:
     """Page-level role check with the API's wording (the services re-check every action)."""
     if not viewer.has(*roles):
         raise PageForbidden(

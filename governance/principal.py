@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from governance.errors import Forbidden, Refusal
-from governance.roles import Role
+from governance.roles import Role, allowed
 
 
 @dataclass(frozen=True)
@@ -44,3 +44,8 @@ def require_role(
             f"role {principal.role} may not {attempted} (allowed: {', '.join(sorted(allowed))})",
             refusal=Refusal.of(principal, attempted, subject_type, subject_id),
         )
+
+
+def require_allowed(principal: Principal, action: str, subject_type: str, subject_id: str | int) -> None:
+    """`require_role` with the roles the table (`governance.roles.PERMISSIONS`) gives the action."""
+    require_role(principal, allowed(action), action, subject_type, subject_id)

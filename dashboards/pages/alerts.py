@@ -45,7 +45,7 @@ def alert_list(
         has_next=has_next,
         dep_names=dep_names,
         names=user_names(session, {a.acked_by for a in rows}),
-        can_ack=viewer.has(*alerts.ACKERS),
+        can_ack=viewer.may("alert.ack"),
         done=DONE_MESSAGES.get(done or ""),
     )
 

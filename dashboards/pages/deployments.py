@@ -64,8 +64,8 @@ def deployment_page(
         approvals=approvals,
         reviewers=reviewers,
         policy=policy,
-        can_rollback=viewer.has(*deployments.ROLLBACKERS),
-        can_freeze=viewer.has(*deployments.FREEZERS),
+        can_rollback=viewer.may("deployment.rollback"),
+        can_freeze=viewer.may("deployment.freeze"),
         done=DONE_MESSAGES.get(done or ""),
     )
 

@@ -19,11 +19,9 @@ from governance.audit import service as audit
 from governance.db import utcnow
 from governance.deployments.models import Deployment
 from governance.errors import Conflict, InvalidInput, NotFound, Refusal
-from governance.principal import Principal, require_role
-from governance.roles import Role
+from governance.principal import Principal, require_allowed
 
 SEVERITIES = ("info", "warning", "critical")
-ACKERS = (Role.compliance_officer,)
 
 
 def raise_alert(
@@ -101,7 +99,7 @@ def raise_alert(
 
 
 def ack_alert(session: Session, *, alert_id: int, principal: Principal, comment: str) -> Alert:
-    require_role(principal, ACKERS, "alert.ack", "alert", alert_id)
+    require_allowed(principal, "alert.ack", "alert", alert_id)
     comment = (comment or "").strip()
     if not comment:
         raise InvalidInput("acknowledging an alert needs a comment")
@@ -120,10 +118,9 @@ def ack_alert(session: Session, *, alert_id: int, principal: Principal, comment:
         utcnow(),
         comment,
     )
-    audit.append(
+    audit.record(
         session,
-        actor=principal.actor,
-        actor_key_id=principal.key_prefix,
+        principal,
         action="alert.ack",
         subject_type="alert",
         subject_id=alert_id,

@@ -8,10 +8,9 @@ from fastapi import APIRouter
 
 from governance.alerts import service
 from governance.alerts.schemas import AckIn, AlertIn, AlertRaised, AlertRead
-from governance.api.deps import HUMANS, PageDep, SessionDep, role
+from governance.api.deps import PageDep, SessionDep, may
 from governance.deployments import service as deployments
 from governance.principal import Principal
-from governance.roles import Role
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
 
@@ -20,7 +19,7 @@ router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
 def list_alerts(
     session: SessionDep,
     page: PageDep,
-    _: Annotated[Principal, role(*HUMANS)],
+    _: Annotated[Principal, may("alert.read")],
     status: Literal["open", "acknowledged"] | None = None,
     severity: Literal["info", "warning", "critical"] | None = None,
     kind: str | None = None,
@@ -39,7 +38,7 @@ def list_alerts(
 
 
 @router.post("", response_model=AlertRaised, status_code=201)
-def raise_alert(body: AlertIn, session: SessionDep, principal: Annotated[Principal, role(Role.service)]) -> AlertRaised:
+def raise_alert(body: AlertIn, session: SessionDep, principal: Annotated[Principal, may("alert.raise")]) -> AlertRaised:
     dep_id = deployments.get_deployment_or_raise(session, name=body.deployment).id if body.deployment else None
     alert, opened = service.raise_alert(
         session,
@@ -57,7 +56,7 @@ def raise_alert(body: AlertIn, session: SessionDep, principal: Annotated[Princip
 
 @router.post("/{alert_id}/ack", response_model=AlertRead)
 def ack(
-    alert_id: int, body: AckIn, session: SessionDep, principal: Annotated[Principal, role(Role.compliance_officer)]
+    alert_id: int, body: AckIn, session: SessionDep, principal: Annotated[Principal, may("alert.ack")]
 ) -> AlertRead:
     return AlertRead.model_validate(
         service.ack_alert(session, alert_id=alert_id, principal=principal, comment=body.comment)

@@ -7,8 +7,9 @@ response, never a lost success. A refused governed action is rolled back and the
 outbox rows, they are sent right away from memory (`outbox.publish_committed`; the
 periodic sweep is the safety net).
 
-Every route declares `RequireRole(...)`; a test walks the app's routes and fails on a
-route without one.
+Every route declares its action with `may("<action>")`, which admits the roles
+`governance.roles.PERMISSIONS` gives it; a test walks the app's routes and fails on a
+route without a role check or with roles other than its action's row.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from governance.errors import DomainError, Forbidden, Refusal, Unauthorized
 from governance.outbox import service as outbox
 from governance.principal import Principal
 from governance.refusals import record_refusal
-from governance.roles import Role
+from governance.roles import Role, allowed
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +104,16 @@ CurrentUser = Annotated[Principal, Depends(get_principal, scope="function")]
 
 
 class RequireRole:
-    """Dependency that admits only the listed roles; a refusal is a 403 with a ``denied`` entry."""
+    """Dependency that admits only the listed roles; a refusal is a 403 with a ``denied`` entry.
 
-    def __init__(self, *roles: Role) -> None:
+    ``action`` names the row of `governance.roles.PERMISSIONS` the roles came from (`may`).
+    """
+
+    def __init__(self, *roles: Role, action: str | None = None) -> None:
         if not roles:
             raise ValueError("RequireRole needs at least one role")
         self.roles = frozenset(roles)
+        self.action = action
 
     def __call__(self, request: Request, principal: CurrentUser) -> Principal:
         if principal.role not in self.roles:
@@ -127,9 +132,9 @@ def role(*roles: Role) -> object:
     return Depends(RequireRole(*roles), scope="function")
 
 
-ALL_ROLES = tuple(Role)
-HUMANS = (Role.ml_engineer, Role.compliance_officer, Role.auditor, Role.admin)
-READERS = ALL_ROLES  # read routes open to people and to service keys
+def may(action: str) -> object:
+    """``principal: Annotated[Principal, may("version.approve")]``: the roles the table gives the action."""
+    return Depends(RequireRole(*sorted(allowed(action)), action=action), scope="function")
 
 
 @dataclass(frozen=True)

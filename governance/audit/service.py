@@ -7,7 +7,8 @@ committed head, a rolled-back transaction leaves no gap. (The head is read with 
 snapshot, so callers run at READ COMMITTED, the default; under REPEATABLE READ a stale
 head makes the insert fail on the primary key rather than fork the chain.)
 
-Also here: signed checkpoints (``write_checkpoint``, which the scheduler calls), the chain
+``record`` is ``append`` on behalf of a `Principal` (its actor and key prefix). Also
+here: signed checkpoints (``write_checkpoint``, which the scheduler calls), the chain
 check the dashboard runs (``verify_chain_in_db``) and the listing behind ``GET /v1/audit``.
 """
 
@@ -34,6 +35,7 @@ from governance.audit.canonical import (
 )
 from governance.audit.models import AuditCheckpoint, AuditEntry
 from governance.audit.signing import check_signed_checkpoint, key_id_for, sign_checkpoint
+from governance.principal import Principal
 
 # arbitrary constant naming "the audit chain head" among advisory locks
 AUDIT_LOCK_KEY = 0x6A75_6469_7400
@@ -87,6 +89,27 @@ def append(
     session.add(entry)
     session.flush()
     return entry
+
+
+def record(
+    session: Session,
+    principal: Principal,
+    *,
+    action: str,
+    subject_type: str,
+    subject_id: str | int,
+    payload: dict[str, Any] | None = None,
+) -> AuditEntry:
+    """`append` on behalf of a principal: its actor and key prefix go into the entry."""
+    return append(
+        session,
+        actor=principal.actor,
+        actor_key_id=principal.key_prefix,
+        action=action,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        payload=payload,
+    )
 
 
 def head(session: Session) -> tuple[int, str]:

@@ -4,7 +4,8 @@ A key looks like ``gov_<prefix>_<secret>``: the 8-character prefix is shown in l
 and written to the audit log as ``actor_key_id``; only the SHA-256 of the whole key is
 stored, so a database dump does not hand out credentials. Unknown, revoked, expired
 and disabled-user keys all fail the same way (`authenticate` returns None), so a
-caller cannot probe which keys exist.
+caller cannot probe which keys exist. `key_is_valid` is the one statement of those rules;
+the dashboard's session check (`principal_for_key_prefix`) applies them too.
 """
 
 from __future__ import annotations
@@ -113,10 +114,9 @@ def create_key(
     if expires_at is not None and expires_at <= utcnow():
         raise InvalidInput("expires_at is in the past")
     key, raw = _issue_key(session, user=user, expires_at=expires_at)
-    audit.append(
+    audit.record(
         session,
-        actor=principal.actor,
-        actor_key_id=principal.key_prefix,
+        principal,
         action="key.create",
         subject_type="user",
         subject_id=user.name,
@@ -133,10 +133,9 @@ def revoke_key(session: Session, *, prefix: str, principal: Principal) -> ApiKey
         raise Conflict(f"API key {prefix!r} is already revoked")
     key.revoked_at = utcnow()
     user = session.get(User, key.user_id)
-    audit.append(
+    audit.record(
         session,
-        actor=principal.actor,
-        actor_key_id=principal.key_prefix,
+        principal,
         action="key.revoke",
         subject_type="user",
         subject_id=user.name if user else str(key.user_id),
@@ -165,10 +164,32 @@ def authenticate(session: Session, *, raw_key: str) -> Principal | None:
     key, user = row
     now = utcnow()
     # the hash is unique, but compare the prefix too: a cheap guard against a mangled key
-    if key.prefix != parts[1] or key.revoked_at is not None or user.disabled_at is not None:
-        return None
-    if key.expires_at is not None and key.expires_at <= now:
+    if key.prefix != parts[1] or not key_is_valid(key, user, now):
         return None
     if key.last_used_at is None or now - key.last_used_at > _LAST_USED_RESOLUTION:
         session.execute(update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now))
+    return _principal(key, user)
+
+
+def key_is_valid(key: ApiKey, user: User, now: datetime) -> bool:
+    """A key works while it is not revoked, not expired and its user is not disabled."""
+    if key.revoked_at is not None or user.disabled_at is not None:
+        return False
+    return key.expires_at is None or key.expires_at > now
+
+
+def principal_for_key_prefix(session: Session, *, prefix: str, user_id: int) -> Principal | None:
+    """The principal of the key a dashboard session names, while that key is valid for that user."""
+    row = session.execute(
+        select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(ApiKey.prefix == prefix)
+    ).first()
+    if row is None:
+        return None
+    key, user = row
+    if user.id != user_id or not key_is_valid(key, user, utcnow()):
+        return None
+    return _principal(key, user)
+
+
+def _principal(key: ApiKey, user: User) -> Principal:
     return Principal(name=user.name, role=user.role, user_id=user.id, key_prefix=key.prefix)

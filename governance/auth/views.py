@@ -6,24 +6,24 @@ from typing import Annotated
 
 from fastapi import APIRouter
 
-from governance.api.deps import ALL_ROLES, PageDep, SessionDep, role
+from governance.api.deps import PageDep, SessionDep, may
 from governance.auth import service
 from governance.auth.schemas import KeyCreate, KeyCreated, KeyRead, Me, UserCreate, UserRead
-from governance.principal import Principal, require_role
-from governance.roles import Role
+from governance.principal import Principal, require_allowed
 
 router = APIRouter(prefix="/v1", tags=["users"])
-Admin = Annotated[Principal, role(Role.admin)]
 
 
 @router.get("/me", response_model=Me)
-def me(principal: Annotated[Principal, role(*ALL_ROLES)]) -> Me:
+def me(principal: Annotated[Principal, may("me.read")]) -> Me:
     return Me(name=principal.name, role=principal.role, key_prefix=principal.key_prefix)
 
 
 @router.post("/users", response_model=KeyCreated, status_code=201)
-def create_user(body: UserCreate, session: SessionDep, principal: Admin) -> KeyCreated:
-    require_role(principal, (Role.admin,), "user.create", "user", body.name)
+def create_user(
+    body: UserCreate, session: SessionDep, principal: Annotated[Principal, may("user.create")]
+) -> KeyCreated:
+    require_allowed(principal, "user.create", "user", body.name)
     user, raw = service.create_user(
         session, name=body.name, role=body.role.value, actor=principal.actor, actor_key_id=principal.key_prefix
     )
@@ -31,12 +31,14 @@ def create_user(body: UserCreate, session: SessionDep, principal: Admin) -> KeyC
 
 
 @router.get("/users", response_model=list[UserRead])
-def list_users(session: SessionDep, _: Annotated[Principal, role(Role.admin, Role.auditor)]) -> list[UserRead]:
+def list_users(session: SessionDep, _: Annotated[Principal, may("user.read")]) -> list[UserRead]:
     return [UserRead.model_validate(u) for u in service.list_users(session)]
 
 
 @router.post("/users/{name}/keys", response_model=KeyCreated, status_code=201)
-def create_key(name: str, body: KeyCreate, session: SessionDep, principal: Admin) -> KeyCreated:
+def create_key(
+    name: str, body: KeyCreate, session: SessionDep, principal: Annotated[Principal, may("key.create")]
+) -> KeyCreated:
     key, raw = service.create_key(session, user_name=name, principal=principal, expires_at=body.expires_at)
     user = service.get_user_or_raise(session, name=name)
     return KeyCreated(user=name, role=user.role, key_prefix=key.prefix, api_key=raw, expires_at=key.expires_at)
@@ -44,7 +46,7 @@ def create_key(name: str, body: KeyCreate, session: SessionDep, principal: Admin
 
 @router.get("/keys", response_model=list[KeyRead])
 def list_keys(
-    session: SessionDep, page: PageDep, _: Annotated[Principal, role(Role.admin, Role.auditor)], user: str | None = None
+    session: SessionDep, page: PageDep, _: Annotated[Principal, may("key.read")], user: str | None = None
 ) -> list[KeyRead]:
     rows = service.list_keys(session, user_name=user)[page.offset : page.offset + page.limit]
     return [
@@ -61,7 +63,7 @@ def list_keys(
 
 
 @router.post("/keys/{prefix}/revoke", response_model=KeyRead)
-def revoke_key(prefix: str, session: SessionDep, principal: Admin) -> KeyRead:
+def revoke_key(prefix: str, session: SessionDep, principal: Annotated[Principal, may("key.revoke")]) -> KeyRead:
     key = service.revoke_key(session, prefix=prefix, principal=principal)
     user = key.user
     return KeyRead(

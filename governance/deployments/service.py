@@ -28,12 +28,12 @@ from governance.principal import Principal, require_role
 from governance.registry import lifecycle
 from governance.registry import service as registry
 from governance.registry.models import BaseModel_, Policy, TokenVersion, VersionState
-from governance.roles import Role
+from governance.roles import allowed
 
-ADMINS = (Role.admin,)
-PROMOTERS = (Role.ml_engineer, Role.admin)
-ROLLBACKERS = (Role.compliance_officer, Role.admin, Role.service)
-FREEZERS = (Role.compliance_officer, Role.admin)
+ADMINS = allowed("deployment.create")
+PROMOTERS = allowed("deployment.promote")
+ROLLBACKERS = allowed("deployment.rollback", "deployment.auto_rollback")  # both paths admit both
+FREEZERS = allowed("deployment.freeze", "deployment.unfreeze")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
-from governance.api.deps import READERS, PageDep, SessionDep, role
+from governance.api.deps import PageDep, SessionDep, may
 from governance.deployments import service
 from governance.deployments.models import Deployment, Promotion
 from governance.deployments.schemas import (
@@ -21,11 +21,9 @@ from governance.deployments.schemas import (
     UnfreezeIn,
 )
 from governance.principal import Principal
-from governance.roles import Role
 
 router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
-Reader = Annotated[Principal, role(*READERS)]
-Officer = Annotated[Principal, role(Role.compliance_officer, Role.admin)]
+Reader = Annotated[Principal, may("deployment.read")]
 
 
 def deployment_read(session: Session, dep: Deployment) -> DeploymentRead:
@@ -58,7 +56,7 @@ def promotion_read(name: str, p: Promotion) -> PromotionRead:
 
 @router.post("", response_model=DeploymentRead, status_code=201)
 def create(
-    body: DeploymentCreate, session: SessionDep, principal: Annotated[Principal, role(Role.admin)]
+    body: DeploymentCreate, session: SessionDep, principal: Annotated[Principal, may("deployment.create")]
 ) -> DeploymentRead:
     dep = service.create_deployment(
         session, name=body.name, base_model=body.base_model, policy_text=body.policy, principal=principal
@@ -93,7 +91,7 @@ def history(name: str, session: SessionDep, page: PageDep, _: Reader) -> list[Pr
 
 @router.post("/{name}/promote", response_model=PromotionRead)
 def promote(
-    name: str, body: PromoteIn, session: SessionDep, principal: Annotated[Principal, role(Role.ml_engineer, Role.admin)]
+    name: str, body: PromoteIn, session: SessionDep, principal: Annotated[Principal, may("deployment.promote")]
 ) -> PromotionRead:
     return promotion_read(
         name, service.promote(session, deployment=name, version_id=body.version_id, principal=principal)
@@ -101,7 +99,9 @@ def promote(
 
 
 @router.post("/{name}/rollback", response_model=PromotionRead)
-def rollback(name: str, body: RollbackIn, session: SessionDep, principal: Officer) -> PromotionRead:
+def rollback(
+    name: str, body: RollbackIn, session: SessionDep, principal: Annotated[Principal, may("deployment.rollback")]
+) -> PromotionRead:
     outcome = service.rollback(
         session, deployment=name, principal=principal, reason=body.reason, to_version_id=body.to_version_id
     )
@@ -111,12 +111,16 @@ def rollback(name: str, body: RollbackIn, session: SessionDep, principal: Office
 
 
 @router.post("/{name}/freeze", response_model=DeploymentRead)
-def freeze(name: str, body: FreezeIn, session: SessionDep, principal: Officer) -> DeploymentRead:
+def freeze(
+    name: str, body: FreezeIn, session: SessionDep, principal: Annotated[Principal, may("deployment.freeze")]
+) -> DeploymentRead:
     return deployment_read(
         session, service.freeze(session, deployment=name, principal=principal, until=body.until, reason=body.reason)
     )
 
 
 @router.post("/{name}/unfreeze", response_model=DeploymentRead)
-def unfreeze(name: str, body: UnfreezeIn, session: SessionDep, principal: Officer) -> DeploymentRead:
+def unfreeze(
+    name: str, body: UnfreezeIn, session: SessionDep, principal: Annotated[Principal, may("deployment.unfreeze")]
+) -> DeploymentRead:
     return deployment_read(session, service.unfreeze(session, deployment=name, principal=principal, reason=body.reason))

@@ -6,19 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request
 
-from governance.api.deps import SessionDep, role
+from governance.api.deps import SessionDep, may
 from governance.errors import PayloadTooLarge
 from governance.outputs import service
 from governance.outputs.schemas import IngestIn, IngestResult
 from governance.principal import Principal
-from governance.roles import Role
 
 router = APIRouter(prefix="/v1/deployments", tags=["outputs"])
 
 
 @router.post("/{name}/outputs", response_model=IngestResult)
 def ingest(
-    name: str, body: IngestIn, request: Request, session: SessionDep, _: Annotated[Principal, role(Role.service)]
+    name: str, body: IngestIn, request: Request, session: SessionDep, _: Annotated[Principal, may("output.ingest")]
 ) -> IngestResult:
     cap: int = request.app.state.settings.max_ingest_batch
     if len(body.outputs) > cap:

@@ -30,8 +30,8 @@ class ParsedArtifact:
 
 def parse_artifact(data: bytes) -> ParsedArtifact:
     """Parse and self-validate the bytes (no base-model check yet)."""
-    from aligner.artifact import AlignerToken
-    from aligner.errors import AlignerError
+    from aligner.artifact import AlignerToken  # defers torch (the aligner package imports it)
+    from aligner.errors import AlignerError  # defers torch (the aligner package imports it)
 
     if not data:
         raise InvalidInput("the artifact is empty")
@@ -53,7 +53,7 @@ def parse_artifact(data: bytes) -> ParsedArtifact:
 
 def check_against_base_model(parsed: ParsedArtifact, base_model_config: dict[str, Any]) -> None:
     """The token's shapes must fit the base model's config (hidden_size, num_layers, num_heads)."""
-    from aligner.errors import AlignerError
+    from aligner.errors import AlignerError  # defers torch (the aligner package imports it)
 
     try:
         parsed.token.validate_against(base_model_config)

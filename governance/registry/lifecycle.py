@@ -1,6 +1,7 @@
 """The lifecycle of a token version: one table of allowed moves and one function that applies it.
 
-Each move is (from state, to state, action) and the roles that may make it. Anything
+Each move is (from state, to state, action) and the roles that may make it, which are
+the row ``version.<action>`` of `governance.roles.PERMISSIONS`. Anything
 not in the table is refused with `InvalidTransition` (409, naming the current state);
 a move in the table by a role it does not list is refused with `Forbidden` (403). Both
 refusals carry a `Refusal` so the edge writes a ``denied`` audit entry after rolling
@@ -28,10 +29,9 @@ from governance.audit import service as audit
 from governance.errors import Forbidden, InvalidTransition, NotFound, Refusal
 from governance.principal import Principal
 from governance.registry.models import TokenVersion, VersionState
-from governance.roles import Role
+from governance.roles import Role, allowed
 
 S = VersionState
-R = Role
 
 
 @dataclass(frozen=True)
@@ -43,32 +43,35 @@ class Move:
     why: str
 
 
-def _m(src: VersionState, dst: VersionState, action: str, roles: set[Role], why: str) -> Move:
-    return Move(src, dst, action, frozenset(roles), why)
+# each action's moves as (from, to, why); the action's roles are the row version.<action> of the roles table
+_MOVES_OF: dict[str, tuple[tuple[VersionState, VersionState, str], ...]] = {
+    "gate_start": ((S.submitted, S.evaluating, "the gate worker picked the version up"),),
+    "gate_pass": ((S.evaluating, S.gate_passed, "every gate suite passed"),),
+    "gate_fail": ((S.evaluating, S.gate_failed, "a gate suite failed or the run errored"),),
+    "approve": (
+        (S.gate_passed, S.approved, "four-eyes review approved it"),
+        (S.rolled_back, S.approved, "a new review re-approved a rolled-back version"),
+    ),
+    "reject": (
+        (S.gate_passed, S.rejected, "four-eyes review rejected it"),
+        (S.rolled_back, S.rejected, "a new review rejected a rolled-back version"),
+    ),
+    "promote": ((S.approved, S.active, "promoted onto a deployment"),),
+    "supersede": ((S.active, S.superseded, "another version became active"),),
+    "restore": (
+        (S.superseded, S.active, "reactivated as a rollback target"),
+        (S.approved, S.active, "a named approved version as rollback target"),
+    ),
+    "rollback": ((S.active, S.rolled_back, "rolled back (manual or automatic)"),),
+}
 
-
-_REVIEWERS = {R.compliance_officer, R.admin}
-_PROMOTERS = {R.ml_engineer, R.admin}
-# the monitor rolls back as system:monitor with the service role
-_ROLLBACKERS = {R.compliance_officer, R.admin, R.service}
-
-MOVES: tuple[Move, ...] = (
-    _m(S.submitted, S.evaluating, "gate_start", {R.service}, "the gate worker picked the version up"),
-    _m(S.evaluating, S.gate_passed, "gate_pass", {R.service}, "every gate suite passed"),
-    _m(S.evaluating, S.gate_failed, "gate_fail", {R.service}, "a gate suite failed or the run errored"),
-    _m(S.gate_passed, S.approved, "approve", _REVIEWERS, "four-eyes review approved it"),
-    _m(S.gate_passed, S.rejected, "reject", _REVIEWERS, "four-eyes review rejected it"),
-    _m(S.rolled_back, S.approved, "approve", _REVIEWERS, "a new review re-approved a rolled-back version"),
-    _m(S.rolled_back, S.rejected, "reject", _REVIEWERS, "a new review rejected a rolled-back version"),
-    _m(S.approved, S.active, "promote", _PROMOTERS, "promoted onto a deployment"),
-    _m(S.active, S.superseded, "supersede", _PROMOTERS | _ROLLBACKERS, "another version became active"),
-    _m(S.active, S.rolled_back, "rollback", _ROLLBACKERS, "rolled back (manual or automatic)"),
-    _m(S.superseded, S.active, "restore", _ROLLBACKERS, "reactivated as a rollback target"),
-    _m(S.approved, S.active, "restore", _ROLLBACKERS, "a named approved version as rollback target"),
+MOVES: tuple[Move, ...] = tuple(
+    Move(src, dst, action, allowed(f"version.{action}"), why)
+    for action, moves in _MOVES_OF.items()
+    for src, dst, why in moves
 )
 
 _BY_KEY: dict[tuple[str, str, str], Move] = {(m.from_state.value, m.to_state.value, m.action): m for m in MOVES}
-ACTIONS: tuple[str, ...] = tuple(dict.fromkeys(m.action for m in MOVES))
 
 
 def find_move(from_state: str, to_state: str, action: str) -> Move | None:
@@ -140,10 +143,9 @@ def transition(
     version.state = move.to_state.value
     session.flush()
     if audited:
-        audit.append(
+        audit.record(
             session,
-            actor=principal.actor,
-            actor_key_id=principal.key_prefix,
+            principal,
             action=f"version.{action}",
             subject_type="version",
             subject_id=version.id,

@@ -20,15 +20,13 @@ from governance.deployments.models import Deployment
 from governance.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Refusal
 from governance.gates.models import GateRun
 from governance.outbox import service as outbox
-from governance.principal import Principal, require_role
+from governance.principal import Principal, require_allowed
 from governance.registry import lifecycle
-from governance.registry.artifacts import check_against_base_model, parse_artifact
+from governance.registry.artifacts import ParsedArtifact, check_against_base_model, parse_artifact
 from governance.registry.models import Adapter, BaseModel_, Review, TokenVersion, VersionState
-from governance.roles import Role
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-SUBMITTERS = (Role.ml_engineer, Role.admin)
 
 
 def _digest(value: str, what: str) -> str:
@@ -150,6 +148,57 @@ class Submission:
     created: bool
 
 
+def _registered_base_model(session: Session, parsed: ParsedArtifact) -> BaseModel_:
+    """The registered base model the artifact's manifest names."""
+    if not parsed.base_model_digest:
+        raise InvalidInput("the artifact's manifest names no base_model_digest")
+    base = session.scalars(select(BaseModel_).where(BaseModel_.weights_digest == parsed.base_model_digest)).first()
+    if base is None:
+        raise InvalidInput(
+            f"the artifact was trained on base model {parsed.base_model_digest[:12]}..., which is not registered; "
+            "register it with `govern model prepare` (or POST /v1/base-models)"
+        )
+    return base
+
+
+def _target_deployment(session: Session, deployment: str | None, base: BaseModel_) -> Deployment | None:
+    """The deployment a submission names, which must serve the artifact's base model."""
+    if deployment is None:
+        return None
+    dep = session.scalars(select(Deployment).where(Deployment.name == deployment)).first()
+    if dep is None:
+        raise NotFound(f"no deployment named {deployment!r}")
+    if dep.base_model_id != base.id:
+        raise InvalidInput(f"deployment {deployment!r} serves another base model than this artifact's ({base.name})")
+    return dep
+
+
+def _check_parent(session: Session, parent_id: int | None, base: BaseModel_) -> None:
+    if parent_id is None:
+        return
+    parent = session.get(TokenVersion, parent_id)
+    if parent is None:
+        raise NotFound(f"parent version {parent_id} does not exist")
+    if parent.base_model_id != base.id:
+        raise InvalidInput(f"parent version {parent_id} belongs to another base model")
+
+
+def _adapter_line(session: Session, adapter: str, base: BaseModel_, principal: Principal) -> Adapter:
+    """The adapter (line) by name, created on first use; it must belong to the artifact's base model."""
+    line = session.scalars(select(Adapter).where(Adapter.name == adapter).with_for_update()).first()
+    if line is None:
+        # serialize first uploads to a new line so two of them cannot both create it
+        session.execute(text("select pg_advisory_xact_lock(hashtext(:s))"), {"s": "adapter:" + adapter})
+        line = session.scalars(select(Adapter).where(Adapter.name == adapter)).first()
+        if line is None:
+            line = Adapter(name=adapter, base_model_id=base.id, created_by=principal.user_id)
+            session.add(line)
+            session.flush()
+    if line.base_model_id != base.id:
+        raise InvalidInput(f"adapter {adapter!r} is a line of another base model; use a new adapter name")
+    return line
+
+
 def submit_version(
     session: Session,
     *,
@@ -161,7 +210,7 @@ def submit_version(
     parent_id: int | None = None,
 ) -> Submission:
     """Validate and register an artifact, queue its gate; a known sha256 returns the existing version."""
-    require_role(principal, SUBMITTERS, "version.submit", "adapter", adapter)
+    require_allowed(principal, "version.submit", "adapter", adapter)
     if len(data) > max_bytes:
         raise PayloadTooLarge(
             f"the artifact is {len(data)} bytes; the limit is {max_bytes} (GOVERN_MAX_ARTIFACT_BYTES)"
@@ -173,40 +222,11 @@ def submit_version(
     existing = get_version_by_sha(session, sha256=parsed.sha256)
     if existing is not None:
         return Submission(existing, False)
-    if not parsed.base_model_digest:
-        raise InvalidInput("the artifact's manifest names no base_model_digest")
-    base = session.scalars(select(BaseModel_).where(BaseModel_.weights_digest == parsed.base_model_digest)).first()
-    if base is None:
-        raise InvalidInput(
-            f"the artifact was trained on base model {parsed.base_model_digest[:12]}..., which is not registered; "
-            "register it with `govern model prepare` (or POST /v1/base-models)"
-        )
+    base = _registered_base_model(session, parsed)
     check_against_base_model(parsed, base.config)
-    dep: Deployment | None = None
-    if deployment is not None:
-        dep = session.scalars(select(Deployment).where(Deployment.name == deployment)).first()
-        if dep is None:
-            raise NotFound(f"no deployment named {deployment!r}")
-        if dep.base_model_id != base.id:
-            raise InvalidInput(
-                f"deployment {deployment!r} serves another base model than this artifact's ({base.name})"
-            )
-    if parent_id is not None:
-        parent = session.get(TokenVersion, parent_id)
-        if parent is None:
-            raise NotFound(f"parent version {parent_id} does not exist")
-        if parent.base_model_id != base.id:
-            raise InvalidInput(f"parent version {parent_id} belongs to another base model")
-    line = session.scalars(select(Adapter).where(Adapter.name == adapter).with_for_update()).first()
-    if line is None:
-        session.execute(text("select pg_advisory_xact_lock(hashtext(:s))"), {"s": "adapter:" + adapter})
-        line = session.scalars(select(Adapter).where(Adapter.name == adapter)).first()
-        if line is None:
-            line = Adapter(name=adapter, base_model_id=base.id, created_by=principal.user_id)
-            session.add(line)
-            session.flush()
-    if line.base_model_id != base.id:
-        raise InvalidInput(f"adapter {adapter!r} is a line of another base model; use a new adapter name")
+    dep = _target_deployment(session, deployment, base)
+    _check_parent(session, parent_id, base)
+    line = _adapter_line(session, adapter, base, principal)
     if principal.user_id is None:
         raise Forbidden("a version is submitted by a person (a user key), not by automation")
     version = TokenVersion(
@@ -226,10 +246,9 @@ def submit_version(
     )
     session.add(version)
     session.flush()
-    audit.append(
+    audit.record(
         session,
-        actor=principal.actor,
-        actor_key_id=principal.key_prefix,
+        principal,
         action="version.submit",
         subject_type="version",
         subject_id=version.id,

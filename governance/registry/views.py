@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from governance.api.deps import HUMANS, READERS, PageDep, SessionDep, role
+from governance.api.deps import PageDep, SessionDep, may
 from governance.auth.models import User
 from governance.errors import InvalidInput, NotFound, PayloadTooLarge
 from governance.principal import Principal
@@ -25,11 +25,9 @@ from governance.registry.schemas import (
     SubmitResult,
     VersionRead,
 )
-from governance.roles import Role
 
 router = APIRouter(prefix="/v1", tags=["registry"])
-Reader = Annotated[Principal, role(*READERS)]
-Reviewer = Annotated[Principal, role(Role.compliance_officer, Role.admin)]
+Reader = Annotated[Principal, may("registry.read")]
 
 
 def _user_name(session: Session, user_id: int) -> str:
@@ -73,7 +71,7 @@ def review_read(session: Session, r: Review, state: str) -> ReviewRead:
 
 @router.post("/base-models", response_model=BaseModelRead, status_code=201)
 def register_base_model(
-    body: BaseModelCreate, session: SessionDep, principal: Annotated[Principal, role(Role.admin)]
+    body: BaseModelCreate, session: SessionDep, principal: Annotated[Principal, may("base_model.register")]
 ) -> BaseModelRead:
     base = service.register_base_model(
         session,
@@ -148,7 +146,7 @@ def submit_version(
     response: Response,
     upload: Annotated[Upload, Depends(read_upload)],
     session: SessionDep,
-    principal: Annotated[Principal, role(Role.ml_engineer, Role.admin)],
+    principal: Annotated[Principal, may("version.submit")],
 ) -> SubmitResult:
     if not upload.adapter:
         raise InvalidInput("name the adapter (query parameter or form field 'adapter')")
@@ -212,7 +210,7 @@ def _artifact_response(version: TokenVersion) -> Response:
 
 
 @router.get("/versions/{version_id}/gate", response_model=GateView)
-def get_gate(version_id: int, session: SessionDep, _: Annotated[Principal, role(*HUMANS)]) -> GateView:
+def get_gate(version_id: int, session: SessionDep, _: Annotated[Principal, may("gate.read")]) -> GateView:
     version = service.get_version_or_raise(session, version_id=version_id)
     return GateView(
         version_id=version.id,
@@ -223,12 +221,16 @@ def get_gate(version_id: int, session: SessionDep, _: Annotated[Principal, role(
 
 
 @router.post("/versions/{version_id}/approve", response_model=ReviewRead)
-def approve(version_id: int, body: ReviewIn, session: SessionDep, principal: Reviewer) -> ReviewRead:
+def approve(
+    version_id: int, body: ReviewIn, session: SessionDep, principal: Annotated[Principal, may("version.approve")]
+) -> ReviewRead:
     review = service.approve(session, version_id=version_id, principal=principal, comment=body.comment)
     return review_read(session, review, "approved")
 
 
 @router.post("/versions/{version_id}/reject", response_model=ReviewRead)
-def reject(version_id: int, body: ReviewIn, session: SessionDep, principal: Reviewer) -> ReviewRead:
+def reject(
+    version_id: int, body: ReviewIn, session: SessionDep, principal: Annotated[Principal, may("version.reject")]
+) -> ReviewRead:
     review = service.reject(session, version_id=version_id, principal=principal, comment=body.comment)
     return review_read(session, review, "rejected")

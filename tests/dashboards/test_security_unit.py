@@ -1,14 +1,17 @@
-"""Unit tests of the cookie signing and the gate-summary reader (no database)."""
+"""Unit tests of the cookie signing, the gate-summary reader and the key rules the UI shares (no database)."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from dashboards import reports
 from dashboards.security import BadSignature, UiSession, sign, tokens_match, unsign
 from governance.gates.report import ReportUnreadable, format_number
+from governance.auth.models import ApiKey, User
+from governance.auth.service import key_is_valid
 
 
 def test_sign_round_trip_and_purpose_binding() -> None:
@@ -56,3 +59,13 @@ def test_suite_summaries_read_the_evaluators_shape_and_others() -> None:
 def test_numbers_read_well() -> None:
     assert format_number(None) == "—" and format_number(0.000012) == "1.20e-05"
     assert format_number([0.006, 0.07]) == "[0.006, 0.07]" and format_number(3) == "3"
+
+
+def test_key_rules_the_ui_shares_with_the_api() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    user = User(name="u", role="auditor")
+    assert key_is_valid(ApiKey(prefix="abcdefgh"), user, now)
+    assert key_is_valid(ApiKey(prefix="abcdefgh", expires_at=now + timedelta(seconds=1)), user, now)
+    assert not key_is_valid(ApiKey(prefix="abcdefgh", expires_at=now), user, now)  # expiry is exclusive
+    assert not key_is_valid(ApiKey(prefix="abcdefgh", revoked_at=now), user, now)
+    assert not key_is_valid(ApiKey(prefix="abcdefgh"), User(name="d", role="auditor", disabled_at=now), now)

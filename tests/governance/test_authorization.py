@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from governance.api.app import PUBLIC_PATHS
 from governance.api.deps import RequireRole
+from governance.audit.signing import default_private_key_path, generate_keypair
+from governance.auth.models import ApiKey
 from governance.auth.service import hash_key
-from tests.governance.conftest import World, audit_head, audit_since, make_world, uid
+from governance.db import unit_of_work, utcnow
+from governance.registry.models import TokenVersion
+from governance.settings import get_settings
+from tests.governance.conftest import POLICY_TEXT, World, audit_head, audit_since, make_actor, make_world, uid
 
 ALL = {"ml_engineer", "compliance_officer", "auditor", "admin", "service"}
 HUMANS = ALL - {"service"}
@@ -170,19 +177,12 @@ def test_the_matrix_covers_every_route(app: Any) -> None:
 
 @pytest.fixture()
 def objects(client: TestClient, world: World, engine: Any, settings_env: None) -> dict[str, Any]:
-    from governance.audit.signing import default_private_key_path, generate_keypair
-    from governance.db import unit_of_work
-    from governance.settings import get_settings
-    from tests.governance.conftest import POLICY_TEXT, make_actor
-
     generate_keypair(default_private_key_path(get_settings()), force=True)
     other = make_world(engine)  # another deployment, its own versions
     active = world.approved()
     world.promote(active)
     other_version = other.approved()
     with unit_of_work(engine) as s:
-        from governance.registry.models import TokenVersion
-
         sha = s.get(TokenVersion, active).sha256  # type: ignore[union-attr]
     gated = world.submit()
     world.gate(gated)
@@ -232,13 +232,6 @@ def test_route_by_role_matrix(client: TestClient, world: World, engine: Any, obj
 def test_no_key_bad_key_revoked_key_expired_key_all_get_the_same_401(
     client: TestClient, world: World, engine: Any
 ) -> None:
-    from datetime import timedelta
-
-    from sqlalchemy import update
-
-    from governance.auth.models import ApiKey
-    from governance.db import unit_of_work, utcnow
-    from tests.governance.conftest import make_actor
 
     revoked, expired = make_actor(engine, "admin"), make_actor(engine, "admin")
     assert client.get("/v1/me", headers=revoked.headers).status_code == 200

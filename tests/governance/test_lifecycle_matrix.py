@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import pytest
 from sqlalchemy import Engine, select
 
+from governance.auth.models import User
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
 from governance.deployments.models import Deployment, Promotion
@@ -24,7 +25,7 @@ from governance.principal import Principal
 from governance.refusals import governed_unit_of_work
 from governance.registry import lifecycle
 from governance.registry import service as registry
-from governance.registry.models import BaseModel_, Policy, Review, TokenVersion, VersionState
+from governance.registry.models import Adapter, BaseModel_, Policy, Review, TokenVersion, VersionState
 from tests.governance.conftest import POLICY_SHA, World, audit_head, audit_since, uid
 
 STATES = [s.value for s in VersionState]
@@ -88,8 +89,6 @@ def _version(s: object, *, base: BaseModel_, adapter_id: int, submitter: int, st
 
 def _setup(engine: Engine, world: World, state: str, action: str) -> Case:
     """A fresh deployment and a version in `state`; for rollback/restore the surrounding versions."""
-    from governance.registry.models import Adapter
-
     with unit_of_work(engine) as s:
         base = s.scalars(select(BaseModel_).where(BaseModel_.name == world.base_name)).one()
         policy = s.scalars(select(Policy).where(Policy.sha256 == POLICY_SHA)).one()
@@ -135,8 +134,6 @@ _OTHER: dict[str, int] = {}
 
 def _other_submitter(s: object) -> int:
     """A submitter distinct from every acting user, so four-eyes never decides a matrix cell."""
-    from governance.auth.models import User
-
     if "id" not in _OTHER:
         with unit_of_work(s.get_bind()) as s2:  # type: ignore[attr-defined]
             u = User(name=uid("submitter"), role="ml_engineer")

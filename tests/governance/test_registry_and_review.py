@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import struct
 from typing import Any
 
+from fastapi import APIRouter
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
+from governance.api.deps import role
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
 from governance.errors import NoRollbackTarget
 from governance.gates.models import GateRun
 from governance.principal import Principal
 from governance.registry.models import TokenVersion
+from governance.roles import Role
 from tests.governance.conftest import World, audit_head, audit_since, make_actor, token_bytes
 
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -45,9 +50,6 @@ def test_upload_refusals_say_what_is_wrong(client: TestClient, world: World, app
 
 
 def test_non_finite_values_are_refused(client: TestClient, world: World) -> None:
-    import json
-    import struct
-
     data = bytearray(world.artifact())
     (hlen,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + hlen])
@@ -324,11 +326,6 @@ def test_revoked_key_stops_working_on_the_next_request(client: TestClient, world
 
 
 def test_unexpected_errors_are_a_generic_500(client: TestClient, world: World, app: Any) -> None:
-    from fastapi import APIRouter
-
-    from governance.api.deps import role
-    from governance.roles import Role
-
     router = APIRouter()
 
     @router.get("/v1/boom")
