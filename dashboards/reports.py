@@ -12,14 +12,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
-from governance.gates.models import GateCaseResult, GateRun
 from governance.gates.report import MetricReport, read_summary
-from governance.monitoring.models import DriftCheck
+
+if TYPE_CHECKING:  # annotations only: rooms talk through service functions
+    from governance.gates.models import GateCaseResult, GateRun
+    from governance.monitoring.models import DriftCheck
 
 
 @dataclass(frozen=True)
@@ -42,19 +41,6 @@ def suite_summaries(summary: dict[str, Any] | None) -> list[SuiteSummary]:
     return [SuiteSummary(name, s.passed, s.metrics, "; ".join(s.notes) or None) for name, s in stored.suites.items()]
 
 
-def latest_runs(session: Session, *, version_ids: list[int]) -> dict[int, GateRun]:
-    """The newest gate run of each version, in one query (a listing page must not ask per row)."""
-    if not version_ids:
-        return {}
-    stmt = (
-        select(GateRun)
-        .where(GateRun.version_id.in_(version_ids))
-        .order_by(GateRun.version_id, GateRun.id.desc())
-        .distinct(GateRun.version_id)
-    )
-    return {run.version_id: run for run in session.scalars(stmt)}
-
-
 def run_verdict(run: GateRun | None) -> str:
     """'passed', 'failed', 'error', 'running', 'queued' or 'none' (no gate run yet)."""
     return "none" if run is None else str(run.status)
@@ -72,44 +58,9 @@ def case_scores(case: GateCaseResult) -> dict[str, Any]:
     return {k: v for k, v in (case.scores or {}).items() if not str(k).startswith("_")}
 
 
-def failing_cases(session: Session, *, gate_run_id: int, limit: int = 25, offset: int = 0) -> list[GateCaseResult]:
-    """Failed cases of a gate run: prompt, candidate and baseline outputs side by side (paged)."""
-    stmt = (
-        select(GateCaseResult)
-        .where(GateCaseResult.gate_run_id == gate_run_id, GateCaseResult.passed.is_(False))
-        .order_by(GateCaseResult.suite, GateCaseResult.id)
-        .limit(limit)
-        .offset(offset)
-    )
-    return list(session.scalars(stmt))
-
-
-def count_failing_cases(session: Session, *, gate_run_id: int) -> int:
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(GateCaseResult)
-            .where(GateCaseResult.gate_run_id == gate_run_id, GateCaseResult.passed.is_(False))
-        )
-        or 0
-    )
-
-
 # ---------------------------------------------------------------- drift
 
 
-def list_checks(
-    session: Session, *, deployment_id: int, limit: int = 50, before_id: int | None = None
-) -> list[DriftCheck]:
-    """Newest first, keyset-paged by id."""
-    stmt = select(DriftCheck).where(DriftCheck.deployment_id == deployment_id)
-    if before_id is not None:
-        stmt = stmt.where(DriftCheck.id < before_id)
-    return list(session.scalars(stmt.order_by(DriftCheck.id.desc()).limit(limit)))
-
-
-def get_check(session: Session, *, check_id: int) -> DriftCheck | None:
-    return session.get(DriftCheck, check_id)
 
 
 def _num(v: Any) -> float | None:

@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
-from sqlalchemy import select
 
 from dashboards.deps import UI_ROLES, CsrfDep, SessionDep, ViewerDep, render, require
-from dashboards.pages.common import DONE_MESSAGES, Paging, redirect, user_names
+from dashboards.pages.common import DONE_MESSAGES, Paging, redirect
 from governance.alerts import service as alerts
-from governance.deployments.models import Deployment
+from governance.auth import service as auth
+from governance.deployments import service as deployments
 
 router = APIRouter()
 STATUSES = {"open": "Open", "acknowledged": "Acknowledged"}
@@ -29,11 +29,7 @@ def alert_list(
     rows = alerts.list_alerts(session, status=status, limit=paging.size + 1, offset=paging.offset)
     has_next = len(rows) > paging.size
     rows = rows[: paging.size]
-    dep_ids = {a.deployment_id for a in rows if a.deployment_id is not None}
-    dep_names: dict[int, str] = {}
-    if dep_ids:
-        rows_ = session.execute(select(Deployment.id, Deployment.name).where(Deployment.id.in_(dep_ids))).tuples()
-        dep_names = {dep_id: dep_name for dep_id, dep_name in rows_}
+    dep_names = deployments.deployment_names(session, {a.deployment_id for a in rows})
     return render(
         request,
         "alerts.html",
@@ -44,7 +40,7 @@ def alert_list(
         paging=paging,
         has_next=has_next,
         dep_names=dep_names,
-        names=user_names(session, {a.acked_by for a in rows}),
+        names=auth.user_names(session, {a.acked_by for a in rows}),
         can_ack=viewer.may("alert.ack"),
         done=DONE_MESSAGES.get(done or ""),
     )

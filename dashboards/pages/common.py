@@ -7,10 +7,6 @@ from urllib.parse import urlencode
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from governance.auth.models import User
 
 PAGE_SIZE = 25
 MAX_PAGE = 10_000
@@ -28,13 +24,6 @@ class Paging:
     @classmethod
     def of(cls, page: int | None, size: int = PAGE_SIZE) -> Paging:
         return cls(max(1, min(int(page or 1), MAX_PAGE)), size)
-
-
-def user_names(session: Session, ids: set[int | None]) -> dict[int, str]:
-    wanted = {i for i in ids if i is not None}
-    if not wanted:
-        return {}
-    return {uid: name for uid, name in session.execute(select(User.id, User.name).where(User.id.in_(wanted))).tuples()}
 
 
 def base(request: Request) -> str:

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 
 from dashboards.deps import UI_ROLES, CsrfDep, SessionDep, ViewerDep, render, require
-from dashboards.pages.common import DONE_MESSAGES, Paging, redirect, user_names
+from dashboards.pages.common import DONE_MESSAGES, Paging, redirect
+from governance.auth import service as auth
 from governance.deployments import service as deployments
 from governance.errors import InvalidInput
 from governance.registry import service as registry
@@ -47,7 +48,7 @@ def deployment_page(
         review = registry.latest_review(session, version_id=vid)
         if review is not None and review.decision == "approve":
             approvals[vid] = review
-    reviewers = user_names(session, {r.reviewer_id for r in approvals.values()})
+    reviewers = auth.user_names(session, {r.reviewer_id for r in approvals.values()})
     policy = deployments.policy_of(session, deployment=dep)
     return render(
         request,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
@@ -12,10 +13,13 @@ from dashboards import reports
 from dashboards.deps import UI_ROLES, SessionDep, ViewerDep, render, require
 from dashboards.security import REPORT_CSP
 from governance.deployments import service as deployments
-from governance.deployments.models import Deployment
 from governance.errors import NotFound
-from governance.monitoring.models import DriftCheck
+from governance.monitoring import service as monitoring
 from governance.settings import get_settings
+
+if TYPE_CHECKING:  # annotations only: rooms talk through service functions
+    from governance.deployments.models import Deployment
+    from governance.monitoring.models import DriftCheck
 
 router = APIRouter()
 CHART_POINTS = 200
@@ -33,8 +37,8 @@ def drift_page(
 ) -> Response:
     require(viewer, UI_ROLES, "view drift")
     dep = deployments.get_deployment_or_raise(session, name=name)
-    recent = reports.list_checks(session, deployment_id=dep.id, limit=CHART_POINTS)
-    checks = recent[:LIST_PAGE] if before is None else reports.list_checks(
+    recent = monitoring.list_checks(session, deployment_id=dep.id, limit=CHART_POINTS)
+    checks = recent[:LIST_PAGE] if before is None else monitoring.list_checks(
         session, deployment_id=dep.id, limit=LIST_PAGE, before_id=before
     )
     charts = [(c.key, _chart_json(reports.plotly_figure(c))) for c in reports.drift_charts(recent)]
@@ -54,10 +58,10 @@ def _reports(check: DriftCheck) -> list[str]:
 
 
 def _check_for(session: SessionDep, check_id: int) -> tuple[DriftCheck, Deployment]:
-    check = reports.get_check(session, check_id=check_id)
+    check = monitoring.get_check(session, check_id=check_id)
     if check is None:
         raise NotFound(f"no drift check {check_id}")
-    dep = session.get(Deployment, check.deployment_id)
+    dep = deployments.get_deployment_by_id(session, deployment_id=check.deployment_id)
     if dep is None:
         raise NotFound(f"no deployment for drift check {check_id}")
     return check, dep

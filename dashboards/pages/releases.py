@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
@@ -12,16 +12,20 @@ from sqlalchemy.orm import Session
 from dashboards import reports
 from dashboards.deps import UI_ROLES, CsrfDep, SessionDep, Viewer, ViewerDep, render, require
 from dashboards.gate_report_html import render_html
-from dashboards.pages.common import DONE_MESSAGES, Paging, redirect, user_names
+from dashboards.pages.common import DONE_MESSAGES, Paging, redirect
 from dashboards.security import REPORT_CSP
-from governance.deployments.models import Deployment
+from governance.auth import service as auth
+from governance.deployments import service as deployments
 from governance.errors import NotFound
-from governance.gates.models import GateRun
+from governance.gates import service as gates
 from governance.gates.service import FINISHED, load_gate_report
 from governance.registry import lifecycle
 from governance.registry import service as registry
-from governance.registry.models import BaseModel_, TokenVersion, VersionState
-from governance.roles import Role
+from governance.registry.models import VersionState
+
+if TYPE_CHECKING:  # annotations only: rooms talk through service functions
+    from governance.gates.models import GateRun
+    from governance.registry.models import TokenVersion
 
 router = APIRouter()
 
@@ -36,7 +40,7 @@ CASES_PAGE = 10
 
 def _gate_overview(session: Session, version: TokenVersion, latest: GateRun | None = None) -> dict[str, Any]:
     if latest is None:
-        runs = registry.gate_runs(session, version_id=version.id)
+        runs = gates.gate_runs(session, version_id=version.id)
         latest = runs[0] if runs else None
     return {
         "run": latest,
@@ -56,8 +60,8 @@ def releases(request: Request, session: SessionDep, viewer: ViewerDep, tab: str 
     versions = registry.list_versions(session, state=state, limit=paging.size + 1, offset=paging.offset)
     has_next = len(versions) > paging.size
     versions = versions[: paging.size]
-    names = user_names(session, {v.submitted_by for v in versions})
-    runs = reports.latest_runs(session, version_ids=[v.id for v in versions])
+    names = auth.user_names(session, {v.submitted_by for v in versions})
+    runs = gates.latest_runs(session, version_ids=[v.id for v in versions])
     adapters = {a: registry.adapter_name(session, adapter_id=a) for a in {v.adapter_id for v in versions}}
     rows = [
         {
@@ -86,7 +90,7 @@ def review_blockers(session: Session, viewer: Viewer, version: TokenVersion) -> 
         )
     if viewer.principal.user_id == version.submitted_by:
         reasons.append("Four eyes: you submitted this version, so another person must review it.")
-    if move is not None and registry.latest_passed_gate_run(session, version_id=version.id) is None:
+    if move is not None and gates.latest_passed_gate_run(session, version_id=version.id) is None:
         reasons.append("There is no passed gate run to bind an approval to.")
     return reasons
 
@@ -117,12 +121,13 @@ def version_page(
     paging = Paging.of(cases_page, CASES_PAGE)
     cases, n_failing = [], 0
     if run is not None:
-        n_failing = reports.count_failing_cases(session, gate_run_id=run.id)
-        cases = reports.failing_cases(session, gate_run_id=run.id, limit=paging.size, offset=paging.offset)
+        n_failing = gates.count_failing_cases(session, gate_run_id=run.id)
+        cases = gates.failing_cases(session, gate_run_id=run.id, limit=paging.size, offset=paging.offset)
     reviews = registry.reviews(session, version_id=version.id)
-    names = user_names(session, {version.submitted_by, *(r.reviewer_id for r in reviews)})
-    base_model = session.get(BaseModel_, version.base_model_id)
-    deployment = session.get(Deployment, version.deployment_id) if version.deployment_id else None
+    names = auth.user_names(session, {version.submitted_by, *(r.reviewer_id for r in reviews)})
+    base_model = registry.get_base_model_by_id(session, base_model_id=version.base_model_id)
+    deployment = (deployments.get_deployment_by_id(session, deployment_id=version.deployment_id)
+                  if version.deployment_id else None)
     blockers = review_blockers(session, viewer, version)
     return render(
         request,
@@ -144,7 +149,6 @@ def version_page(
         manifest=json.dumps(version.manifest, indent=2, sort_keys=True, default=str),
         can_review=not blockers,
         blockers=blockers,
-        is_reviewer_role=viewer.has(Role.compliance_officer, Role.admin),
         case_baselines=reports.case_baselines,
         case_scores=reports.case_scores,
         done=DONE_MESSAGES.get(done or ""),
@@ -156,7 +160,7 @@ def gate_report(version_id: int, session: SessionDep, viewer: ViewerDep) -> Resp
     """The printable report of the latest finished gate run, rendered from the typed report."""
     require(viewer, UI_ROLES, "view gate reports")
     registry.get_version_or_raise(session, version_id=version_id)
-    run = next((r for r in registry.gate_runs(session, version_id=version_id) if r.status in FINISHED),
+    run = next((r for r in gates.gate_runs(session, version_id=version_id) if r.status in FINISHED),
                None)
     if run is None:
         raise NotFound(f"version {version_id} has no finished gate run")

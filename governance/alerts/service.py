@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from governance.alerts.models import Alert
 from governance.audit import service as audit
 from governance.db import utcnow
-from governance.deployments.models import Deployment
+from governance.deployments import service as deployments
 from governance.errors import Conflict, InvalidInput, NotFound, Refusal
 from governance.principal import Principal, require_allowed
 
@@ -154,5 +154,8 @@ def list_alerts(
     if kind is not None:
         stmt = stmt.where(Alert.kind == kind)
     if deployment is not None:
-        stmt = stmt.join(Deployment, Deployment.id == Alert.deployment_id).where(Deployment.name == deployment)
+        dep = deployments.get_deployment(session, name=deployment)
+        if dep is None:
+            return []
+        stmt = stmt.where(Alert.deployment_id == dep.id)
     return list(session.scalars(stmt.limit(limit).offset(offset)))

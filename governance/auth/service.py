@@ -193,3 +193,11 @@ def principal_for_key_prefix(session: Session, *, prefix: str, user_id: int) -> 
 
 def _principal(key: ApiKey, user: User) -> Principal:
     return Principal(name=user.name, role=user.role, user_id=user.id, key_prefix=key.prefix)
+
+
+def user_names(session: Session, ids: set[int | None]) -> dict[int, str]:
+    """The names of the users with these ids (None and unknown ids are left out), in one query."""
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return {}
+    return {uid: name for uid, name in session.execute(select(User.id, User.name).where(User.id.in_(wanted))).tuples()}

@@ -22,6 +22,7 @@ from governance.audit import service as audit
 from governance.db import utcnow
 from governance.deployments.models import Deployment, Promotion
 from governance.errors import BindingMismatch, Conflict, InvalidInput, NoRollbackTarget, NotFound, Refusal
+from governance.gates import service as gates
 from governance.outbox import service as outbox
 from governance.policy_store import store_policy
 from governance.principal import Principal, require_role
@@ -165,7 +166,7 @@ def check_approval_binding(
             details={"approved": review.artifact_sha256, "stored": actual_sha},
             refusal=refusal,
         )
-    gate = registry.latest_passed_gate_run(session, version_id=version.id)
+    gate = gates.latest_passed_gate_run(session, version_id=version.id)
     current_evidence = gate.evidence_digest if gate else None
     current_gate_policy = gate.policy_sha256 if gate else None
     if current_evidence != review.evidence_digest or current_gate_policy != review.policy_sha256:
@@ -440,3 +441,16 @@ def _swap_active(
         session, version_id=entering.id, to=VersionState.active.value, principal=principal, action=entering_action,
         audited=False,
     )
+
+
+def get_deployment_by_id(session: Session, *, deployment_id: int) -> Deployment | None:
+    return session.get(Deployment, deployment_id)
+
+
+def deployment_names(session: Session, ids: set[int | None]) -> dict[int, str]:
+    """The names of the deployments with these ids (None and unknown ids are left out), in one query."""
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return {}
+    stmt = select(Deployment.id, Deployment.name).where(Deployment.id.in_(wanted))
+    return {dep_id: name for dep_id, name in session.execute(stmt).tuples()}

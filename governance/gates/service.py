@@ -8,7 +8,7 @@ raises ``ReportUnreadable`` with the run's id (see ``governance.gates.report``).
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from governance.gates.models import GateCaseResult, GateRun
@@ -74,3 +74,52 @@ def load_gate_report(session: Session, *, gate_run: GateRun) -> GateReport:
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise ReportUnreadable(f"gate run {gate_run.id}: the stored report does not fit the contract: {exc}") from exc
+
+
+def latest_runs(session: Session, *, version_ids: list[int]) -> dict[int, GateRun]:
+    """The newest gate run of each version, in one query (a listing page must not ask per row)."""
+    if not version_ids:
+        return {}
+    stmt = (
+        select(GateRun)
+        .where(GateRun.version_id.in_(version_ids))
+        .order_by(GateRun.version_id, GateRun.id.desc())
+        .distinct(GateRun.version_id)
+    )
+    return {run.version_id: run for run in session.scalars(stmt)}
+
+
+def failing_cases(session: Session, *, gate_run_id: int, limit: int = 25, offset: int = 0) -> list[GateCaseResult]:
+    """Failed cases of a gate run: prompt, candidate and baseline outputs side by side (paged)."""
+    stmt = (
+        select(GateCaseResult)
+        .where(GateCaseResult.gate_run_id == gate_run_id, GateCaseResult.passed.is_(False))
+        .order_by(GateCaseResult.suite, GateCaseResult.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(session.scalars(stmt))
+
+
+def count_failing_cases(session: Session, *, gate_run_id: int) -> int:
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(GateCaseResult)
+            .where(GateCaseResult.gate_run_id == gate_run_id, GateCaseResult.passed.is_(False))
+        )
+        or 0
+    )
+
+
+def latest_passed_gate_run(session: Session, *, version_id: int) -> GateRun | None:
+    return session.scalars(
+        select(GateRun)
+        .where(GateRun.version_id == version_id, GateRun.status == "passed")
+        .order_by(GateRun.id.desc())
+        .limit(1)
+    ).first()
+
+
+def gate_runs(session: Session, *, version_id: int) -> list[GateRun]:
+    return list(session.scalars(select(GateRun).where(GateRun.version_id == version_id).order_by(GateRun.id.desc())))

@@ -11,16 +11,19 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from governance import metrics
 from governance.db import utcnow
-from governance.deployments.models import Deployment
-from governance.errors import InvalidInput, NotFound
-from governance.registry.models import TokenVersion
+from governance.deployments import service as deployments
+from governance.errors import InvalidInput
+from governance.registry import service as registry
+
+if TYPE_CHECKING:  # annotations only: rooms talk through service functions
+    from governance.deployments.models import Deployment
 
 _INSERT_BATCH = text(
     """
@@ -38,12 +41,9 @@ _INSERT_BATCH = text(
 
 
 def _resolve_deployment(session: Session, deployment: Deployment | str) -> Deployment:
-    if isinstance(deployment, Deployment):
+    if not isinstance(deployment, str):
         return deployment
-    dep = session.scalars(select(Deployment).where(Deployment.name == deployment)).first()
-    if dep is None:
-        raise NotFound(f"no deployment named {deployment!r}")
-    return dep
+    return deployments.get_deployment_or_raise(session, name=deployment)
 
 
 def ingest_outputs(
@@ -56,23 +56,13 @@ def ingest_outputs(
     shas = {str(r["sha256"]).lower() for r in rows if r.get("sha256") and r.get("version_id") is None}
     by_sha: dict[str, int] = {}
     if shas:
-        by_sha = {
-            sha: vid
-            for vid, sha in session.execute(
-                select(TokenVersion.id, TokenVersion.sha256).where(TokenVersion.sha256.in_(shas))
-            ).tuples()
-        }
+        by_sha = registry.version_ids_by_sha(session, shas=shas)
         unknown = shas - set(by_sha)
         if unknown:
             raise InvalidInput(f"unknown version sha256: {', '.join(sorted(s[:12] + '...' for s in unknown))}")
     ids = {int(r["version_id"]) for r in rows if r.get("version_id") is not None} | set(by_sha.values())
     if ids:
-        found: dict[int, int | None] = {
-            vid: dep_id
-            for vid, dep_id in session.execute(
-                select(TokenVersion.id, TokenVersion.deployment_id).where(TokenVersion.id.in_(ids))
-            ).tuples()
-        }
+        found = registry.version_deployments(session, version_ids=ids)
         if ids - set(found):
             raise InvalidInput(f"unknown version id(s): {', '.join(str(i) for i in sorted(ids - set(found)))}")
         # a replica reports what this deployment served; another deployment's version is a bug upstream

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from governance.audit import service as audit
 from governance.deployments.models import Deployment
 from governance.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Refusal
-from governance.gates.models import GateRun
+from governance.gates import service as gates
 from governance.outbox import service as outbox
 from governance.principal import Principal, require_allowed
 from governance.registry import lifecycle
@@ -296,19 +296,6 @@ def finish_gate(
     )
 
 
-def latest_passed_gate_run(session: Session, *, version_id: int) -> GateRun | None:
-    return session.scalars(
-        select(GateRun)
-        .where(GateRun.version_id == version_id, GateRun.status == "passed")
-        .order_by(GateRun.id.desc())
-        .limit(1)
-    ).first()
-
-
-def gate_runs(session: Session, *, version_id: int) -> list[GateRun]:
-    return list(session.scalars(select(GateRun).where(GateRun.version_id == version_id).order_by(GateRun.id.desc())))
-
-
 # ---------------------------------------------------------------- review
 
 
@@ -336,7 +323,7 @@ def _review(session: Session, *, version_id: int, principal: Principal, comment:
             details={"version_id": version_id, "current_state": version.state},
             refusal=Refusal.of(principal, f"version.{action}", "version", version_id),
         )
-    gate = latest_passed_gate_run(session, version_id=version_id)
+    gate = gates.latest_passed_gate_run(session, version_id=version_id)
     if decision == "approve" and gate is None:
         raise Conflict(
             f"version {version_id} has no passed gate run to bind the approval to",
@@ -388,3 +375,19 @@ def reject(session: Session, *, version_id: int, principal: Principal, comment: 
 
 def count_versions(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(TokenVersion)) or 0)
+
+
+def get_base_model_by_id(session: Session, *, base_model_id: int) -> BaseModel_ | None:
+    return session.get(BaseModel_, base_model_id)
+
+
+def version_ids_by_sha(session: Session, *, shas: set[str]) -> dict[str, int]:
+    """sha256 -> version id of the stored versions among ``shas``, in one query."""
+    stmt = select(TokenVersion.id, TokenVersion.sha256).where(TokenVersion.sha256.in_(shas))
+    return {sha: vid for vid, sha in session.execute(stmt).tuples()}
+
+
+def version_deployments(session: Session, *, version_ids: set[int]) -> dict[int, int | None]:
+    """version id -> the deployment it was submitted for (None: none), for the stored ones among ``version_ids``."""
+    stmt = select(TokenVersion.id, TokenVersion.deployment_id).where(TokenVersion.id.in_(version_ids))
+    return {vid: dep_id for vid, dep_id in session.execute(stmt).tuples()}

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from governance.api.deps import PageDep, SessionDep, may
-from governance.auth.models import User
+from governance.auth import service as auth
 from governance.errors import InvalidInput, NotFound, PayloadTooLarge
+from governance.gates import service as gates
 from governance.principal import Principal
 from governance.registry import service
 from governance.registry.models import Review, TokenVersion
@@ -31,7 +31,7 @@ Reader = Annotated[Principal, may("registry.read")]
 
 
 def _user_name(session: Session, user_id: int) -> str:
-    return session.scalar(select(User.name).where(User.id == user_id)) or str(user_id)
+    return auth.user_names(session, {user_id}).get(user_id, str(user_id))
 
 
 def version_read(session: Session, v: TokenVersion) -> VersionRead:
@@ -215,7 +215,7 @@ def get_gate(version_id: int, session: SessionDep, _: Annotated[Principal, may("
     return GateView(
         version_id=version.id,
         state=version.state,
-        runs=[GateRunRead.model_validate(r) for r in service.gate_runs(session, version_id=version_id)],
+        runs=[GateRunRead.model_validate(r) for r in gates.gate_runs(session, version_id=version_id)],
         reviews=[review_read(session, r, version.state) for r in service.reviews(session, version_id=version_id)],
     )
 

@@ -9,9 +9,9 @@ import pytest
 
 from dashboards import reports
 from dashboards.security import BadSignature, UiSession, sign, tokens_match, unsign
-from governance.gates.report import ReportUnreadable, format_number
 from governance.auth.models import ApiKey, User
 from governance.auth.service import key_is_valid
+from governance.gates.report import ReportUnreadable, format_number
 
 
 def test_sign_round_trip_and_purpose_binding() -> None:
