@@ -4,7 +4,9 @@ A promotion or rollback locks the deployment row first (SELECT ... FOR UPDATE), 
 concurrent changes of one deployment serialize: exactly one wins each generation, and
 the generation only increases. In one transaction: the version transitions, the
 deployment's generation, a `Promotion` history row, one audit entry and an outbox
-``publish`` row on ``govern:deployment:<name>`` (sent after commit).
+``publish`` row on ``govern:deployment:<name>`` (sent after commit). Every rollback, a
+person's or the monitor's, passes the same guards (`check_rollback_guards`) and is applied
+by the same primitive (`apply_rollback`).
 """
 
 from __future__ import annotations
