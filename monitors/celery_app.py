@@ -1,6 +1,7 @@
 """The Celery application of the workers: Redis broker and result backend from the settings.
 
-Queues: ``gates`` (evaluation gate runs), ``monitoring`` (dispatch, drift checks, outbox
+Queues and task names come from `governance.outbox.names` (the one table of them):
+``gates`` (evaluation gate runs), ``monitoring`` (dispatch, drift checks, outbox
 sweep, audit checkpoints) and ``rollback`` (guarded automatic rollbacks, kept apart so a
 backlog of checks never delays one). Delivery is at least once: ``acks_late`` with
 ``task_reject_on_worker_lost`` and a prefetch of one mean a task whose worker dies runs
@@ -16,16 +17,9 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-GATES_QUEUE = "gates"
-MONITORING_QUEUE = "monitoring"
-ROLLBACK_QUEUE = "rollback"
-# The core's outbox sends gate runs to this queue name; workers listen on both.
-LEGACY_GATE_QUEUE = "gate"
-QUEUES = (GATES_QUEUE, MONITORING_QUEUE, ROLLBACK_QUEUE)
-GATE_TASK = "evaluators.run_gate"
-# The sharded gate: the shards run in parallel on the gate workers, the finisher merges them.
-GATE_SHARD_TASK = "evaluators.gate_shard"
-GATE_FINISH_TASK = "evaluators.gate_finish"
+from governance.embedded import resolve_redis_url
+from governance.outbox.names import MONITORING_QUEUE, QUEUE_OF, QUEUES
+from monitors.schedule import beat_schedule
 
 # Seconds before Redis hands an unacknowledged task of a vanished worker to another one.
 # Longer than any task runs (a gate run on CPU takes minutes), else a running task would
@@ -36,13 +30,11 @@ DEFAULT_VISIBILITY = 3600
 
 
 def default_queues() -> list[str]:
-    return [*QUEUES, LEGACY_GATE_QUEUE]
+    return list(QUEUES)
 
 
 def _redis_url() -> str | None:
     try:
-        from governance.embedded import resolve_redis_url
-
         return resolve_redis_url()
     except Exception:  # no services yet: configured when the worker starts (configure())
         return None
@@ -71,23 +63,12 @@ def configure(app: Celery, redis_url: str | None) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
     )
-    from monitors.schedule import beat_schedule
-
     app.conf.beat_schedule = beat_schedule()
     return app
 
 
 def routes() -> dict[str, dict[str, Any]]:
-    return {
-        GATE_TASK: {"queue": GATES_QUEUE},
-        GATE_SHARD_TASK: {"queue": GATES_QUEUE},
-        GATE_FINISH_TASK: {"queue": GATES_QUEUE},
-        "monitors.run_check": {"queue": MONITORING_QUEUE},
-        "monitors.dispatch_checks": {"queue": MONITORING_QUEUE},
-        "monitors.sweep_outbox": {"queue": MONITORING_QUEUE},
-        "monitors.audit_checkpoint": {"queue": MONITORING_QUEUE},
-        "monitors.auto_rollback": {"queue": ROLLBACK_QUEUE},
-    }
+    return {task: {"queue": queue} for task, queue in QUEUE_OF.items()}
 
 
 app = configure(Celery("govern", include=["monitors.tasks"]), _redis_url())

@@ -22,12 +22,25 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from governance.deployments.models import Deployment
+from governance.deployments.service import active_version, deployment_policy
 from governance.monitoring.models import DetectorState, DriftCheck
-from governance.policy import Policy, load_policy
+from governance.policy import Policy
+from governance.registry.models import TokenVersion
+from governance.settings import get_settings
 from monitors import metrics, reference, sampling
 from monitors.alerting import Notification
 from monitors.descriptors import describe
-from monitors.detectors import DetectorContext, DetectorResult, build_detector
+from monitors.detectors import (
+    Detector,
+    DetectorContext,
+    DetectorResult,
+    Frame,
+    Reference,
+    build_detector,
+    resolve_kind,
+)
+from monitors.embeddings import embed
+from monitors.rollback import on_drift
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +56,8 @@ class CheckResult:
     sample_size: int = 0
     detectors: dict[str, Any] = field(default_factory=dict)
     notifications: list[Notification] = field(default_factory=list)
-    # tasks to send after commit (also written to the outbox, which covers a crash in between)
-    followups: list[dict[str, Any]] = field(default_factory=list)
+    # the kwargs of the rollback task this check queued in the outbox (sent after the commit)
+    rollback: dict[str, Any] | None = None
     message: str = ""
 
 
@@ -72,15 +85,7 @@ def parse_window_key(key: str) -> tuple[datetime, datetime] | None:
     return datetime.fromtimestamp(s, UTC), datetime.fromtimestamp(s + i, UTC)
 
 
-def deployment_policy(session: Session, deployment: Deployment) -> Policy:
-    from governance.deployments.service import policy_of
-
-    return load_policy(policy_of(session, deployment=deployment).content)[0]
-
-
 def state_dirs() -> tuple[Path, Path]:
-    from governance.settings import get_settings
-
     root = get_settings().state_path
     return root / "monitor-reports", root / "cache" / "monitors"
 
@@ -88,29 +93,18 @@ def state_dirs() -> tuple[Path, Path]:
 def run_check(session: Session, *, deployment_id: int, window_key: str, now: datetime,
               write_report: bool = True) -> CheckResult:
     """Judge one window of one deployment; returns what was stored (or that it already was)."""
-    from governance.deployments.service import active_version
-
     dep = session.get(Deployment, deployment_id)
     if dep is None:
         return CheckResult("missing", message=f"no deployment {deployment_id}")
-    policy = deployment_policy(session, dep)
+    policy = deployment_policy(session, deployment=dep)
     mon = policy.monitoring
-    bounds = parse_window_key(window_key) or (now, now)
     active = active_version(session, deployment=dep)
-    claimed = session.execute(
-        pg_insert(DriftCheck).values(
-            deployment_id=dep.id, window_key=window_key, window_start=bounds[0], window_end=bounds[1],
-            version_id=active.id if active else None, generation=int(dep.generation), verdict="pending",
-        ).on_conflict_do_nothing(constraint="uq_drift_checks_window").returning(DriftCheck.id)
-    ).scalar()
-    if claimed is None:
+    check = _claim(session, dep, active, window_key, now)
+    if check is None:
         existing = session.scalars(select(DriftCheck).where(DriftCheck.deployment_id == dep.id,
                                                             DriftCheck.window_key == window_key)).first()
         return CheckResult("duplicate", existing.id if existing else None, existing.verdict if existing else None,
                            message="this window was already checked")
-    session.execute(text("select pg_advisory_xact_lock(:a, :b)"), {"a": MONITOR_LOCK, "b": dep.id})
-    check = session.get(DriftCheck, claimed)
-    assert check is not None
     after, upto = sampling.window_range(session, deployment_id=dep.id, exclude_check_id=check.id)
     check.first_output_id, check.last_output_id = after + 1, upto
     result = CheckResult("done", check.id)
@@ -140,24 +134,7 @@ def run_check(session: Session, *, deployment_id: int, window_key: str, now: dat
     report_dir, cache_dir = state_dirs()
     ctx = DetectorContext(window_key=window_key, report_dir=report_dir / dep.name, cache_dir=cache_dir,
                           write_report=write_report)
-    results: list[DetectorResult] = []
-    for det in detectors:
-        row = session.scalars(select(DetectorState).where(
-            DetectorState.deployment_id == dep.id, DetectorState.version_id == active.id,
-            DetectorState.detector == det.name)).first()
-        res = det.run(reference=ref, window=frame, state=dict(row.state) if row else None, context=ctx)
-        results.append(res)
-        if res.state is not None:
-            if row is None:
-                session.add(DetectorState(deployment_id=dep.id, version_id=active.id, detector=det.name,
-                                          state=res.state))
-            else:
-                row.state = res.state
-        metrics.DETECTOR_VERDICTS.labels(deployment=dep.name, detector=det.name, verdict=res.verdict).inc()
-        if res.statistic is not None:
-            metrics.DETECTOR_STATISTIC.labels(deployment=dep.name, detector=det.name).set(res.statistic)
-        if res.threshold is not None:
-            metrics.DETECTOR_THRESHOLD.labels(deployment=dep.name, detector=det.name).set(res.threshold)
+    results = [_run_detector(session, dep, active.id, det, ref, frame, ctx) for det in detectors]
     check.sample_size = frame.n
     verdicts = {r.verdict for r in results}
     verdict = "drift" if "drift" in verdicts else "ok" if "ok" in verdicts else "inconclusive"
@@ -170,10 +147,48 @@ def run_check(session: Session, *, deployment_id: int, window_key: str, now: dat
     result.sample_size = frame.n
     _finish(check, result, verdict, None, dep.name)
     if verdict == "drift":
-        from monitors.rollback import on_drift
-
-        on_drift(session, deployment=dep, policy=policy, check=check, results=results, result=result, now=now)
+        result.rollback = on_drift(session, deployment=dep, policy=policy, check=check, results=results,
+                                   result=result, now=now)
     return result
+
+
+def _claim(session: Session, dep: Deployment, active: TokenVersion | None, window_key: str,
+           now: datetime) -> DriftCheck | None:
+    """Claim the window's unique row (None: already claimed), then take the deployment's check lock."""
+    bounds = parse_window_key(window_key) or (now, now)
+    claimed = session.execute(
+        pg_insert(DriftCheck).values(
+            deployment_id=dep.id, window_key=window_key, window_start=bounds[0], window_end=bounds[1],
+            version_id=active.id if active else None, generation=int(dep.generation), verdict="pending",
+        ).on_conflict_do_nothing(constraint="uq_drift_checks_window").returning(DriftCheck.id)
+    ).scalar()
+    if claimed is None:
+        return None
+    session.execute(text("select pg_advisory_xact_lock(:a, :b)"), {"a": MONITOR_LOCK, "b": dep.id})
+    check = session.get(DriftCheck, claimed)
+    assert check is not None
+    return check
+
+
+def _run_detector(session: Session, dep: Deployment, version_id: int, det: Detector, ref: Reference,
+                  frame: Frame, ctx: DetectorContext) -> DetectorResult:
+    """One detector on the window, from its stored state; stores the new state and the metrics."""
+    row = session.scalars(select(DetectorState).where(
+        DetectorState.deployment_id == dep.id, DetectorState.version_id == version_id,
+        DetectorState.detector == det.name)).first()
+    res = det.run(reference=ref, window=frame, state=dict(row.state) if row else None, context=ctx)
+    if res.state is not None:
+        if row is None:
+            session.add(DetectorState(deployment_id=dep.id, version_id=version_id, detector=det.name,
+                                      state=res.state))
+        else:
+            row.state = res.state
+    metrics.DETECTOR_VERDICTS.labels(deployment=dep.name, detector=det.name, verdict=res.verdict).inc()
+    if res.statistic is not None:
+        metrics.DETECTOR_STATISTIC.labels(deployment=dep.name, detector=det.name).set(res.statistic)
+    if res.threshold is not None:
+        metrics.DETECTOR_THRESHOLD.labels(deployment=dep.name, detector=det.name).set(res.threshold)
+    return res
 
 
 def _finish(check: DriftCheck, result: CheckResult, verdict: str, reason: dict[str, Any] | None,
@@ -200,8 +215,6 @@ def _grow_reference(session: Session, dep: Deployment, version_id: int, ref_row:
     if ready:
         emb = None
         if any(_needs_embeddings(name, cfg) for name, cfg in policy.monitoring.detectors.items()):
-            from monitors.embeddings import embed
-
             records = sampling.load_records(session, list((ref_row.stats or {}).get("output_ids") or []))
             emb = embed([r.output for r in records])
         reference.finish(ref_row, emb,
@@ -212,8 +225,5 @@ def _grow_reference(session: Session, dep: Deployment, version_id: int, ref_row:
 
 
 
-
 def _needs_embeddings(name: str, config: Any) -> bool:
-    from monitors.detectors.sequential import resolve_kind
-
     return resolve_kind(name, str(getattr(config, "kind", "")))[0] in NEEDS_EMBEDDINGS

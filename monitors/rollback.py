@@ -6,10 +6,12 @@ roll back, once it has drifted in ``consecutive_windows`` judged windows in a ro
 the rollback task to the outbox (sent after commit; a crash in between is covered by the
 outbox sweep).
 
-``auto_rollback`` (the rollback task's body) holds the guard rails, in this order:
-already done for this incident (redelivery) -> nothing; the active version is not the
-one the decision was based on -> nothing; frozen -> an alert only; the daily cap or the
-cooldown reached -> an alert for a human only; otherwise the core's rollback service,
+``auto_rollback`` (the rollback task's body) applies the guard rails, in this order:
+the core's guards (`governance.deployments.service.check_rollback_guards`, shared with
+the manual rollback): already done for this incident (redelivery) -> nothing; the active
+version is not the one the decision was based on -> nothing; frozen -> an alert only;
+then the monitor's own: the daily cap or the cooldown reached -> an alert for a human
+only; otherwise the core's rollback service,
 with the expected active version as its precondition, under the deployment row lock.
 No approved target -> a critical alert and no change, unless the policy sets
 ``fallback_to_base``: then the token is taken out and the replicas serve the bare base
@@ -31,17 +33,19 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from governance.deployments.models import Deployment
+from governance.deployments import service as deployments
+from governance.deployments.models import Deployment, Promotion
 from governance.monitoring.models import DriftCheck
+from governance.outbox.names import ROLLBACK_TASK
+from governance.outbox.service import enqueue_task
 from governance.policy import Policy
+from governance.principal import Principal
 from monitors import metrics
 from monitors.alerting import Notification, raise_monitor_alert
 from monitors.detectors import DetectorResult
 
 log = logging.getLogger(__name__)
 
-ROLLBACK_TASK = "monitors.auto_rollback"
-ROLLBACK_QUEUE = "rollback"
 # Test hook: make a task pause at a named point so a test can SIGKILL the worker there.
 PAUSE_ENV = "GOVERN_MONITOR_PAUSE_AT"
 PAUSE_SECONDS_ENV = "GOVERN_MONITOR_PAUSE_SECONDS"
@@ -90,10 +94,14 @@ def consecutive_drifts(session: Session, *, deployment_id: int, version_id: int 
 
 
 def on_drift(session: Session, *, deployment: Deployment, policy: Policy, check: DriftCheck,
-             results: list[DetectorResult], result: Any, now: datetime) -> None:
-    """Alert on every drifting detector; queue one guarded rollback when the policy allows it."""
+             results: list[DetectorResult], result: Any, now: datetime) -> dict[str, Any] | None:
+    """Alert on every drifting detector; queue one guarded rollback when the policy allows it.
+
+    Returns the queued rollback task's kwargs (None when none was queued). The task goes
+    only to the outbox: the edge sends it after the commit, the sweep if that send is lost.
+    """
     rb = policy.monitoring.rollback
-    queued = False
+    queued: dict[str, Any] | None = None
     for res in results:
         if res.verdict != "drift":
             continue
@@ -113,14 +121,11 @@ def on_drift(session: Session, *, deployment: Deployment, policy: Policy, check:
         )
         if note is not None:
             result.notifications.append(note)
-        if res.rollback_allowed and not queued and len(run) >= rb.consecutive_windows:
-            from governance.outbox.service import enqueue_task
-
-            kwargs = {"deployment_id": deployment.id, "expected_version_id": check.version_id,
+        if res.rollback_allowed and queued is None and len(run) >= rb.consecutive_windows:
+            queued = {"deployment_id": deployment.id, "expected_version_id": check.version_id,
                       "check_id": check.id, "detector": res.name}
-            enqueue_task(session, name=ROLLBACK_TASK, kwargs=kwargs, queue=ROLLBACK_QUEUE)
-            result.followups.append({"name": ROLLBACK_TASK, "kwargs": kwargs, "queue": ROLLBACK_QUEUE})
-            queued = True
+            enqueue_task(session, name=ROLLBACK_TASK, kwargs=queued)
+    return queued
 
 
 def _num(value: float | None) -> str:
@@ -151,75 +156,89 @@ def rollback_reason(check: DriftCheck | None, detector: str, run: list[int]) -> 
 
 def auto_rollback(session: Session, *, deployment_id: int, expected_version_id: int | None, check_id: int,
                   detector: str, now: datetime) -> RollbackDecision:
-    """The guarded automatic rollback; idempotent (redelivery finds it done and does nothing)."""
-    from governance.deployments import service as deployments
-    from governance.principal import Principal
-    from monitors.check import deployment_policy
+    """The guarded automatic rollback; idempotent (redelivery finds it done and does nothing).
 
+    The guards (already done, stale, frozen) are the core's `check_rollback_guards`, asked
+    first because a frozen deployment gets an alert; then the monitor's own daily cap and
+    cooldown; then the core's `rollback`, under the same row lock.
+    """
     dep = session.scalars(select(Deployment).where(Deployment.id == deployment_id).with_for_update()
                           .execution_options(populate_existing=True)).first()
     if dep is None:
         return RollbackDecision("missing", f"no deployment {deployment_id}")
-    policy = deployment_policy(session, dep)
-    rb = policy.monitoring.rollback
-    history = deployments.promotions(session, name=dep.name, limit=200)
-    made_active = max((p.generation for p in history if p.version_id == expected_version_id), default=0)
-    if any(p.kind == "auto_rollback" and p.previous_version_id == expected_version_id and p.generation > made_active
-           for p in history):
-        return _count(dep, RollbackDecision("already_done", f"version {expected_version_id} was already rolled back"))
-    active = deployments.active_version(session, deployment=dep)
-    if active is None or active.id != expected_version_id:
-        return _count(dep, RollbackDecision(
-            "stale", f"deployment {dep.name!r} now serves version {active.id if active else None}, not "
-                     f"{expected_version_id}; the decision no longer applies"))
+    policy = deployments.deployment_policy(session, deployment=dep)
+    current = deployments.active_version(session, deployment=dep, lock=True)
+    refused = deployments.check_rollback_guards(session, dep=dep, current=current, now=now, automatic=True,
+                                                expected_active_version_id=expected_version_id)
+    if refused is not None and refused.status != "frozen":
+        return _count(dep, RollbackDecision(refused.status, refused.message))
     check = session.get(DriftCheck, check_id)
     run = consecutive_drifts(session, deployment_id=dep.id, version_id=expected_version_id, detector=detector,
                              upto_check_id=check_id) if check is not None else []
-    base_details = {"check_id": check_id, "detector": detector, "version_id": expected_version_id,
-                    "consecutive_drift_checks": run}
-    key = f"rollback:d{dep.id}:v{expected_version_id}"
-
-    def held(status: RollbackStatus, severity: str, message: str) -> RollbackDecision:
-        note = raise_monitor_alert(
-            session, deployment_id=dep.id, deployment=dep.name, kind=f"rollback_{status}", severity=severity,
-            incident_key=f"{key}:{status}", message=message, details={**base_details, "status": status},
-            actor=actor_for(detector), policy=policy)
-        return _count(dep, RollbackDecision(status, message, notifications=[note] if note else []))
-
-    if deployments.is_frozen(dep, now):
-        return held("frozen", "warning",
-                    f"{detector} drift on version {expected_version_id}: deployment is frozen, automatic rollback "
-                    "is off; a person must decide")
-    autos = [p for p in history if p.kind == "auto_rollback"]
-    today = [p for p in autos if p.created_at >= now - timedelta(days=1)]
-    if len(today) >= rb.max_per_day:
-        return held("capped", "critical",
-                    f"{detector} drift on version {expected_version_id}: {len(today)} automatic rollbacks in the "
-                    f"last 24 h (cap {rb.max_per_day}); only alerting now, a person must decide")
-    if autos and max(p.created_at for p in autos) > now - timedelta(seconds=rb.cooldown_seconds):
-        return held("cooldown", "critical",
-                    f"{detector} drift on version {expected_version_id}: the last automatic rollback was less than "
-                    f"{rb.cooldown_seconds}s ago (cooldown); a person must decide")
+    alert = _Alerter(session, dep, policy, detector, {"check_id": check_id, "detector": detector,
+                                                      "version_id": expected_version_id,
+                                                      "consecutive_drift_checks": run})
+    about = f"{detector} drift on version {expected_version_id}"
+    if refused is not None:
+        return alert.held("frozen", "warning",
+                          f"{about}: deployment is frozen, automatic rollback is off; a person must decide")
+    held = _policy_hold(deployments.promotions(session, name=dep.name, limit=200), policy, now)
+    if held is not None:
+        return alert.held(held[0], "critical", f"{about}: {held[1]}")
     outcome = deployments.rollback(
         session, deployment=dep.name, principal=Principal.for_system(f"monitor/{detector}"),
         reason=rollback_reason(check, detector, run), expected_active_version_id=expected_version_id,
-        automatic=True, fallback_to_base=rb.fallback_to_base,
+        automatic=True, fallback_to_base=policy.monitoring.rollback.fallback_to_base,
     )
     if outcome.status == "no_target":
-        return held("no_target", "critical",
-                    f"{detector} drift on version {expected_version_id}: no approved version to roll back to; "
-                    "nothing changed, a person must decide")
+        return alert.held("no_target", "critical",
+                          f"{about}: no approved version to roll back to; nothing changed, a person must decide")
     if outcome.status != "rolled_back":
         return _count(dep, RollbackDecision(outcome.status, outcome.message))
-    note = raise_monitor_alert(
-        session, deployment_id=dep.id, deployment=dep.name, kind="auto_rollback", severity="critical",
-        incident_key=f"{key}:rolled_back",
-        message=(f"rolled back {dep.name!r} from version {expected_version_id} to "
-                 f"{_target_name(outcome.to_version_id)} after {detector} drift ({len(run)} windows in a row)"),
-        details={**base_details, "to_version_id": outcome.to_version_id, "generation": outcome.generation},
-        actor=actor_for(detector), policy=policy)
+    note = alert.raise_(
+        "auto_rollback", "critical", "rolled_back",
+        f"rolled back {dep.name!r} from version {expected_version_id} to "
+        f"{_target_name(outcome.to_version_id)} after {detector} drift ({len(run)} windows in a row)",
+        {"to_version_id": outcome.to_version_id, "generation": outcome.generation})
     return _count(dep, RollbackDecision("rolled_back", outcome.message, outcome.to_version_id,
                                         [note] if note else []))
+
+
+def _policy_hold(history: list[Promotion], policy: Policy, now: datetime) -> tuple[RollbackStatus, str] | None:
+    """The monitor's own brakes: the daily cap, then the cooldown since the last automatic rollback."""
+    rb = policy.monitoring.rollback
+    autos = [p for p in history if p.kind == "auto_rollback"]
+    today = [p for p in autos if p.created_at >= now - timedelta(days=1)]
+    if len(today) >= rb.max_per_day:
+        return "capped", (f"{len(today)} automatic rollbacks in the last 24 h (cap {rb.max_per_day}); "
+                          "only alerting now, a person must decide")
+    if autos and max(p.created_at for p in autos) > now - timedelta(seconds=rb.cooldown_seconds):
+        return "cooldown", (f"the last automatic rollback was less than {rb.cooldown_seconds}s ago (cooldown); "
+                            "a person must decide")
+    return None
+
+
+@dataclass
+class _Alerter:
+    """The alerts of one rollback decision: one incident per deployment, version and outcome."""
+
+    session: Session
+    dep: Deployment
+    policy: Policy
+    detector: str
+    details: dict[str, Any]
+
+    def raise_(self, kind: str, severity: str, status: str, message: str,
+               extra: dict[str, Any] | None = None) -> Notification | None:
+        key = f"rollback:d{self.dep.id}:v{self.details['version_id']}:{status}"
+        return raise_monitor_alert(
+            self.session, deployment_id=self.dep.id, deployment=self.dep.name, kind=kind, severity=severity,
+            incident_key=key, message=message, details={**self.details, **(extra or {})},
+            actor=actor_for(self.detector), policy=self.policy)
+
+    def held(self, status: RollbackStatus, severity: str, message: str) -> RollbackDecision:
+        note = self.raise_(f"rollback_{status}", severity, status, message, {"status": status})
+        return _count(self.dep, RollbackDecision(status, message, notifications=[note] if note else []))
 
 
 def _target_name(version_id: int | None) -> str:

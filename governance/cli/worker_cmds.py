@@ -6,14 +6,16 @@ from __future__ import annotations
 import os
 
 import typer
+from celery import Celery
+from prometheus_client import start_http_server
 
 from governance.cli.common import TORCH_THREADS_HELP, clear_errors, fail, limit_torch_threads
+from governance.embedded import resolve_redis_url
+from governance.settings import get_settings
+from monitors.celery_app import app, configure, default_queues
 
 
-def _app(redis_url: str | None = None):  # type: ignore[no-untyped-def]
-    from governance.embedded import resolve_redis_url
-    from monitors.celery_app import app, configure
-
+def _app(redis_url: str | None = None) -> Celery:
     return configure(app, redis_url or resolve_redis_url())
 
 
@@ -33,19 +35,13 @@ def worker_cmd(
 ) -> None:
     """Run a Celery worker for the gate, monitoring and rollback queues."""
     limit_torch_threads(torch_threads)
-    from monitors.celery_app import default_queues
-
-    app = _app()
-    import monitors.tasks  # noqa: F401  (registers the tasks, the gate's included)
-
+    worker = _app()  # its `include` makes the worker import monitors.tasks, the gate's tasks with them
     chosen = [q.strip() for q in queues.split(",") if q.strip()] or default_queues()
     if pool not in ("prefork", "solo", "threads"):
         fail(f"unknown pool {pool!r}; use prefork, solo or threads")
     if metrics_port:
-        from prometheus_client import start_http_server
-
         start_http_server(metrics_port, addr="127.0.0.1")
-    app.worker_main([
+    worker.worker_main([
         "worker", f"--queues={','.join(chosen)}", f"--concurrency={concurrency}", f"--pool={pool}",
         f"--loglevel={loglevel}", "--without-gossip", "--without-mingle", "-n", f"govern-{os.getpid()}@%h",
     ])
@@ -56,11 +52,9 @@ def beat_cmd(
     loglevel: str = typer.Option("INFO", "--loglevel"),
 ) -> None:
     """Run the beat scheduler (drift-check dispatch, outbox sweep, audit checkpoints)."""
-    from governance.settings import get_settings
-
-    app = _app()
+    beat = _app()
     state = get_settings().ensure_state_dir() / "beat"
     state.mkdir(parents=True, exist_ok=True)
 
     # each beat process keeps its own schedule file: several beats may run at once
-    app.start(["beat", f"--loglevel={loglevel}", f"--schedule={state / f'schedule-{os.getpid()}'}"])
+    beat.start(["beat", f"--loglevel={loglevel}", f"--schedule={state / f'schedule-{os.getpid()}'}"])

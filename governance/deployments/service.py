@@ -4,7 +4,9 @@ A promotion or rollback locks the deployment row first (SELECT ... FOR UPDATE), 
 concurrent changes of one deployment serialize: exactly one wins each generation, and
 the generation only increases. In one transaction: the version transitions, the
 deployment's generation, a `Promotion` history row, one audit entry and an outbox
-``publish`` row on ``govern:deployment:<name>`` (sent after commit).
+``publish`` row on ``govern:deployment:<name>`` (sent after commit). Every rollback, a
+person's or the monitor's, passes the same guards (`check_rollback_guards`) and is applied
+by the same primitive (`apply_rollback`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from governance import metrics
+from governance import policy as policy_schema
 from governance.audit import service as audit
 from governance.db import utcnow
 from governance.deployments.models import Deployment, Promotion
@@ -45,11 +48,14 @@ class ActiveInfo:
     generation: int
 
 
+GuardStatus = Literal["already_done", "frozen", "stale", "no_active"]
+
+
 @dataclass(frozen=True)
 class RollbackOutcome:
     """What a rollback did. The monitor's path reads ``status`` instead of catching errors."""
 
-    status: Literal["rolled_back", "no_target", "frozen", "stale", "no_active"]
+    status: Literal["rolled_back", "no_target", "already_done", "frozen", "stale", "no_active"]
     deployment: str
     from_version_id: int | None = None
     to_version_id: int | None = None
@@ -105,6 +111,11 @@ def policy_of(session: Session, *, deployment: Deployment) -> Policy:
     policy = session.get(Policy, deployment.policy_id)
     assert policy is not None  # foreign key
     return policy
+
+
+def deployment_policy(session: Session, *, deployment: Deployment) -> policy_schema.Policy:
+    """The deployment's policy, parsed (ValueError when this release cannot read it)."""
+    return policy_schema.load_policy(policy_of(session, deployment=deployment).content)[0]
 
 
 def base_model_of(session: Session, *, deployment: Deployment) -> BaseModel_:
@@ -277,6 +288,58 @@ def last_approved_target(
     return session.scalars(stmt).first()
 
 
+def already_rolled_back(session: Session, *, deployment: Deployment, version_id: int) -> bool:
+    """Whether ``version_id`` was rolled back automatically since it last became active."""
+    made_active = (
+        select(func.coalesce(func.max(Promotion.generation), 0))
+        .where(Promotion.deployment_id == deployment.id, Promotion.version_id == version_id)
+        .scalar_subquery()
+    )
+    done = select(Promotion.id).where(
+        Promotion.deployment_id == deployment.id,
+        Promotion.kind == "auto_rollback",
+        Promotion.previous_version_id == version_id,
+        Promotion.generation > made_active,
+    )
+    return session.scalar(done.limit(1)) is not None
+
+
+def check_rollback_guards(
+    session: Session,
+    *,
+    dep: Deployment,
+    current: TokenVersion | None,
+    expected_active_version_id: int | None,
+    automatic: bool,
+    now: datetime | None = None,
+) -> RollbackOutcome | None:
+    """The guards of every rollback, manual or automatic, in this order (under the row lock).
+
+    Already done (automatic: the expected version was rolled back since it became active,
+    so a redelivered task does nothing); a stale precondition (the active version is not
+    the expected one; an automatic call always carries one, the version it judged);
+    frozen (automatic rollback is off); no active version. Returns the first that holds,
+    as the outcome to report (or, for a manual call, to raise), else None.
+    """
+    name, current_id = dep.name, current.id if current else None
+    expected = expected_active_version_id
+
+    def refused(status: GuardStatus, message: str) -> RollbackOutcome:
+        return RollbackOutcome(status, name, current_id, message=message)
+
+    if automatic and expected is not None and already_rolled_back(session, deployment=dep, version_id=expected):
+        return refused("already_done", f"version {expected} was already rolled back")
+    if (automatic or expected is not None) and current_id != expected:
+        return refused("stale", f"deployment {name!r} now serves version {current_id}, not {expected}; "
+                                "nothing rolled back")
+    if automatic and is_frozen(dep, now):
+        until = f" until {dep.frozen_until.isoformat()}" if dep.frozen_until else ""
+        return refused("frozen", f"deployment {name!r} is frozen{until}: automatic rollback is off")
+    if current is None:
+        return refused("no_active", f"deployment {name!r} has no active version to roll back")
+    return None
+
+
 def rollback(
     session: Session,
     *,
@@ -296,8 +359,10 @@ def rollback(
 
     Manual calls (``automatic=False``) raise on every refusal. The monitor's call
     (``automatic=True``, actor ``system:monitor``) gets a `RollbackOutcome` whose status
-    says "no_target" (raise a critical alert), "frozen" or "stale" (the active version
-    is no longer the one it judged) instead of an exception, so redelivery is harmless.
+    says "no_target" (raise a critical alert), "already_done", "frozen" or "stale" (the
+    active version is no longer the one it judged) instead of an exception, so
+    redelivery is harmless. The guards are `check_rollback_guards`; the change is
+    `apply_rollback`.
     """
     attempted = "deployment.auto_rollback" if automatic else "deployment.rollback"
     require_role(principal, ROLLBACKERS, attempted, "deployment", deployment)
@@ -305,73 +370,97 @@ def rollback(
     if not reason:
         raise InvalidInput("a rollback needs a reason")
     dep = get_deployment_or_raise(session, name=deployment, lock=True)
-    refusal = Refusal.of(principal, attempted, "deployment", deployment)
     current = active_version(session, deployment=dep, lock=True)
-
-    def _out(status: Literal["no_target", "frozen", "stale", "no_active"], message: str) -> RollbackOutcome:
-        if not automatic:
-            cls = NoRollbackTarget if status == "no_target" else Conflict
-            raise cls(message, details={"deployment": deployment, "status": status}, refusal=refusal)
-        return RollbackOutcome(status, deployment, current.id if current else None, message=message)
-
-    if automatic and is_frozen(dep):
-        until = f" until {dep.frozen_until.isoformat()}" if dep.frozen_until else ""
-        return _out("frozen", f"deployment {deployment!r} is frozen{until}: automatic rollback is off")
-    if expected_active_version_id is not None and (current is None or current.id != expected_active_version_id):
-        return _out(
-            "stale",
-            f"deployment {deployment!r} now serves version {current.id if current else None}, "
-            f"not {expected_active_version_id}; nothing rolled back",
-        )
-    if current is None:
-        return _out("no_active", f"deployment {deployment!r} has no active version to roll back")
-    if to_version_id is not None:
-        target = lifecycle.lock_version(session, to_version_id)
-        if target.id == current.id:
-            raise Conflict(f"version {target.id} is already the active version", refusal=refusal)
-        if target.state not in (VersionState.superseded.value, VersionState.approved.value):
-            raise Conflict(
-                f"version {target.id} is {target.state}; a rollback target must be superseded or approved",
-                details={"version_id": target.id, "current_state": target.state},
-                refusal=refusal,
-            )
-        _check_fits(target, dep, principal, attempted)
-        if target.state == VersionState.approved.value:
-            check_approval_binding(session, version=target, deployment=dep, principal=principal, attempted=attempted)
-    else:
-        found = last_approved_target(session, deployment=dep, exclude_version_id=current.id)
-        if found is None and fallback_to_base:
-            lifecycle.transition(
-                session, version_id=current.id, to=VersionState.rolled_back.value, principal=principal,
-                action="rollback", audited=False,
-            )
-            promo = _record_change(
-                session, dep=dep, kind="auto_rollback" if automatic else "rollback", version=None, previous=current,
-                principal=principal, reason=reason,
-            )
-            return RollbackOutcome(
-                "rolled_back", deployment, current.id, None, promo.generation,
-                "no earlier approved version: rolled back to the bare base model (fallback_to_base)",
-            )
-        if found is None:
-            return _out(
-                "no_target",
-                f"deployment {deployment!r} has no earlier approved version to roll back to "
-                "(none was active before and is still valid)",
-            )
-        target = lifecycle.lock_version(session, found.id)
-    _swap_active(session, dep=dep, leaving=current, leaving_to=VersionState.rolled_back, leaving_action="rollback",
-                 entering=target, entering_action="restore", principal=principal)
-    promo = _record_change(
-        session,
-        dep=dep,
-        kind="auto_rollback" if automatic else "rollback",
-        version=target,
-        previous=current,
-        principal=principal,
-        reason=reason,
+    outcome = check_rollback_guards(
+        session, dep=dep, current=current, expected_active_version_id=expected_active_version_id, automatic=automatic
     )
-    return RollbackOutcome("rolled_back", deployment, current.id, target.id, promo.generation, "rolled back")
+    if outcome is None:
+        assert current is not None  # the guards refuse a deployment without an active version
+        target = rollback_target(
+            session, dep=dep, current=current, to_version_id=to_version_id, fallback_to_base=fallback_to_base,
+            principal=principal, attempted=attempted,
+        )
+        if not isinstance(target, RollbackOutcome):
+            return apply_rollback(session, dep=dep, current=current, target=target, principal=principal,
+                                  reason=reason, automatic=automatic)
+        outcome = target
+    if not automatic:
+        cls = NoRollbackTarget if outcome.status == "no_target" else Conflict
+        raise cls(outcome.message, details={"deployment": deployment, "status": outcome.status},
+                  refusal=Refusal.of(principal, attempted, "deployment", deployment))
+    return outcome
+
+
+def rollback_target(
+    session: Session,
+    *,
+    dep: Deployment,
+    current: TokenVersion,
+    to_version_id: int | None,
+    fallback_to_base: bool,
+    principal: Principal,
+    attempted: str,
+) -> TokenVersion | RollbackOutcome | None:
+    """The checked, locked target of a rollback: the named version (refused with 409 when it
+    cannot be one), else the last approved one; None for the bare base model
+    (``fallback_to_base``); a "no_target" outcome when there is none."""
+    if to_version_id is None:
+        found = last_approved_target(session, deployment=dep, exclude_version_id=current.id)
+        if found is not None:
+            return lifecycle.lock_version(session, found.id)
+        if fallback_to_base:
+            return None
+        return RollbackOutcome(
+            "no_target", dep.name, current.id,
+            message=f"deployment {dep.name!r} has no earlier approved version to roll back to "
+                    "(none was active before and is still valid)",
+        )
+    refusal = Refusal.of(principal, attempted, "deployment", dep.name)
+    target = lifecycle.lock_version(session, to_version_id)
+    if target.id == current.id:
+        raise Conflict(f"version {target.id} is already the active version", refusal=refusal)
+    if target.state not in (VersionState.superseded.value, VersionState.approved.value):
+        raise Conflict(
+            f"version {target.id} is {target.state}; a rollback target must be superseded or approved",
+            details={"version_id": target.id, "current_state": target.state},
+            refusal=refusal,
+        )
+    _check_fits(target, dep, principal, attempted)
+    if target.state == VersionState.approved.value:
+        check_approval_binding(session, version=target, deployment=dep, principal=principal, attempted=attempted)
+    return target
+
+
+def apply_rollback(
+    session: Session,
+    *,
+    dep: Deployment,
+    current: TokenVersion,
+    target: TokenVersion | None,
+    principal: Principal,
+    reason: str,
+    automatic: bool,
+) -> RollbackOutcome:
+    """Apply a checked rollback (`check_rollback_guards`, `rollback_target`): ``current``
+    leaves as rolled back, ``target`` (None: the bare base model) becomes active, in a new
+    generation with its promotion row, audit entry and outbox publish."""
+    kind = "auto_rollback" if automatic else "rollback"
+    if target is None:
+        lifecycle.transition(
+            session, version_id=current.id, to=VersionState.rolled_back.value, principal=principal,
+            action="rollback", audited=False,
+        )
+        message = "no earlier approved version: rolled back to the bare base model (fallback_to_base)"
+    else:
+        _swap_active(session, dep=dep, leaving=current, leaving_to=VersionState.rolled_back,
+                     leaving_action="rollback", entering=target, entering_action="restore", principal=principal)
+        message = "rolled back"
+    promo = _record_change(
+        session, dep=dep, kind=kind, version=target, previous=current, principal=principal, reason=reason
+    )
+    return RollbackOutcome(
+        "rolled_back", dep.name, current.id, target.id if target is not None else None, promo.generation, message
+    )
 
 
 def freeze(

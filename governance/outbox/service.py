@@ -8,13 +8,14 @@ in id order: Redis PUBLISH for ``publish`` rows, Celery ``send_task`` (through a
 left (a crash between commit and send). One sweep runs at a time (a transaction-scoped
 advisory lock) and sends in id order.
 
-The fast path: every enqueued row is also kept in the session's memory (`take_fresh`),
-and the edge that committed (an API request, a task) hands them to `publish_committed`
-right after the commit: one PUBLISH (or `send_task`) per row on a pooled connection,
-with no database round trip before it; the rows are marked published afterwards in one
-UPDATE. Measured under load, the old path (a second transaction: pool ping, advisory
-lock, SELECT ... FOR UPDATE, then the PUBLISH) put 23 ms p50 / 68 ms p99 between the
-commit and the replicas receiving the message (docs/benchmarks.md). A row whose send
+The fast path: every enqueued row is also kept in the session's memory (`take_outgoing`),
+and the edge that committed (an API request; a Celery task, through
+`unit_of_work_then_publish`) hands them to `publish_committed` right after the commit:
+one PUBLISH (or `send_task`) per row on a pooled connection, with no database round
+trip before it; the rows are marked published afterwards in one UPDATE. Measured under
+load, the old path (a second transaction: pool ping, advisory lock, SELECT ... FOR
+UPDATE, then the PUBLISH) put 23 ms p50 / 68 ms p99 between the commit and the replicas
+receiving the message (docs/benchmarks.md). A row whose send
 fails, or that is not marked because the process dies, stays unpublished and the sweep
 sends it. Delivery is at least once and, on the fast path, not serialised between
 concurrent commits; subscribers order and de-duplicate by generation (replicas ignore
@@ -26,22 +27,24 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import redis as redis_lib
+from celery import Celery
 from sqlalchemy import Engine, event, select, text, update
 from sqlalchemy.orm import Session
 
 from governance import metrics
 from governance.db import unit_of_work, utcnow
 from governance.outbox.models import OutboxMessage
+from governance.outbox.names import GATE_TASK, QUEUE_OF
 
 log = logging.getLogger(__name__)
 
-GATE_TASK = "evaluators.run_gate"
-GATE_QUEUE = "gates"  # the queue monitors.celery_app routes gate runs to
 OUTBOX_LOCK_KEY = 0x6F75_7462_6F78  # "outbox"
 FRESH_KEY = "govern_outbox_fresh"  # session.info: rows enqueued in this transaction
 STALE_KEY = "govern_outbox_unsure"  # session.info: a rollback dropped some of them
@@ -84,6 +87,8 @@ def enqueue_task(
     queue: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> OutboxMessage:
+    """Queue task ``name`` (by default to its queue in `governance.outbox.names`) after the commit."""
+    queue = queue or QUEUE_OF.get(name)
     payload: dict[str, Any] = {**(extra or {}), "args": list(args or []), "kwargs": dict(kwargs or {}), "queue": queue}
     msg = OutboxMessage(kind="task", target=name, payload=payload)
     session.add(msg)
@@ -93,7 +98,7 @@ def enqueue_task(
 
 
 def enqueue_gate(session: Session, *, version_id: int) -> OutboxMessage:
-    return enqueue_task(session, name=GATE_TASK, args=[version_id], queue=GATE_QUEUE, extra={"version_id": version_id})
+    return enqueue_task(session, name=GATE_TASK, args=[version_id], extra={"version_id": version_id})
 
 
 def enqueue_publish(session: Session, *, channel: str, payload: dict[str, Any]) -> OutboxMessage:
@@ -126,9 +131,7 @@ def _redis(url: str) -> redis_lib.Redis:
 
 
 @lru_cache(maxsize=8)
-def _celery(url: str) -> Any:
-    from celery import Celery
-
+def _celery(url: str) -> Celery:
     app = Celery("governance-outbox", broker=url)
     app.conf.broker_connection_retry_on_startup = False
     app.conf.broker_connection_timeout = 5
@@ -220,3 +223,23 @@ def mark_published(engine: Engine, ids: list[int]) -> None:
             .where(OutboxMessage.id.in_(ids), OutboxMessage.published_at.is_(None))
             .values(published_at=utcnow(), attempts=OutboxMessage.attempts + 1)
         )
+
+
+@contextmanager
+def unit_of_work_then_publish(engine: Engine, redis_url: Callable[[], str]) -> Iterator[Session]:
+    """A unit of work whose outbox rows are sent right after its commit (`publish_committed`).
+
+    The task edge's counterpart of the API's request transaction: one send-after-commit
+    path for every queued task. Nothing is sent when the transaction rolls back; a failed
+    send (Redis down, no URL) is logged and left to the sweep. ``redis_url`` is only
+    called when there is something to send.
+    """
+    with unit_of_work(engine) as session:
+        yield session
+    outgoing = take_outgoing(session)  # only reached once the commit returned
+    if not outgoing:
+        return
+    try:
+        publish_committed(engine, redis_url(), outgoing)
+    except Exception as exc:  # the periodic sweep sends what is left
+        log.warning("outbox not published after commit (%s); the sweep will", exc)

@@ -113,7 +113,7 @@ def _state(world: dict[str, Any], vid: int) -> str:
 def test_gate_runs_on_real_workers_single_and_sharded(
     gate_world: dict[str, Any], procs: Procs, celery_client: Any, test_state_dir: Path, shards: int
 ) -> None:
-    from monitors.celery_app import GATE_TASK, GATES_QUEUE
+    from governance.outbox.names import GATE_TASK, GATES_QUEUE
 
     extra = {"GOVERN_GATE_SHARDS": str(shards)}
     for i in range(2):  # two gate workers, one process each, as two machines would run them

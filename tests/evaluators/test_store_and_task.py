@@ -232,7 +232,8 @@ def test_sharded_gate_matches_the_single_process_gate(world: dict[str, Any], tmp
 
 def test_the_worker_registers_the_chord_parts_on_the_gates_queue() -> None:
     import monitors.tasks  # noqa: F401  (registers the tasks)
-    from monitors.celery_app import GATES_QUEUE, app, routes
+    from governance.outbox.names import GATES_QUEUE
+    from monitors.celery_app import app, routes
 
     names = {"evaluators.run_gate", "evaluators.gate_shard", "evaluators.gate_finish"}
     assert names <= set(app.tasks)

@@ -10,12 +10,14 @@ import json
 import time
 from typing import Any
 
+import pytest
 import redis as redis_lib
 from sqlalchemy import select
 
 from governance.db import unit_of_work
 from governance.outbox import service as outbox
 from governance.outbox.models import OutboxMessage
+from governance.outbox.names import GATE_TASK, QUEUE_OF, QUEUES
 from tests.governance.conftest import uid
 
 
@@ -95,3 +97,55 @@ def test_a_failed_send_leaves_the_row_to_the_sweep(engine: Any, redis_url: str) 
     assert _messages(pubsub, timeout=0.5) == []
     row = _row(engine, msg.id)
     assert row.published_at is None, "still pending: the sweep (publish_pending) sends it"
+
+
+def test_the_task_edge_sends_after_commit_once_and_never_after_a_rollback(engine: Any, redis_url: str) -> None:
+    """`unit_of_work_then_publish`: the Celery tasks' send-after-commit path."""
+    channel = outbox.deployment_channel(uid("dep"))
+    pubsub = _subscribe(redis_url, channel)
+    with outbox.unit_of_work_then_publish(engine, lambda: redis_url) as s:
+        msg = outbox.enqueue_publish(s, channel=channel, payload={"generation": 3})
+    assert [m["generation"] for m in _messages(pubsub)] == [3]
+    assert _row(engine, msg.id).published_at is not None, "marked: the sweep does not send it again"
+
+    asked: list[str] = []
+
+    def url() -> str:
+        asked.append("url")
+        return redis_url
+
+    with pytest.raises(RuntimeError), outbox.unit_of_work_then_publish(engine, url) as s:
+        outbox.enqueue_publish(s, channel=channel, payload={"generation": 4})
+        raise RuntimeError("the change fails after the row was written")
+    with outbox.unit_of_work_then_publish(engine, url):
+        pass  # nothing enqueued: nothing to send, Redis not even looked up
+    assert _messages(pubsub, timeout=0.5) == [] and asked == []
+
+
+def test_the_task_edge_leaves_a_failed_send_to_the_sweep(engine: Any) -> None:
+    def no_services() -> str:
+        raise RuntimeError("no GOVERN_REDIS_URL set and the embedded redis is not running")
+
+    with outbox.unit_of_work_then_publish(engine, no_services) as s:  # does not raise: the commit stands
+        msg = outbox.enqueue_publish(s, channel=outbox.deployment_channel(uid("dep")), payload={"generation": 1})
+    assert _row(engine, msg.id).published_at is None, "still pending: the sweep sends it"
+
+
+def test_a_task_goes_to_its_own_queue_unless_told_otherwise(engine: Any) -> None:
+    with pytest.raises(RuntimeError), unit_of_work(engine) as s:  # rolled back: never sent
+        assert outbox.enqueue_gate(s, version_id=0).payload["queue"] == QUEUE_OF[GATE_TASK] == "gates"
+        assert outbox.enqueue_task(s, name=GATE_TASK, queue="elsewhere").payload["queue"] == "elsewhere"
+        raise RuntimeError("roll back")
+
+
+def test_every_task_has_one_queue_and_the_workers_listen_on_exactly_those() -> None:
+    from monitors.celery_app import app, default_queues, routes
+    from monitors.schedule import beat_schedule
+    from monitors.tasks import run_check_task  # registers the tasks
+
+    assert set(QUEUE_OF.values()) == set(QUEUES) == set(default_queues())  # no queue nobody sends to
+    registered = {name for name in app.tasks if not name.startswith("celery.")}
+    assert registered == set(QUEUE_OF)
+    assert all(app.tasks[name].queue == QUEUE_OF[name] == routes()[name]["queue"] for name in QUEUE_OF)
+    assert all(entry["options"]["queue"] == QUEUE_OF[entry["task"]] for entry in beat_schedule().values())
+    assert run_check_task.name == "monitors.run_check"

@@ -18,6 +18,7 @@ from governance.audit.models import AuditEntry
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
 from governance.deployments.models import Promotion
+from governance.errors import Conflict
 from governance.monitoring.models import DetectorState, DriftCheck, MonitorReference
 from governance.outbox.models import OutboxMessage
 from governance.registry.models import TokenVersion
@@ -34,6 +35,12 @@ def _rollback(world: World, expected: int | None, check_id: int = 0, detector: s
 def _count(world: World, model, *where) -> int:  # type: ignore[no-untyped-def]
     with unit_of_work(world.engine) as s:
         return int(s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+
+def _rollback_rows(world: World) -> list[OutboxMessage]:
+    with unit_of_work(world.engine) as s:
+        rows = s.scalars(select(OutboxMessage).where(OutboxMessage.target == "monitors.auto_rollback"))
+        return [r for r in rows if r.payload["kwargs"]["deployment_id"] == world.deployment_id]
 
 
 def _alerts(world: World, kind: str) -> list[Alert]:
@@ -56,14 +63,17 @@ def test_drift_alerts_then_rolls_back_once_with_evidence(world: World) -> None:
     world.record(v2, 40, violating_every=2)
     bad1 = world.check("w3")
     assert bad1.verdict == "drift" and bad1.detectors["policy_violations"]["verdict"] == "drift"
-    assert not bad1.followups  # one window is not enough (consecutive_windows: 2)
+    assert bad1.rollback is None  # one window is not enough (consecutive_windows: 2)
+    assert _rollback_rows(world) == []
     world.record(v2, 40, violating_every=2)
     bad2 = world.check("w4")
-    assert bad2.verdict == "drift" and len(bad2.followups) == 1
-    kwargs = bad2.followups[0]["kwargs"]
+    assert bad2.verdict == "drift" and bad2.rollback is not None
+    kwargs = bad2.rollback
     assert kwargs == {"deployment_id": world.deployment_id, "expected_version_id": v2,
                       "check_id": bad2.check_id, "detector": "policy_violations"}
     assert _count(world, OutboxMessage, OutboxMessage.target == "monitors.auto_rollback") >= 1
+    # queued once, in the outbox only (sent after the commit by the task edge or the sweep)
+    assert [(r.payload["kwargs"], r.payload["queue"]) for r in _rollback_rows(world)] == [(kwargs, "rollback")]
     # one open drift alert for the incident, counted twice
     drift = [a for a in _alerts(world, "drift") if a.details.get("detector") == "policy_violations"]
     assert len(drift) == 1 and drift[0].occurrences == 2 and drift[0].severity == "critical"
@@ -221,3 +231,32 @@ def test_two_dispatchers_one_check_per_window(world: World, redis_url: str) -> N
     results = [world.check(key), world.check(key)]
     assert sorted(r.status for r in results) == ["done", "duplicate"]
     assert _count(world, DriftCheck, DriftCheck.deployment_id == world.deployment_id) == 1
+
+
+def test_the_manual_and_the_automatic_rollback_share_one_set_of_guards(world: World) -> None:
+    v1 = world.release()
+    v2 = world.release()
+    officer = world.people["compliance_officer"]
+    with unit_of_work(world.engine) as s:
+        deployments.freeze(s, deployment=world.deployment, principal=officer)
+
+    def guard(expected: int, automatic: bool) -> deployments.RollbackOutcome | None:
+        with unit_of_work(world.engine) as s:
+            dep = deployments.get_deployment_or_raise(s, name=world.deployment, lock=True)
+            current = deployments.active_version(s, deployment=dep, lock=True)
+            return deployments.check_rollback_guards(s, dep=dep, current=current, automatic=automatic,
+                                                     expected_active_version_id=expected)
+
+    frozen, stale = guard(v2, automatic=True), guard(v1, automatic=False)
+    assert frozen is not None and frozen.status == "frozen" and "automatic rollback is off" in frozen.message
+    assert stale is not None and stale.status == "stale" and f"now serves version {v2}, not {v1}" in stale.message
+    assert guard(v2, automatic=False) is None  # freezing stops the monitor, not a person
+    with pytest.raises(Conflict, match="nothing rolled back"), unit_of_work(world.engine) as s:
+        deployments.rollback(s, deployment=world.deployment, principal=officer, reason="bad release",
+                             expected_active_version_id=v1)
+    with unit_of_work(world.engine) as s:
+        deployments.unfreeze(s, deployment=world.deployment, principal=officer)
+    assert _rollback(world, v2).status == "rolled_back"
+    done = guard(v2, automatic=True)
+    assert done is not None and done.status == "already_done"
+    assert world.active() == v1
