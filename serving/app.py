@@ -1,7 +1,7 @@
 """The serving app factory: OpenAI-compatible routes over the engine, the watcher and the recorder.
 
 `create_app(config)` loads the base model once (or takes a preloaded one), attaches an
-Aligner adapter, and wires: the `Engine` (batching model thread), the `TokenWatcher`
+Aligner adapter, and wires: the `DecodeEngine` (batching model thread), the `TokenWatcher`
 (active token from the governance API, hot swaps) and the `OutputRecorder` (every
 response to PostgreSQL, spooled when it is down). Routes:
 
@@ -34,8 +34,8 @@ from pydantic import ValidationError
 
 from serving.control import ControlPlane
 from serving.engine import (
+    DecodeEngine,
     Delta,
-    Engine,
     Event,
     Failed,
     Finished,
@@ -92,7 +92,7 @@ class ServingConfig:
 @dataclass
 class ServingState:
     config: ServingConfig
-    engine: Engine
+    engine: DecodeEngine
     watcher: TokenWatcher
     recorder: OutputRecorder | None
     metrics: ServingMetrics
@@ -240,7 +240,7 @@ def create_app(
         if recorder is not None:
             recorder.record(_output_row(config.deployment, req, done))
 
-    engine = Engine(
+    engine = DecodeEngine(
         model,
         tokenizer,
         max_batch=config.max_batch,

@@ -157,7 +157,7 @@ class _Row:
             self.sent = safe
 
 
-class Engine:
+class DecodeEngine:
     """Owns the model on one thread; `submit` enqueues, `propose` offers a newer token."""
 
     def __init__(

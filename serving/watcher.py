@@ -43,7 +43,7 @@ from typing import Any
 
 from aligner.model import ModelShape
 from serving.control import ActiveState, ControlPlane, ControlPlaneError
-from serving.engine import Engine
+from serving.engine import DecodeEngine
 from serving.tokens import ServedToken, TokenVerificationError, sha256_hex, verify_artifact
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class TokenWatcher:
         *,
         control: ControlPlane,
         deployment: str,
-        engine: Engine,
+        engine: DecodeEngine,
         base_digest: str,
         shape: ModelShape,
         redis_url: str | None,

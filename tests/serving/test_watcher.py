@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from serving.control import ActiveState
-from serving.engine import Engine
+from serving.engine import DecodeEngine
 from serving.watcher import TokenWatcher
 from tests.serving.helpers import attached_copy, make_token
 
@@ -47,9 +47,9 @@ class FakeControl:
 
 
 @pytest.fixture()
-def setup(tiny: tuple[Any, Any, Any]) -> Iterator[tuple[TokenWatcher, FakeControl, Engine, list[Any]]]:
+def setup(tiny: tuple[Any, Any, Any]) -> Iterator[tuple[TokenWatcher, FakeControl, DecodeEngine, list[Any]]]:
     model, tokenizer, digests = attached_copy(tiny)
-    engine = Engine(model, tokenizer, max_batch=2, queue_size=4)
+    engine = DecodeEngine(model, tokenizer, max_batch=2, queue_size=4)
     tokens = [make_token(digests, seed=300 + i) for i in range(3)]
     control = FakeControl({t.sha256: t.to_bytes() for t in tokens}, ActiveState(1, tokens[0].sha256, 1))
     watcher = TokenWatcher(
@@ -69,7 +69,7 @@ def setup(tiny: tuple[Any, Any, Any]) -> Iterator[tuple[TokenWatcher, FakeContro
     engine.stop()
 
 
-def wait_served(engine: Engine, generation: int) -> None:
+def wait_served(engine: DecodeEngine, generation: int) -> None:
     deadline = time.monotonic() + 30
     while engine.current is None or engine.current.generation != generation:
         assert time.monotonic() < deadline, f"engine did not reach generation {generation}: {engine.current}"
