@@ -32,7 +32,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from serving.control import ControlPlane
+from governance.client import GovernClient
 from serving.engine import (
     DecodeEngine,
     Delta,
@@ -72,6 +72,7 @@ class ServingConfig:
     default_max_tokens: int = 256
     api_url: str = "http://127.0.0.1:8400"
     api_key: str | None = None
+    api_timeout: float = 2.0  # a replica must notice an unreachable API quickly and keep serving what it has
     redis_url: str | None = None  # None: no push, reconcile only
     database_url: str | None = None  # None: outputs are not recorded (tests of the engine alone)
     state_dir: Path = Path("state")
@@ -250,7 +251,7 @@ def create_app(
     )
     engine.add_swap_listener(lambda t: metrics.on_swap(t))
     watcher = TokenWatcher(
-        control=ControlPlane(config.api_url, config.api_key),
+        control=GovernClient(config.api_url, config.api_key, timeout=config.api_timeout),
         deployment=config.deployment,
         engine=engine,
         base_digest=digests.weights,
