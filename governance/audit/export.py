@@ -10,6 +10,9 @@ Two steps, so that an HTTP response can stream after the bookkeeping has committ
    JSONL is one self-contained file (manifest line, entry lines, checkpoint line); CSV is
    the entry table, with ``sidecar_json(plan)`` as ``<file>.manifest.json`` beside it.
 
+``export_stream`` does both for an HTTP download (the API's ``GET /v1/audit/export`` and the
+web UI's export button): one file name, media type and set of headers for every caller.
+
 The layout is documented in docs/audit-export-format.md and checked by ``verify.py``.
 """
 
@@ -36,6 +39,7 @@ from governance.audit.service import append, checkpoint_record, write_checkpoint
 from governance.audit.signing import sign_manifest
 from governance.audit.verify import CSV_COLUMNS, FORMAT_NAME, FORMAT_VERSION, csv_sidecar_path, entry_line
 from governance.db import unit_of_work, utcnow
+from governance.errors import InvalidInput
 
 ExportFormat = Literal["jsonl", "csv"]
 FORMATS: tuple[str, ...] = ("jsonl", "csv")
@@ -278,6 +282,51 @@ def sidecar_json(plan: ExportPlan) -> str:
     return json.dumps({"manifest": plan.manifest, "checkpoint": plan.checkpoint}, ensure_ascii=False, indent=2) + "\n"
 
 
+@dataclass(frozen=True)
+class ExportStream:
+    """An export ready to become a streaming HTTP response (no web framework here)."""
+
+    plan: ExportPlan
+    body: Iterator[bytes]
+    media_type: str
+    headers: dict[str, str]
+
+
+def export_stream(
+    session: Session,
+    *,
+    engine: Engine,
+    key: Ed25519PrivateKey,
+    actor: str,
+    actor_key_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    fmt: str = "jsonl",
+) -> ExportStream:
+    """Prepare the export in the caller's transaction; the body streams from a fresh read-only one.
+
+    Raises InvalidInput for a request ``prepare_export`` refuses. The body must be read only
+    after the caller committed (a streaming response starts after the route returned).
+    """
+    try:
+        plan = prepare_export(
+            session, key=key, actor=actor, actor_key_id=actor_key_id, since=since, until=until, fmt=fmt
+        )
+    except ExportError as exc:
+        raise InvalidInput(str(exc)) from None
+
+    def body() -> Iterator[bytes]:
+        with unit_of_work(engine) as read:
+            for line in iter_export_lines(read, plan):
+                yield line.encode("utf-8")
+
+    headers = {"Content-Disposition": f'attachment; filename="{plan.filename}"', "X-Audit-Entries": str(plan.count)}
+    if plan.fmt == "csv":
+        # the CSV's signed manifest travels in a header (it is small); JSONL carries it inline
+        headers["X-Audit-Manifest"] = sidecar_json(plan).replace("\n", "")
+    return ExportStream(plan=plan, body=body(), media_type=plan.media_type, headers=headers)
+
+
 def export_to_file(
     engine: Engine,
     out: Path,
@@ -328,7 +377,9 @@ def _os_user() -> str:
 __all__ = [
     "ExportError",
     "ExportPlan",
+    "ExportStream",
     "build_manifest",
+    "export_stream",
     "export_to_file",
     "iter_export_lines",
     "iter_rows",
