@@ -12,7 +12,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from dashboards.deps import CsrfDep, SessionDep, ViewerDep, get_engine, parent_app, render, require
 from governance.audit import service as audit
-from governance.audit.export import export_stream
+from governance.audit.export import export_stream, prepare_export
 from governance.audit.signing import AuditKeyError, default_private_key_path, load_public_key, load_signing_key
 from governance.errors import InvalidInput, ServiceUnavailable
 from governance.roles import Role
@@ -98,9 +98,9 @@ def export(
         key = _signing_key(request)
     except AuditKeyError as exc:
         raise ServiceUnavailable(f"cannot export: {exc}") from None
-    stream = export_stream(
-        session, engine=get_engine(request), key=key, actor=viewer.principal.actor,
-        actor_key_id=viewer.principal.key_prefix, since=_when("since", since), until=_when("until", until),
-        fmt="jsonl",
+    plan = prepare_export(
+        session, key=key, actor=viewer.principal.actor, actor_key_id=viewer.principal.key_prefix,
+        since=_when("since", since), until=_when("until", until), fmt="jsonl",
     )
+    stream = export_stream(plan, engine=get_engine(request))
     return StreamingResponse(stream.body, media_type=stream.media_type, headers=stream.headers)

@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from governance.api.deps import SessionDep, role
 from governance.audit import service as audit
-from governance.audit.export import export_stream
+from governance.audit.export import export_stream, prepare_export
 from governance.audit.signing import load_signing_key
 from governance.errors import ServiceUnavailable
 from governance.principal import Principal
@@ -84,9 +84,8 @@ def export_audit(
         key = load_signing_key(request.app.state.settings)
     except Exception as exc:  # AuditKeyError: the installation has no signing key yet
         raise ServiceUnavailable(f"the audit log cannot be exported: {exc}") from None
-    stream = export_stream(
+    plan = prepare_export(
         session,
-        engine=request.app.state.engine,
         key=key,
         actor=principal.actor,
         actor_key_id=principal.key_prefix,
@@ -94,4 +93,5 @@ def export_audit(
         until=until,
         fmt=fmt,
     )
+    stream = export_stream(plan, engine=request.app.state.engine)
     return StreamingResponse(stream.body, media_type=stream.media_type, headers=stream.headers)

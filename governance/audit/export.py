@@ -10,8 +10,9 @@ Two steps, so that an HTTP response can stream after the bookkeeping has committ
    JSONL is one self-contained file (manifest line, entry lines, checkpoint line); CSV is
    the entry table, with ``sidecar_json(plan)`` as ``<file>.manifest.json`` beside it.
 
-``export_stream`` does both for an HTTP download (the API's ``GET /v1/audit/export`` and the
-web UI's export button): one file name, media type and set of headers for every caller.
+``export_stream(plan, engine=...)`` turns a prepared plan into an HTTP download (the API's
+``GET /v1/audit/export`` and the web UI's export button): one file name, media type and set
+of headers for every caller. ``ExportError`` is an ``InvalidInput``, so both answer 422.
 
 The layout is documented in docs/audit-export-format.md and checked by ``verify.py``.
 """
@@ -47,8 +48,8 @@ HASH_RULE = "hash = sha256(utf8(prev_hash_hex + entry_json)); first prev_hash of
 _YIELD_PER = 5_000
 
 
-class ExportError(ValueError):
-    """The export request is invalid (bad format, a range that ends before it starts)."""
+class ExportError(InvalidInput, ValueError):
+    """The export request is invalid (bad format, a range that ends before it starts); a 422 over HTTP."""
 
 
 @dataclass(frozen=True)
@@ -292,28 +293,12 @@ class ExportStream:
     headers: dict[str, str]
 
 
-def export_stream(
-    session: Session,
-    *,
-    engine: Engine,
-    key: Ed25519PrivateKey,
-    actor: str,
-    actor_key_id: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    fmt: str = "jsonl",
-) -> ExportStream:
-    """Prepare the export in the caller's transaction; the body streams from a fresh read-only one.
+def export_stream(plan: ExportPlan, *, engine: Engine) -> ExportStream:
+    """The download of a prepared export: its lines stream from a fresh read-only transaction.
 
-    Raises InvalidInput for a request ``prepare_export`` refuses. The body must be read only
-    after the caller committed (a streaming response starts after the route returned).
+    Read the body only after the transaction that prepared ``plan`` committed (a streaming
+    response starts after the route returned, so that holds for the routes).
     """
-    try:
-        plan = prepare_export(
-            session, key=key, actor=actor, actor_key_id=actor_key_id, since=since, until=until, fmt=fmt
-        )
-    except ExportError as exc:
-        raise InvalidInput(str(exc)) from None
 
     def body() -> Iterator[bytes]:
         with unit_of_work(engine) as read:

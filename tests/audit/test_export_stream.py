@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import Engine
 
-from governance.audit.export import export_stream
+from governance.audit.export import ExportError, export_stream, prepare_export
 from governance.audit.service import append
 from governance.audit.verify import verify_export
 from governance.db import make_engine, unit_of_work
@@ -30,7 +30,8 @@ def db(scratch_db: Callable[[], str]) -> Iterator[Engine]:
 
 def _download(engine: Engine, key: Ed25519PrivateKey, **kw: object) -> tuple[bytes, str, dict[str, str]]:
     with unit_of_work(engine) as session:
-        stream = export_stream(session, engine=engine, key=key, actor="user:auditor", **kw)  # type: ignore[arg-type]
+        plan = prepare_export(session, key=key, actor="user:auditor", **kw)  # type: ignore[arg-type]
+    stream = export_stream(plan, engine=engine)
     # read after the commit, as a streaming response does
     return b"".join(stream.body), stream.media_type, stream.headers
 
@@ -64,6 +65,7 @@ def test_an_empty_range_is_named_empty(db: Engine, signing_key: Ed25519PrivateKe
 
 
 def test_a_refused_request_is_invalid_input(db: Engine, signing_key: Ed25519PrivateKey) -> None:
+    assert issubclass(ExportError, InvalidInput) and issubclass(ExportError, ValueError)
     with pytest.raises(InvalidInput, match="unknown export format"):
         _download(db, signing_key, fmt="xml")
     with pytest.raises(InvalidInput, match="time zone"):
