@@ -21,6 +21,12 @@ import httpx
 import psycopg
 import uvicorn
 
+from governance import migrate
+from governance.api.app import create_app
+from governance.db import make_engine
+from governance.settings import Settings
+from tests.governance.conftest import make_world
+
 PG = os.environ.get("GOVERN_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS = os.environ.get("GOVERN_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -32,11 +38,6 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=2)
     args = ap.parse_args()
 
-    from governance import migrate
-    from governance.api.app import create_app
-    from governance.db import make_engine
-    from governance.settings import Settings
-
     name = f"govern_bench_{uuid.uuid4().hex[:8]}"
     admin = PG.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -45,8 +46,6 @@ def main() -> None:
     try:
         engine = make_engine(url)
         migrate.upgrade(engine)
-        from tests.governance.conftest import make_world
-
         world = make_world(engine)
         vid = world.approved()
         world.promote(vid)

@@ -36,19 +36,40 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import httpx
+import openai
+import psycopg
+from rich.console import Console
+from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# The project's modules after the path is set (the bench runs as a script from any folder).
+import torch  # noqa: E402
+
+from aligner.generation import encode_chat, generate_ids  # noqa: E402
+from aligner.providers import load_base_model  # noqa: E402
+from governance import migrate  # noqa: E402
+from governance.db import make_engine, unit_of_work  # noqa: E402
+from governance.deployments import service as deployments  # noqa: E402
+from governance.outbox.service import Outgoing, mark_published, publish_pending, send_committed, take_outgoing  # noqa: E402
+from serving.app import ServingConfig, create_app  # noqa: E402
+from serving.recorder import DatabaseSink, OutputRecorder  # noqa: E402
 from tests.serving.helpers import ServerThread, attached_copy, free_port, governance_app, make_world  # noqa: E402
 
 MACHINE_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -71,11 +92,6 @@ def pct(values: list[float], q: float) -> float:
 
 
 def fresh_database() -> tuple[str, str, str]:
-    import psycopg
-
-    from governance import migrate
-    from governance.db import make_engine
-
     admin = os.environ.get("GOVERN_DATABASE_URL") or MACHINE_PG
     name = f"govern_bench_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
@@ -89,8 +105,6 @@ def fresh_database() -> tuple[str, str, str]:
 
 
 def drop_database(admin: str, name: str) -> None:
-    import psycopg
-
     with psycopg.connect(admin.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
         conn.execute(f'drop database if exists "{name}" with (force)')
 
@@ -100,7 +114,6 @@ def drop_database(admin: str, name: str) -> None:
 
 def load_worker(urls: list[str], clients: int, max_tokens: int, model: str) -> None:
     """Run in a separate process: `clients` threads per replica, each sending completions until killed."""
-    import httpx
 
     def run(url: str, k: int) -> None:
         with httpx.Client(base_url=url, timeout=30) as c:
@@ -125,6 +138,150 @@ def load_worker(urls: list[str], clients: int, max_tokens: int, model: str) -> N
         t.join()
 
 
+def _replica_env(world: Any, api_url: str, url: str, redis_url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "GOVERN_DATABASE_URL": url,
+        "GOVERN_REDIS_URL": redis_url,
+        "GOVERN_API_URL": api_url,
+        "GOVERN_API_KEY": world.keys["service"],
+        "GOVERN_STATE_DIR": str(Path(os.environ.get("GOVERN_STATE_DIR", ROOT / "state"))),
+        "GOVERN_ENVIRONMENT": "test",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def _start_replica(port: int, deployment: str, env: dict[str, str], logdir: Path, torch_threads: int) -> Any:
+    cmd = [sys.executable, "-m", "governance.cli.main", "serve", "--deployment", deployment, "--port", str(port)]
+    cmd += ["--model", "tiny-random-llama", "--no-fence", "--replica-id", f"bench{port}"]
+    cmd += ["--torch-threads", str(torch_threads)]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=(logdir / f"{port}.log").open("wb"), stderr=subprocess.STDOUT
+    )
+
+
+def _status(c: httpx.Client) -> dict[str, Any]:
+    try:
+        return dict(c.get("/v1/serving/status").json())
+    except (httpx.HTTPError, ValueError):
+        return {}
+
+
+def _wait_steady(clients: list[httpx.Client], n_versions: int, logdir: Path) -> None:
+    """Every replica ready and subscribed, then (best effort) every version prefetched and verified."""
+    deadline = time.monotonic() + 300
+    while not all(_status(c).get("ready") and _status(c).get("pubsub_connected") for c in clients):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"replicas did not become ready; logs in {logdir}")
+        time.sleep(0.2)
+    # Steady state: each replica has prefetched and verified the versions (a replica that
+    # has just started fetches the ones it has not reached yet on the push path).
+    deadline = time.monotonic() + 60
+    while not all(_status(c).get("cached_tokens", 0) >= n_versions for c in clients):
+        if time.monotonic() > deadline:
+            print("propagation: prefetch not complete after 60 s; measuring anyway", flush=True)
+            break
+        time.sleep(0.2)
+
+
+def _flip(eng: Any, world: Any, versions: list[int], i: int, nxt: int) -> tuple[int, Outgoing]:
+    """One promotion or rollback, committed exactly as the API does it; returns what to publish."""
+    dep = world.deployment
+    with unit_of_work(eng) as s:
+        if i % 2 == 0:
+            promo = deployments.promote(
+                s, deployment=dep, version_id=versions[nxt], principal=world.principals["ml_engineer"]
+            )
+            gen = int(promo.generation)
+        else:
+            out = deployments.rollback(
+                s, deployment=dep, principal=world.principals["compliance_officer"], reason="bench flip"
+            )
+            assert out.status == "rolled_back", out
+            gen = int(out.generation or 0)
+    return gen, take_outgoing(s)
+
+
+@dataclass
+class _Flips:
+    """Per flip, in ms: latencies to the slowest replica, and the slowest replica's breakdown."""
+
+    commit: list[float] = field(default_factory=list)
+    sent: list[float] = field(default_factory=list)
+    published: list[float] = field(default_factory=list)
+    hop: list[float] = field(default_factory=list)  # commit -> the slowest replica received the message
+    prep: list[float] = field(default_factory=list)  # received -> verified token proposed
+    apply: list[float] = field(default_factory=list)  # proposed -> applied by the model thread
+    cached: int = 0
+    kinds: dict[str, int] = field(default_factory=lambda: {"promote": 0, "rollback": 0})
+
+
+def _wait_swapped(clients: list[httpx.Client], gen: int, i: int) -> tuple[list[float], list[dict[str, Any]]]:
+    """When each replica swapped generation `gen` in (its own clock), and its last sync timing."""
+    swapped: list[float] = []
+    syncs: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 10
+    time.sleep(0.01)
+    for c in clients:
+        while True:
+            s = _status(c)
+            if s.get("generation") == gen and s.get("swapped_at"):
+                swapped.append(float(s["swapped_at"]))
+                sync = s.get("last_sync") or {}
+                syncs.append(sync if sync.get("generation") == gen else {})
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"flip {i}: a replica did not reach generation {gen}")
+            time.sleep(0.02)  # polling slowly: the replica's own clock says when it swapped
+    return swapped, syncs
+
+
+def _measure_flips(
+    eng: Any, world: Any, versions: list[int], clients: list[httpx.Client], redis_url: str, flips: int
+) -> _Flips:
+    m = _Flips()
+    _flip(eng, world, versions, 0, 0)
+    publish_pending(eng, redis_url)  # the sweep: sends whatever was left unsent
+    nxt = 1
+    for i in range(flips):
+        time.sleep(0.05)  # let the previous flip settle everywhere
+        t_sent = time.time()
+        gen, outgoing = _flip(eng, world, versions, i, nxt)
+        t_commit = time.time()  # the commit has just returned
+        # What the API runs right after each commit (`publish_committed`), in its two halves
+        # so that "published" is the moment the PUBLISH returned, not the row's marking.
+        sent = send_committed(redis_url, outgoing)
+        t_published = time.time()
+        mark_published(eng, sent)
+        if i % 2 == 0:
+            nxt += 1
+            m.kinds["promote"] += 1
+        else:
+            m.kinds["rollback"] += 1
+        swapped, syncs = _wait_swapped(clients, gen, i)
+        last = max(swapped)
+        slowest = syncs[swapped.index(last)]
+        if slowest:
+            m.hop.append((slowest["received_at"] - t_commit) * 1000)
+            m.prep.append((slowest["ready_at"] - slowest["received_at"]) * 1000)
+            m.apply.append((last - slowest["ready_at"]) * 1000)
+        m.cached += sum(1 for x in syncs if x.get("cached"))
+        m.commit.append((last - t_commit) * 1000)
+        m.sent.append((last - t_sent) * 1000)
+        m.published.append((last - t_published) * 1000)
+    return m
+
+
+def _stop_all(procs: list[Any]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def bench_propagation(
     eng: Any,
     url: str,
@@ -137,173 +294,41 @@ def bench_propagation(
     load: int = 0,
     load_max_tokens: int = 16,
 ) -> list[tuple]:
-    import httpx
-
     world = make_world(eng, tiny[2])
     n_versions = flips // 2 + 2
     print(f"propagation: approving {n_versions} versions ...", flush=True)
     versions = [world.approved() for _ in range(n_versions)]
-    state = Path(os.environ.get("GOVERN_STATE_DIR", ROOT / "state"))
     procs: list[subprocess.Popen[bytes]] = []
     ports = [free_port() for _ in range(n_replicas)]
     logdir = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     with ServerThread(governance_app(url, redis_url, logdir / "gov")) as api:
-        env = {
-            **os.environ,
-            "GOVERN_DATABASE_URL": url,
-            "GOVERN_REDIS_URL": redis_url,
-            "GOVERN_API_URL": api.url,
-            "GOVERN_API_KEY": world.keys["service"],
-            "GOVERN_STATE_DIR": str(state),
-            "GOVERN_ENVIRONMENT": "test",
-            "PYTHONPATH": str(ROOT),
-        }
+        env = _replica_env(world, api.url, url, redis_url)
         try:
             for p in ports:
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "governance.cli.main",
-                    "serve",
-                    "--deployment",
-                    world.deployment,
-                    "--port",
-                    str(p),
-                    "--model",
-                    "tiny-random-llama",
-                    "--no-fence",
-                    "--replica-id",
-                    f"bench{p}",
-                    "--torch-threads",
-                    str(torch_threads),
-                ]
-                procs.append(
-                    subprocess.Popen(
-                        cmd, cwd=ROOT, env=env, stdout=(logdir / f"{p}.log").open("wb"), stderr=subprocess.STDOUT
-                    )
-                )
+                procs.append(_start_replica(p, world.deployment, env, logdir, torch_threads))
             clients = [httpx.Client(base_url=f"http://127.0.0.1:{p}", timeout=5) for p in ports]
-
-            def status(c: httpx.Client) -> dict[str, Any]:
-                try:
-                    return dict(c.get("/v1/serving/status").json())
-                except (httpx.HTTPError, ValueError):
-                    return {}
-
-            deadline = time.monotonic() + 300
-            while not all(status(c).get("ready") and status(c).get("pubsub_connected") for c in clients):
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"replicas did not become ready; logs in {logdir}")
-                time.sleep(0.2)
-            # Steady state: each replica has prefetched and verified the versions (a replica that
-            # has just started fetches the ones it has not reached yet on the push path).
-            deadline = time.monotonic() + 60
-            while not all(status(c).get("cached_tokens", 0) >= n_versions for c in clients):
-                if time.monotonic() > deadline:
-                    print("propagation: prefetch not complete after 60 s; measuring anyway", flush=True)
-                    break
-                time.sleep(0.2)
+            _wait_steady(clients, n_versions, logdir)
             if load:
                 urls = ",".join(f"http://127.0.0.1:{p}" for p in ports)
                 cmd = [sys.executable, __file__, "--load-worker", urls, "--load", str(load)]
                 cmd += ["--load-max-tokens", str(load_max_tokens), "--load-model", world.deployment]
                 procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env))
                 time.sleep(2.0)  # the clients are sending before the first flip
-            from governance.db import unit_of_work
-            from governance.deployments import service as deployments
-            from governance.outbox.service import (
-                Outgoing,
-                mark_published,
-                publish_pending,
-                send_committed,
-                take_outgoing,
-            )
-
-            dep = world.deployment
-
-            def flip(i: int, nxt: int) -> tuple[int, Outgoing]:
-                """One promotion or rollback, committed exactly as the API does it; returns what to publish."""
-                with unit_of_work(eng) as s:
-                    if i % 2 == 0:
-                        promo = deployments.promote(
-                            s, deployment=dep, version_id=versions[nxt], principal=world.principals["ml_engineer"]
-                        )
-                        gen = int(promo.generation)
-                    else:
-                        out = deployments.rollback(
-                            s, deployment=dep, principal=world.principals["compliance_officer"], reason="bench flip"
-                        )
-                        assert out.status == "rolled_back", out
-                        gen = int(out.generation or 0)
-                return gen, take_outgoing(s)
-
-            flip(0, 0)
-            publish_pending(eng, redis_url)  # the sweep: sends whatever was left unsent
-            nxt = 1
-            lat_commit: list[float] = []
-            lat_sent: list[float] = []
-            lat_pub: list[float] = []
-            hop: list[float] = []  # commit -> the slowest replica received the message
-            prep: list[float] = []  # received -> verified token proposed
-            apply: list[float] = []  # proposed -> applied by the model thread
-            cached = 0
-            kinds = {"promote": 0, "rollback": 0}
-            for i in range(flips):
-                time.sleep(0.05)  # let the previous flip settle everywhere
-                t_sent = time.time()
-                gen, outgoing = flip(i, nxt)
-                t_commit = time.time()  # the commit has just returned
-                # What the API runs right after each commit (`publish_committed`), in its two halves
-                # so that "published" is the moment the PUBLISH returned, not the row's marking.
-                sent = send_committed(redis_url, outgoing)
-                t_published = time.time()
-                mark_published(eng, sent)
-                if i % 2 == 0:
-                    nxt += 1
-                    kinds["promote"] += 1
-                else:
-                    kinds["rollback"] += 1
-                swapped: list[float] = []
-                syncs: list[dict[str, Any]] = []
-                deadline = time.monotonic() + 10
-                time.sleep(0.01)
-                for c in clients:
-                    while True:
-                        s = status(c)
-                        if s.get("generation") == gen and s.get("swapped_at"):
-                            swapped.append(float(s["swapped_at"]))
-                            sync = s.get("last_sync") or {}
-                            syncs.append(sync if sync.get("generation") == gen else {})
-                            break
-                        if time.monotonic() > deadline:
-                            raise SystemExit(f"flip {i}: a replica did not reach generation {gen}")
-                        time.sleep(0.02)  # polling slowly: the replica's own clock says when it swapped
-                last = max(swapped)
-                slowest = syncs[swapped.index(last)]
-                if slowest:
-                    hop.append((slowest["received_at"] - t_commit) * 1000)
-                    prep.append((slowest["ready_at"] - slowest["received_at"]) * 1000)
-                    apply.append((last - slowest["ready_at"]) * 1000)
-                cached += sum(1 for x in syncs if x.get("cached"))
-                lat_commit.append((last - t_commit) * 1000)
-                lat_sent.append((last - t_sent) * 1000)
-                lat_pub.append((last - t_published) * 1000)
+            m = _measure_flips(eng, world, versions, clients, redis_url, flips)
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-    label = f"{flips} flips ({kinds['promote']} promote, {kinds['rollback']} rollback), {n_replicas} replicas"
+            _stop_all(procs)
+    label = f"{flips} flips ({m.kinds['promote']} promote, {m.kinds['rollback']} rollback), {n_replicas} replicas"
     label += f", torch threads {torch_threads}" + (
         f", load {load} client(s)/replica x {load_max_tokens} tokens" if load else ", idle"
     )
+    return _propagation_rows(m, label, flips * n_replicas)
+
+
+def _propagation_rows(m: _Flips, label: str, syncs: int) -> list[tuple]:
     parts = [
-        ("slowest replica: commit -> message received", hop, "(Redis hop, incl. publishing)"),
-        ("slowest replica: received -> token proposed", prep, f"cache hits {cached}/{flips * n_replicas}"),
-        ("slowest replica: proposed -> applied", apply, "(model thread; waits for a batch in flight)"),
+        ("slowest replica: commit -> message received", m.hop, "(Redis hop, incl. publishing)"),
+        ("slowest replica: received -> token proposed", m.prep, f"cache hits {m.cached}/{syncs}"),
+        ("slowest replica: proposed -> applied", m.apply, "(model thread; waits for a batch in flight)"),
     ]
     breakdown = [
         (name, label, f"p50 {pct(v, 50):.1f} ms", f"p99 {pct(v, 99):.1f} ms", note, "") for name, v, note in parts if v
@@ -312,24 +337,24 @@ def bench_propagation(
         (
             "propagation: commit -> all replicas serve it",
             label,
-            f"p50 {pct(lat_commit, 50):.1f} ms",
-            f"p99 {pct(lat_commit, 99):.1f} ms",
+            f"p50 {pct(m.commit, 50):.1f} ms",
+            f"p99 {pct(m.commit, 99):.1f} ms",
             "p99 < 50 ms",
-            "PASS" if pct(lat_commit, 99) < 50 else "FAIL",
+            "PASS" if pct(m.commit, 99) < 50 else "FAIL",
         ),
         (
             "propagation: published -> all serve it",
             label,
-            f"p50 {pct(lat_pub, 50):.1f} ms",
-            f"p99 {pct(lat_pub, 99):.1f} ms",
+            f"p50 {pct(m.published, 50):.1f} ms",
+            f"p99 {pct(m.published, 99):.1f} ms",
             "(replica side only)",
             "",
         ),
         (
             "propagation: transaction start -> all serve it",
             label,
-            f"p50 {pct(lat_sent, 50):.1f} ms",
-            f"p99 {pct(lat_sent, 99):.1f} ms",
+            f"p50 {pct(m.sent, 50):.1f} ms",
+            f"p99 {pct(m.sent, 99):.1f} ms",
             "(includes the commit)",
             "",
         ),
@@ -341,10 +366,6 @@ def bench_propagation(
 
 
 def bench_ingest(eng: Any, url: str, tiny: Any, rows: int) -> list[tuple]:
-    from datetime import UTC, datetime
-
-    from serving.recorder import DatabaseSink, OutputRecorder
-
     world = make_world(eng, tiny[2])
     spool = Path(tempfile.mkdtemp(prefix="bench-ingest-")) / "spool.jsonl"
     rec = OutputRecorder(
@@ -390,18 +411,105 @@ def bench_ingest(eng: Any, url: str, tiny: Any, rows: int) -> list[tuple]:
 # ---------------------------------------------------------------- overhead
 
 
+def _direct(model: Any, tokenizer: Any, batch: list[str], max_tokens: int, rounds: int) -> tuple[float, float]:
+    """(tokens/s of wall time, tokens per CPU second of this process) of transformers' generate."""
+    enc = encode_chat(tokenizer, batch)
+    eos_config = model.generation_config.eos_token_id
+    eos = {tokenizer.eos_token_id, *([eos_config] if isinstance(eos_config, int) else eos_config or [])}
+    produced, elapsed, cpu = 0, 0.0, 0.0
+    for _ in range(rounds):
+        out: list[Any] = []
+
+        def call(out: list[Any] = out) -> None:
+            with torch.inference_mode():  # the fastest direct call: no autograd bookkeeping at all
+                out.append(
+                    generate_ids(
+                        model,
+                        enc["input_ids"],
+                        enc["attention_mask"],
+                        max_new_tokens=max_tokens,
+                        pad_token_id=tokenizer.pad_token_id,
+                    )
+                )
+
+        # On a worker thread, like the server's model thread: measured here, torch's OpenMP team
+        # on the main thread of an oversubscribed machine runs generate up to 6x slower.
+        t0, c0 = time.perf_counter(), time.process_time()
+        worker = threading.Thread(target=call)
+        worker.start()
+        worker.join()
+        elapsed += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+        for row in out[0].tolist():
+            produced += next((i for i, t in enumerate(row) if t in eos), len(row))
+    return produced / elapsed, produced / cpu
+
+
+def _served(srv_url: str, model: str, clients: int, max_tokens: int, rounds: int) -> tuple[float, float]:
+    """(tokens/s, tokens per CPU second of this process: server, API and clients) through HTTP."""
+    tokens = [0] * clients
+    barrier = threading.Barrier(clients + 1)
+
+    def run(k: int) -> None:
+        client = openai.OpenAI(base_url=f"{srv_url}/v1", api_key="x", max_retries=0, timeout=600)
+        barrier.wait()
+        for _ in range(rounds):
+            r = client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": PROMPTS[k % len(PROMPTS)]}],
+                max_tokens=max_tokens,
+                temperature=0,
+            )
+            assert r.usage is not None
+            tokens[k] += r.usage.completion_tokens
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0, c0 = time.perf_counter(), time.process_time()
+    for t in threads:
+        t.join()
+    return sum(tokens) / (time.perf_counter() - t0), sum(tokens) / (time.process_time() - c0)
+
+
+def _overhead_row(
+    clients: int,
+    model_name: str,
+    direct: Callable[[list[str]], tuple[float, float]],
+    served: Callable[[int], tuple[float, float]],
+    *,
+    trials: int,
+    rounds: int,
+    max_tokens: int,
+) -> tuple:
+    # The machine is shared and its load drifts: direct and served runs alternate
+    # (direct, served, direct, ..., direct) and each served run is compared with the
+    # mean of the direct runs on either side; the table gives the median of those ratios.
+    batch = PROMPTS[:clients]
+    d = [direct(batch)]
+    srv_runs: list[tuple[float, float]] = []
+    for _ in range(trials):
+        srv_runs.append(served(clients))
+        d.append(direct(batch))
+    wall = [srv_runs[i][0] / ((d[i][0] + d[i + 1][0]) / 2) for i in range(trials)]
+    cpu = [srv_runs[i][1] / ((d[i][1] + d[i + 1][1]) / 2) for i in range(trials)]
+    ratio = statistics.median(wall)
+    return (
+        f"overhead: {clients} client(s), {model_name}",
+        f"{trials} trials x {rounds} rounds x {max_tokens} tokens",
+        f"server {statistics.median(r[0] for r in srv_runs):.1f} tok/s",
+        f"direct {statistics.median(x[0] for x in d):.1f} tok/s; ratios "
+        + "/".join(f"{x:.0%}" for x in wall)
+        + f"; per CPU second {statistics.median(cpu):.0%}",
+        f"{ratio:.0%} (>= 90%)",
+        "PASS" if ratio >= 0.9 else "FAIL",
+    )
+
+
 def bench_overhead(
     eng: Any, url: str, redis_url: str, model_name: str, max_tokens: int, rounds: int, trials: int = 3
 ) -> list[tuple]:
-    import statistics
-
-    import openai
-    import torch
-
-    from aligner.generation import encode_chat, generate_ids
-    from aligner.providers import load_base_model
-    from serving.app import ServingConfig, create_app
-
     state = os.environ.get("GOVERN_STATE_DIR", str(ROOT / "state"))
     print(f"overhead: loading {model_name} ...", flush=True)
     loaded = load_base_model(model_name, state_dir=state)
@@ -409,47 +517,10 @@ def bench_overhead(
     model, tokenizer, _ = loaded
 
     def direct(batch: list[str], max_tokens: int = max_tokens, rounds: int = rounds) -> tuple[float, float]:
-        """(tokens/s of wall time, tokens per CPU second of this process) of transformers' generate."""
-        enc = encode_chat(tokenizer, batch)
-        produced, elapsed, cpu = 0, 0.0, 0.0
-        for _ in range(rounds):
-            out: list[Any] = []
-
-            def call(out: list[Any] = out) -> None:
-                with torch.inference_mode():  # the fastest direct call: no autograd bookkeeping at all
-                    out.append(
-                        generate_ids(
-                            model,
-                            enc["input_ids"],
-                            enc["attention_mask"],
-                            max_new_tokens=max_tokens,
-                            pad_token_id=tokenizer.pad_token_id,
-                        )
-                    )
-
-            # On a worker thread, like the server's model thread: measured here, torch's OpenMP team
-            # on the main thread of an oversubscribed machine runs generate up to 6x slower.
-            t0, c0 = time.perf_counter(), time.process_time()
-            worker = threading.Thread(target=call)
-            worker.start()
-            worker.join()
-            elapsed += time.perf_counter() - t0
-            cpu += time.process_time() - c0
-            eos = {
-                tokenizer.eos_token_id,
-                *(
-                    [model.generation_config.eos_token_id]
-                    if isinstance(model.generation_config.eos_token_id, int)
-                    else model.generation_config.eos_token_id or []
-                ),
-            }
-            for row in out[0].tolist():
-                produced += next((i for i, t in enumerate(row) if t in eos), len(row))
-        return produced / elapsed, produced / cpu
+        return _direct(model, tokenizer, batch, max_tokens, rounds)
 
     torch.set_num_threads(torch.get_num_threads())
     direct(PROMPTS[:8], max_tokens=4, rounds=1)  # warm-up: the first forward passes of a process pay for allocations
-    results: list[tuple] = []
     with ServerThread(governance_app(url, redis_url, Path(tempfile.mkdtemp()) / "gov")) as api:
         config = ServingConfig(
             deployment=world.deployment,
@@ -464,8 +535,6 @@ def bench_overhead(
         )
         app = create_app(config, loaded=attached_copy(loaded))
         with ServerThread(app) as srv:
-            import httpx
-
             while httpx.get(f"{srv.url}/readyz").status_code != 200:
                 time.sleep(0.1)
             warm = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0, timeout=600)
@@ -474,58 +543,12 @@ def bench_overhead(
             )  # the same warm-up as the direct path
 
             def served(clients: int) -> tuple[float, float]:
-                """(tokens/s, tokens per CPU second of this process: server, API and clients) through HTTP."""
-                tokens = [0] * clients
-                barrier = threading.Barrier(clients + 1)
+                return _served(srv.url, world.deployment, clients, max_tokens, rounds)
 
-                def run(k: int) -> None:
-                    client = openai.OpenAI(base_url=f"{srv.url}/v1", api_key="x", max_retries=0, timeout=600)
-                    barrier.wait()
-                    for _ in range(rounds):
-                        r = client.chat.completions.create(
-                            model=world.deployment,
-                            messages=[{"role": "user", "content": PROMPTS[k % len(PROMPTS)]}],
-                            max_tokens=max_tokens,
-                            temperature=0,
-                        )
-                        assert r.usage is not None
-                        tokens[k] += r.usage.completion_tokens
-
-                threads = [threading.Thread(target=run, args=(k,)) for k in range(clients)]
-                for t in threads:
-                    t.start()
-                barrier.wait()
-                t0, c0 = time.perf_counter(), time.process_time()
-                for t in threads:
-                    t.join()
-                return sum(tokens) / (time.perf_counter() - t0), sum(tokens) / (time.process_time() - c0)
-
-            # The machine is shared and its load drifts: direct and served runs alternate
-            # (direct, served, direct, ..., direct) and each served run is compared with the
-            # mean of the direct runs on either side; the table gives the median of those ratios.
-            for clients in (1, 8):
-                batch = PROMPTS[:clients]
-                d = [direct(batch)]
-                srv_runs: list[tuple[float, float]] = []
-                for _ in range(trials):
-                    srv_runs.append(served(clients))
-                    d.append(direct(batch))
-                wall = [srv_runs[i][0] / ((d[i][0] + d[i + 1][0]) / 2) for i in range(trials)]
-                cpu = [srv_runs[i][1] / ((d[i][1] + d[i + 1][1]) / 2) for i in range(trials)]
-                ratio = statistics.median(wall)
-                results.append(
-                    (
-                        f"overhead: {clients} client(s), {model_name}",
-                        f"{trials} trials x {rounds} rounds x {max_tokens} tokens",
-                        f"server {statistics.median(r[0] for r in srv_runs):.1f} tok/s",
-                        f"direct {statistics.median(x[0] for x in d):.1f} tok/s; ratios "
-                        + "/".join(f"{x:.0%}" for x in wall)
-                        + f"; per CPU second {statistics.median(cpu):.0%}",
-                        f"{ratio:.0%} (>= 90%)",
-                        "PASS" if ratio >= 0.9 else "FAIL",
-                    )
-                )
-    return results
+            return [
+                _overhead_row(clients, model_name, direct, served, trials=trials, rounds=rounds, max_tokens=max_tokens)
+                for clients in (1, 8)
+            ]
 
 
 def main() -> None:
@@ -548,10 +571,6 @@ def main() -> None:
         load_worker(args.load_worker.split(","), args.load, args.load_max_tokens, args.load_model)
         return
     which = args.only or ["propagation", "ingest", "overhead"]
-
-    from aligner.providers import load_base_model
-    from governance.db import make_engine
-
     admin, url, name = fresh_database()
     redis_url = os.environ.get("GOVERN_REDIS_URL") or MACHINE_REDIS
     eng = make_engine(url)
@@ -577,9 +596,6 @@ def main() -> None:
     finally:
         eng.dispose()
         drop_database(admin, name)
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"serving benchmarks ({os.cpu_count()} CPUs)")
     for col in ("measure", "setup", "result", "detail", "target", ""):
         table.add_column(col)

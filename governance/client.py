@@ -1,18 +1,26 @@
-"""A small HTTP client of the governance API for the CLI, serving replicas and workers.
+"""The one HTTP client of the governance API, for the CLI, the serving replicas and workers.
 
 Base URL and API key come from the settings (``GOVERN_API_URL``, ``GOVERN_API_KEY``)
-unless given. Every non-2xx answer raises `ApiError` carrying the server's status, code
-and message (the error envelope), so callers can show the server's own words; a server
-that cannot be reached raises `ApiError` with status 0 and a message saying where it
-looked and what to do.
+unless given. Every failure raises `ApiError`: a non-2xx answer carries the server's
+status, code and message (the error envelope), so callers can show the server's own
+words; a server that cannot be reached (refused, timed out, garbled) raises it with
+status 0 and a message saying where it looked. A replica therefore catches one type and
+treats every `ApiError` as "the API is unavailable for now, keep serving what you have".
+Each thread gets its own connection pool, so a replica's slow call on one thread (the
+watcher's) never queues behind another's (the model thread's per-batch fence), and
+`with_timeout` gives the fence a client with a shorter deadline.
 """
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import httpx
+
+from governance.settings import Settings
 
 
 class ApiError(Exception):
@@ -22,6 +30,29 @@ class ApiError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} (HTTP {self.status} {self.code})" if self.status else self.message
+
+
+@dataclass(frozen=True)
+class ActiveState:
+    """What the API says a deployment should serve: a version (or none = base model) and its generation.
+
+    The same three fields travel in ``GET /v1/deployments/{name}/active`` and in the
+    Redis message published after a promotion or rollback, so both are parsed here.
+    """
+
+    version_id: int | None
+    sha256: str | None
+    generation: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ActiveState:
+        version = data.get("version_id")
+        sha = data.get("sha256")
+        return cls(
+            version_id=int(version) if version is not None else None,
+            sha256=str(sha) if sha else None,
+            generation=int(data.get("generation") or 0),
+        )
 
 
 class GovernClient:
@@ -34,19 +65,27 @@ class GovernClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         if base_url is None or api_key is None:
-            from governance.settings import Settings
-
             settings = Settings()
             base_url = base_url or settings.api_url
             if api_key is None and settings.api_key is not None:
                 api_key = settings.api_key.get_secret_value()
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+        self.timeout = timeout
+        self._transport = transport
+        self._local = threading.local()
+        self._pools: list[httpx.Client] = []
+        self._pools_lock = threading.Lock()
+
+    def with_timeout(self, timeout: float) -> GovernClient:
+        """The same API and key with another deadline per call (the replica's fence uses a short one)."""
+        return GovernClient(self.base_url, self.api_key or "", timeout=timeout, transport=self._transport)
 
     def close(self) -> None:
-        self._http.close()
+        with self._pools_lock:
+            pools, self._pools = self._pools, []
+        for pool in pools:
+            pool.close()
 
     def __enter__(self) -> GovernClient:
         return self
@@ -56,18 +95,30 @@ class GovernClient:
 
     # ------------------------------------------------------------------ plumbing
 
+    def _http(self) -> httpx.Client:
+        pool: httpx.Client | None = getattr(self._local, "pool", None)
+        if pool is None or pool.is_closed:
+            headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            pool = httpx.Client(
+                base_url=self.base_url, headers=headers, timeout=self.timeout, transport=self._transport
+            )
+            self._local.pool = pool
+            with self._pools_lock:
+                self._pools.append(pool)
+        return pool
+
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         if not self.api_key:
             raise ApiError(
                 0, "no_api_key", "no API key: set GOVERN_API_KEY (an admin creates one: govern users create)"
             )
         try:
-            resp = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
+            resp = self._http().request(method, path, **kwargs)
+        except httpx.RequestError as exc:
             raise ApiError(
                 0,
                 "unreachable",
-                f"cannot reach the governance API at {self.base_url} ({type(exc).__name__}); "
+                f"cannot reach the governance API at {self.base_url} ({method} {path}: {type(exc).__name__}); "
                 "start it with `govern api` or set GOVERN_API_URL",
             ) from None
         if resp.status_code >= 400:
@@ -116,6 +167,12 @@ class GovernClient:
     def artifact_by_sha(self, sha256: str) -> bytes:
         return self._send("GET", f"/v1/versions/by-sha/{sha256}/artifact").content
 
+    def versions(self, *, deployment: str, state: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Versions of a deployment in one state, newest first (a replica prefetches promotable tokens)."""
+        params: dict[str, str | int] = {"deployment": deployment, "state": state, "limit": limit}
+        data = self.request("GET", "/v1/versions", params=params)
+        return list(data) if isinstance(data, list) else []
+
     def approve(self, version_id: int, comment: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/v1/versions/{version_id}/approve", json={"comment": comment}))
 
@@ -134,9 +191,9 @@ class GovernClient:
     def promotions(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
         return list(self.request("GET", f"/v1/deployments/{name}/promotions", params={"limit": limit}))
 
-    def active(self, deployment: str) -> dict[str, Any]:
-        """{deployment, version_id, sha256, generation} (version_id None: the bare base model)."""
-        return dict(self.request("GET", f"/v1/deployments/{deployment}/active"))
+    def active(self, deployment: str) -> ActiveState:
+        """What the deployment serves now (version_id None: the bare base model) and its generation."""
+        return ActiveState.from_json(self.request("GET", f"/v1/deployments/{deployment}/active"))
 
     def promote(self, deployment: str, version_id: int) -> dict[str, Any]:
         return dict(self.request("POST", f"/v1/deployments/{deployment}/promote", json={"version_id": version_id}))

@@ -1,7 +1,7 @@
 """The serving app factory: OpenAI-compatible routes over the engine, the watcher and the recorder.
 
 `create_app(config)` loads the base model once (or takes a preloaded one), attaches an
-Aligner adapter, and wires: the `Engine` (batching model thread), the `TokenWatcher`
+Aligner adapter, and wires: the `DecodeEngine` (batching model thread), the `TokenWatcher`
 (active token from the governance API, hot swaps) and the `OutputRecorder` (every
 response to PostgreSQL, spooled when it is down). Routes:
 
@@ -32,10 +32,10 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from serving.control import ControlPlane
+from governance.client import GovernClient
 from serving.engine import (
+    DecodeEngine,
     Delta,
-    Engine,
     Event,
     Failed,
     Finished,
@@ -43,6 +43,7 @@ from serving.engine import (
     Overloaded,
     SamplingParams,
     Started,
+    load_engine_model,
 )
 from serving.metrics import ServingMetrics
 from serving.recorder import DatabaseSink, OutputRecorder, OutputSink
@@ -72,6 +73,7 @@ class ServingConfig:
     default_max_tokens: int = 256
     api_url: str = "http://127.0.0.1:8400"
     api_key: str | None = None
+    api_timeout: float = 2.0  # a replica must notice an unreachable API quickly and keep serving what it has
     redis_url: str | None = None  # None: no push, reconcile only
     database_url: str | None = None  # None: outputs are not recorded (tests of the engine alone)
     state_dir: Path = Path("state")
@@ -92,7 +94,7 @@ class ServingConfig:
 @dataclass
 class ServingState:
     config: ServingConfig
-    engine: Engine
+    engine: DecodeEngine
     watcher: TokenWatcher
     recorder: OutputRecorder | None
     metrics: ServingMetrics
@@ -215,8 +217,6 @@ def create_app(
     """Build the app. `loaded` = (model with adapter attached, tokenizer, digests) to skip loading;
     `sink` replaces the database sink (benchmarks)."""
     if loaded is None:
-        from serving.engine import load_engine_model
-
         loaded = load_engine_model(config.model, state_dir=str(config.state_dir), dtype=config.dtype)
     model, tokenizer, digests = loaded
     metrics = ServingMetrics()
@@ -240,7 +240,7 @@ def create_app(
         if recorder is not None:
             recorder.record(_output_row(config.deployment, req, done))
 
-    engine = Engine(
+    engine = DecodeEngine(
         model,
         tokenizer,
         max_batch=config.max_batch,
@@ -250,7 +250,7 @@ def create_app(
     )
     engine.add_swap_listener(lambda t: metrics.on_swap(t))
     watcher = TokenWatcher(
-        control=ControlPlane(config.api_url, config.api_key),
+        control=GovernClient(config.api_url, config.api_key, timeout=config.api_timeout),
         deployment=config.deployment,
         engine=engine,
         base_digest=digests.weights,
@@ -287,8 +287,14 @@ def create_app(
 
 
 def _routes(app: FastAPI, state: ServingState) -> None:
-    config, engine, metrics = state.config, state.engine, state.metrics
-    model_names = {config.deployment, config.model, state.digests.name}
+    _probe_routes(app, state)
+    _status_routes(app, state)
+    _chat_route(app, state)
+
+
+def _probe_routes(app: FastAPI, state: ServingState) -> None:
+    """/healthz, /readyz and /metrics."""
+    engine, metrics = state.engine, state.metrics
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -327,6 +333,11 @@ def _routes(app: FastAPI, state: ServingState) -> None:
         data, content_type = metrics.render()
         return Response(data, media_type=content_type)
 
+
+def _status_routes(app: FastAPI, state: ServingState) -> None:
+    """/v1/serving/status (what this replica serves now) and /v1/models."""
+    config, engine = state.config, state.engine
+
     @app.get("/v1/serving/status")
     async def status() -> dict[str, Any]:
         token = engine.current
@@ -359,6 +370,10 @@ def _routes(app: FastAPI, state: ServingState) -> None:
             "data": [{"id": config.deployment, "object": "model", "created": int(state.started), "owned_by": "govern"}],
         }
 
+
+def _chat_route(app: FastAPI, state: ServingState) -> None:
+    """POST /v1/chat/completions, timed into the request metrics."""
+
     @app.post(
         "/v1/chat/completions",
         response_model=None,
@@ -372,103 +387,124 @@ def _routes(app: FastAPI, state: ServingState) -> None:
     )
     async def chat(request: Request) -> Response:
         started = time.perf_counter()
-        response = await _chat(request)
-        metrics.observe_request(
+        response = await _chat(request, state)
+        state.metrics.observe_request(
             response.status_code, time.perf_counter() - started, stream=isinstance(response, StreamingResponse)
         )
         return response
 
-    async def _chat(request: Request) -> Response:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "the request body is not valid JSON", code="invalid_json")
-        if not isinstance(body, dict):
-            return _error(400, "the request body must be a JSON object", code="invalid_json")
-        try:
-            req = ChatCompletionRequest.model_validate(body)
-        except ValidationError as exc:
-            return JSONResponse(validation_error_body(exc), status_code=400)
-        if req.model not in model_names:
-            return _error(
-                404,
-                f"the model {req.model!r} does not exist; this server serves {config.deployment!r}",
-                param="model",
-                code="model_not_found",
-            )
-        if not engine.ready:
-            return _error(
-                503,
-                "the replica is not ready: no verified token yet",
-                type_="server_error",
-                code="not_ready",
-                headers=_retry_headers(1),
-            )
-        messages = req.chat()
-        try:
-            prompt_ids = engine.encode(messages)
-        except Exception as exc:  # a chat template can refuse a message order
-            return _error(400, f"cannot build a prompt from these messages: {exc}", param="messages")
-        max_tokens = req.max_completion_tokens or req.max_tokens or config.default_max_tokens
-        if len(prompt_ids) + max_tokens > engine.max_context:
-            return _error(
-                400,
-                f"this model's maximum context length is {engine.max_context} tokens; the messages take "
-                f"{len(prompt_ids)} and max_tokens asks for {max_tokens}; shorten the messages or lower max_tokens",
-                param="messages",
-                code="context_length_exceeded",
-            )
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Event] = asyncio.Queue()
 
-        def emit(event: Event) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
+async def _chat(request: Request, state: ServingState) -> Response:
+    """Validate, queue, then answer with the whole completion or a stream of chunks."""
+    req = await _chat_request(request, state)
+    if isinstance(req, Response):
+        return req
+    gen = _generation(req, state)
+    if isinstance(gen, Response):
+        return gen
+    request_id, events = gen
+    first = await events.get()
+    if isinstance(first, Failed):
+        return _error(503, first.message, type_="server_error", code="unavailable", headers=_retry_headers(1))
+    assert isinstance(first, Started)
+    token, deployment = first.token, state.config.deployment
+    headers = _token_headers(token, request_id)
+    created = int(time.time())
+    if not req.stream:
+        while True:
+            event = await events.get()
+            if isinstance(event, Finished):
+                return JSONResponse(_completion(request_id, created, deployment, event), headers=headers)
+            if isinstance(event, Failed):
+                return _error(500, event.message, type_="server_error", code="generation_failed")
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return StreamingResponse(
+        _sse(events, request_id, created, deployment, token, include_usage),
+        media_type="text/event-stream",
+        headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
-        gen = GenerationRequest(
-            prompt_ids=prompt_ids,
-            params=SamplingParams(
-                max_tokens=max_tokens,
-                temperature=req.temperature,
-                top_p=req.top_p,
-                seed=req.seed,
-                stop=req.stop_list(),
-            ),
-            emit=emit,
-            stream=req.stream,
-            request_id=f"chatcmpl-{uuid.uuid4().hex}",
-            messages=messages,
+
+async def _chat_request(request: Request, state: ServingState) -> ChatCompletionRequest | Response:
+    """The validated body, or the error answer: bad JSON or fields (400), unknown model (404), not ready (503)."""
+    config = state.config
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, "the request body is not valid JSON", code="invalid_json")
+    if not isinstance(body, dict):
+        return _error(400, "the request body must be a JSON object", code="invalid_json")
+    try:
+        req = ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        return JSONResponse(validation_error_body(exc), status_code=400)
+    if req.model not in {config.deployment, config.model, state.digests.name}:
+        return _error(
+            404,
+            f"the model {req.model!r} does not exist; this server serves {config.deployment!r}",
+            param="model",
+            code="model_not_found",
         )
-        try:
-            engine.submit(gen)
-        except Overloaded as exc:
-            metrics.rejected_overload.inc()
-            return _error(
-                429,
-                str(exc),
-                type_="rate_limit_error",
-                code="server_overloaded",
-                headers=_retry_headers(exc.retry_after),
-            )
-        first = await events.get()
-        if isinstance(first, Failed):
-            return _error(503, first.message, type_="server_error", code="unavailable", headers=_retry_headers(1))
-        assert isinstance(first, Started)
-        token = first.token
-        headers = _token_headers(token, gen.request_id)
-        created = int(time.time())
-        if not req.stream:
-            while True:
-                event = await events.get()
-                if isinstance(event, Finished):
-                    return JSONResponse(_completion(gen.request_id, created, config.deployment, event), headers=headers)
-                if isinstance(event, Failed):
-                    return _error(500, event.message, type_="server_error", code="generation_failed")
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return StreamingResponse(
-            _sse(events, gen.request_id, created, config.deployment, token, include_usage),
-            media_type="text/event-stream",
-            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    if not state.engine.ready:
+        return _error(
+            503,
+            "the replica is not ready: no verified token yet",
+            type_="server_error",
+            code="not_ready",
+            headers=_retry_headers(1),
         )
+    return req
+
+
+def _generation(req: ChatCompletionRequest, state: ServingState) -> tuple[str, asyncio.Queue[Event]] | Response:
+    """Queue the request on the engine: (its id, the queue its events arrive on), or the error answer."""
+    engine = state.engine
+    messages = req.chat()
+    try:
+        prompt_ids = engine.encode(messages)
+    except Exception as exc:  # a chat template can refuse a message order
+        return _error(400, f"cannot build a prompt from these messages: {exc}", param="messages")
+    max_tokens = req.max_completion_tokens or req.max_tokens or state.config.default_max_tokens
+    if len(prompt_ids) + max_tokens > engine.max_context:
+        return _error(
+            400,
+            f"this model's maximum context length is {engine.max_context} tokens; the messages take "
+            f"{len(prompt_ids)} and max_tokens asks for {max_tokens}; shorten the messages or lower max_tokens",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[Event] = asyncio.Queue()
+
+    def emit(event: Event) -> None:
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+    gen = GenerationRequest(
+        prompt_ids=prompt_ids,
+        params=SamplingParams(
+            max_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            seed=req.seed,
+            stop=req.stop_list(),
+        ),
+        emit=emit,
+        stream=req.stream,
+        request_id=f"chatcmpl-{uuid.uuid4().hex}",
+        messages=messages,
+    )
+    try:
+        engine.submit(gen)
+    except Overloaded as exc:
+        state.metrics.rejected_overload.inc()
+        return _error(
+            429,
+            str(exc),
+            type_="rate_limit_error",
+            code="server_overloaded",
+            headers=_retry_headers(exc.retry_after),
+        )
+    return gen.request_id, events
 
 
 def _completion(request_id: str, created: int, model: str, done: Finished) -> dict[str, Any]:

@@ -33,9 +33,12 @@ from typing import Any
 
 import torch
 
+from aligner import attach
 from aligner.batching import decode_step, eos_ids, keep_rows, prefill
 from aligner.batching import joinable as _joinable
 from aligner.batching import merge_cache as _merge
+from aligner.model import get_adapter
+from aligner.providers import load_base_model
 from serving.tokens import ServedToken
 
 log = logging.getLogger(__name__)
@@ -157,7 +160,7 @@ class _Row:
             self.sent = safe
 
 
-class Engine:
+class DecodeEngine:
     """Owns the model on one thread; `submit` enqueues, `propose` offers a newer token."""
 
     def __init__(
@@ -173,8 +176,6 @@ class Engine:
         fence: Callable[[], None] | None = None,
         admit_while_running: bool = True,
     ) -> None:
-        from aligner.model import get_adapter
-
         if max_batch < 1 or queue_size < 1:
             raise ValueError("max_batch and queue_size must be at least 1")
         self.model = model
@@ -517,9 +518,6 @@ def _same(a: ServedToken, b: ServedToken) -> bool:
 
 def load_engine_model(name: str, *, state_dir: str, dtype: str = "float32") -> tuple[Any, Any, Any]:
     """Load the base model once and attach an Aligner adapter (bare base model until a token is set)."""
-    from aligner import attach
-    from aligner.providers import load_base_model
-
     model, tokenizer, digests = load_base_model(name, state_dir=state_dir, dtype=dtype)
     adapter = attach(model, base_digest=digests.weights)
     adapter.set_token(None)

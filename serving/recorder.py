@@ -25,6 +25,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from governance.db import make_engine, unit_of_work
+from governance.errors import InvalidInput, NotFound
+from governance.outputs.service import ingest_outputs
+
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
@@ -43,17 +47,11 @@ class DatabaseSink:
     """Writes through `governance.outputs.service.ingest_outputs`, one transaction per batch."""
 
     def __init__(self, database_url: str, deployment: str, *, connect_timeout: int = 2) -> None:
-        from governance.db import make_engine
-
         self.deployment = deployment
         # A short connect timeout: an unreachable database must send batches to the spool fast.
         self.engine = make_engine(database_url, connect_args={"connect_timeout": connect_timeout}, pool_size=2)
 
     def write(self, rows: Sequence[Row]) -> None:
-        from governance.db import unit_of_work
-        from governance.errors import InvalidInput, NotFound
-        from governance.outputs.service import ingest_outputs
-
         prepared = [_with_datetime(r) for r in rows]
         try:
             with unit_of_work(self.engine) as session:

@@ -13,6 +13,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from aligner.artifact import AlignerToken
 from aligner.model import ModelShape
 
 
@@ -47,8 +48,6 @@ def verify_artifact(data: bytes, *, expected_sha256: str, base_digest: str, shap
     actual = sha256_hex(data)
     if actual != expected_sha256:
         raise TokenVerificationError(f"artifact digest mismatch: expected {expected_sha256[:12]}…, got {actual[:12]}…")
-    from aligner.artifact import AlignerToken
-
     try:
         token = AlignerToken.from_bytes(data)
     except Exception as exc:  # aligner's InvalidTokenError and foreign bytes alike: never served

@@ -41,9 +41,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from aligner.model import ModelShape
-from serving.control import ActiveState, ControlPlane, ControlPlaneError
-from serving.engine import Engine
+from governance.client import ActiveState, ApiError, GovernClient
+from serving.engine import DecodeEngine
 from serving.tokens import ServedToken, TokenVerificationError, sha256_hex, verify_artifact
 
 log = logging.getLogger(__name__)
@@ -71,9 +73,9 @@ class TokenWatcher:
     def __init__(
         self,
         *,
-        control: ControlPlane,
+        control: GovernClient,
         deployment: str,
-        engine: Engine,
+        engine: DecodeEngine,
         base_digest: str,
         shape: ModelShape,
         redis_url: str | None,
@@ -96,7 +98,7 @@ class TokenWatcher:
         self.fence_enabled = fence
         self.fence_backoff = fence_backoff
         # The fence runs on the model thread: a slow API must cost a batch at most this long.
-        self._fence_control = ControlPlane(control.api_url, control.api_key, timeout=fence_timeout)
+        self._fence_control = control.with_timeout(fence_timeout)
         self.artifact_dir = artifact_dir
         self.on_reject = on_reject
         self.prefetch_limit = prefetch
@@ -218,7 +220,7 @@ class TokenWatcher:
         assert desired.sha256 is not None
         data = self._read_disk(desired.sha256)
         if data is None:
-            data = self.control.get_artifact(desired.sha256)  # ControlPlaneError: retried by the next sync
+            data = self.control.artifact_by_sha(desired.sha256)  # ApiError: retried by the next sync
         try:
             token = verify_artifact(
                 data, expected_sha256=desired.sha256, base_digest=self.base_digest, shape=self.shape
@@ -242,7 +244,7 @@ class TokenWatcher:
         if desired.sha256 in self._alerted:
             return
         try:
-            self.control.post_alert(
+            self.control.raise_alert(
                 deployment=self.deployment,
                 kind="token_verification_failed",
                 severity="critical",
@@ -259,7 +261,7 @@ class TokenWatcher:
                 },
             )
             self._alerted.add(desired.sha256)
-        except ControlPlaneError as exc:  # retried on the next sync of the same state
+        except ApiError as exc:  # retried on the next sync of the same state
             log.warning("could not raise the verification alert: %s", exc)
 
     # -- disk cache (optional): verified bytes by sha256, re-verified on every read ---------
@@ -287,7 +289,7 @@ class TokenWatcher:
     # -- the three paths -------------------------------------------------------------------
     def reconcile_once(self) -> bool:
         asked = time.time()
-        desired = self.control.get_active(self.deployment)
+        desired = self.control.active(self.deployment)
         self.last_reconcile = time.time()
         return self.sync(desired, source="reconcile", asked_at=asked)
 
@@ -298,8 +300,8 @@ class TokenWatcher:
             return
         try:
             asked = time.time()
-            self.sync(self._fence_control.get_active(self.deployment), source="fence", asked_at=asked)
-        except ControlPlaneError as exc:
+            self.sync(self._fence_control.active(self.deployment), source="fence", asked_at=asked)
+        except ApiError as exc:
             # Fail open for a while: serve what we have rather than stall every batch on a dead API.
             self._fence_open_until = now + self.fence_backoff
             log.warning("fence skipped for %.1f s: %s", self.fence_backoff, exc)
@@ -308,7 +310,7 @@ class TokenWatcher:
         """Fetch and verify promotable tokens not cached yet; returns how many were added."""
         added = 0
         for state in ("approved", "superseded"):
-            for v in self.control.list_versions(deployment=self.deployment, state=state, limit=self.prefetch_limit):
+            for v in self.control.versions(deployment=self.deployment, state=state, limit=self.prefetch_limit):
                 sha = v.get("sha256")
                 if not sha or sha in self._cache or sha in self.rejected:
                     continue
@@ -325,7 +327,7 @@ class TokenWatcher:
                 if self.prefetch_limit > 0:
                     self.prefetch()
                 delay = self.reconcile_interval
-            except ControlPlaneError as exc:
+            except ApiError as exc:
                 log.warning("reconcile failed: %s", exc)
                 delay = min(self.reconcile_interval, 1.0) if self.engine.current is None else self.reconcile_interval
             except Exception:
@@ -333,8 +335,6 @@ class TokenWatcher:
             self._stop.wait(delay)
 
     def _pubsub_loop(self) -> None:
-        import redis
-
         assert self.redis_url is not None
         backoff = 0.1
         while not self._stop.is_set():
@@ -366,7 +366,7 @@ class TokenWatcher:
     def _safe_reconcile(self) -> None:
         try:
             self.reconcile_once()
-        except ControlPlaneError as exc:
+        except ApiError as exc:
             log.warning("reconcile after subscribe failed: %s", exc)
 
     def _on_message(self, raw: Any, received_at: float | None = None) -> None:
@@ -383,7 +383,7 @@ class TokenWatcher:
                 self.sync(desired, source="push", received_at=received_at)
             else:
                 self._confirm(desired, received_at)
-        except ControlPlaneError as exc:
+        except ApiError as exc:
             log.warning("fetching the pushed token failed (%s); reconcile will retry", exc)
 
     def _plausible(self, pushed: ActiveState) -> bool:
@@ -405,7 +405,7 @@ class TokenWatcher:
 
     def _confirm(self, pushed: ActiveState, received_at: float | None) -> None:
         asked = time.time()
-        answer = self.control.get_active(self.deployment)
+        answer = self.control.active(self.deployment)
         if (answer.version_id, answer.sha256, answer.generation) != (
             pushed.version_id,
             pushed.sha256,

@@ -73,8 +73,27 @@ class _Layout:
         self.y += h
 
 
-def build() -> dict[str, Any]:
-    g = _Layout()
+# The dashboard's variables: the Prometheus data source and the deployments it knows.
+_VARIABLES: list[dict[str, Any]] = [
+    {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"},
+    {
+        "name": "deployment",
+        "type": "query",
+        "label": "Deployment",
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "definition": "label_values(govern_active_generation, deployment)",
+        "query": {"query": "label_values(govern_active_generation, deployment)", "refId": "deployments"},
+        "includeAll": True,
+        "multi": True,
+        "allValue": ".*",
+        "refresh": 2,
+        "current": {"text": "All", "value": "$__all"},
+    },
+]
+
+
+def _api(g: _Layout) -> None:
+    """The control plane API: traffic, errors, latency, refusals, ingest, outbox."""
     row, ts, nl = g.row, g.ts, g.nl
     row("Control plane API")
     ts(
@@ -126,6 +145,11 @@ def build() -> dict[str, Any]:
     )
     ts("Outbox messages sent", [("sum by (kind) (rate(govern_outbox_published_total[5m]))", "{{kind}}")], "ops", x=12)
     nl()
+
+
+def _deployments(g: _Layout) -> None:
+    """Deployments: the active generation (database and replicas), promotions, rollbacks."""
+    row, ts, nl = g.row, g.ts, g.nl
     row("Deployments: active generation, promotions, rollbacks")
     ts(
         "Active generation per deployment (control plane)",
@@ -155,6 +179,11 @@ def build() -> dict[str, Any]:
         desc="rolled_back, no_target, frozen, stale, ...",
     )
     nl()
+
+
+def _drift(g: _Layout) -> None:
+    """Drift: checks, detector verdicts, statistics against thresholds."""
+    row, ts, nl = g.row, g.ts, g.nl
     row("Drift")
     ts(
         "Drift checks by verdict",
@@ -185,6 +214,11 @@ def build() -> dict[str, Any]:
         w=24,
     )
     nl()
+
+
+def _alerts(g: _Layout) -> None:
+    """Alerts raised by the monitors and webhook failures."""
+    row, ts, nl = g.row, g.ts, g.nl
     row("Alerts")
     ts(
         "Alerts raised by the monitors",
@@ -197,6 +231,11 @@ def build() -> dict[str, Any]:
     )
     ts("Alert webhook failures", [("increase(govern_alert_webhook_failures_total[1h])", "{{instance}}")], x=12)
     nl()
+
+
+def _security(g: _Layout) -> None:
+    """Security: failed sign-ins, throttling, the rate limiter's health."""
+    row, ts, nl = g.row, g.ts, g.nl
     row("Security")
     ts(
         "Failed authentications",
@@ -216,6 +255,11 @@ def build() -> dict[str, Any]:
         h=6,
     )
     nl(6)
+
+
+def _serving(g: _Layout) -> None:
+    """Serving replicas: requests, latency, throughput, swaps, output recording."""
+    row, ts, nl = g.row, g.ts, g.nl
     row("Serving replicas")
     ts(
         "Chat completion requests by status",
@@ -267,7 +311,12 @@ def build() -> dict[str, Any]:
     )
     nl()
 
-    dash = {
+
+def build() -> dict[str, Any]:
+    g = _Layout()
+    for section in (_api, _deployments, _drift, _alerts, _security, _serving):
+        section(g)
+    return {
         "title": "Aligner governance",
         "uid": "aligner-governance",
         "description": "API, serving replicas and workers of the Aligner governance service (Prometheus).",
@@ -278,28 +327,10 @@ def build() -> dict[str, Any]:
         "editable": True,
         "refresh": "30s",
         "time": {"from": "now-6h", "to": "now"},
-        "templating": {
-            "list": [
-                {"name": "datasource", "type": "datasource", "query": "prometheus", "label": "Prometheus"},
-                {
-                    "name": "deployment",
-                    "type": "query",
-                    "label": "Deployment",
-                    "datasource": {"type": "prometheus", "uid": "${datasource}"},
-                    "definition": "label_values(govern_active_generation, deployment)",
-                    "query": {"query": "label_values(govern_active_generation, deployment)", "refId": "deployments"},
-                    "includeAll": True,
-                    "multi": True,
-                    "allValue": ".*",
-                    "refresh": 2,
-                    "current": {"text": "All", "value": "$__all"},
-                },
-            ]
-        },
+        "templating": {"list": _VARIABLES},
         "annotations": {"list": []},
         "panels": g.panels,
     }
-    return dash
 
 
 def render() -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -13,9 +12,8 @@ from fastapi.responses import Response, StreamingResponse
 
 from dashboards.deps import CsrfDep, SessionDep, ViewerDep, get_engine, parent_app, render, require
 from governance.audit import service as audit
-from governance.audit.export import ExportError, iter_export_lines, prepare_export
+from governance.audit.export import export_stream, prepare_export
 from governance.audit.signing import AuditKeyError, default_private_key_path, load_public_key, load_signing_key
-from governance.db import unit_of_work
 from governance.errors import InvalidInput, ServiceUnavailable
 from governance.roles import Role
 
@@ -100,22 +98,9 @@ def export(
         key = _signing_key(request)
     except AuditKeyError as exc:
         raise ServiceUnavailable(f"cannot export: {exc}") from None
-    try:
-        plan = prepare_export(
-            session, key=key, actor=viewer.principal.actor, actor_key_id=viewer.principal.key_prefix,
-            since=_when("since", since), until=_when("until", until), fmt="jsonl",
-        )
-    except ExportError as exc:
-        raise InvalidInput(str(exc)) from None
-    engine = get_engine(request)
-
-    def lines() -> Iterator[bytes]:
-        # runs after the route's transaction (checkpoint + audit.export entry) committed
-        with unit_of_work(engine) as read:
-            for line in iter_export_lines(read, plan):
-                yield line.encode("utf-8")
-
-    return StreamingResponse(
-        lines(), media_type=plan.media_type,
-        headers={"Content-Disposition": f'attachment; filename="{plan.filename}"'},
+    plan = prepare_export(
+        session, key=key, actor=viewer.principal.actor, actor_key_id=viewer.principal.key_prefix,
+        since=_when("since", since), until=_when("until", until), fmt="jsonl",
     )
+    stream = export_stream(plan, engine=get_engine(request))
+    return StreamingResponse(stream.body, media_type=stream.media_type, headers=stream.headers)

@@ -10,23 +10,33 @@ generic 500 (logged here, never echoed: no stack traces or SQL reach a client).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+import redis as redis_lib
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
 from sqlalchemy.exc import DataError as SQLAlchemyDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import dashboards
+from governance.alerts.views import router as alerts_router
+from governance.api.audit_routes import router as audit_router
 from governance.api.guard import Guard
 from governance.api.middleware import ApiMiddleware
 from governance.api.openapi import install_openapi
+from governance.auth.views import router as auth_router
+from governance.db import engine_for
+from governance.deployments.views import router as deployments_router
+from governance.embedded import resolve_database_url, resolve_redis_url
 from governance.errors import DomainError, TooManyRequests
+from governance.outbox.service import Outgoing, publish_committed, publish_pending
+from governance.outputs.views import router as outputs_router
+from governance.registry.views import router as registry_router
 from governance.settings import Settings, get_settings
-
-if TYPE_CHECKING:
-    from governance.outbox.service import Outgoing
 
 log = logging.getLogger("governance.api")
 
@@ -40,9 +50,6 @@ def _envelope(status: int, code: str, message: str, details: Any = None) -> JSON
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    from governance.db import engine_for
-    from governance.embedded import resolve_database_url
-
     settings = settings or get_settings()
     app = FastAPI(
         title="Aligner governance API",
@@ -55,15 +62,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def redis_url() -> str:
         if app.state.redis_url is None:
-            from governance.embedded import resolve_redis_url
-
             app.state.redis_url = resolve_redis_url(settings)
         return str(app.state.redis_url)
 
+    def guard() -> Guard:
+        if app.state.guard is None:
+            app.state.guard = Guard(settings, redis_url())
+        return app.state.guard  # type: ignore[no-any-return]
+
+    app.state.redis_url_fn = redis_url
+    app.state.publish_outbox = _outbox_publisher(app, redis_url)
+    app.state.guard = None
+    app.state.guard_fn = guard
+    _install_error_handlers(app)
+    app.add_middleware(ApiMiddleware, settings=settings, guard=guard, engine=lambda: app.state.engine)
+    _install_probes(app, redis_url)
+    for router in (auth_router, registry_router, deployments_router, outputs_router, alerts_router, audit_router):
+        app.include_router(router)
+    install_openapi(app)
+    # The compliance officers' web UI, served by this process (the app factory is a
+    # composition root: the one place in governance allowed to know the dashboards).
+    dashboards.install(app)
+    return app
+
+
+def _outbox_publisher(app: FastAPI, redis_url: Callable[[], str]) -> Callable[..., None]:
     def publish_outbox(outgoing: Outgoing | None = None) -> None:
         """After a commit: send what it enqueued from memory (`outgoing`), or sweep the table."""
-        from governance.outbox.service import publish_committed, publish_pending
-
         try:
             if outgoing is None:
                 publish_pending(app.state.engine, redis_url())
@@ -72,8 +97,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except Exception:  # the periodic sweep sends what is left
             log.exception("outbox publish after commit failed; the sweep will retry")
 
-    app.state.redis_url_fn = redis_url
-    app.state.publish_outbox = publish_outbox
+    return publish_outbox
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves in the envelope; see the module docstring."""
 
     @app.exception_handler(DomainError)
     async def _domain(_: Request, exc: DomainError) -> JSONResponse:
@@ -115,14 +143,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return _envelope(500, "internal_error", "internal error; the server log has the details")
 
-    def guard() -> Guard:
-        if app.state.guard is None:
-            app.state.guard = Guard(settings, redis_url())
-        return app.state.guard  # type: ignore[no-any-return]
 
-    app.state.guard = None
-    app.state.guard_fn = guard
-    app.add_middleware(ApiMiddleware, settings=settings, guard=guard, engine=lambda: app.state.engine)
+def _install_probes(app: FastAPI, redis_url: Callable[[], str]) -> None:
+    """/healthz (the process answers), /readyz (database and Redis reachable), /metrics."""
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -130,9 +153,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", include_in_schema=False)
     def readyz() -> JSONResponse:
-        import redis as redis_lib
-        from sqlalchemy import text
-
         checks: dict[str, str] = {}
         try:
             with app.state.engine.connect() as conn:
@@ -155,20 +175,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/metrics", include_in_schema=False)
     def metrics_endpoint() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    from governance.alerts.views import router as alerts_router
-    from governance.api.audit_routes import router as audit_router
-    from governance.auth.views import router as auth_router
-    from governance.deployments.views import router as deployments_router
-    from governance.outputs.views import router as outputs_router
-    from governance.registry.views import router as registry_router
-
-    for router in (auth_router, registry_router, deployments_router, outputs_router, alerts_router, audit_router):
-        app.include_router(router)
-    install_openapi(app)
-    # The compliance officers' web UI, served by this process (the app factory is a
-    # composition root: the one place in governance allowed to know the dashboards).
-    import dashboards
-
-    dashboards.install(app)
-    return app

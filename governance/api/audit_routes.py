@@ -1,22 +1,23 @@
 """Routes of the audit log: a paginated read (auditors, admins, compliance officers) and the export.
 
-The export (auditors only) is two steps, as `governance.audit.export` wants: the
-checkpoint and the ``audit.export`` entry commit with the request's transaction
+The export (auditors only) is `governance.audit.export.export_stream`, shared with the web
+UI: the checkpoint and the ``audit.export`` entry commit with the request's transaction
 (before the response starts), then the lines stream from a fresh read-only session.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from governance.api.deps import SessionDep, role
 from governance.audit import service as audit
-from governance.errors import InvalidInput, ServiceUnavailable
+from governance.audit.export import export_stream, prepare_export
+from governance.audit.signing import load_signing_key
+from governance.errors import ServiceUnavailable
 from governance.principal import Principal
 from governance.roles import Role
 from governance.schemas import Out
@@ -79,39 +80,18 @@ def export_audit(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> StreamingResponse:
-    from governance.audit.export import ExportError, iter_export_lines, prepare_export, sidecar_json
-    from governance.audit.signing import load_signing_key
-    from governance.db import unit_of_work
-
     try:
         key = load_signing_key(request.app.state.settings)
     except Exception as exc:  # AuditKeyError: the installation has no signing key yet
         raise ServiceUnavailable(f"the audit log cannot be exported: {exc}") from None
-    try:
-        plan = prepare_export(
-            session,
-            key=key,
-            actor=principal.actor,
-            actor_key_id=principal.key_prefix,
-            since=since,
-            until=until,
-            fmt=fmt,
-        )
-    except ExportError as exc:
-        raise InvalidInput(str(exc)) from None
-    engine = request.app.state.engine
-
-    def lines() -> Iterator[bytes]:
-        with unit_of_work(engine) as read:
-            for line in iter_export_lines(read, plan):
-                yield line.encode("utf-8")
-
-    media = "application/x-ndjson" if fmt == "jsonl" else "text/csv"
-    headers: dict[str, Any] = {
-        "Content-Disposition": f'attachment; filename="audit-{plan.first_seq}-{plan.last_seq}.{fmt}"',
-        "X-Audit-Entries": str(plan.count),
-    }
-    if fmt == "csv":
-        # the CSV's signed manifest travels in a header (it is small); JSONL carries it inline
-        headers["X-Audit-Manifest"] = sidecar_json(plan).replace("\n", "")
-    return StreamingResponse(lines(), media_type=media, headers=headers)
+    plan = prepare_export(
+        session,
+        key=key,
+        actor=principal.actor,
+        actor_key_id=principal.key_prefix,
+        since=since,
+        until=until,
+        fmt=fmt,
+    )
+    stream = export_stream(plan, engine=request.app.state.engine)
+    return StreamingResponse(stream.body, media_type=stream.media_type, headers=stream.headers)

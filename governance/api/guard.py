@@ -31,6 +31,9 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from governance import metrics
+from governance.audit import service as audit
+from governance.db import unit_of_work
 from governance.errors import TooManyRequests as Throttled
 from governance.ratelimit import Decision, RateLimiter
 
@@ -107,8 +110,6 @@ class Guard:
             return None
 
     def _redis_down(self, exc: Exception) -> None:
-        from governance import metrics
-
         metrics.GUARD_UNAVAILABLE.inc()
         now = time.monotonic()
         if now - self._warned_at > 60:
@@ -145,8 +146,6 @@ class Guard:
 
     @staticmethod
     def _throttled(scope: str, by: str) -> None:
-        from governance import metrics
-
         metrics.THROTTLED.labels(scope=scope, by=by).inc()
 
     # ---------------------------------------------------------------- failed authentication
@@ -185,8 +184,6 @@ class Guard:
         ``via`` says where (``api`` or ``dashboard``). The key itself is never stored or
         logged, only its public prefix when it has the shape of one of ours.
         """
-        from governance import metrics
-
         metrics.AUTH_FAILURES.labels(via=via).inc()
         prefix = presented_prefix(raw_key)
         limit = self.settings.auth_failures_per_minute
@@ -226,9 +223,6 @@ class Guard:
 
     @staticmethod
     def _audit(engine: Engine, *, address: str, prefix: str | None, via: str, failures: int) -> None:
-        from governance.audit import service as audit
-        from governance.db import unit_of_work
-
         try:
             with unit_of_work(engine) as session:
                 audit.append(

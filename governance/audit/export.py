@@ -10,6 +10,10 @@ Two steps, so that an HTTP response can stream after the bookkeeping has committ
    JSONL is one self-contained file (manifest line, entry lines, checkpoint line); CSV is
    the entry table, with ``sidecar_json(plan)`` as ``<file>.manifest.json`` beside it.
 
+``export_stream(plan, engine=...)`` turns a prepared plan into an HTTP download (the API's
+``GET /v1/audit/export`` and the web UI's export button): one file name, media type and set
+of headers for every caller. ``ExportError`` is an ``InvalidInput``, so both answer 422.
+
 The layout is documented in docs/audit-export-format.md and checked by ``verify.py``.
 """
 
@@ -36,14 +40,15 @@ from governance.audit.service import append, checkpoint_record, iter_rows, write
 from governance.audit.signing import sign_manifest
 from governance.audit.verify import CSV_COLUMNS, FORMAT_NAME, FORMAT_VERSION, csv_sidecar_path, entry_line
 from governance.db import unit_of_work, utcnow
+from governance.errors import InvalidInput
 
 ExportFormat = Literal["jsonl", "csv"]
 FORMATS: tuple[str, ...] = ("jsonl", "csv")
 HASH_RULE = "hash = sha256(utf8(prev_hash_hex + entry_json)); first prev_hash of the log = 64 zeros"
 
 
-class ExportError(ValueError):
-    """The export request is invalid (bad format, a range that ends before it starts)."""
+class ExportError(InvalidInput, ValueError):
+    """The export request is invalid (bad format, a range that ends before it starts); a 422 over HTTP."""
 
 
 @dataclass(frozen=True)
@@ -255,6 +260,35 @@ def sidecar_json(plan: ExportPlan) -> str:
     return json.dumps({"manifest": plan.manifest, "checkpoint": plan.checkpoint}, ensure_ascii=False, indent=2) + "\n"
 
 
+@dataclass(frozen=True)
+class ExportStream:
+    """An export ready to become a streaming HTTP response (no web framework here)."""
+
+    plan: ExportPlan
+    body: Iterator[bytes]
+    media_type: str
+    headers: dict[str, str]
+
+
+def export_stream(plan: ExportPlan, *, engine: Engine) -> ExportStream:
+    """The download of a prepared export: its lines stream from a fresh read-only transaction.
+
+    Read the body only after the transaction that prepared ``plan`` committed (a streaming
+    response starts after the route returned, so that holds for the routes).
+    """
+
+    def body() -> Iterator[bytes]:
+        with unit_of_work(engine) as read:
+            for line in iter_export_lines(read, plan):
+                yield line.encode("utf-8")
+
+    headers = {"Content-Disposition": f'attachment; filename="{plan.filename}"', "X-Audit-Entries": str(plan.count)}
+    if plan.fmt == "csv":
+        # the CSV's signed manifest travels in a header (it is small); JSONL carries it inline
+        headers["X-Audit-Manifest"] = sidecar_json(plan).replace("\n", "")
+    return ExportStream(plan=plan, body=body(), media_type=plan.media_type, headers=headers)
+
+
 def export_to_file(
     engine: Engine,
     out: Path,
@@ -305,7 +339,9 @@ def _os_user() -> str:
 __all__ = [
     "ExportError",
     "ExportPlan",
+    "ExportStream",
     "build_manifest",
+    "export_stream",
     "export_to_file",
     "iter_export_lines",
     "prepare_export",

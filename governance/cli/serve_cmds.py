@@ -13,8 +13,11 @@ import socket
 import sys
 
 import typer
+import uvicorn
 
 from governance.cli.common import TORCH_THREADS_HELP, clear_errors, console, fail, limit_torch_threads
+from governance.embedded import resolve_database_url, resolve_redis_url
+from governance.settings import get_settings
 
 
 @clear_errors
@@ -38,11 +41,7 @@ def serve_cmd(
 ) -> None:
     """Serve the deployment's active Aligner token over an OpenAI-compatible API."""
     limit_torch_threads(torch_threads)
-    import uvicorn
-
-    from governance.embedded import resolve_database_url, resolve_redis_url
-    from governance.settings import get_settings
-    from serving.app import ServingConfig, create_app
+    from serving.app import ServingConfig, create_app  # defers torch (its thread count is set just above)
 
     settings = get_settings()
     settings.ensure_state_dir()

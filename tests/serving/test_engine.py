@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from serving.engine import (
+    DecodeEngine,
     Delta,
-    Engine,
     Event,
     Failed,
     Finished,
@@ -40,7 +40,7 @@ class Collector:
         return last
 
 
-def _request(engine: Engine, text: str, **params: Any) -> tuple[GenerationRequest, Collector]:
+def _request(engine: DecodeEngine, text: str, **params: Any) -> tuple[GenerationRequest, Collector]:
     c = Collector()
     stream = params.pop("stream", False)
     req = GenerationRequest(
@@ -55,7 +55,7 @@ def _request(engine: Engine, text: str, **params: Any) -> tuple[GenerationReques
 @pytest.fixture()
 def engine(tiny: tuple[Any, Any, Any]) -> Any:
     model, tokenizer, digests = attached_copy(tiny)
-    eng = Engine(model, tokenizer, max_batch=4, queue_size=8, batch_wait_s=0.05)
+    eng = DecodeEngine(model, tokenizer, max_batch=4, queue_size=8, batch_wait_s=0.05)
     eng.digests = digests  # type: ignore[attr-defined]
     yield eng
     eng.stop()
@@ -64,7 +64,7 @@ def engine(tiny: tuple[Any, Any, Any]) -> Any:
 PROMPTS = ["hi", "tell me a long story about a cat and a dog", "what is 2+2?", "a"]
 
 
-def test_batched_greedy_equals_generate_with_a_token(engine: Engine) -> None:
+def test_batched_greedy_equals_generate_with_a_token(engine: DecodeEngine) -> None:
     """Left padding, the attention mask and positions are right: a batch decodes like HF generate."""
     from aligner.generation import encode_chat, generate_ids
 
@@ -96,7 +96,7 @@ def test_batched_greedy_equals_generate_with_a_token(engine: Engine) -> None:
         assert f.completion_tokens == len(kept)
 
 
-def test_token_changes_output_and_none_is_base(engine: Engine) -> None:
+def test_token_changes_output_and_none_is_base(engine: DecodeEngine) -> None:
     token = make_token(engine.digests, seed=2)  # type: ignore[attr-defined]
     engine.start()
     engine.propose(ServedToken(None, None, 1, None))
@@ -111,7 +111,7 @@ def test_token_changes_output_and_none_is_base(engine: Engine) -> None:
     assert aligned.text != base
 
 
-def test_lower_generation_is_ignored(engine: Engine) -> None:
+def test_lower_generation_is_ignored(engine: DecodeEngine) -> None:
     engine.start()
     assert engine.propose(ServedToken(None, None, 5, None))
     assert not engine.propose(ServedToken(1, "x" * 64, 4, None))
@@ -121,7 +121,7 @@ def test_lower_generation_is_ignored(engine: Engine) -> None:
     assert c.finished.token.generation == 5
 
 
-def test_seeded_sampling_is_reproducible_and_rows_keep_their_params(engine: Engine) -> None:
+def test_seeded_sampling_is_reproducible_and_rows_keep_their_params(engine: DecodeEngine) -> None:
     engine.propose(ServedToken(None, None, 1, None))
     engine.start()
     pairs = [
@@ -137,7 +137,7 @@ def test_seeded_sampling_is_reproducible_and_rows_keep_their_params(engine: Engi
     assert out[3].completion_tokens <= 3
 
 
-def test_stop_strings_and_streaming_deltas(engine: Engine) -> None:
+def test_stop_strings_and_streaming_deltas(engine: DecodeEngine) -> None:
     engine.propose(ServedToken(None, None, 1, None))
     engine.start()
     req, c = _request(engine, "go on", max_tokens=20, temperature=1.0, seed=5)
@@ -155,7 +155,7 @@ def test_stop_strings_and_streaming_deltas(engine: Engine) -> None:
     assert streamed == done.text, "deltas add up to the final text and never leak the stop string"
 
 
-def test_full_queue_raises_overloaded_instead_of_blocking(engine: Engine) -> None:
+def test_full_queue_raises_overloaded_instead_of_blocking(engine: DecodeEngine) -> None:
     engine.propose(ServedToken(None, None, 1, None))
     # not started: nothing drains the queue
     for _ in range(engine.queue_size):
@@ -165,7 +165,7 @@ def test_full_queue_raises_overloaded_instead_of_blocking(engine: Engine) -> Non
     assert info.value.retry_after > 0
 
 
-def test_swap_mid_batch_applies_to_new_requests_only(engine: Engine) -> None:
+def test_swap_mid_batch_applies_to_new_requests_only(engine: DecodeEngine) -> None:
     """A token proposed mid-batch applies to requests that start after it; the running one keeps its token."""
     token = make_token(engine.digests, seed=3)  # type: ignore[attr-defined]
     engine.propose(ServedToken(None, None, 1, None))
@@ -182,7 +182,7 @@ def test_swap_mid_batch_applies_to_new_requests_only(engine: Engine) -> None:
     assert c2.finished.token.generation == 2
 
 
-def test_joining_a_running_batch_changes_no_output(engine: Engine) -> None:
+def test_joining_a_running_batch_changes_no_output(engine: DecodeEngine) -> None:
     """A request admitted between decode steps, with a newer token, decodes exactly as it would alone,
     and the row in flight goes on with its own token: the joint cache's padding and per-row tokens are right."""
     token = make_token(engine.digests, seed=4)  # type: ignore[attr-defined]

@@ -15,41 +15,41 @@ from typing import Any
 
 import pytest
 
-from serving.control import ActiveState
-from serving.engine import Engine
+from governance.client import ActiveState
+from serving.engine import DecodeEngine
 from serving.watcher import TokenWatcher
 from tests.serving.helpers import attached_copy, make_token
 
 
 class FakeControl:
-    """The routes a watcher uses, answered from memory: `active` is what the API says."""
+    """The client calls a watcher makes, answered from memory: `answer` is what the API says."""
 
-    api_url = "http://127.0.0.1:9"
-    api_key = "test"
-
-    def __init__(self, artifacts: dict[str, bytes], active: ActiveState) -> None:
+    def __init__(self, artifacts: dict[str, bytes], answer: ActiveState) -> None:
         self.artifacts = artifacts
-        self.active = active
+        self.answer = answer
         self.active_calls = 0
 
-    def get_active(self, deployment: str) -> ActiveState:
-        self.active_calls += 1
-        return self.active
+    def with_timeout(self, timeout: float) -> FakeControl:
+        return self
 
-    def get_artifact(self, sha256: str) -> bytes:
+    def active(self, deployment: str) -> ActiveState:
+        self.active_calls += 1
+        return self.answer
+
+    def artifact_by_sha(self, sha256: str) -> bytes:
         return self.artifacts[sha256]
 
-    def list_versions(self, **_: Any) -> list[dict[str, Any]]:
+    def versions(self, **_: Any) -> list[dict[str, Any]]:
         return []
 
-    def post_alert(self, **_: Any) -> None:
+    def raise_alert(self, **_: Any) -> None:
         return None
 
 
 @pytest.fixture()
-def setup(tiny: tuple[Any, Any, Any]) -> Iterator[tuple[TokenWatcher, FakeControl, Engine, list[Any]]]:
+def setup(tiny: tuple[Any, Any, Any]) -> Iterator[tuple[TokenWatcher, FakeControl, DecodeEngine, list[Any]]]:
     model, tokenizer, digests = attached_copy(tiny)
-    engine = Engine(model, tokenizer, max_batch=2, queue_size=4)
+    engine = DecodeEngine(model, tokenizer, max_batch=2, queue_size=4)
     tokens = [make_token(digests, seed=300 + i) for i in range(3)]
     control = FakeControl({t.sha256: t.to_bytes() for t in tokens}, ActiveState(1, tokens[0].sha256, 1))
     watcher = TokenWatcher(
@@ -69,7 +69,7 @@ def setup(tiny: tuple[Any, Any, Any]) -> Iterator[tuple[TokenWatcher, FakeContro
     engine.stop()
 
 
-def wait_served(engine: Engine, generation: int) -> None:
+def wait_served(engine: DecodeEngine, generation: int) -> None:
     deadline = time.monotonic() + 30
     while engine.current is None or engine.current.generation != generation:
         assert time.monotonic() < deadline, f"engine did not reach generation {generation}: {engine.current}"
@@ -84,7 +84,7 @@ def push(watcher: TokenWatcher, version_id: int, sha256: str, generation: int) -
 def test_the_next_generation_is_adopted_from_the_push_alone(setup: Any) -> None:
     watcher, control, engine, tokens = setup
     asked = control.active_calls
-    control.active = ActiveState(2, tokens[1].sha256, 2)
+    control.answer = ActiveState(2, tokens[1].sha256, 2)
     push(watcher, 2, tokens[1].sha256, 2)
     wait_served(engine, 2)
     assert engine.current.version_id == 2
@@ -99,7 +99,7 @@ def test_a_forged_huge_generation_is_never_adopted_and_real_flips_still_apply(se
     assert engine.known_generation == 1
     assert engine.current.version_id == 1
     # The next real promotion is generation 2, and it still swaps in from the push.
-    control.active = ActiveState(2, tokens[1].sha256, 2)
+    control.answer = ActiveState(2, tokens[1].sha256, 2)
     push(watcher, 2, tokens[1].sha256, 2)
     wait_served(engine, 2)
     assert engine.current.version_id == 2
@@ -108,7 +108,7 @@ def test_a_forged_huge_generation_is_never_adopted_and_real_flips_still_apply(se
 def test_a_jump_the_api_confirms_is_adopted(setup: Any) -> None:
     """A lost message makes a real jump: one question to the API, then the swap."""
     watcher, control, engine, tokens = setup
-    control.active = ActiveState(3, tokens[2].sha256, 5)
+    control.answer = ActiveState(3, tokens[2].sha256, 5)
     push(watcher, 3, tokens[2].sha256, 5)
     wait_served(engine, 5)
     assert engine.current.version_id == 3
@@ -122,7 +122,7 @@ def test_a_forged_next_generation_is_undone_by_the_reconcile_and_by_the_real_fli
     wait_served(engine, 2)
     assert engine.current.version_id == 3
     # The real flip claims the same generation with another token: the watcher asks the API.
-    control.active = ActiveState(2, tokens[1].sha256, 2)
+    control.answer = ActiveState(2, tokens[1].sha256, 2)
     push(watcher, 2, tokens[1].sha256, 2)
     deadline = time.monotonic() + 30
     while engine.current.version_id != 2:
@@ -141,7 +141,7 @@ def test_the_reconcile_moves_a_replica_back_to_the_apis_generation(setup: Any) -
     wait_served(engine, 1)
     assert engine.current.version_id == 1
     # ... and pushes of the following real generations apply again.
-    control.active = ActiveState(2, tokens[1].sha256, 2)
+    control.answer = ActiveState(2, tokens[1].sha256, 2)
     push(watcher, 2, tokens[1].sha256, 2)
     wait_served(engine, 2)
     assert engine.current.version_id == 2
@@ -151,7 +151,7 @@ def test_an_answer_older_than_the_adopted_state_does_not_move_it_back(setup: Any
     """A push that overtook a reconcile's request is newer than its answer: it stays."""
     watcher, control, engine, tokens = setup
     asked = time.time()
-    control.active = ActiveState(2, tokens[1].sha256, 2)
+    control.answer = ActiveState(2, tokens[1].sha256, 2)
     push(watcher, 2, tokens[1].sha256, 2)  # received after the request below was sent
     wait_served(engine, 2)
     watcher.sync(ActiveState(1, tokens[0].sha256, 1), source="reconcile", asked_at=asked)
