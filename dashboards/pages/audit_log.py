@@ -15,12 +15,10 @@ from governance.audit import service as audit
 from governance.audit.export import export_stream, prepare_export
 from governance.audit.signing import AuditKeyError, default_private_key_path, load_public_key, load_signing_key
 from governance.errors import InvalidInput, ServiceUnavailable
-from governance.roles import Role
+from governance.roles import allowed
 
 router = APIRouter()
 # the same roles as GET /v1/audit and GET /v1/audit/export
-AUDIT_ROLES = (Role.auditor, Role.compliance_officer, Role.admin)
-EXPORT_ROLES = (Role.auditor,)
 PAGE = 50
 FILTERS = ("actor", "action", "subject_type", "subject_id")
 
@@ -42,7 +40,7 @@ def _signing_key(request: Request) -> Ed25519PrivateKey:
 def _page(
     request: Request, session: SessionDep, viewer: ViewerDep, *, check: audit.ChainCheck | None = None
 ) -> Response:
-    require(viewer, AUDIT_ROLES, "read the audit log")
+    require(viewer, allowed("audit.read"), "read the audit log")
     q = request.query_params
     filters = {k: (q.get(k) or "").strip() or None for k in FILTERS}
     since, until = _when("since", q.get("since")), _when("until", q.get("until"))
@@ -56,7 +54,7 @@ def _page(
         since=q.get("since") or "", until=q.get("until") or "",
         next_before=entries[-1].seq if len(entries) == PAGE else None,
         size=size, head_hash=head_hash, checkpoint=audit.latest_checkpoint(session), check=check,
-        can_export=viewer.has(*EXPORT_ROLES),
+        can_export=viewer.may("audit.export"),
     )
 
 
@@ -67,7 +65,7 @@ def audit_page(request: Request, session: SessionDep, viewer: ViewerDep) -> Resp
 
 @router.get("/audit/verify")
 def verify_now(request: Request, session: SessionDep, viewer: ViewerDep) -> Response:
-    require(viewer, AUDIT_ROLES, "verify the audit log")
+    require(viewer, allowed("audit.verify"), "verify the audit log")
     public_key = None
     try:
         public_key = _signing_key(request).public_key()
@@ -93,7 +91,7 @@ def export(
     until: Annotated[str, Form()] = "",
 ) -> Response:
     """A JSONL export (manifest line, entries, signed checkpoint line) as a download."""
-    require(viewer, EXPORT_ROLES, "export the audit log")
+    require(viewer, allowed("audit.export"), "export the audit log")
     try:
         key = _signing_key(request)
     except AuditKeyError as exc:

@@ -13,13 +13,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from governance.api.deps import SessionDep, role
+from governance.api.deps import SessionDep, may
 from governance.audit import service as audit
 from governance.audit.export import export_stream, prepare_export
 from governance.audit.signing import load_signing_key
 from governance.errors import ServiceUnavailable
 from governance.principal import Principal
-from governance.roles import Role
 from governance.schemas import Out
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -46,7 +45,7 @@ class AuditPage(Out):
 @router.get("", response_model=AuditPage)
 def list_audit(
     session: SessionDep,
-    _: Annotated[Principal, role(Role.auditor, Role.admin, Role.compliance_officer)],
+    _: Annotated[Principal, may("audit.read")],
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     before_seq: Annotated[int | None, Query(ge=1, description="the last seq of the previous page")] = None,
     actor: str | None = None,
@@ -75,7 +74,7 @@ def list_audit(
 def export_audit(
     request: Request,
     session: SessionDep,
-    principal: Annotated[Principal, role(Role.auditor)],
+    principal: Annotated[Principal, may("audit.export")],
     fmt: Literal["jsonl", "csv"] = "jsonl",
     since: datetime | None = None,
     until: datetime | None = None,

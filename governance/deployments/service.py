@@ -77,10 +77,9 @@ def create_deployment(
     dep = Deployment(name=name, base_model_id=base.id, policy_id=policy.id, created_by=principal.user_id)
     session.add(dep)
     session.flush()
-    audit.append(
+    audit.record(
         session,
-        actor=principal.actor,
-        actor_key_id=principal.key_prefix,
+        principal,
         action="deployment.create",
         subject_type="deployment",
         subject_id=name,
@@ -235,10 +234,9 @@ def _record_change(
         "sha256": version.sha256 if version is not None else None,
         "generation": dep.generation,
     }
-    audit.append(
+    audit.record(
         session,
-        actor=principal.actor,
-        actor_key_id=principal.key_prefix,
+        principal,
         action=f"deployment.{kind}",
         subject_type="deployment",
         subject_id=dep.name,
@@ -474,10 +472,9 @@ def freeze(
         raise InvalidInput("the freeze expiry is in the past")
     dep = get_deployment_or_raise(session, name=deployment, lock=True)
     dep.frozen, dep.frozen_until = True, until
-    audit.append(
+    audit.record(
         session,
-        actor=principal.actor,
-        actor_key_id=principal.key_prefix,
+        principal,
         action="deployment.freeze",
         subject_type="deployment",
         subject_id=deployment,
@@ -495,10 +492,9 @@ def unfreeze(session: Session, *, deployment: str, principal: Principal, reason:
             refusal=Refusal.of(principal, "deployment.unfreeze", "deployment", deployment),
         )
     dep.frozen, dep.frozen_until = False, None
-    audit.append(
+    audit.record(
         session,
-        actor=principal.actor,
-        actor_key_id=principal.key_prefix,
+        principal,
         action="deployment.unfreeze",
         subject_type="deployment",
         subject_id=deployment,
