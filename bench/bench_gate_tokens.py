@@ -32,7 +32,7 @@ import yaml
 def _policy(
     path: str | None, max_cases: str | None, max_new_tokens: int | None, batch_size: int | None = None
 ) -> tuple[Any, str]:
-    from governance.policy import default_policy_path, load_policy
+    from governance.policy import default_policy_path, parse_policy
 
     data = yaml.safe_load(Path(path or default_policy_path()).read_text())
     if max_cases:
@@ -42,7 +42,7 @@ def _policy(
         data["gate"]["max_new_tokens"] = max_new_tokens
     if batch_size:
         data["gate"]["batch_size"] = batch_size
-    return load_policy(yaml.safe_dump(data, sort_keys=False))
+    return parse_policy(yaml.safe_dump(data, sort_keys=False))
 
 
 def train_bad(name: str, state_dir: Path, **overrides: Any) -> Any:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from governance.deployments.models import Deployment
 from governance.monitoring.models import DetectorState, DriftCheck
-from governance.policy import Policy, load_policy
+from governance.policy import Policy, parse_policy
 from monitors import metrics, reference, sampling
 from monitors.alerting import Notification
 from monitors.descriptors import describe
@@ -75,7 +75,7 @@ def parse_window_key(key: str) -> tuple[datetime, datetime] | None:
 def deployment_policy(session: Session, deployment: Deployment) -> Policy:
     from governance.deployments.service import policy_of
 
-    return load_policy(policy_of(session, deployment=deployment).content)[0]
+    return parse_policy(policy_of(session, deployment=deployment).content)[0]
 
 
 def state_dirs() -> tuple[Path, Path]:

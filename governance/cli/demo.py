@@ -501,9 +501,9 @@ def _traffic(st: DemoState, prompts: list[str], label: str) -> list[dict[str, An
 
 
 def demo_interval(st: DemoState) -> int:
-    from governance.policy import load_policy
+    from governance.policy import parse_policy
 
-    policy, _ = load_policy(demo_policy(st.fast))
+    policy, _ = parse_policy(demo_policy(st.fast))
     return int(policy.monitoring.interval_seconds)
 
 

@@ -14,7 +14,7 @@ def demo_cmd(
     db_name: str = typer.Option("govern_demo", "--db-name", help="the demo's database (dropped and re-created)"),
 ) -> None:
     """Tell the whole story end to end: train, gate, review, promote, drift, roll back, audit."""
-    from governance.cli.demo import DemoFailed, run
+    from governance.cli.demo import DemoFailed, run  # defers torch (the demo trains tokens with aligner)
 
     try:
         if not db_name.replace("_", "").isalnum() or len(db_name) > 60:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from evaluators.checkers import contains_pii
 from governance.cli import demo
-from governance.policy import load_policy
+from governance.policy import parse_policy
 
 
 def test_demo_policies_load_and_differ_only_in_the_gate_size() -> None:
-    full, _ = load_policy(demo.demo_policy(False))
-    fast, _ = load_policy(demo.demo_policy(True))
+    full, _ = parse_policy(demo.demo_policy(False))
+    fast, _ = parse_policy(demo.demo_policy(True))
     assert full.gate.max_cases == {"policy_compliance": 40, "bias": 48, "reasoning": 40}
     assert fast.gate.max_cases == {"policy_compliance": 20, "bias": 24, "reasoning": 20}
     assert (full.gate.max_new_tokens, fast.gate.max_new_tokens) == (48, 32)
