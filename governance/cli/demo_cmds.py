@@ -1,4 +1,4 @@
-"""``govern demo``: the end-to-end story on the embedded default (see governance/cli/demo.py)."""
+"""``govern demo``: the end-to-end story on the embedded default (see governance/cli/demo/)."""
 
 from __future__ import annotations
 
