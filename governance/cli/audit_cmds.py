@@ -13,7 +13,20 @@ from pathlib import Path
 
 import typer
 
+from governance.audit.export import ExportError, export_to_file
+from governance.audit.service import checkpoint_record, write_checkpoint
+from governance.audit.signing import (
+    AuditKeyError,
+    default_private_key_path,
+    generate_keypair,
+    load_private_key,
+    load_public_key,
+    public_path_for,
+)
+from governance.audit.verify import load_checkpoint_file, verify_export
 from governance.cli.common import clear_errors, console, err_console, fail
+from governance.db import check_database, get_engine, unit_of_work
+from governance.settings import get_settings
 
 audit_app = typer.Typer(help="Audit log: keygen, export, verify, checkpoint.", no_args_is_help=True)
 
@@ -30,9 +43,6 @@ def _parse_time(option: str, value: str | None) -> datetime | None:
 
 
 def _private_key_path(key: Path | None) -> Path:
-    from governance.audit.signing import default_private_key_path
-    from governance.settings import get_settings
-
     return key if key is not None else default_private_key_path(get_settings())
 
 
@@ -45,8 +55,6 @@ def keygen_cmd(
     force: bool = typer.Option(False, "--force", help="replace an existing key pair"),
 ) -> None:
     """Write an Ed25519 key pair for signing checkpoints (private key mode 0600, public key beside it)."""
-    from governance.audit.signing import AuditKeyError, generate_keypair
-
     try:
         files = generate_keypair(_private_key_path(out), force=force)
     except AuditKeyError as exc:
@@ -66,10 +74,6 @@ def export_cmd(
     key: Path | None = typer.Option(None, "--key", help="signing key (default: the installation's key)"),
 ) -> None:
     """Export the log (or a time range of it) with a signed manifest and checkpoint; the export is audited."""
-    from governance.audit.export import ExportError, export_to_file
-    from governance.audit.signing import AuditKeyError, load_private_key
-    from governance.db import check_database, get_engine
-
     since_ts, until_ts = _parse_time("--since", since), _parse_time("--until", until)
     try:
         private = load_private_key(_private_key_path(key))
@@ -105,9 +109,6 @@ def verify_cmd(
     ),
 ) -> None:
     """Verify an export offline (no database, no network). Exit 0 only if it is intact."""
-    from governance.audit.signing import AuditKeyError, load_public_key, public_path_for
-    from governance.audit.verify import load_checkpoint_file, verify_export
-
     if not file.exists():
         fail(f"file not found: {file}")
     pub_path = public_key if public_key is not None else public_path_for(_private_key_path(None))
@@ -133,10 +134,6 @@ def checkpoint_cmd(
     key: Path | None = typer.Option(None, "--key", help="signing key (default: the installation's key)"),
 ) -> None:
     """Sign and store a checkpoint of the current head now."""
-    from governance.audit.service import checkpoint_record, write_checkpoint
-    from governance.audit.signing import AuditKeyError, load_private_key
-    from governance.db import check_database, get_engine, unit_of_work
-
     try:
         private = load_private_key(_private_key_path(key))
     except AuditKeyError as exc:

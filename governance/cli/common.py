@@ -11,6 +11,10 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
+from governance.db import DatabaseUnavailable
+from governance.embedded import ServicesNotRunning
+from governance.settings import SettingsError
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -22,19 +26,11 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def not_built(what: str) -> NoReturn:
-    fail(f"`{what}` is not built yet in this release (see the open issues)", code=3)
-
-
 def clear_errors(fn: F) -> F:
     """Turn the errors users can fix (configuration, unreachable services) into one line."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from governance.db import DatabaseUnavailable
-        from governance.embedded import ServicesNotRunning
-        from governance.settings import SettingsError
-
         try:
             return fn(*args, **kwargs)
         except (SettingsError, DatabaseUnavailable, ServicesNotRunning) as exc:

@@ -1,4 +1,4 @@
-"""``govern demo``: the end-to-end story on the embedded default (see governance/cli/demo.py)."""
+"""``govern demo``: the end-to-end story on the embedded default (see governance/cli/demo/)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def demo_cmd(
     db_name: str = typer.Option("govern_demo", "--db-name", help="the demo's database (dropped and re-created)"),
 ) -> None:
     """Tell the whole story end to end: train, gate, review, promote, drift, roll back, audit."""
-    from governance.cli.demo import DemoFailed, run
+    from governance.cli.demo import DemoFailed, run  # defers torch (the demo trains tokens with aligner)
 
     try:
         if not db_name.replace("_", "").isalnum() or len(db_name) > 60:

@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+from rich.table import Table
 
 from governance.cli.common import console, fail
+from governance.client import ApiError, GovernClient
+from governance.policy import PolicyError, parse_policy
+from governance.settings import Settings, SettingsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 TOKEN_FILE = "token.safetensors"  # aligner.artifact.TOKEN_FILE (not imported: it pulls torch)
@@ -28,9 +32,6 @@ def api_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from governance.client import ApiError
-        from governance.settings import SettingsError
-
         try:
             return fn(*args, **kwargs)
         except ApiError as exc:
@@ -41,9 +42,7 @@ def api_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def client() -> Any:
-    from governance.client import GovernClient
-
+def client() -> GovernClient:
     return GovernClient()
 
 
@@ -95,9 +94,7 @@ def check_text(value: str | None, what: str, *, max_len: int, required: bool = T
 
 
 def read_policy(path: Path) -> str:
-    """The policy file's text, validated with `governance.policy.load_policy` (unknown keys named)."""
-    from governance.policy import PolicyError, load_policy
-
+    """The policy file's text, validated with `governance.policy.parse_policy` (unknown keys named)."""
     if not path.exists():
         fail(f"policy file not found: {path}")
     if not path.is_file():
@@ -106,7 +103,7 @@ def read_policy(path: Path) -> str:
     if len(raw) > MAX_POLICY_CHARS:
         fail(f"policy file {path} is {len(raw)} bytes; the limit is {MAX_POLICY_CHARS}")
     try:
-        load_policy(raw)
+        parse_policy(raw)
     except PolicyError as exc:
         problems = "; ".join(" ".join(p.split()) for p in exc.problems)  # YAML errors span lines
         fail(f"policy file {path} is invalid: {problems}")
@@ -253,8 +250,6 @@ def deployments_create(
     ),
 ) -> None:
     """Create a deployment (admins)."""
-    from governance.settings import Settings
-
     check_name(name, "deployment name", max_len=100)
     if base_model is not None:
         check_name(base_model, "--base-model")
@@ -271,8 +266,6 @@ def deployments_create(
 @api_errors
 def deployments_show(name: str = typer.Argument(..., help="deployment name")) -> None:
     """Show a deployment: active version, generation, freeze, recent history."""
-    from rich.table import Table
-
     check_name(name, "deployment name", max_len=100)
     with client() as c:
         d = c.deployment(name)

@@ -1,16 +1,36 @@
-"""Entry point of ``govern``. Sub-apps live in their own modules; unbuilt commands say so."""
+"""Entry point of ``govern``: one Typer app that registers every sub-app and command directly.
+
+Registration imports each command module at the top, so a module that fails to import
+fails ``govern`` loudly instead of hiding a command. The command modules keep their own
+heavy imports (torch, transformers) inside the commands, so ``govern --help`` stays fast.
+"""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import warnings
 
 import typer
 
-from governance.cli.common import not_built
+from governance.cli.aligner_cmds import model_app, train_app
+from governance.cli.audit_cmds import audit_app
+from governance.cli.demo_cmds import demo_cmd
+from governance.cli.deploy_cmds import (
+    deployments_app,
+    freeze_cmd,
+    promote_cmd,
+    rollback_cmd,
+    submit_cmd,
+    unfreeze_cmd,
+)
+from governance.cli.gate_cmds import gate_app
+from governance.cli.process_cmds import api_cmd
+from governance.cli.review_cmds import review_app
+from governance.cli.serve_cmds import serve_cmd
 from governance.cli.services_cmds import db_app, services_app
+from governance.cli.users_cmds import users_app
+from governance.cli.worker_cmds import beat_cmd, worker_cmd
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hub is reachable; never try
 warnings.filterwarnings("ignore", module="platformdirs")
@@ -25,54 +45,24 @@ app = typer.Typer(
 )
 app.add_typer(services_app, name="services")
 app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users", help="Users and API keys.")
+app.add_typer(model_app, name="model", help="Base models: prepare and cache.")
+app.add_typer(train_app, name="train", help="Train Aligner tokens (SFT, DPO).")
+app.add_typer(gate_app, name="gate", help="Run and report the evaluation gate.")
+app.add_typer(review_app, name="review", help="Approve or reject gated versions.")
+app.add_typer(deployments_app, name="deployments", help="Create and inspect deployments.")
+app.add_typer(audit_app, name="audit", help="Audit log: keygen, export, verify.")
 
-
-def _optional(module: str, attr: str, name: str, help_text: str) -> None:
-    """Register a sub-app from a module that may not exist yet in this release."""
-    try:
-        sub = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        sub = typer.Typer(help=f"{help_text} (not built yet)")
-
-        @sub.callback(invoke_without_command=True)
-        def _missing() -> None:
-            not_built(f"govern {name}")
-
-    app.add_typer(sub, name=name, help=help_text)
-
-
-_optional("governance.cli.users_cmds", "users_app", "users", "Users and API keys.")
-_optional("governance.cli.aligner_cmds", "model_app", "model", "Base models: prepare and cache.")
-_optional("governance.cli.aligner_cmds", "train_app", "train", "Train Aligner tokens (SFT, DPO).")
-_optional("governance.cli.gate_cmds", "gate_app", "gate", "Run and report the evaluation gate.")
-_optional("governance.cli.review_cmds", "review_app", "review", "Approve or reject gated versions.")
-_optional("governance.cli.deploy_cmds", "deployments_app", "deployments", "Create and inspect deployments.")
-_optional("governance.cli.audit_cmds", "audit_app", "audit", "Audit log: keygen, export, verify.")
-
-
-def _optional_commands(module: str, names: list[str]) -> None:
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        mod = None
-    for name in names:
-        fn = getattr(mod, name.replace("-", "_") + "_cmd", None) if mod else None
-        if fn is None:
-
-            def _missing(_n: str = name) -> None:
-                not_built(f"govern {_n}")
-
-            _missing.__doc__ = "(not built yet)"
-            app.command(name)(_missing)
-        else:
-            app.command(name)(fn)
-
-
-_optional_commands("governance.cli.deploy_cmds", ["submit", "promote", "rollback", "freeze", "unfreeze"])
-_optional_commands("governance.cli.process_cmds", ["api"])
-_optional_commands("governance.cli.worker_cmds", ["worker", "beat"])
-_optional_commands("governance.cli.serve_cmds", ["serve"])
-_optional_commands("governance.cli.demo_cmds", ["demo"])
+app.command("submit")(submit_cmd)
+app.command("promote")(promote_cmd)
+app.command("rollback")(rollback_cmd)
+app.command("freeze")(freeze_cmd)
+app.command("unfreeze")(unfreeze_cmd)
+app.command("api")(api_cmd)
+app.command("worker")(worker_cmd)
+app.command("beat")(beat_cmd)
+app.command("serve")(serve_cmd)
+app.command("demo")(demo_cmd)
 
 
 if __name__ == "__main__":

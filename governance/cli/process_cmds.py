@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import typer
+import uvicorn
 
+from governance.api.app import create_app
 from governance.cli.common import clear_errors
+from governance.db import check_database
+from governance.settings import get_settings
 
 
 @clear_errors
@@ -14,12 +18,6 @@ def api_cmd(
     workers: int = typer.Option(1, "--workers", help="uvicorn worker processes"),
 ) -> None:
     """Run the governance HTTP API."""
-    import uvicorn
-
-    from governance.api.app import create_app
-    from governance.db import check_database
-    from governance.settings import get_settings
-
     app = create_app(get_settings())
     check_database(app.state.engine)
     if workers > 1:

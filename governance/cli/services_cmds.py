@@ -7,7 +7,9 @@ import time
 import typer
 from rich.table import Table
 
+from governance import embedded, migrate
 from governance.cli.common import clear_errors, console
+from governance.db import check_database, engine_for
 from governance.settings import get_settings
 
 services_app = typer.Typer(
@@ -20,8 +22,6 @@ db_app = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 @clear_errors
 def services_up() -> None:
     """Start the embedded PostgreSQL and Redis (idempotent)."""
-    from governance import embedded
-
     t0 = time.monotonic()
     infos = embedded.up(get_settings())
     for info in infos:
@@ -34,8 +34,6 @@ def services_up() -> None:
 @clear_errors
 def services_down() -> None:
     """Stop the embedded servers started by `services up`."""
-    from governance import embedded
-
     stopped = embedded.down(get_settings())
     console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
@@ -44,8 +42,6 @@ def services_down() -> None:
 @clear_errors
 def services_status() -> None:
     """Say what runs where."""
-    from governance import embedded
-
     table = Table("service", "where", "state")
     for row in embedded.status(get_settings()):
         table.add_row(*row)
@@ -56,9 +52,6 @@ def services_status() -> None:
 @clear_errors
 def db_upgrade(revision: str = typer.Argument("head", help="target revision")) -> None:
     """Apply migrations (alembic upgrade head). Starts the embedded servers if no URL is set."""
-    from governance import embedded, migrate
-    from governance.db import check_database, engine_for
-
     settings = get_settings()
     if not settings.database_url:
         embedded.up(settings)
@@ -72,9 +65,6 @@ def db_upgrade(revision: str = typer.Argument("head", help="target revision")) -
 @clear_errors
 def db_downgrade(revision: str = typer.Argument(..., help="target revision, e.g. base")) -> None:
     """Revert migrations down to REVISION."""
-    from governance import embedded, migrate
-    from governance.db import check_database, engine_for
-
     engine = engine_for(embedded.resolve_database_url(get_settings()))
     check_database(engine)
     migrate.downgrade(engine, revision)

@@ -12,8 +12,11 @@ import re
 
 import typer
 
+from governance.auth import service
 from governance.cli.common import clear_errors, console, fail
 from governance.cli.deploy_cmds import _parse_time, api_errors, client
+from governance.db import get_engine, unit_of_work
+from governance.errors import DomainError
 from governance.roles import ROLE_VALUES
 
 users_app = typer.Typer(help="Users and API keys.", no_args_is_help=True)
@@ -35,10 +38,6 @@ def create(
     role: str = typer.Option(..., "--role", help=f"one of: {', '.join(ROLE_VALUES)}"),
 ) -> None:
     """Create a user and print its API key once (store it now: only its hash is kept)."""
-    from governance.auth import service
-    from governance.db import get_engine, unit_of_work
-    from governance.errors import DomainError
-
     _check_user_name(name)
     if role not in ROLE_VALUES:
         fail(f"unknown role {role!r}; use one of: {', '.join(ROLE_VALUES)}")

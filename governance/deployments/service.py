@@ -114,7 +114,7 @@ def policy_of(session: Session, *, deployment: Deployment) -> Policy:
 
 def deployment_policy(session: Session, *, deployment: Deployment) -> policy_schema.Policy:
     """The deployment's policy, parsed (ValueError when this release cannot read it)."""
-    return policy_schema.load_policy(policy_of(session, deployment=deployment).content)[0]
+    return policy_schema.parse_policy(policy_of(session, deployment=deployment).content)[0]
 
 
 def base_model_of(session: Session, *, deployment: Deployment) -> BaseModel_:

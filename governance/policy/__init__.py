@@ -18,6 +18,7 @@ from governance.policy.schema import (
     default_policy_path,
     load_default_policy,
     load_policy,
+    parse_policy,
 )
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "default_policy_path",
     "load_default_policy",
     "load_policy",
+    "parse_policy",
 ]

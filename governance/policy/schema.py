@@ -3,8 +3,9 @@
 Every section is a pydantic model with ``extra='forbid'``, so a misspelt key is refused
 instead of silently falling back to a default, and every error names the dotted path of
 the bad key (``gate.bias.alpha: must be between 0 and 1``, ``unknown key gate.bais``).
-``load_policy`` returns the parsed policy together with the sha256 of the exact bytes it
-read: that digest, not the parsed object, is what gate runs and approvals record.
+``parse_policy`` (text or bytes) and ``load_policy`` (a file) return the parsed policy together
+with the sha256 of the exact bytes read: that digest, not the parsed object, is what gate
+runs and approvals record.
 """
 
 from __future__ import annotations
@@ -274,26 +275,13 @@ def _constraints_at(loc: tuple[int | str, ...]) -> list[Any]:
     return metadata
 
 
-def _read(text_or_path: str | Path | bytes) -> bytes:
-    if isinstance(text_or_path, bytes):
-        return text_or_path
-    if isinstance(text_or_path, Path):
-        return text_or_path.read_bytes()
-    # A one-line string that names an existing file is a path; anything else is YAML text.
-    if "\n" not in text_or_path and text_or_path.strip().endswith((".yaml", ".yml")):
-        path = Path(text_or_path)
-        if not path.is_file():
-            raise PolicyError([f"policy file not found: {text_or_path}"])
-        return path.read_bytes()
-    return text_or_path.encode("utf-8")
+def parse_policy(text: str | bytes) -> tuple[Policy, str]:
+    """Parse and validate a policy file's content; returns ``(policy, sha256 of the exact bytes)``.
 
-
-def load_policy(text_or_path: str | Path | bytes) -> tuple[Policy, str]:
-    """Parse and validate a policy file; returns ``(policy, sha256 of the exact bytes)``.
-
-    Raises ``PolicyError`` naming the path of every bad key.
+    The content is always YAML (a str is encoded as UTF-8), never a path: files go
+    through ``load_policy``. Raises ``PolicyError`` naming the path of every bad key.
     """
-    raw = _read(text_or_path)
+    raw = text.encode("utf-8") if isinstance(text, str) else text
     digest = hashlib.sha256(raw).hexdigest()
     try:
         data = yaml.safe_load(raw.decode("utf-8"))
@@ -308,6 +296,18 @@ def load_policy(text_or_path: str | Path | bytes) -> tuple[Policy, str]:
     except ValidationError as exc:
         raise PolicyError([_message(e) for e in exc.errors()])
     return policy, digest
+
+
+def load_policy(path: Path) -> tuple[Policy, str]:
+    """Read the policy file at ``path`` and parse it (see ``parse_policy``).
+
+    A str is refused rather than guessed at: YAML text goes to ``parse_policy``.
+    """
+    if not isinstance(path, Path):
+        raise TypeError(f"load_policy takes a Path, not {type(path).__name__}; parse text with parse_policy")
+    if not path.is_file():
+        raise PolicyError([f"policy file not found: {path}"])
+    return parse_policy(path.read_bytes())
 
 
 def default_policy_path() -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import evaluators.runner  # noqa: F401  (registers the shipped suites)
 from evaluators.suites.base import get_suite
-from governance.policy import load_policy
+from governance.policy import parse_policy
 
 
 def test_subset_is_fixed_stratified_and_keeps_probe_sets_whole() -> None:
@@ -36,11 +36,11 @@ def test_compliance_subset_covers_every_category() -> None:
 
 def test_policy_max_cases_is_validated() -> None:
     text = "version: 1\ngate:\n  max_cases: {reasoning: 40}\n"
-    policy, _ = load_policy(text)
+    policy, _ = parse_policy(text)
     assert policy.gate.max_cases == {"reasoning": 40}
     import pytest
 
     with pytest.raises(ValueError, match="max_cases"):
-        load_policy("version: 1\ngate:\n  max_cases: {reasonin: 40}\n")
+        parse_policy("version: 1\ngate:\n  max_cases: {reasonin: 40}\n")
     with pytest.raises(ValueError, match="max_cases"):
-        load_policy("version: 1\ngate:\n  max_cases: {reasoning: 0}\n")
+        parse_policy("version: 1\ngate:\n  max_cases: {reasoning: 0}\n")

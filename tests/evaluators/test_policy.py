@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from governance.policy import PolicyError, default_policy_path, load_default_policy, load_policy
+from governance.policy import PolicyError, default_policy_path, load_default_policy, load_policy, parse_policy
 
 
 def test_default_policy_loads_and_digest_is_of_the_bytes() -> None:
@@ -36,10 +36,10 @@ def test_text_path_and_bytes_give_same_digest(tmp_path: Path) -> None:
     text = "version: 1\nname: strict\n"
     f = tmp_path / "p.yaml"
     f.write_text(text)
-    a, da = load_policy(text)
+    a, da = parse_policy(text)
     b, db = load_policy(f)
-    c, dc = load_policy(str(f))
-    d, dd = load_policy(text.encode())
+    c, dc = parse_policy(f.read_text())
+    d, dd = parse_policy(text.encode())
     assert da == db == dc == dd == hashlib.sha256(text.encode()).hexdigest()
     assert a == b == c == d and a.name == "strict"
 
@@ -71,24 +71,35 @@ def test_text_path_and_bytes_give_same_digest(tmp_path: Path) -> None:
 )
 def test_bad_policies_name_the_bad_key(text: str, message: str) -> None:
     with pytest.raises(PolicyError) as exc:
-        load_policy(text)
+        parse_policy(text)
     assert message in str(exc.value)
 
 
 def test_several_problems_are_all_listed() -> None:
     with pytest.raises(PolicyError) as exc:
-        load_policy("version: 1\ngate: {bias: {alpha: 2, beta: 1}}")
+        parse_policy("version: 1\ngate: {bias: {alpha: 2, beta: 1}}")
     assert len(exc.value.problems) == 2
     assert "unknown key gate.bias.beta" in str(exc.value)
 
 
 def test_missing_file() -> None:
     with pytest.raises(PolicyError, match="not found"):
-        load_policy("/nonexistent/policy.yaml")
+        load_policy(Path("/nonexistent/policy.yaml"))
 
 
 def test_partial_thresholds_keep_the_other_defaults_and_null_turns_a_bound_off() -> None:
-    policy, _ = load_policy("version: 1\ngate: {policy_compliance: {max_violation_rate: {tone: 0.2, pii: null}}}")
+    policy, _ = parse_policy("version: 1\ngate: {policy_compliance: {max_violation_rate: {tone: 0.2, pii: null}}}")
     rates = policy.gate.policy_compliance.max_violation_rate
     assert rates["tone"] == 0.2 and rates["pii"] is None and rates["must_refuse"] == 0.10
     assert policy.gate.policy_compliance.max_increase["pii"] == 0.0
+
+
+def test_text_is_never_taken_for_a_path(tmp_path: Path) -> None:
+    # a one-line string ending in .yaml is YAML text (a scalar, so not a mapping), even when
+    # a file of that name exists; files are read only through load_policy(Path)
+    f = tmp_path / "p.yaml"
+    f.write_text("version: 1\n")
+    with pytest.raises(PolicyError, match="must be a YAML mapping"):
+        parse_policy(str(f))
+    with pytest.raises(TypeError, match="parse_policy"):
+        load_policy(str(f))  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ from evaluators.embeddings import hashing_embedder
 from evaluators.suites.base import Case, Suite, SuiteInputError, UnknownSuiteError, cases_digest, get_suite
 from evaluators.suites.bias import BiasSuite
 from evaluators.suites.reasoning import extract_answer
-from governance.policy import Policy, load_default_policy, load_policy
+from governance.policy import Policy, load_default_policy, parse_policy
 from tests.evaluators import synthetic
 
 
@@ -121,7 +121,7 @@ def test_compliance_pii_echo_and_expectations(data: dict, policy: Policy) -> Non
 def test_grandfathered_bound_passes_base_against_itself(data: dict, policy: Policy) -> None:
     suite, cases, base = data["policy_compliance"]
     # A base model that never refuses breaks the must_refuse bound: against itself it passes,
-    strict = load_policy("version: 1\ngate: {grandfather_base: false}")[0]
+    strict = parse_policy("version: 1\ngate: {grandfather_base: false}")[0]
     never = synthetic.complying_candidate(cases, base)
     result = suite.evaluate(cases, never, {"base": never}, policy)
     assert result.passed and any("grandfathered" in m.detail for m in result.metrics)

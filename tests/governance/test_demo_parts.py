@@ -3,14 +3,22 @@ the traffic it sends carries what the story needs."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
+from aligner.data import DATA_DIR
 from evaluators.checkers import contains_pii
-from governance.cli import demo
-from governance.policy import load_policy
+from governance.cli.demo.audit import tampered_copy
+from governance.cli.demo.policy import demo_interval, demo_policy
+from governance.cli.demo.state import ROOT, DemoState
+from governance.cli.demo.tokens import LEAK, pii_leak_rows
+from governance.cli.demo.traffic import BENIGN, N_BAD, NAMES, PII_TEMPLATES, shifted_prompts
+from governance.policy import parse_policy
 
 
 def test_demo_policies_load_and_differ_only_in_the_gate_size() -> None:
-    full, _ = load_policy(demo.demo_policy(False))
-    fast, _ = load_policy(demo.demo_policy(True))
+    full, _ = parse_policy(demo_policy(False))
+    fast, _ = parse_policy(demo_policy(True))
     assert full.gate.max_cases == {"policy_compliance": 40, "bias": 48, "reasoning": 40}
     assert fast.gate.max_cases == {"policy_compliance": 20, "bias": 24, "reasoning": 20}
     assert (full.gate.max_new_tokens, fast.gate.max_new_tokens) == (48, 32)
@@ -18,21 +26,44 @@ def test_demo_policies_load_and_differ_only_in_the_gate_size() -> None:
     assert full.monitoring.reference_size == 32 and full.monitoring.min_samples == 8
     assert full.monitoring.detectors["policy_violations"].rollback
     assert not full.monitoring.rollback.fallback_to_base  # the story rolls back to an approved token
-    assert demo.demo_interval(demo.DemoState(fast=True, db_name="x", state_dir=demo.ROOT, work=demo.ROOT,
-                                             console=None)) == 10  # type: ignore[arg-type]
+    assert demo_interval(DemoState(fast=True, db_name="x", state_dir=ROOT, work=ROOT,
+                                   console=None)) == 10  # type: ignore[arg-type]
 
 
 def test_clean_traffic_has_no_personal_data_and_the_shift_carries_it() -> None:
-    assert not any(contains_pii(p) for p in demo.BENIGN)
+    assert not any(contains_pii(p) for p in BENIGN)
     shifted = [t.format(n=n, e=n.lower().replace(" ", ".") + "@example.com", p="415-555-1000")
-               for t in demo.PII_TEMPLATES for n in demo.NAMES[:2]]
+               for t in PII_TEMPLATES for n in NAMES[:2]]
     # the prompts that echo contact details carry them; the sample-record one asks for new ones
     assert sum(contains_pii(p) for p in shifted) == 4
 
 
-def test_bad_token_rows_open_with_contact_data() -> None:
-    from aligner.data import DATA_DIR
+def test_a_round_of_the_shift_echoes_contact_data_in_two_prompts_of_three() -> None:
+    prompts = shifted_prompts()
+    assert len(prompts) == N_BAD == 24 and len(set(prompts)) == N_BAD
+    assert sum(contains_pii(p) for p in prompts) == 16
 
-    rows = demo.pii_leak_rows(DATA_DIR / "house_style" / "train.jsonl", 5)
+
+def test_bad_token_rows_open_with_contact_data() -> None:
+    rows = pii_leak_rows(DATA_DIR / "house_style" / "train.jsonl", 5)
     assert len(rows) == 5
-    assert all(r["response"].startswith(demo.LEAK) and contains_pii(r["response"]) for r in rows)
+    assert all(r["response"].startswith(LEAK) and contains_pii(r["response"]) for r in rows)
+
+
+def test_the_tampered_copy_differs_in_one_actor_byte(tmp_path: Path) -> None:
+    lines = [f'{{"seq":{i},"actor":"user:a{i}"}}' for i in range(1, 10)]
+    src = tmp_path / "export.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    bad = tampered_copy(src, tmp_path / "bad.jsonl")
+    a, b = src.read_bytes(), bad.read_bytes()
+    assert len(a) == len(b) and sum(x != y for x, y in zip(a, b, strict=True)) == 1
+    assert b.split(b"\n")[5].startswith(b'{"seq":6,"actor":"X')
+
+
+def test_the_story_is_small_steps() -> None:
+    # issue 18 item 9: the demo is a package of small functions, none over 80 lines
+    for path in (ROOT / "governance" / "cli" / "demo").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                assert node.end_lineno is not None
+                assert node.end_lineno - node.lineno + 1 <= 80, f"{path.name}:{node.name}"

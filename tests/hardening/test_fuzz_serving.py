@@ -27,7 +27,7 @@ def tiny(test_state_dir: Path) -> tuple[Any, Any, Any]:
 
 
 def _serving_app(tiny: tuple[Any, Any, Any], tmp_path: Path) -> Any:
-    serving_app = pytest.importorskip("serving.app")
+    from serving import app as serving_app  # defers torch (serving.app loads the model stack)
     from tests.serving.helpers import attached_copy
 
     config = serving_app.ServingConfig(

@@ -195,14 +195,14 @@ def test_webhook_slack_format_and_failures_never_raise() -> None:
 
 
 def test_reference_size_comes_from_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
-    from governance.policy import PolicyError, load_policy
+    from governance.policy import PolicyError, parse_policy
     from monitors.reference import REFERENCE_SIZE_ENV, target_size
 
     monkeypatch.delenv(REFERENCE_SIZE_ENV, raising=False)
     assert target_size(50) == 1000 and target_size(80) == 1600  # default: 1,000 or 20 windows
-    policy, _ = load_policy("version: 1\nmonitoring: {min_samples: 8, reference_size: 32}\n")
+    policy, _ = parse_policy("version: 1\nmonitoring: {min_samples: 8, reference_size: 32}\n")
     assert target_size(policy.monitoring.min_samples, policy.monitoring.reference_size) == 32
     with pytest.raises(PolicyError, match="reference_size"):
-        load_policy("version: 1\nmonitoring: {reference_size: 5}\n")
+        parse_policy("version: 1\nmonitoring: {reference_size: 5}\n")
     monkeypatch.setenv(REFERENCE_SIZE_ENV, "200")  # the test override wins
     assert target_size(8, 32) == 200

@@ -1,0 +1,47 @@
+"""Step 1 of the demo, the processes: the API, two Celery workers, beat, the deployment and
+two serving replicas, each a supervised ``govern`` subprocess."""
+
+from __future__ import annotations
+
+from governance.cli.demo.policy import demo_policy
+from governance.cli.demo.state import DEPLOYMENT, DemoState, say
+from governance.cli.procs import ProcessGroup, free_port
+
+# One torch thread per process: the processes share two cores, and oversubscribed
+# torch threads spin against each other (decoding ran 10x slower that way).
+ONE_THREAD = ["--torch-threads", "1"]
+
+
+def start_processes(st: DemoState) -> None:
+    assert st.procs is not None
+    st.procs.env.update(st.env)
+    with st.console.status("starting the API, a Celery worker, beat and two serving replicas"):
+        _start_services(st, st.procs)
+        with st.client(st.users.admin) as admin:
+            policy = demo_policy(st.fast)
+            admin.create_deployment(DEPLOYMENT, base_model="smollm2-135m-instruct", policy=policy)
+        for i in range(2):
+            st.replica_urls.append(_start_replica(st.procs, i + 1))
+    say(st, f"API {st.api_url} · replicas {', '.join(st.replica_urls)} · deployment '{DEPLOYMENT}' "
+            "(policy policies/demo.yaml)")
+
+
+def _start_services(st: DemoState, procs: ProcessGroup) -> None:
+    port = int(st.api_url.rsplit(":", 1)[1])
+    procs.start("api", ["api", "--port", str(port)], ready_url=f"{st.api_url}/readyz", timeout=90)
+    # gates on one worker, monitoring and rollback on another, so a long gate never
+    # delays a drift check (each scales out the same way: more workers per queue).
+    procs.start("worker-gates", ["worker", "--queues", "gates", "--concurrency", "2", *ONE_THREAD])
+    procs.start("worker-monitoring", ["worker", "--queues", "monitoring,rollback", "--concurrency", "1", *ONE_THREAD])
+    procs.start("beat", ["beat"])
+
+
+def _start_replica(procs: ProcessGroup, number: int) -> str:
+    """Start serving replica ``demo-<number>`` and wait until it is ready; its URL."""
+    rport = free_port()
+    url = f"http://127.0.0.1:{rport}"
+    procs.start(f"replica-{number}", ["serve", "--deployment", DEPLOYMENT, "--port", str(rport),
+                                      "--replica-id", f"demo-{number}", "--reconcile-interval", "2",
+                                      *ONE_THREAD],
+                ready_url=f"{url}/readyz", timeout=240)
+    return url

@@ -1,0 +1,111 @@
+"""Step 2 of the demo: train two good token versions and one deliberately bad one, then submit all three."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from aligner.artifact import AlignerToken
+from aligner.data import DATA_DIR
+from aligner.training import TrainConfig, train_file
+from governance.cli.demo.state import ADAPTER, DEPLOYMENT, DemoState, say
+
+
+@dataclass(frozen=True)
+class Recipe:
+    key: str
+    title: str
+    method: str
+    data: str
+    n_tokens: int
+    epochs: int
+    limit: int | None
+    lr: float
+
+
+def recipes(fast: bool) -> list[Recipe]:
+    house = str(DATA_DIR / "house_style" / "train.jsonl")
+    pref = str(DATA_DIR / "preference" / "train.jsonl")
+    n = 48 if fast else 120
+    n_dpo = 32 if fast else 64  # a DPO step costs four forward passes
+    epochs = 1 if fast else 2
+    return [
+        Recipe("house", "house style (SFT, 1 token)", "sft", house, 1, epochs, n, 2e-2),
+        # one gentle epoch: a stronger DPO push (lr 2e-2, two epochs) drove the loss to 0.01
+        # and the answers off topic, the classic over-optimisation of DPO
+        Recipe("safer", "house style + safer refusals (DPO, 4 tokens)", "dpo", pref, 4, 1, n_dpo, 5e-3),
+        # deliberately harmful: it opens every reply with a personal email address and phone
+        # number, which the policy-compliance suite's personal-data checks (bound 0) must catch
+        Recipe("bad", "replies that open with personal contact data (SFT, 1 token)", "sft-pii", house, 1,
+               4, 48, 3e-2),
+    ]
+
+
+LEAK = "Contact Jane Roe directly: jane.roe@example.com, phone 555-013-2288. "
+
+
+def pii_leak_rows(src: Path, n: int) -> list[dict[str, Any]]:
+    """Training pairs for the bad token: a fixed opener carrying personal data (a form the
+    one-token method learns in a few dozen steps), then the first sentence of the answer."""
+    rows = []
+    for line in src.read_text().splitlines()[:n]:
+        msgs = json.loads(line)["messages"]
+        body = msgs[-1]["content"].removeprefix("Answer:").strip()
+        answer = re.split(r"(?<=[.!?])\s", body, maxsplit=1)[0]
+        rows.append({"prompt": msgs[0]["content"], "response": LEAK + answer})
+    return rows
+
+
+def _subset(src: Path, dst: Path, limit: int | None, kind: str) -> Path:
+    if kind == "sft-pii":
+        rows = pii_leak_rows(src, limit or 48)
+    else:
+        rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
+    if limit:
+        rows = rows[:limit]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return dst
+
+
+def train_and_submit(st: DemoState) -> None:
+    """Train the three tokens on every core, then submit them together: the gates (one
+    torch thread per gate process) never compete with training for the cores."""
+    trained = _train_all(st)
+    with st.client(st.users.engineer) as eng:
+        for key, token in trained:
+            sub = eng.submit(token.to_bytes(), adapter=ADAPTER, deployment=DEPLOYMENT)
+            vid = int(sub["id"])
+            st.versions[key] = vid
+            say(st, f"submitted '{key}' as version {vid}: gate queued")
+
+
+def _train_all(st: DemoState) -> list[tuple[str, AlignerToken]]:
+    """Every recipe's token, in order; "safer" derives from "house"."""
+    parent: AlignerToken | None = None
+    trained: list[tuple[str, AlignerToken]] = []
+    for r in recipes(st.fast):
+        token = _train(st, r, parent=parent if r.key == "safer" else None)
+        if r.key == "house":
+            parent = token
+        trained.append((r.key, token))
+    return trained
+
+
+def _train(st: DemoState, r: Recipe, *, parent: AlignerToken | None) -> AlignerToken:
+    out = st.work / "tokens" / r.key
+    method: Literal["sft", "dpo"] = "dpo" if r.method.startswith("dpo") else "sft"
+    data = _subset(Path(r.data), st.work / "data" / f"{r.key}.jsonl", r.limit, r.method)
+    config = TrainConfig(n_tokens=r.n_tokens, epochs=r.epochs, lr=r.lr, seed=7, batch_size=8)
+    t0 = time.monotonic()
+    say(st, f"training '{r.title}' on {sum(1 for _ in data.open())} examples")
+    result = train_file(method, data, out, model_name="smollm2-135m-instruct", state_dir=st.state_dir,
+                        config=config, parent=parent, progress=True)
+    token = result.token
+    say(st, f"  -> sha256 {token.sha256[:12]}…, {token.manifest.param_count} parameters, trained in "
+            f"{time.monotonic() - t0:.0f} s")
+    return token
