@@ -135,9 +135,6 @@ class GovernClient:
 
     # ------------------------------------------------------------------ who am I
 
-    def me(self) -> dict[str, Any]:
-        return dict(self.request("GET", "/v1/me"))
-
     # ------------------------------------------------------------------ registry
 
     def submit(

@@ -54,6 +54,3 @@ class RateLimiter:
             keys=[key], args=[now, window_seconds, limit, f"{now}:{uuid.uuid4().hex[:8]}"]
         )
         return Decision(bool(int(allowed)), int(count), max(0.0, float(retry)), limit)
-
-    def reset(self, scope: str, subject: str) -> None:
-        self.client.delete(f"{self.prefix}:{scope}:{subject}")

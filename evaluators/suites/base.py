@@ -186,10 +186,6 @@ def register(cls: S) -> S:
     return cls
 
 
-def known_suites() -> list[str]:
-    return sorted(_REGISTRY)
-
-
 def get_suite(name: str) -> Suite:
     try:
         return _REGISTRY[name]()

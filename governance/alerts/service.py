@@ -129,13 +129,6 @@ def ack_alert(session: Session, *, alert_id: int, principal: Principal, comment:
     return alert
 
 
-def get_alert_or_raise(session: Session, *, alert_id: int) -> Alert:
-    alert = session.get(Alert, alert_id)
-    if alert is None:
-        raise NotFound(f"no alert {alert_id}")
-    return alert
-
-
 def list_alerts(
     session: Session,
     *,

@@ -21,7 +21,6 @@ change drifts window after window while a lone false alarm does not linger.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -310,7 +309,3 @@ def resolve_kind(name: str, policy_kind: str, flags: list[str] | None = None) ->
             return "cusum_bernoulli", {"flag": flag}
     return "cusum_gaussian", {}
 
-
-def shift_for_delay(arl: float, target_delay: float) -> float:
-    """The Gaussian shift (in sd) that the Lorden bound detects in ``target_delay`` samples."""
-    return math.sqrt(2.0 * math.log(arl) / target_delay)
