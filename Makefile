@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	# Browser tests use Debian's Chromium (never a downloaded browser).
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 		|| echo "warning: could not install chromium; browser tests will fail"
+	# docker/compose.yaml is checked with `docker-compose config` (no engine needed).
+	command -v docker-compose >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null) \
+		|| echo "warning: could not install docker-compose; the compose test will fail"
 	touch $(STAMP)
 
 install: $(STAMP)
