@@ -21,9 +21,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from evaluators.runner import (
     DEFAULT_SUITES,
@@ -39,15 +39,17 @@ from evaluators.runner import (
 )
 from evaluators.store import mark_gate_error, open_gate_run, save_gate_run
 from governance.db import get_engine, unit_of_work
-from governance.deployments.models import Deployment
+from governance.deployments import service as deployments
 from governance.gates.models import GateRun
 from governance.gates.report import GateReport
 from governance.policy import default_policy_path, parse_policy
 from governance.principal import Principal
 from governance.registry import service as registry
-from governance.registry.models import BaseModel_, TokenVersion, VersionState
-from governance.registry.models import Policy as PolicyRow
+from governance.registry.models import VersionState
 from governance.settings import get_settings
+
+if TYPE_CHECKING:  # annotations only: rooms talk through service functions
+    from governance.registry.models import TokenVersion
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +71,18 @@ class GateInputs:
 def load_inputs(session: Any, *, version_id: int) -> GateInputs:
     """What the gate needs, copied out of the database (no ORM objects leave the session)."""
     version = registry.get_version_or_raise(session, version_id=version_id)
-    base = session.get(BaseModel_, version.base_model_id)
+    base = registry.get_base_model_by_id(session, base_model_id=version.base_model_id)
+    assert base is not None  # foreign key
     policy_text: str | None = None
     active: TokenVersion | None = None
     if version.deployment_id is not None:
-        dep = session.get(Deployment, version.deployment_id)
+        dep = deployments.get_deployment_by_id(session, deployment_id=version.deployment_id)
         if dep is not None:
-            row = session.get(PolicyRow, dep.policy_id)
-            policy_text = row.content if row is not None else None
-        active = session.scalars(
-            select(TokenVersion).where(
-                TokenVersion.deployment_id == version.deployment_id,
-                TokenVersion.state == VersionState.active.value,
-                TokenVersion.id != version.id,
-            )
-        ).first()
+            policy_text = deployments.policy_of(session, deployment=dep).content
+            # the deployment has one active row at most (a partial unique index); the candidate is not it
+            active = deployments.active_version(session, deployment=dep)
+            if active is not None and active.id == version.id:
+                active = None
     if policy_text is None:
         policy_text = default_policy_path().read_text(encoding="utf-8")
     return GateInputs(

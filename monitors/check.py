@@ -15,17 +15,16 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from governance.deployments.models import Deployment
-from governance.deployments.service import active_version, deployment_policy
+from governance.deployments.service import active_version, deployment_policy, get_deployment_by_id
 from governance.monitoring.models import DetectorState, DriftCheck
+from governance.outputs import service as outputs
 from governance.policy import Policy
-from governance.registry.models import TokenVersion
 from governance.settings import get_settings
 from monitors import metrics, reference, sampling
 from monitors.alerting import Notification
@@ -41,6 +40,10 @@ from monitors.detectors import (
 )
 from monitors.embeddings import embed
 from monitors.rollback import on_drift
+
+if TYPE_CHECKING:  # annotations only: rooms talk through service functions
+    from governance.deployments.models import Deployment
+    from governance.registry.models import TokenVersion
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ def state_dirs() -> tuple[Path, Path]:
 def run_check(session: Session, *, deployment_id: int, window_key: str, now: datetime,
               write_report: bool = True) -> CheckResult:
     """Judge one window of one deployment; returns what was stored (or that it already was)."""
-    dep = session.get(Deployment, deployment_id)
+    dep = get_deployment_by_id(session, deployment_id=deployment_id)
     if dep is None:
         return CheckResult("missing", message=f"no deployment {deployment_id}")
     policy = deployment_policy(session, deployment=dep)
@@ -206,7 +209,7 @@ def _finish(check: DriftCheck, result: CheckResult, verdict: str, reason: dict[s
 def _grow_reference(session: Session, dep: Deployment, version_id: int, ref_row: Any, check: DriftCheck,
                     result: CheckResult, policy: Policy, after: int, upto: int) -> CheckResult:
     target = reference.target_size(policy.monitoring.min_samples, policy.monitoring.reference_size)
-    ids = sampling.window_ids(session, deployment_id=dep.id, version_id=version_id, after_id=after, upto_id=upto)
+    ids = outputs.output_ids(session, deployment_id=dep.id, version_id=version_id, after_id=after, upto_id=upto)
     ids = ids[: max(target - ref_row.sample_size, 0)]
     frame = describe(sampling.load_records(session, ids), fmt=policy.format, with_embeddings=False)
     ready = reference.add_rows(ref_row, frame, target=target) if frame.n else False

@@ -22,7 +22,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from governance.db import utcnow
-from governance.gates.models import GateCaseResult, GateRun
+from governance.gates import service as gates
 from governance.monitoring.models import MonitorReference
 from monitors.descriptors import OutputRecord, describe
 from monitors.detectors.base import Frame, Reference, novelty_score, t2_spe
@@ -197,16 +197,14 @@ def gate_summary(session: Session, *, version_id: int | None, fmt: Any = None) -
     """Descriptor rates and means of the version's latest gate outputs (for the report)."""
     if version_id is None:
         return None
-    run_id = session.scalar(select(GateRun.id).where(GateRun.version_id == version_id)
-                            .order_by(GateRun.id.desc()).limit(1))
-    if run_id is None:
+    run = gates.latest_gate_run(session, version_id=version_id)
+    if run is None:
         return None
-    rows = session.execute(select(GateCaseResult.id, GateCaseResult.prompt, GateCaseResult.candidate_output)
-                           .where(GateCaseResult.gate_run_id == run_id).limit(2000)).all()
+    rows = gates.case_outputs(session, gate_run_id=run.id, limit=2000)
     if not rows:
         return None
-    frame = describe([OutputRecord(int(r.id), r.prompt, r.candidate_output) for r in rows], fmt=fmt,
+    frame = describe([OutputRecord(i, prompt, output) for i, prompt, output in rows], fmt=fmt,
                      with_embeddings=False)
-    return {"gate_run_id": int(run_id), "n": frame.n,
+    return {"gate_run_id": int(run.id), "n": frame.n,
             "means": {k: float(np.mean(v)) for k, v in frame.numeric.items()},
             "rates": {k: float(np.mean(v)) for k, v in frame.flags.items()}}

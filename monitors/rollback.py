@@ -28,13 +28,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from governance.deployments import service as deployments
-from governance.deployments.models import Deployment, Promotion
 from governance.monitoring.models import DriftCheck
 from governance.outbox.names import ROLLBACK_TASK
 from governance.outbox.service import enqueue_task
@@ -43,6 +42,9 @@ from governance.principal import Principal
 from monitors import metrics
 from monitors.alerting import Notification, raise_monitor_alert
 from monitors.detectors import DetectorResult
+
+if TYPE_CHECKING:  # annotations only: rooms talk through service functions
+    from governance.deployments.models import Deployment, Promotion
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +164,7 @@ def auto_rollback(session: Session, *, deployment_id: int, expected_version_id: 
     first because a frozen deployment gets an alert; then the monitor's own daily cap and
     cooldown; then the core's `rollback`, under the same row lock.
     """
-    dep = session.scalars(select(Deployment).where(Deployment.id == deployment_id).with_for_update()
-                          .execution_options(populate_existing=True)).first()
+    dep = deployments.lock_deployment_by_id(session, deployment_id=deployment_id)
     if dep is None:
         return RollbackDecision("missing", f"no deployment {deployment_id}")
     policy = deployments.deployment_policy(session, deployment=dep)

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from governance.monitoring.models import DriftCheck
-from governance.outputs.models import Output
+from governance.outputs import service as outputs
 from monitors.descriptors import OutputRecord, prompt_of
 
 
@@ -57,24 +57,13 @@ def window_range(session: Session, *, deployment_id: int, exclude_check_id: int 
     if exclude_check_id is not None:
         stmt = stmt.where(DriftCheck.id != exclude_check_id)
     after = session.scalar(stmt) or 0
-    upto = session.scalar(select(func.max(Output.id)).where(Output.deployment_id == deployment_id)) or 0
+    upto = outputs.last_output_id(session, deployment_id=deployment_id)
     return int(after), int(max(upto, after))
 
 
 def load_records(session: Session, ids: list[int]) -> list[OutputRecord]:
-    if not ids:
-        return []
-    rows = session.execute(select(Output.id, Output.messages, Output.output).where(Output.id.in_(ids))
-                           .order_by(Output.id)).all()
-    return [OutputRecord(int(r.id), prompt_of(r.messages), r.output) for r in rows]
-
-
-def window_ids(session: Session, *, deployment_id: int, version_id: int | None, after_id: int, upto_id: int
-               ) -> list[int]:
-    stmt = select(Output.id).where(Output.deployment_id == deployment_id, Output.id > after_id, Output.id <= upto_id)
-    if version_id is not None:
-        stmt = stmt.where(Output.version_id == version_id)
-    return [int(i) for i in session.scalars(stmt.order_by(Output.id))]
+    return [OutputRecord(i, prompt_of(messages), output)
+            for i, messages, output in outputs.output_texts(session, ids=ids)]
 
 
 def sample_window(
@@ -88,7 +77,8 @@ def sample_window(
     min_samples: int,
     key: str,
 ) -> WindowSample:
-    ids = window_ids(session, deployment_id=deployment_id, version_id=version_id, after_id=after_id, upto_id=upto_id)
+    ids = outputs.output_ids(session, deployment_id=deployment_id, version_id=version_id, after_id=after_id,
+                             upto_id=upto_id)
     win = WindowSample(after_id, upto_id, len(ids))
     if len(ids) < min_samples:
         win.inconclusive_reason = f"{len(ids)} outputs in the window, fewer than min_samples={min_samples}"

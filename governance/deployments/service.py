@@ -539,3 +539,13 @@ def deployment_names(session: Session, ids: set[int | None]) -> dict[int, str]:
         return {}
     stmt = select(Deployment.id, Deployment.name).where(Deployment.id.in_(wanted))
     return {dep_id: name for dep_id, name in session.execute(stmt).tuples()}
+
+
+# ---------------------------------------------------------------- reads for the workers
+
+
+def lock_deployment_by_id(session: Session, *, deployment_id: int) -> Deployment | None:
+    """The deployment with this id, row-locked (FOR UPDATE) and re-read from the database."""
+    stmt = (select(Deployment).where(Deployment.id == deployment_id).with_for_update()
+            .execution_options(populate_existing=True))
+    return session.scalars(stmt).first()

@@ -123,3 +123,10 @@ def latest_passed_gate_run(session: Session, *, version_id: int) -> GateRun | No
 
 def gate_runs(session: Session, *, version_id: int) -> list[GateRun]:
     return list(session.scalars(select(GateRun).where(GateRun.version_id == version_id).order_by(GateRun.id.desc())))
+
+
+def case_outputs(session: Session, *, gate_run_id: int, limit: int = 2000) -> list[tuple[int, str, str]]:
+    """(id, prompt, candidate output) of up to ``limit`` of the run's case rows, in one query."""
+    rows = session.execute(select(GateCaseResult.id, GateCaseResult.prompt, GateCaseResult.candidate_output)
+                           .where(GateCaseResult.gate_run_id == gate_run_id).limit(limit)).all()
+    return [(int(r.id), r.prompt, r.candidate_output) for r in rows]

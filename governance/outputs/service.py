@@ -3,7 +3,9 @@
 One INSERT ... ON CONFLICT DO NOTHING statement per batch: a replayed spool or a
 retried request never doubles a row, and the database does the de-duplication in the
 same round trip. Rows name their version by id or by sha256 (replicas know the
-sha256 they serve); unknown versions are refused before anything is written.
+sha256 they serve); unknown versions are refused before anything is written. The
+monitors read their windows through the id-range reads at the end (``output_ids``,
+``output_texts``), so no other room queries the table.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from governance import metrics
 from governance.db import utcnow
 from governance.deployments import service as deployments
 from governance.errors import InvalidInput
+from governance.outputs.models import Output
 from governance.registry import service as registry
 
 if TYPE_CHECKING:  # annotations only: rooms talk through service functions
@@ -96,3 +99,26 @@ def ingest_outputs(
     inserted = len(result.all())
     metrics.OUTPUTS_INGESTED.labels(deployment=dep.name).inc(inserted)
     return inserted, len(values) - inserted
+
+
+def last_output_id(session: Session, *, deployment_id: int) -> int:
+    """The highest output id recorded for the deployment (0 while it has none)."""
+    return int(session.scalar(select(func.max(Output.id)).where(Output.deployment_id == deployment_id)) or 0)
+
+
+def output_ids(session: Session, *, deployment_id: int, version_id: int | None, after_id: int, upto_id: int
+               ) -> list[int]:
+    """Ids of the deployment's outputs in (after_id, upto_id], of one version unless None, ascending."""
+    stmt = select(Output.id).where(Output.deployment_id == deployment_id, Output.id > after_id, Output.id <= upto_id)
+    if version_id is not None:
+        stmt = stmt.where(Output.version_id == version_id)
+    return [int(i) for i in session.scalars(stmt.order_by(Output.id))]
+
+
+def output_texts(session: Session, *, ids: list[int]) -> list[tuple[int, Any, str]]:
+    """(id, messages, output) of the outputs with these ids, ascending, in one query."""
+    if not ids:
+        return []
+    rows = session.execute(select(Output.id, Output.messages, Output.output).where(Output.id.in_(ids))
+                           .order_by(Output.id)).all()
+    return [(int(r.id), r.messages, r.output) for r in rows]

@@ -59,13 +59,6 @@ MODEL_AGGREGATOR = "governance/models.py"  # every table in one metadata, for mi
 KNOWN_CROSSINGS = {
     ("governance/deployments/service.py", "registry"),  # promotion locks and reactivates versions
     ("governance/registry/service.py", "deployments"),  # a submission names its deployment
-    ("evaluators/tasks.py", "deployments"),  # the gate reads the deployment's policy and active version
-    ("evaluators/tasks.py", "registry"),
-    ("monitors/check.py", "deployments"),  # a check locks its deployment row
-    ("monitors/check.py", "registry"),
-    ("monitors/reference.py", "gates"),  # the monitoring reference starts from the gate's outputs
-    ("monitors/rollback.py", "deployments"),  # the guarded rollback locks the deployment row
-    ("monitors/sampling.py", "outputs"),  # a window's sample is read from the outputs table
 }
 
 # Rule 4: what an import inside a function may defer.
