@@ -177,7 +177,7 @@ def list_versions(
     deployment_id = None
     if deployment is not None:
         dep = deployments.get_deployment(session, name=deployment)
-        if dep is None:  # a name no deployment has lists no versions; an unknown state is still a 400
+        if dep is None:  # a name no deployment has lists no versions; an unknown state is still refused
             if state is not None:
                 service.check_state(state)
             return []
