@@ -41,7 +41,7 @@ def deployment_page(
     history = deployments.promotions(session, name=name, limit=paging.size + 1, offset=paging.offset)
     has_next = len(history) > paging.size
     history = history[: paging.size]
-    targets = registry.list_versions(session, deployment=name, state=VersionState.superseded.value, limit=20)
+    targets = registry.list_versions(session, deployment_id=dep.id, state=VersionState.superseded.value, limit=20)
     # why a version was promoted: the approval it rests on (a rollback carries its own reason)
     approvals = {}
     for vid in {p.version_id for p in history if p.kind == "promote" and p.version_id is not None}:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -31,8 +31,11 @@ from governance.policy_store import store_policy
 from governance.principal import Principal, require_role
 from governance.registry import lifecycle
 from governance.registry import service as registry
-from governance.registry.models import BaseModel_, Policy, TokenVersion, VersionState
+from governance.registry.models import VersionState
 from governance.roles import allowed
+
+if TYPE_CHECKING:
+    from governance.registry.models import BaseModel_, Policy, TokenVersion
 
 ADMINS = allowed("deployment.create")
 PROMOTERS = allowed("deployment.promote")
@@ -106,8 +109,18 @@ def list_deployments(session: Session) -> list[Deployment]:
     return list(session.scalars(select(Deployment).order_by(Deployment.id)))
 
 
+def submission_target(session: Session, *, name: str | None) -> registry.SubmissionTarget | None:
+    """What `registry.submit_version` checks of the deployment a submission names (None: it names none)."""
+    if name is None:
+        return None
+    dep = get_deployment(session, name=name)
+    if dep is None:
+        return registry.SubmissionTarget(name)
+    return registry.SubmissionTarget(name, dep.id, dep.base_model_id)
+
+
 def policy_of(session: Session, *, deployment: Deployment) -> Policy:
-    policy = session.get(Policy, deployment.policy_id)
+    policy = registry.get_policy(session, policy_id=deployment.policy_id)
     assert policy is not None  # foreign key
     return policy
 
@@ -118,27 +131,18 @@ def deployment_policy(session: Session, *, deployment: Deployment) -> policy_sch
 
 
 def base_model_of(session: Session, *, deployment: Deployment) -> BaseModel_:
-    base = session.get(BaseModel_, deployment.base_model_id)
+    base = registry.get_base_model_by_id(session, base_model_id=deployment.base_model_id)
     assert base is not None  # foreign key
     return base
 
 
 def active_version(session: Session, *, deployment: Deployment, lock: bool = False) -> TokenVersion | None:
-    stmt = select(TokenVersion).where(
-        TokenVersion.deployment_id == deployment.id, TokenVersion.state == VersionState.active.value
-    )
-    if lock:
-        stmt = stmt.with_for_update()
-    return session.scalars(stmt).first()
+    return registry.active_version(session, deployment_id=deployment.id, lock=lock)
 
 
 def active_info(session: Session, *, name: str) -> ActiveInfo:
     dep = get_deployment_or_raise(session, name=name)
-    row = session.execute(
-        select(TokenVersion.id, TokenVersion.sha256).where(
-            TokenVersion.deployment_id == dep.id, TokenVersion.state == VersionState.active.value
-        )
-    ).first()
+    row = registry.active_version_sha(session, deployment_id=dep.id)
     return ActiveInfo(name, row[0] if row else None, row[1] if row else None, int(dep.generation))
 
 
@@ -268,22 +272,18 @@ def last_approved_target(
     session: Session, *, deployment: Deployment, exclude_version_id: int | None
 ) -> TokenVersion | None:
     """The most recently active version of this deployment that is still a valid target (superseded)."""
-    last_active = (
-        select(Promotion.version_id, func.max(Promotion.generation).label("gen"))
+    stmt = (
+        select(Promotion.version_id)
         .where(Promotion.deployment_id == deployment.id)
         .group_by(Promotion.version_id)
-        .subquery()
-    )
-    stmt = (
-        select(TokenVersion)
-        .join(last_active, last_active.c.version_id == TokenVersion.id)
-        .where(TokenVersion.deployment_id == deployment.id, TokenVersion.state == VersionState.superseded.value)
-        .order_by(last_active.c.gen.desc())
-        .limit(1)
+        .order_by(func.max(Promotion.generation).desc())
     )
     if exclude_version_id is not None:
-        stmt = stmt.where(TokenVersion.id != exclude_version_id)
-    return session.scalars(stmt).first()
+        stmt = stmt.where(Promotion.version_id != exclude_version_id)
+    newest_first = [vid for vid in session.scalars(stmt) if vid is not None]  # None: a fallback to the base
+    return registry.first_in_state(
+        session, version_ids=newest_first, deployment_id=deployment.id, state=VersionState.superseded
+    )
 
 
 def already_rolled_back(session: Session, *, deployment: Deployment, version_id: int) -> bool:

@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import Session
 
 from governance.audit import service as audit
-from governance.deployments.models import Deployment
 from governance.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Refusal
 from governance.gates import service as gates
 from governance.outbox import service as outbox
 from governance.principal import Principal, require_allowed
 from governance.registry import lifecycle
 from governance.registry.artifacts import ParsedArtifact, check_against_base_model, parse_artifact
-from governance.registry.models import Adapter, BaseModel_, Review, TokenVersion, VersionState
+from governance.registry.models import Adapter, BaseModel_, Policy, Review, TokenVersion, VersionState
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -99,6 +99,11 @@ def list_base_models(session: Session) -> list[BaseModel_]:
     return list(session.scalars(select(BaseModel_).order_by(BaseModel_.id)))
 
 
+def get_policy(session: Session, *, policy_id: int) -> Policy | None:
+    """A stored policy file by id (`governance.policy_store` stores them)."""
+    return session.get(Policy, policy_id)
+
+
 # ---------------------------------------------------------------- versions
 
 
@@ -122,20 +127,63 @@ def list_versions(
     *,
     state: str | None = None,
     adapter: str | None = None,
-    deployment: str | None = None,
+    deployment_id: int | None = None,
     limit: int = 50,
     offset: int = 0,
 ) -> list[TokenVersion]:
+    """Versions newest first, filtered by state, adapter name and the deployment they serve or were submitted for."""
     stmt = select(TokenVersion).order_by(TokenVersion.id.desc())
     if state is not None:
-        if state not in {s.value for s in VersionState}:
-            raise InvalidInput(f"unknown state {state!r}; use one of {', '.join(s.value for s in VersionState)}")
-        stmt = stmt.where(TokenVersion.state == state)
+        stmt = stmt.where(TokenVersion.state == check_state(state))
     if adapter is not None:
         stmt = stmt.join(Adapter, Adapter.id == TokenVersion.adapter_id).where(Adapter.name == adapter)
-    if deployment is not None:
-        stmt = stmt.join(Deployment, Deployment.id == TokenVersion.deployment_id).where(Deployment.name == deployment)
+    if deployment_id is not None:
+        stmt = stmt.where(TokenVersion.deployment_id == deployment_id)
     return list(session.scalars(stmt.limit(limit).offset(offset)))
+
+
+def check_state(state: str) -> str:
+    """``state`` if it is a version state, else InvalidInput naming the states."""
+    if state not in {s.value for s in VersionState}:
+        raise InvalidInput(f"unknown state {state!r}; use one of {', '.join(s.value for s in VersionState)}")
+    return state
+
+
+def active_version(session: Session, *, deployment_id: int, lock: bool = False) -> TokenVersion | None:
+    """The version active on the deployment (``lock``: SELECT ... FOR UPDATE)."""
+    stmt = select(TokenVersion).where(
+        TokenVersion.deployment_id == deployment_id, TokenVersion.state == VersionState.active.value
+    )
+    if lock:
+        stmt = stmt.with_for_update()
+    return session.scalars(stmt).first()
+
+
+def active_version_sha(session: Session, *, deployment_id: int) -> tuple[int, str] | None:
+    """The id and sha256 of the version active on the deployment, without loading its artifact."""
+    row = session.execute(
+        select(TokenVersion.id, TokenVersion.sha256).where(
+            TokenVersion.deployment_id == deployment_id, TokenVersion.state == VersionState.active.value
+        )
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+def first_in_state(
+    session: Session, *, version_ids: Sequence[int], deployment_id: int, state: VersionState
+) -> TokenVersion | None:
+    """The first of ``version_ids`` (in their order) that belongs to the deployment and is in ``state``."""
+    if not version_ids:
+        return None
+    rank = case({vid: i for i, vid in enumerate(version_ids)}, value=TokenVersion.id)
+    stmt = (
+        select(TokenVersion)
+        .where(TokenVersion.id.in_(version_ids), TokenVersion.deployment_id == deployment_id,
+               TokenVersion.state == state.value)
+        .order_by(rank)
+        .limit(1)
+    )
+    return session.scalars(stmt).first()
 
 
 def adapter_name(session: Session, *, adapter_id: int) -> str:
@@ -161,16 +209,24 @@ def _registered_base_model(session: Session, parsed: ParsedArtifact) -> BaseMode
     return base
 
 
-def _target_deployment(session: Session, deployment: str | None, base: BaseModel_) -> Deployment | None:
-    """The deployment a submission names, which must serve the artifact's base model."""
-    if deployment is None:
+@dataclass(frozen=True)
+class SubmissionTarget:
+    """The deployment a submission names, as the deployments room found it (``deployment_id`` None: no such name)."""
+
+    name: str
+    deployment_id: int | None = None
+    base_model_id: int | None = None
+
+
+def _target_deployment(target: SubmissionTarget | None, base: BaseModel_) -> int | None:
+    """The id of the deployment a submission names, which must exist and serve the artifact's base model."""
+    if target is None:
         return None
-    dep = session.scalars(select(Deployment).where(Deployment.name == deployment)).first()
-    if dep is None:
-        raise NotFound(f"no deployment named {deployment!r}")
-    if dep.base_model_id != base.id:
-        raise InvalidInput(f"deployment {deployment!r} serves another base model than this artifact's ({base.name})")
-    return dep
+    if target.deployment_id is None:
+        raise NotFound(f"no deployment named {target.name!r}")
+    if target.base_model_id != base.id:
+        raise InvalidInput(f"deployment {target.name!r} serves another base model than this artifact's ({base.name})")
+    return target.deployment_id
 
 
 def _check_parent(session: Session, parent_id: int | None, base: BaseModel_) -> None:
@@ -206,10 +262,14 @@ def submit_version(
     adapter: str,
     principal: Principal,
     max_bytes: int,
-    deployment: str | None = None,
+    deployment: SubmissionTarget | None = None,
     parent_id: int | None = None,
 ) -> Submission:
-    """Validate and register an artifact, queue its gate; a known sha256 returns the existing version."""
+    """Validate and register an artifact, queue its gate; a known sha256 returns the existing version.
+
+    ``deployment`` is what `governance.deployments.service.submission_target` found for the
+    name the submission gives; it is checked only for a new artifact.
+    """
     require_allowed(principal, "version.submit", "adapter", adapter)
     if len(data) > max_bytes:
         raise PayloadTooLarge(
@@ -224,7 +284,7 @@ def submit_version(
         return Submission(existing, False)
     base = _registered_base_model(session, parsed)
     check_against_base_model(parsed, base.config)
-    dep = _target_deployment(session, deployment, base)
+    deployment_id = _target_deployment(deployment, base)
     _check_parent(session, parent_id, base)
     line = _adapter_line(session, adapter, base, principal)
     if principal.user_id is None:
@@ -240,7 +300,7 @@ def submit_version(
         param_count=parsed.param_count,
         data_digest=parsed.data_digest if parsed.data_digest and _HEX64.match(str(parsed.data_digest)) else None,
         parent_id=parent_id,
-        deployment_id=dep.id if dep else None,
+        deployment_id=deployment_id,
         state=VersionState.submitted.value,
         submitted_by=principal.user_id,
     )
@@ -256,7 +316,7 @@ def submit_version(
             "sha256": version.sha256,
             "adapter": adapter,
             "base_model": base.name,
-            "deployment": deployment,
+            "deployment": deployment.name if deployment else None,
             "parent_id": parent_id,
             "size_bytes": version.size_bytes,
         },

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from governance.api.deps import PageDep, SessionDep, may
 from governance.auth import service as auth
+from governance.deployments import service as deployments
 from governance.errors import InvalidInput, NotFound, PayloadTooLarge
 from governance.gates import service as gates
 from governance.principal import Principal
@@ -156,7 +157,7 @@ def submit_version(
         adapter=upload.adapter,
         principal=principal,
         max_bytes=request.app.state.settings.max_artifact_bytes,
-        deployment=upload.deployment,
+        deployment=deployments.submission_target(session, name=upload.deployment),
         parent_id=upload.parent_id,
     )
     if not sub.created:
@@ -173,8 +174,16 @@ def list_versions(
     adapter: str | None = None,
     deployment: str | None = None,
 ) -> list[VersionRead]:
+    deployment_id = None
+    if deployment is not None:
+        dep = deployments.get_deployment(session, name=deployment)
+        if dep is None:  # a name no deployment has lists no versions; an unknown state is still refused
+            if state is not None:
+                service.check_state(state)
+            return []
+        deployment_id = dep.id
     rows = service.list_versions(
-        session, state=state, adapter=adapter, deployment=deployment, limit=page.limit, offset=page.offset
+        session, state=state, adapter=adapter, deployment_id=deployment_id, limit=page.limit, offset=page.offset
     )
     return [version_read(session, v) for v in rows]
 

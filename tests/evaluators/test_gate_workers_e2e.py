@@ -89,9 +89,10 @@ def gate_world(engine: Any, settings_env: None, test_state_dir: Path) -> dict[st
 def _submit(world: dict[str, Any], seed: int) -> int:
     token = make_token(world["digests"], seed, gate=0.5)
     with unit_of_work(world["engine"]) as s:
+        target = deployments.submission_target(s, name=world["deployment"])
         return registry.submit_version(s, data=token.to_bytes(), adapter=uid("adapter"),
                                        principal=world["people"]["ml_engineer"], max_bytes=1_000_000,
-                                       deployment=world["deployment"]).version.id
+                                       deployment=target).version.id
 
 
 def _run(world: dict[str, Any], vid: int) -> tuple[str, GateRun]:

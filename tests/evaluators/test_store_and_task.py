@@ -105,7 +105,8 @@ def _submit(world: dict[str, Any], seed: int) -> tuple[int, str]:
     data = _token(world["digest"], seed)
     with unit_of_work(world["engine"]) as s:
         sub = registry.submit_version(s, data=data, adapter=_uid("adapter"), principal=world["people"]["ml_engineer"],
-                                      max_bytes=1_000_000, deployment=world["deployment"])
+                                      max_bytes=1_000_000,
+                                      deployment=deployments.submission_target(s, name=world["deployment"]))
         return sub.version.id, sub.version.sha256
 
 

@@ -91,7 +91,9 @@ class World:
                 adapter=uid("adapter"),
                 principal=self.actors[by].principal,
                 max_bytes=1_000_000,
-                deployment=deployment if deployment is not None else self.deployment,
+                deployment=deployments.submission_target(
+                    s, name=deployment if deployment is not None else self.deployment
+                ),
             )
             return sub.version.id
 

@@ -85,7 +85,8 @@ class World:
         with unit_of_work(self.engine) as s:
             sub = registry.submit_version(
                 s, data=token_bytes(self.base_digest, uuid.uuid4().int % 2**31), adapter=uid("adapter"),
-                principal=self.people["ml_engineer"], max_bytes=1_000_000, deployment=self.deployment,
+                principal=self.people["ml_engineer"], max_bytes=1_000_000,
+                deployment=deployments.submission_target(s, name=self.deployment),
             )
             vid = sub.version.id
         sha = hashlib.sha256(self.policy_text.encode()).hexdigest()

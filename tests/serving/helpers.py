@@ -109,6 +109,7 @@ class World:
         import hashlib
 
         from governance.db import unit_of_work
+        from governance.deployments import service as deployments
         from governance.gates.models import GateRun
         from governance.principal import Principal
         from governance.registry import service as registry
@@ -122,7 +123,7 @@ class World:
                 adapter=uid("adapter"),
                 principal=self.principals["ml_engineer"],
                 max_bytes=1_000_000,
-                deployment=self.deployment,
+                deployment=deployments.submission_target(s, name=self.deployment),
             ).version.id
         gate = Principal.for_system("gate")
         with unit_of_work(self.engine) as s:
