@@ -17,6 +17,8 @@ alone passes over the latter: an annotation names a class, it queries nothing). 
 
 Imports inside functions are allowed only where they defer a heavy dependency (rule 4):
 the imported module is heavy itself or reaches one through its top-level imports.
+No two rooms depend on each other (rule 5): the routes (`views.py`) are the edge and may
+call any room, but below them the rooms form layers (registry under deployments, say).
 """
 
 from __future__ import annotations
@@ -183,6 +185,24 @@ def room_models(imps: Iterable[Imp], root: Path = ROOT) -> list[str]:
     return bad
 
 
+def _imported_room(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] == "governance":
+        return parts[1] if len(parts) > 1 and parts[1] in ROOMS_WITH_TABLES else None
+    return parts[0] if parts[0] in PACKAGES else None
+
+
+def room_cycles(imps: Iterable[Imp]) -> list[str]:
+    where: dict[tuple[str, str], str] = {}
+    for i in imps:
+        room, other = _room(i.path), _imported_room(i.module)
+        if i.type_only or _is_views(i.path) or room is None or other is None or room == other:
+            continue
+        where.setdefault((room, other), f"{i.path}:{i.line}")
+    return [f"rooms {a} and {b} import each other ({where[(a, b)]} and {where[(b, a)]})"
+            for a, b in sorted(where) if a < b and (b, a) in where]
+
+
 def _heavy_modules(files: dict[str, str]) -> set[str]:
     """Project modules that import a heavy dependency at their top level, directly or through others."""
     modules = frozenset(_module_name(rel) for rel in files)
@@ -220,7 +240,7 @@ def check(root: Path = ROOT) -> list[str]:
     files = source_files(root)
     imps = all_imports(files)
     return (package_direction(imps) + vocabulary_and_http(imps) + room_models(imps, root)
-            + deferred_imports(files, imps))
+            + deferred_imports(files, imps) + room_cycles(imps))
 
 
 def test_the_tree_follows_the_layering() -> None:
@@ -273,3 +293,10 @@ def test_an_import_inside_a_function_must_defer_something_heavy(tmp_path: Path) 
     problems = check(_tree_with(tmp_path, "governance/registry/extra.py", src))
     assert problems == ["governance/registry/extra.py:2 imports governance.errors inside a function, "
                         "which defers nothing heavy"]
+
+
+def test_two_rooms_importing_each_other_are_caught(tmp_path: Path) -> None:
+    problems = check(_tree_with(tmp_path, "governance/registry/extra.py",
+                                "from governance.deployments import service as deployments  # noqa: F401\n"))
+    assert len(problems) == 1 and problems[0].startswith("rooms deployments and registry import each other")
+    assert "governance/registry/extra.py:1" in problems[0]
