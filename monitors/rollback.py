@@ -15,13 +15,14 @@ only; otherwise the core's rollback service,
 with the expected active version as its precondition, under the deployment row lock.
 No approved target -> a critical alert and no change, unless the policy sets
 ``fallback_to_base``: then the token is taken out and the replicas serve the bare base
-model. The core writes the one audit entry (actor ``system:monitor/<detector>``); its
-reason names the detector, its numbers and the evidence.
+model. The core writes the one audit entry (actor ``system:monitor/<detector>``): its payload
+carries the evidence as structured fields (`rollback_evidence`: the detector, its numbers,
+the drifting windows, every guard checked with what it saw), the alert the same, and the
+reason says it in words for people.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -142,18 +143,37 @@ class RollbackDecision:
     notifications: list[Notification] = field(default_factory=list)
 
 
-def rollback_reason(check: DriftCheck | None, detector: str, run: list[int]) -> str:
-    """The audit entry's reason: the detector, its numbers and the evidence, as one JSON line."""
+def rollback_evidence(session: Session, check: DriftCheck | None, detector: str, run: list[int],
+                      guards: dict[str, Any]) -> dict[str, Any]:
+    """The structured evidence of an automatic rollback, for its audit entry and its alert.
+
+    The detector and its numbers in the deciding window, every window of the drifting run
+    (check id, window, n, statistic), and the guards that were checked with what they saw.
+    """
     det = ((check.detectors or {}).get(detector) or {}) if check is not None else {}
-    body = {
+    windows = []
+    if run:
+        rows = session.execute(select(DriftCheck.id, DriftCheck.window_key, DriftCheck.sample_size,
+                                      DriftCheck.detectors).where(DriftCheck.id.in_(run))
+                               .order_by(DriftCheck.id)).all()
+        windows = [{"check_id": int(cid), "window_key": key, "n": size,
+                    "statistic": ((dets or {}).get(detector) or {}).get("statistic")}
+                   for cid, key, size, dets in rows]
+    return {
         "detector": detector, "kind": det.get("kind"), "statistic": det.get("statistic"),
-        "threshold": det.get("threshold"), "p_values": det.get("p_values"), "sample_size": det.get("sample_size"),
+        "threshold": det.get("threshold"), "p_values": det.get("p_values"), "n": det.get("sample_size"),
         "check_id": check.id if check is not None else None,
         "window_key": check.window_key if check is not None else None,
-        "consecutive_drift_checks": run, "evidence": det.get("evidence") or {},
-        "details": {k: v for k, v in (det.get("details") or {}).items() if isinstance(v, int | float | str)},
+        "window_ids": sorted(run), "windows": windows, "guards": guards,
+        "evidence": det.get("evidence") or {},
     }
-    return "automatic rollback on drift: " + json.dumps(body, sort_keys=True, default=str)
+
+
+def rollback_reason(evidence: dict[str, Any]) -> str:
+    """The audit entry's reason, for people: what drifted, by how much, for how long."""
+    return (f"automatic rollback on drift: {evidence['detector']} statistic {_num(evidence['statistic'])} vs "
+            f"threshold {_num(evidence['threshold'])} (n={evidence['n']}), "
+            f"{len(evidence['window_ids'])} drifting window(s) in a row")
 
 
 def auto_rollback(session: Session, *, deployment_id: int, expected_version_id: int | None, check_id: int,
@@ -183,13 +203,17 @@ def auto_rollback(session: Session, *, deployment_id: int, expected_version_id: 
     if refused is not None:
         return alert.held("frozen", "warning",
                           f"{about}: deployment is frozen, automatic rollback is off; a person must decide")
-    held = _policy_hold(deployments.promotions(session, name=dep.name, limit=200), policy, now)
+    history = deployments.promotions(session, name=dep.name, limit=200)
+    held = _policy_hold(history, policy, now)
     if held is not None:
         return alert.held(held[0], "critical", f"{about}: {held[1]}")
+    evidence = rollback_evidence(session, check, detector, run, _guards_checked(
+        expected_version_id, current.id if current is not None else None, len(run), history, policy, now))
+    alert.details["evidence"] = evidence
     outcome = deployments.rollback(
         session, deployment=dep.name, principal=Principal.for_system(f"monitor/{detector}"),
-        reason=rollback_reason(check, detector, run), expected_active_version_id=expected_version_id,
-        automatic=True, fallback_to_base=policy.monitoring.rollback.fallback_to_base,
+        reason=rollback_reason(evidence), expected_active_version_id=expected_version_id,
+        automatic=True, fallback_to_base=policy.monitoring.rollback.fallback_to_base, evidence=evidence,
     )
     if outcome.status == "no_target":
         return alert.held("no_target", "critical",
@@ -205,18 +229,43 @@ def auto_rollback(session: Session, *, deployment_id: int, expected_version_id: 
                                         [note] if note else []))
 
 
-def _policy_hold(history: list[Promotion], policy: Policy, now: datetime) -> tuple[RollbackStatus, str] | None:
-    """The monitor's own brakes: the daily cap, then the cooldown since the last automatic rollback."""
+def _brakes(history: list[Promotion], policy: Policy, now: datetime) -> dict[str, Any]:
+    """What the daily cap and the cooldown see: recent automatic rollbacks against the policy's limits."""
     rb = policy.monitoring.rollback
     autos = [p for p in history if p.kind == "auto_rollback"]
-    today = [p for p in autos if p.created_at >= now - timedelta(days=1)]
-    if len(today) >= rb.max_per_day:
-        return "capped", (f"{len(today)} automatic rollbacks in the last 24 h (cap {rb.max_per_day}); "
+    last = max((p.created_at for p in autos), default=None)
+    return {"rollbacks_last_24h": sum(p.created_at >= now - timedelta(days=1) for p in autos),
+            "max_per_day": rb.max_per_day, "cooldown_seconds": rb.cooldown_seconds,
+            "last_auto_rollback_at": last.isoformat() if last is not None else None,
+            "in_cooldown": last is not None and last > now - timedelta(seconds=rb.cooldown_seconds)}
+
+
+def _policy_hold(history: list[Promotion], policy: Policy, now: datetime) -> tuple[RollbackStatus, str] | None:
+    """The monitor's own brakes: the daily cap, then the cooldown since the last automatic rollback."""
+    b = _brakes(history, policy, now)
+    if b["rollbacks_last_24h"] >= b["max_per_day"]:
+        return "capped", (f"{b['rollbacks_last_24h']} automatic rollbacks in the last 24 h (cap {b['max_per_day']}); "
                           "only alerting now, a person must decide")
-    if autos and max(p.created_at for p in autos) > now - timedelta(seconds=rb.cooldown_seconds):
-        return "cooldown", (f"the last automatic rollback was less than {rb.cooldown_seconds}s ago (cooldown); "
+    if b["in_cooldown"]:
+        return "cooldown", (f"the last automatic rollback was less than {b['cooldown_seconds']}s ago (cooldown); "
                             "a person must decide")
     return None
+
+
+def _guards_checked(expected_version_id: int | None, active_version_id: int | None, windows: int,
+                    history: list[Promotion], policy: Policy, now: datetime) -> dict[str, Any]:
+    """Every guard an automatic rollback passed, with what it saw (all passed, or it would not run)."""
+    b = _brakes(history, policy, now)
+    return {
+        "already_done": {"passed": True},
+        "stale": {"passed": True, "expected_version_id": expected_version_id, "active_version_id": active_version_id},
+        "frozen": {"passed": True, "frozen": False},
+        "consecutive_windows": {"passed": True, "required": policy.monitoring.rollback.consecutive_windows,
+                                "seen": windows},
+        "daily_cap": {"passed": True, "rollbacks_last_24h": b["rollbacks_last_24h"], "max_per_day": b["max_per_day"]},
+        "cooldown": {"passed": True, "cooldown_seconds": b["cooldown_seconds"],
+                     "last_auto_rollback_at": b["last_auto_rollback_at"]},
+    }
 
 
 @dataclass

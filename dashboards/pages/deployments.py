@@ -50,6 +50,8 @@ def deployment_page(
             approvals[vid] = review
     reviewers = auth.user_names(session, {r.reviewer_id for r in approvals.values()})
     policy = deployments.policy_of(session, deployment=dep)
+    evidence = (deployments.rollback_evidence(session, deployment=name)
+                if any(p.kind == "auto_rollback" for p in history) else {})
     return render(
         request,
         "deployment.html",
@@ -64,6 +66,7 @@ def deployment_page(
         targets=targets,
         approvals=approvals,
         reviewers=reviewers,
+        evidence=evidence,
         policy=policy,
         can_rollback=viewer.may("deployment.rollback"),
         can_freeze=viewer.may("deployment.freeze"),

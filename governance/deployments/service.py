@@ -12,9 +12,10 @@ by the same primitive (`apply_rollback`).
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -218,8 +219,12 @@ def _record_change(
     previous: TokenVersion | None,
     principal: Principal,
     reason: str | None,
+    evidence: dict[str, Any] | None = None,
 ) -> Promotion:
-    """A new generation of the deployment: ``version`` None means the bare base model."""
+    """A new generation of the deployment: ``version`` None means the bare base model.
+
+    ``evidence`` (an automatic rollback's: the detector, its numbers, the windows, the
+    guards checked) goes into the audit entry as structured fields beside the reason."""
     dep.generation = int(dep.generation) + 1
     promo = Promotion(
         deployment_id=dep.id,
@@ -244,7 +249,8 @@ def _record_change(
         action=f"deployment.{kind}",
         subject_type="deployment",
         subject_id=dep.name,
-        payload={**message, "previous_version_id": previous.id if previous else None, "reason": reason},
+        payload={**message, "previous_version_id": previous.id if previous else None, "reason": reason,
+                 **({"evidence": evidence} if evidence is not None else {})},
     )
     outbox.enqueue_publish(session, channel=outbox.deployment_channel(dep.name), payload={**message, "kind": kind})
     metrics.PROMOTIONS.labels(deployment=dep.name, kind=kind).inc()
@@ -348,6 +354,7 @@ def rollback(
     expected_active_version_id: int | None = None,
     automatic: bool = False,
     fallback_to_base: bool = False,
+    evidence: dict[str, Any] | None = None,
 ) -> RollbackOutcome:
     """Roll the active version back to the last approved token (or a named one).
 
@@ -380,7 +387,7 @@ def rollback(
         )
         if not isinstance(target, RollbackOutcome):
             return apply_rollback(session, dep=dep, current=current, target=target, principal=principal,
-                                  reason=reason, automatic=automatic)
+                                  reason=reason, automatic=automatic, evidence=evidence)
         outcome = target
     if not automatic:
         cls = NoRollbackTarget if outcome.status == "no_target" else Conflict
@@ -438,6 +445,7 @@ def apply_rollback(
     principal: Principal,
     reason: str,
     automatic: bool,
+    evidence: dict[str, Any] | None = None,
 ) -> RollbackOutcome:
     """Apply a checked rollback (`check_rollback_guards`, `rollback_target`): ``current``
     leaves as rolled back, ``target`` (None: the bare base model) becomes active, in a new
@@ -454,11 +462,24 @@ def apply_rollback(
                      leaving_action="rollback", entering=target, entering_action="restore", principal=principal)
         message = "rolled back"
     promo = _record_change(
-        session, dep=dep, kind=kind, version=target, previous=current, principal=principal, reason=reason
+        session, dep=dep, kind=kind, version=target, previous=current, principal=principal, reason=reason,
+        evidence=evidence,
     )
     return RollbackOutcome(
         "rolled_back", dep.name, current.id, target.id if target is not None else None, promo.generation, message
     )
+
+
+
+def rollback_evidence(session: Session, *, deployment: str, limit: int = 200) -> dict[int, dict[str, Any]]:
+    """generation -> the structured evidence of the automatic rollback that made it (from its audit entry)."""
+    found: dict[int, dict[str, Any]] = {}
+    for entry in audit.list_entries(session, action="deployment.auto_rollback", subject_type="deployment",
+                                    subject_id=deployment, limit=limit):
+        payload = json.loads(entry.payload)
+        if isinstance(payload.get("evidence"), dict) and isinstance(payload.get("generation"), int):
+            found[payload["generation"]] = payload["evidence"]
+    return found
 
 
 def freeze(

@@ -16,6 +16,7 @@ from governance.auth import service as auth
 from governance.db import unit_of_work, utcnow
 from governance.deployments import service as deployments
 from governance.monitoring.models import DriftCheck
+from governance.principal import Principal
 from governance.registry import service as registry
 from tests.dashboards.conftest import FAILING_CANDIDATE, World, csrf_of, drift_detectors, sign_in, uid
 
@@ -257,6 +258,36 @@ def test_deployment_timeline_rollback_and_freeze(client: TestClient, world: Worl
     assert r.status_code == 303 and "frozen" in client.get(r.headers["location"]).text
     r = client.post(f"/ui/deployments/{world.deployment}/unfreeze", data={"reason": "over", "csrf_token": csrf})
     assert r.status_code == 303
+
+
+def test_an_automatic_rollback_shows_its_evidence(client: TestClient, world: World) -> None:
+    first = world.gated_release()
+    world.approve(first)
+    world.promote(first)
+    second = world.gated_release()
+    world.approve(second)
+    world.promote(second)
+    evidence = {
+        "detector": "policy_violations", "kind": "cusum", "statistic": 7.25, "threshold": 4.5, "n": 40,
+        "check_id": 12, "window_key": "1700000060:60", "window_ids": [11, 12],
+        "windows": [{"check_id": 11, "window_key": "1700000000:60", "n": 40, "statistic": 5.0},
+                    {"check_id": 12, "window_key": "1700000060:60", "n": 40, "statistic": 7.25}],
+        "guards": {"consecutive_windows": {"passed": True, "required": 2, "seen": 2},
+                   "daily_cap": {"passed": True, "rollbacks_last_24h": 0, "max_per_day": 3},
+                   "cooldown": {"passed": True, "cooldown_seconds": 600, "last_auto_rollback_at": None}},
+    }
+    with unit_of_work(world.engine) as s:
+        out = deployments.rollback(s, deployment=world.deployment, principal=Principal.for_system("monitor/test"),
+                                   reason="automatic rollback on drift: test", automatic=True,
+                                   expected_active_version_id=second, evidence=evidence)
+        assert out.status == "rolled_back"
+    sign_in(client, world.people["auditor"].key)
+    html = client.get(f"/ui/deployments/{world.deployment}").text
+    table = html[html.index('data-testid="rollback-evidence"'):]
+    table = table[: table.index("</table>")]
+    assert "policy_violations (cusum)" in table and "7.25 / 4.5 (n = 40)" in table
+    assert '/ui/drift/checks/11"' in table and '/ui/drift/checks/12"' in table
+    assert "consecutive windows (2 of 2): passed" in table and "daily cap (0 of 3 today): passed" in table
 
 
 def test_engineer_sees_no_rollback_form_and_is_refused(client: TestClient, world: World) -> None:

@@ -89,9 +89,21 @@ def test_drift_alerts_then_rolls_back_once_with_evidence(world: World) -> None:
                                                           AuditEntry.subject_id == world.deployment)))
     assert len(entries) == 1
     assert entries[0].actor == "system:monitor/policy_violations"
-    assert '\\"statistic\\"' in entries[0].payload and '\\"threshold\\"' in entries[0].payload
-    assert str(bad2.check_id) in entries[0].payload
-    assert len(_alerts(world, "auto_rollback")) == 1
+    # the evidence as structured fields an auditor can query; the reason says it in words
+    payload = json.loads(entries[0].payload)
+    ev = payload["evidence"]
+    assert ev["detector"] == "policy_violations" and ev["statistic"] >= ev["threshold"] > 0 and ev["n"] == 40
+    assert ev["check_id"] == bad2.check_id and ev["window_key"] == "w4"
+    assert ev["window_ids"] == sorted([bad1.check_id, bad2.check_id])
+    assert [(w["window_key"], w["n"]) for w in ev["windows"]] == [("w3", 40), ("w4", 40)]
+    assert set(ev["guards"]) == {"already_done", "stale", "frozen", "consecutive_windows", "daily_cap", "cooldown"}
+    assert all(g["passed"] for g in ev["guards"].values())
+    assert ev["guards"]["consecutive_windows"] == {"passed": True, "required": 2, "seen": 2}
+    assert ev["guards"]["stale"]["expected_version_id"] == ev["guards"]["stale"]["active_version_id"] == v2
+    assert payload["reason"].startswith("automatic rollback on drift: policy_violations statistic ")
+    (rolled,) = _alerts(world, "auto_rollback")
+    assert rolled.details["evidence"]["window_ids"] == ev["window_ids"]
+    assert rolled.details["evidence"]["guards"]["daily_cap"]["max_per_day"] == ev["guards"]["daily_cap"]["max_per_day"]
 
     with unit_of_work(world.engine) as s:
         checks = list(s.scalars(select(DriftCheck).where(DriftCheck.deployment_id == world.deployment_id)
