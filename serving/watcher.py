@@ -123,7 +123,7 @@ class TokenWatcher:
         self._known_at = 0.0
         self.unconfirmed_ignored = 0  # pushed states the API did not confirm
         # accepted on the channel, current first; none: every message is dropped (reconcile only)
-        self._push_secrets = tuple(push_secrets)
+        self.push_secrets = tuple(push_secrets)
         self.on_push_rejected = on_push_rejected
         self.push_rejected: dict[str, int] = {}  # reason -> messages dropped unread
         self._sync_lock = threading.Lock()  # one sync at a time: generations are proposed in order
@@ -142,7 +142,7 @@ class TokenWatcher:
         targets: list[tuple[str, Callable[[], None]]] = [("serving-reconcile", self._reconcile_loop)]
         if self.redis_url:
             targets.append(("serving-pubsub", self._pubsub_loop))
-            if not self._push_secrets:
+            if not self.push_secrets:
                 log.warning(
                     "no push secret: every message on %s is dropped, the reconcile keeps this replica current",
                     channel_name(self.deployment),
@@ -395,7 +395,7 @@ class TokenWatcher:
         except (ValueError, TypeError) as exc:
             self._reject(pushauth.MALFORMED, f"not JSON ({exc})")
             return
-        why = pushauth.verify(data, channel, self._push_secrets)
+        why = pushauth.verify(data, channel, self.push_secrets)
         if why is not None:
             claim = (data.get("version_id"), data.get("generation")) if isinstance(data, dict) else data
             self._reject(why, f"it claims (version, generation) {repr(claim)[:200]}")

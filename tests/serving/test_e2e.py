@@ -24,6 +24,7 @@ from sqlalchemy import text
 from governance.db import make_engine
 from serving.app import ServingConfig, create_app
 from tests.serving.helpers import (
+    PUSH_SECRET,
     ServerThread,
     World,
     attached_copy,
@@ -92,6 +93,7 @@ def _replica(
         "GOVERN_API_KEY": world.keys["service"],
         "GOVERN_STATE_DIR": str(state_dir),
         "GOVERN_ENVIRONMENT": "test",
+        "GOVERN_PUSH_SECRET": PUSH_SECRET,
         "PYTHONPATH": str(ROOT),
     }
     cmd = [
@@ -166,6 +168,7 @@ def test_replicas_converge_through_a_redis_restart(
             v1, v2, v3 = world.approved(), world.approved(), world.approved()
             g1 = _promote(api, world, v1)
             wait_for(lambda: all_at(g1), timeout=10, what="push of the first promotion")
+            assert all(_status(p)["push_rejected"] == {} for p in ports), "the CLI replicas verify the API's MAC"
 
             _stop(redis_proc, signal.SIGKILL)  # Redis dies: no push any more
             g2 = _promote(api, world, v2)
@@ -230,6 +233,7 @@ def test_outputs_survive_a_postgres_outage(
             api_url=api.url,
             api_key=world.keys["service"],
             redis_url=redis_url,
+            push_secrets=(PUSH_SECRET,),
             database_url=url,
             state_dir=tmp_path / "serving",
             reconcile_interval=0.5,
