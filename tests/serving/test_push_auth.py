@@ -35,6 +35,7 @@ from tests.serving.helpers import (
     attached_copy,
     governance_app,
     make_world,
+    promote,
     wait_for,
 )
 
@@ -89,17 +90,6 @@ def rejected_metric(server: ServerThread, reason: str) -> float:
         if line.startswith(f'serving_push_rejected_total{{reason="{reason}"}} '):
             return float(line.split()[-1])
     return 0.0
-
-
-def promote(api: ServerThread, world: World, vid: int) -> int:
-    r = httpx.post(
-        f"{api.url}/v1/deployments/{world.deployment}/promote",
-        json={"version_id": vid},
-        headers={"Authorization": f"Bearer {world.keys['ml_engineer']}"},
-        timeout=30,
-    )
-    assert r.status_code == 200, r.text
-    return int(r.json()["generation"])
 
 
 def at(servers: list[ServerThread], vid: int, gen: int) -> bool:

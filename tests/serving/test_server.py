@@ -19,15 +19,7 @@ import pytest
 from sqlalchemy import Engine, select, text
 
 from serving.app import ServingConfig, create_app
-from tests.serving.helpers import (
-    PUSH_SECRET,
-    ServerThread,
-    World,
-    attached_copy,
-    governance_app,
-    make_world,
-    wait_for,
-)
+from tests.serving.helpers import PUSH_SECRET, ServerThread, World, attached_copy, governance_app, make_world, wait_for
 
 
 @dataclass
