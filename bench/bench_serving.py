@@ -70,7 +70,14 @@ from governance.deployments import service as deployments  # noqa: E402
 from governance.outbox.service import Outgoing, mark_published, publish_pending, send_committed, take_outgoing  # noqa: E402
 from serving.app import ServingConfig, create_app  # noqa: E402
 from serving.recorder import DatabaseSink, OutputRecorder  # noqa: E402
-from tests.serving.helpers import ServerThread, attached_copy, free_port, governance_app, make_world  # noqa: E402
+from tests.serving.helpers import (  # noqa: E402
+    PUSH_SECRET,
+    ServerThread,
+    attached_copy,
+    free_port,
+    governance_app,
+    make_world,
+)
 
 MACHINE_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 MACHINE_REDIS = "redis://127.0.0.1:6379/0"
@@ -147,6 +154,7 @@ def _replica_env(world: Any, api_url: str, url: str, redis_url: str) -> dict[str
         "GOVERN_API_KEY": world.keys["service"],
         "GOVERN_STATE_DIR": str(Path(os.environ.get("GOVERN_STATE_DIR", ROOT / "state"))),
         "GOVERN_ENVIRONMENT": "test",
+        "GOVERN_PUSH_SECRET": PUSH_SECRET,  # what governance_app signs with
         "PYTHONPATH": str(ROOT),
     }
 
@@ -241,7 +249,7 @@ def _measure_flips(
 ) -> _Flips:
     m = _Flips()
     _flip(eng, world, versions, 0, 0)
-    publish_pending(eng, redis_url)  # the sweep: sends whatever was left unsent
+    publish_pending(eng, redis_url, push_secret=PUSH_SECRET)  # the sweep: sends whatever was left unsent
     nxt = 1
     for i in range(flips):
         time.sleep(0.05)  # let the previous flip settle everywhere
@@ -250,7 +258,7 @@ def _measure_flips(
         t_commit = time.time()  # the commit has just returned
         # What the API runs right after each commit (`publish_committed`), in its two halves
         # so that "published" is the moment the PUBLISH returned, not the row's marking.
-        sent = send_committed(redis_url, outgoing)
+        sent = send_committed(redis_url, outgoing, push_secret=PUSH_SECRET)
         t_published = time.time()
         mark_published(eng, sent)
         if i % 2 == 0:
@@ -530,6 +538,7 @@ def bench_overhead(
             api_url=api.url,
             api_key=world.keys["service"],
             redis_url=redis_url,
+            push_secrets=(PUSH_SECRET,),
             database_url=url,
             state_dir=Path(tempfile.mkdtemp(prefix="bench-serving-")),
         )

@@ -4,13 +4,16 @@
 
 ``up`` is idempotent, ``down`` stops both by pid and leaves no process behind, ``status``
 says what runs where. What runs is recorded in ``<state>/services/services.json`` so
-every process (CLI, API, workers, replicas) finds the same servers.
+every process (CLI, API, workers, replicas) finds the same servers. Without
+``GOVERN_PUSH_SECRET`` the same processes share a push secret generated once into the
+state folder (`resolve_push_secret`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -296,3 +299,57 @@ def resolve_database_url(settings: Settings | None = None) -> str:
 def resolve_redis_url(settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     return settings.redis_url or _embedded_url(settings, "redis")
+
+
+# ---------------------------------------------------------------- push secret
+
+PUSH_SECRET_FILE = "push-secret"
+
+
+def resolve_push_secret(settings: Settings | None = None) -> str:
+    """The secret that signs pushes: ``GOVERN_PUSH_SECRET``, else the state folder's.
+
+    Without the setting (never in production: the settings refuse that), the first process
+    that needs it writes a random one to ``<state>/push-secret`` (mode 0600) and every
+    process sharing the state folder reads the same one.
+    """
+    settings = settings or get_settings()
+    if settings.push_secret is not None:
+        return settings.push_secret.get_secret_value()
+    path = settings.state_path / PUSH_SECRET_FILE
+    try:
+        return _read_push_secret(path)
+    except FileNotFoundError:
+        settings.ensure_state_dir()
+        return _create_push_secret(path)
+
+
+def push_secrets(settings: Settings | None = None) -> tuple[str, ...]:
+    """The secrets a replica accepts on its channel: the current one, then the previous (rotation)."""
+    settings = settings or get_settings()
+    previous = settings.push_secret_previous
+    return (resolve_push_secret(settings),) + ((previous.get_secret_value(),) if previous is not None else ())
+
+
+def _read_push_secret(path: Path) -> str:
+    secret = path.read_text(encoding="ascii").strip()
+    if not secret:
+        raise SettingsError(f"{path} is empty; delete it (a new one is generated) or set GOVERN_PUSH_SECRET")
+    return secret
+
+
+def _create_push_secret(path: Path) -> str:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # created 0600 from the first byte, complete before it gets its name
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, secrets.token_urlsafe(32).encode("ascii"))
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # fails if another process got there first: theirs is the secret
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return _read_push_secret(path)

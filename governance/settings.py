@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SESSION_SECRET = "change-me-development-only"
+MIN_PUSH_SECRET_CHARS = 16
 
 
 class SettingsError(ValueError):
@@ -51,6 +52,14 @@ class Settings(BaseSettings):
     rate_limit_ingest_per_address_per_minute: int = Field(12_000, gt=0)
     auth_failures_per_minute: int = Field(10, gt=0, description="failed sign-ins per address/key before 429")
     log_level: str = "INFO"
+    # authenticated pushes (docs/operations.md, "The push secret"): the HMAC key of the
+    # messages on the deployment channels, shared by the API, the workers and the replicas
+    push_secret: SecretStr | None = Field(
+        None, description="signs and verifies pushes to replicas; unset: generated into the state folder"
+    )
+    push_secret_previous: SecretStr | None = Field(
+        None, description="the secret being rotated out: replicas still accept it, nothing signs with it"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -76,6 +85,15 @@ class Settings(BaseSettings):
             raise ValueError(f"GOVERN_REDIS_URL must start with redis:// (got {v!r})")
         return v
 
+    @field_validator("push_secret", "push_secret_previous")
+    @classmethod
+    def _check_push_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None or v.get_secret_value() == "":
+            return None
+        if len(v.get_secret_value()) < MIN_PUSH_SECRET_CHARS:
+            raise ValueError(f"a push secret needs at least {MIN_PUSH_SECRET_CHARS} characters")
+        return v
+
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
         if self.environment == "production":
@@ -87,6 +105,16 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "production needs GOVERN_DATABASE_URL and GOVERN_REDIS_URL (no embedded servers)"
                 )
+        return self
+
+    # after _refuse_default_secrets: its message comes first
+    @model_validator(mode="after")
+    def _require_push_secret_in_production(self) -> Settings:
+        if self.environment == "production" and self.push_secret is None:
+            raise ValueError(
+                "GOVERN_PUSH_SECRET is not set; production needs one random secret shared by the API, "
+                "the workers and the replicas"
+            )
         return self
 
     @property

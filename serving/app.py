@@ -75,6 +75,9 @@ class ServingConfig:
     api_key: str | None = None
     api_timeout: float = 2.0  # a replica must notice an unreachable API quickly and keep serving what it has
     redis_url: str | None = None  # None: no push, reconcile only
+    # the push secrets accepted on the channel, current first (`governance.embedded.push_secrets`);
+    # empty: every pushed message is dropped and the reconcile alone keeps the replica current
+    push_secrets: tuple[str, ...] = field(default=(), repr=False)
     database_url: str | None = None  # None: outputs are not recorded (tests of the engine alone)
     state_dir: Path = Path("state")
     reconcile_interval: float = 5.0
@@ -261,6 +264,8 @@ def create_app(
         fence_timeout=config.fence_timeout,
         artifact_dir=Path(config.state_dir).resolve() / "serving" / "artifacts",
         on_reject=lambda sha, why: metrics.token_rejections.inc(),
+        push_secrets=config.push_secrets,
+        on_push_rejected=lambda reason: metrics.push_rejected.labels(reason=reason).inc(),
     )
     state = ServingState(config, engine, watcher, recorder, metrics, digests)
     metrics.bind(state)
@@ -359,6 +364,7 @@ def _status_routes(app: FastAPI, state: ServingState) -> None:
             "rejected": dict(state.watcher.rejected),
             "pubsub_connected": state.watcher.pubsub_connected,
             "unconfirmed_ignored": state.watcher.unconfirmed_ignored,  # pushed states the API did not confirm
+            "push_rejected": dict(state.watcher.push_rejected),  # messages without a valid MAC, by reason
             "spool_pending": rec.spool_pending if rec else 0,
             "recorded": rec.stats.__dict__ if rec else None,
         }

@@ -2,7 +2,8 @@
 
 Requests by status, latency histograms (whole request; per output from queueing to the
 last token), tokens produced and tokens/s of the last batch, queue depth, the active
-generation, swaps, rejected tokens, overload refusals, and recorded/spooled outputs.
+generation, swaps, rejected tokens, dropped push messages (no valid MAC, by reason),
+overload refusals, and recorded/spooled outputs.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class ServingMetrics:
         self.active_version = Gauge("serving_active_version", "version id served (0 = base model)", registry=r)
         self.swaps = Counter("serving_token_swaps", "tokens swapped in", registry=r)
         self.token_rejections = Counter("serving_token_rejections", "tokens that failed verification", registry=r)
+        self.push_rejected = Counter(
+            "serving_push_rejected", "messages on the deployment channel dropped unread, by reason", ["reason"],
+            registry=r,
+        )
         self.rejected_overload = Counter("serving_overload_rejections", "requests refused with 429", registry=r)
         self.outputs_spooled = Counter("serving_outputs_spooled", "outputs written to the disk spool", registry=r)
         self.outputs_recorded = Gauge("serving_outputs_written", "outputs written to PostgreSQL", registry=r)

@@ -20,12 +20,19 @@ API and verified before it is proposed. `last_sync` records when each proposed
 generation was received and ready (the propagation benchmark reads it through
 `/v1/serving/status`).
 
-The channel is not authenticated, so a pushed generation is a hint. The next generation
-(known + 1) is adopted from the message alone; a jump, or another token under the
+The channel is authenticated: a message counts only with a valid HMAC-SHA256 for this
+deployment's channel under one of the replica's push secrets (`governance.outbox.pushauth`;
+the current and, during a rotation, the previous one). Anything else (no MAC, a wrong one,
+not JSON) is dropped before it is read, counted by reason (`push_rejected`, the
+`serving_push_rejected_total` metric) and logged; the replica only serves what the API
+confirmed as active or what came with a valid MAC. A signed message is still a hint
+about the order of things (it may be a replay, or overtaken by a later flip): the next
+generation (known + 1) is adopted from it alone; a jump, or another token under the
 generation the replica has, is first confirmed with `GET /active`. The API's answer is
 authoritative: when a reconcile or the fence gets a state other than the one the replica
-adopted before asking, the replica moves to it even if its generation is lower. So a
-forged huge generation never locks a replica out of the real flips that follow it.
+adopted before asking, the replica moves to it even if its generation is lower. So even
+a huge generation signed with a leaked secret never locks a replica out of the real
+flips that follow it.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +52,7 @@ import redis
 
 from aligner.model import ModelShape
 from governance.client import ActiveState, ApiError, GovernClient
+from governance.outbox import pushauth
 from serving.engine import DecodeEngine
 from serving.tokens import ServedToken, TokenVerificationError, sha256_hex, verify_artifact
 
@@ -87,6 +95,8 @@ class TokenWatcher:
         on_reject: Callable[[str, str], None] | None = None,
         prefetch: int = 200,
         cache_size: int = 1000,
+        push_secrets: Sequence[str] = (),
+        on_push_rejected: Callable[[str], None] | None = None,
     ) -> None:
         self.control = control
         self.deployment = deployment
@@ -112,6 +122,10 @@ class TokenWatcher:
         self._known: tuple[int | None, str | None, int] | None = None
         self._known_at = 0.0
         self.unconfirmed_ignored = 0  # pushed states the API did not confirm
+        # accepted on the channel, current first; none: every message is dropped (reconcile only)
+        self.push_secrets = tuple(push_secrets)
+        self.on_push_rejected = on_push_rejected
+        self.push_rejected: dict[str, int] = {}  # reason -> messages dropped unread
         self._sync_lock = threading.Lock()  # one sync at a time: generations are proposed in order
         self._cache_lock = threading.Lock()  # the LRU is shared by sync and the prefetcher
         self._stop = threading.Event()
@@ -128,6 +142,11 @@ class TokenWatcher:
         targets: list[tuple[str, Callable[[], None]]] = [("serving-reconcile", self._reconcile_loop)]
         if self.redis_url:
             targets.append(("serving-pubsub", self._pubsub_loop))
+            if not self.push_secrets:
+                log.warning(
+                    "no push secret: every message on %s is dropped, the reconcile keeps this replica current",
+                    channel_name(self.deployment),
+                )
         for name, target in targets:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
@@ -370,13 +389,23 @@ class TokenWatcher:
             log.warning("reconcile after subscribe failed: %s", exc)
 
     def _on_message(self, raw: Any, received_at: float | None = None) -> None:
+        channel = channel_name(self.deployment)
         try:
             data = json.loads(raw)
+        except (ValueError, TypeError) as exc:
+            self._reject(pushauth.MALFORMED, f"not JSON ({exc})")
+            return
+        why = pushauth.verify(data, channel, self.push_secrets)
+        if why is not None:
+            claim = (data.get("version_id"), data.get("generation")) if isinstance(data, dict) else data
+            self._reject(why, f"it claims (version, generation) {repr(claim)[:200]}")
+            return
+        try:
             if data.get("deployment") not in (None, self.deployment):
                 return
             desired = ActiveState.from_json(data)
         except (ValueError, TypeError, AttributeError) as exc:
-            log.warning("ignoring a malformed message on %s: %s", channel_name(self.deployment), exc)
+            log.warning("ignoring a malformed message on %s: %s", channel, exc)
             return
         try:
             if self._plausible(desired):
@@ -386,15 +415,23 @@ class TokenWatcher:
         except ApiError as exc:
             log.warning("fetching the pushed token failed (%s); reconcile will retry", exc)
 
-    def _plausible(self, pushed: ActiveState) -> bool:
-        """Whether a pushed state may be adopted without asking the API first.
+    def _reject(self, reason: str, detail: str) -> None:
+        """Drop a message without a valid MAC: counted by reason and logged, never read further."""
+        self.push_rejected[reason] = self.push_rejected.get(reason, 0) + 1
+        if self.on_push_rejected is not None:
+            self.on_push_rejected(reason)
+        log.warning("dropping a message on %s (%s): %s", channel_name(self.deployment), reason, detail)
 
-        The channel is not authenticated: whoever can PUBLISH on it can claim any generation.
-        Generations go up by one per promotion or rollback, so the push path trusts only the
-        next one (the steady state, no round trip) and anything it would ignore anyway.
-        A jump (a lost message, or a forged huge generation that would make the replica
-        ignore every real flip after it) and a different token under the generation the
-        replica already has are confirmed with the API first.
+    def _plausible(self, pushed: ActiveState) -> bool:
+        """Whether a pushed state (its MAC verified) may be adopted without asking the API first.
+
+        A valid MAC says the control plane sent it, not that it is current: it may be a
+        replay, and a leaked secret would let anyone claim any generation. Generations go
+        up by one per promotion or rollback, so the push path trusts only the next one (the
+        steady state, no round trip) and anything it would ignore anyway. A jump (a lost
+        message, or a huge generation that would make the replica ignore every real flip
+        after it) and a different token under the generation the replica already has are
+        confirmed with the API first.
         """
         known = self.engine.known_generation
         if pushed.generation == known + 1 or pushed.generation < known:

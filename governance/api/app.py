@@ -31,7 +31,7 @@ from governance.api.openapi import install_openapi
 from governance.auth.views import router as auth_router
 from governance.db import engine_for
 from governance.deployments.views import router as deployments_router
-from governance.embedded import resolve_database_url, resolve_redis_url
+from governance.embedded import resolve_database_url, resolve_push_secret, resolve_redis_url
 from governance.errors import DomainError, TooManyRequests
 from governance.outbox.service import Outgoing, publish_committed, publish_pending
 from governance.outputs.views import router as outputs_router
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.state.guard  # type: ignore[no-any-return]
 
     app.state.redis_url_fn = redis_url
-    app.state.publish_outbox = _outbox_publisher(app, redis_url)
+    app.state.publish_outbox = _outbox_publisher(app, redis_url, lambda: resolve_push_secret(settings))
     app.state.guard = None
     app.state.guard_fn = guard
     _install_error_handlers(app)
@@ -86,14 +86,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _outbox_publisher(app: FastAPI, redis_url: Callable[[], str]) -> Callable[..., None]:
+def _outbox_publisher(
+    app: FastAPI, redis_url: Callable[[], str], push_secret: Callable[[], str]
+) -> Callable[..., None]:
     def publish_outbox(outgoing: Outgoing | None = None) -> None:
         """After a commit: send what it enqueued from memory (`outgoing`), or sweep the table."""
         try:
             if outgoing is None:
-                publish_pending(app.state.engine, redis_url())
+                publish_pending(app.state.engine, redis_url(), push_secret=push_secret())
             else:
-                publish_committed(app.state.engine, redis_url(), outgoing)
+                publish_committed(app.state.engine, redis_url(), outgoing, push_secret=push_secret())
         except Exception:  # the periodic sweep sends what is left
             log.exception("outbox publish after commit failed; the sweep will retry")
 

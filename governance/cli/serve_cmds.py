@@ -2,7 +2,9 @@
 
 The replica reaches the API with GOVERN_API_URL / GOVERN_API_KEY (a service-role key),
 Redis for push notifications and PostgreSQL for recording outputs through the same
-settings as every other process (the embedded servers when the URLs are unset).
+settings as every other process (the embedded servers when the URLs are unset); it
+accepts a pushed message only with a valid MAC under the push secret (GOVERN_PUSH_SECRET,
+or the state folder's, and GOVERN_PUSH_SECRET_PREVIOUS during a rotation).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import typer
 import uvicorn
 
 from governance.cli.common import TORCH_THREADS_HELP, clear_errors, console, fail, limit_torch_threads
-from governance.embedded import resolve_database_url, resolve_redis_url
+from governance.embedded import push_secrets, resolve_database_url, resolve_redis_url
 from governance.settings import get_settings
 
 
@@ -57,6 +59,7 @@ def serve_cmd(
         api_url=settings.api_url,
         api_key=settings.api_key.get_secret_value(),
         redis_url=resolve_redis_url(settings),
+        push_secrets=push_secrets(settings),
         database_url=resolve_database_url(settings),
         state_dir=settings.state_path,
         reconcile_interval=reconcile_interval,

@@ -20,7 +20,9 @@ fails, or that is not marked because the process dies, stays unpublished and the
 sends it. Delivery is at least once and, on the fast path, not serialised between
 concurrent commits; subscribers order and de-duplicate by generation (replicas ignore
 a generation at or below the one they serve), so neither a duplicate nor a late stale
-message changes what a replica serves.
+message changes what a replica serves. Every published message carries an HMAC-SHA256
+under the push secret (`governance.outbox.pushauth`), added as it is sent: replicas drop
+a message without a valid one.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from sqlalchemy.orm import Session
 
 from governance import metrics
 from governance.db import unit_of_work, utcnow
+from governance.embedded import resolve_push_secret
+from governance.outbox import pushauth
 from governance.outbox.models import OutboxMessage
 from governance.outbox.names import GATE_TASK, QUEUE_OF
 
@@ -138,9 +142,11 @@ def _celery(url: str) -> Celery:
     return app
 
 
-def _send(msg: OutboxMessage | Fresh, redis_url: str) -> None:
+def _send(msg: OutboxMessage | Fresh, redis_url: str, push_secret: str | None) -> None:
     if msg.kind == "publish":
-        _redis(redis_url).publish(msg.target, json.dumps(msg.payload, sort_keys=True))
+        # signed as it leaves, whichever path sends it (fast path or sweep), with the current secret
+        signed = pushauth.sign(msg.payload, msg.target, push_secret or resolve_push_secret())
+        _redis(redis_url).publish(msg.target, json.dumps(signed, sort_keys=True))
     else:
         p = msg.payload
         _celery(redis_url).send_task(
@@ -148,11 +154,12 @@ def _send(msg: OutboxMessage | Fresh, redis_url: str) -> None:
         )
 
 
-def publish_pending(engine: Engine, redis_url: str, *, batch: int = 200) -> int:
+def publish_pending(engine: Engine, redis_url: str, *, batch: int = 200, push_secret: str | None = None) -> int:
     """Send committed, unsent outbox rows in id order; return how many were sent.
 
     Stops at the first failure (keeping order); the failed row's ``attempts`` goes up
-    and the next call retries it.
+    and the next call retries it. ``push_secret`` signs the published messages (unset:
+    `resolve_push_secret` of this process's settings).
     """
     sent = 0
     while True:
@@ -171,7 +178,7 @@ def publish_pending(engine: Engine, redis_url: str, *, batch: int = 200) -> int:
             for msg in rows:
                 msg.attempts += 1
                 try:
-                    _send(msg, redis_url)
+                    _send(msg, redis_url, push_secret)
                 except Exception as exc:
                     log.warning("outbox message %s (%s %s) not sent yet: %s", msg.id, msg.kind, msg.target, exc)
                     failed = True
@@ -183,7 +190,7 @@ def publish_pending(engine: Engine, redis_url: str, *, batch: int = 200) -> int:
             return sent
 
 
-def publish_committed(engine: Engine, redis_url: str, outgoing: Outgoing) -> int:
+def publish_committed(engine: Engine, redis_url: str, outgoing: Outgoing, *, push_secret: str | None = None) -> int:
     """Send what a transaction enqueued, right after its commit returned, from memory.
 
     The sends come first (no database round trip before them), in id order; one UPDATE
@@ -193,18 +200,18 @@ def publish_committed(engine: Engine, redis_url: str, outgoing: Outgoing) -> int
     `publish_pending` sends what actually committed instead. Returns how many were sent.
     """
     if outgoing.unsure:
-        return publish_pending(engine, redis_url)
-    sent = send_committed(redis_url, outgoing)
+        return publish_pending(engine, redis_url, push_secret=push_secret)
+    sent = send_committed(redis_url, outgoing, push_secret=push_secret)
     mark_published(engine, sent)
     return len(sent)
 
 
-def send_committed(redis_url: str, outgoing: Outgoing) -> list[int]:
+def send_committed(redis_url: str, outgoing: Outgoing, *, push_secret: str | None = None) -> list[int]:
     """The sending half of `publish_committed`: returns the ids sent, in order."""
     sent: list[int] = []
     for msg in sorted(outgoing.rows, key=lambda m: m.id):
         try:
-            _send(msg, redis_url)
+            _send(msg, redis_url, push_secret)
         except Exception as exc:
             log.warning("outbox message %s (%s %s) not sent yet: %s; the sweep will", msg.id, msg.kind, msg.target, exc)
             break
@@ -226,13 +233,15 @@ def mark_published(engine: Engine, ids: list[int]) -> None:
 
 
 @contextmanager
-def unit_of_work_then_publish(engine: Engine, redis_url: Callable[[], str]) -> Iterator[Session]:
+def unit_of_work_then_publish(
+    engine: Engine, redis_url: Callable[[], str], push_secret: Callable[[], str] = resolve_push_secret
+) -> Iterator[Session]:
     """A unit of work whose outbox rows are sent right after its commit (`publish_committed`).
 
     The task edge's counterpart of the API's request transaction: one send-after-commit
     path for every queued task. Nothing is sent when the transaction rolls back; a failed
-    send (Redis down, no URL) is logged and left to the sweep. ``redis_url`` is only
-    called when there is something to send.
+    send (Redis down, no URL) is logged and left to the sweep. ``redis_url`` and
+    ``push_secret`` are only called when there is something to send.
     """
     with unit_of_work(engine) as session:
         yield session
@@ -240,6 +249,6 @@ def unit_of_work_then_publish(engine: Engine, redis_url: Callable[[], str]) -> I
     if not outgoing:
         return
     try:
-        publish_committed(engine, redis_url(), outgoing)
+        publish_committed(engine, redis_url(), outgoing, push_secret=push_secret())
     except Exception as exc:  # the periodic sweep sends what is left
         log.warning("outbox not published after commit (%s); the sweep will", exc)

@@ -68,6 +68,7 @@ def test_production_refuses_default_secret(monkeypatch: pytest.MonkeyPatch) -> N
         database_url="postgresql://u@h/db",
         redis_url="redis://h:6379/0",
         session_secret=SecretStr("x" * 32),
+        push_secret=SecretStr("p" * 32),
     )
     assert ok.database_url == "postgresql+psycopg://u@h/db"  # normalized to the psycopg 3 driver
     monkeypatch.setenv("GOVERN_ENVIRONMENT", "production")

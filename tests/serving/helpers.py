@@ -49,7 +49,11 @@ import uuid  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import httpx  # noqa: E402
+
 POLICY_TEXT = (Path(__file__).resolve().parents[2] / "policies" / "default.yaml").read_text()
+# The push secret the test control planes sign with and the test replicas accept (GOVERN_PUSH_SECRET).
+PUSH_SECRET = "test-push-secret-0123456789abcdef"
 
 
 def free_port() -> int:
@@ -183,7 +187,7 @@ def make_world(engine: Any, digests: Any) -> World:
     return World(engine, digests, dep, keys, principals)
 
 
-def governance_app(database_url: str, redis_url: str, state_dir: Path) -> Any:
+def governance_app(database_url: str, redis_url: str, state_dir: Path, push_secret: str = PUSH_SECRET) -> Any:
     from governance.api.app import create_app
     from governance.settings import Settings
 
@@ -192,11 +196,24 @@ def governance_app(database_url: str, redis_url: str, state_dir: Path) -> Any:
             database_url=database_url,
             redis_url=redis_url,
             state_dir=state_dir,
+            push_secret=push_secret,
             environment="test",
             rate_limit_writes_per_minute=100_000,
             rate_limit_ingest_per_minute=1_000_000,
         )
     )
+
+
+def promote(api: ServerThread, world: World, vid: int) -> int:
+    """Promote `vid` through the API as the world's ML engineer; returns the new generation."""
+    r = httpx.post(
+        f"{api.url}/v1/deployments/{world.deployment}/promote",
+        json={"version_id": vid},
+        headers={"Authorization": f"Bearer {world.keys['ml_engineer']}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return int(r.json()["generation"])
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.02, what: str = "condition") -> None:

@@ -24,12 +24,14 @@ from sqlalchemy import text
 from governance.db import make_engine
 from serving.app import ServingConfig, create_app
 from tests.serving.helpers import (
+    PUSH_SECRET,
     ServerThread,
     World,
     attached_copy,
     free_port,
     governance_app,
     make_world,
+    promote,
     wait_for,
 )
 
@@ -92,6 +94,7 @@ def _replica(
         "GOVERN_API_KEY": world.keys["service"],
         "GOVERN_STATE_DIR": str(state_dir),
         "GOVERN_ENVIRONMENT": "test",
+        "GOVERN_PUSH_SECRET": PUSH_SECRET,
         "PYTHONPATH": str(ROOT),
     }
     cmd = [
@@ -121,17 +124,6 @@ def _status(port: int) -> dict[str, Any]:
         return dict(httpx.get(f"http://127.0.0.1:{port}/v1/serving/status", timeout=2).json())
     except (httpx.HTTPError, ValueError):
         return {}
-
-
-def _promote(api: ServerThread, world: World, vid: int) -> int:
-    r = httpx.post(
-        f"{api.url}/v1/deployments/{world.deployment}/promote",
-        json={"version_id": vid},
-        headers={"Authorization": f"Bearer {world.keys['ml_engineer']}"},
-        timeout=30,
-    )
-    assert r.status_code == 200, r.text
-    return int(r.json()["generation"])
 
 
 def test_replicas_converge_through_a_redis_restart(
@@ -164,11 +156,12 @@ def test_replicas_converge_through_a_redis_restart(
             wait_for(lambda: all_at(0), timeout=180, interval=0.2, what="replicas ready")
             wait_for(lambda: all(_status(p).get("pubsub_connected") for p in ports), what="subscriptions")
             v1, v2, v3 = world.approved(), world.approved(), world.approved()
-            g1 = _promote(api, world, v1)
+            g1 = promote(api, world, v1)
             wait_for(lambda: all_at(g1), timeout=10, what="push of the first promotion")
+            assert all(_status(p)["push_rejected"] == {} for p in ports), "the CLI replicas verify the API's MAC"
 
             _stop(redis_proc, signal.SIGKILL)  # Redis dies: no push any more
-            g2 = _promote(api, world, v2)
+            g2 = promote(api, world, v2)
             wait_for(lambda: all_at(g2), timeout=20, what="convergence through reconciliation without Redis")
             assert all(_status(p)["version_id"] == v2 for p in ports)
 
@@ -178,7 +171,7 @@ def test_replicas_converge_through_a_redis_restart(
                 timeout=20,
                 what="subscriptions re-established",
             )
-            g3 = _promote(api, world, v3)
+            g3 = promote(api, world, v3)
             wait_for(lambda: all_at(g3), timeout=20, what="convergence after the restart")
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{ports[0]}/v1", api_key="x", max_retries=0)
             r = client.chat.completions.create(
@@ -230,6 +223,7 @@ def test_outputs_survive_a_postgres_outage(
             api_url=api.url,
             api_key=world.keys["service"],
             redis_url=redis_url,
+            push_secrets=(PUSH_SECRET,),
             database_url=url,
             state_dir=tmp_path / "serving",
             reconcile_interval=0.5,
@@ -241,7 +235,7 @@ def test_outputs_survive_a_postgres_outage(
         with ServerThread(app) as serving:
             wait_for(lambda: httpx.get(f"{serving.url}/readyz").status_code == 200, what="replica ready")
             vid = world.approved()
-            gen = _promote(api, world, vid)
+            gen = promote(api, world, vid)
             client = openai.OpenAI(base_url=f"{serving.url}/v1", api_key="x", max_retries=0, timeout=60)
 
             def ask(i: int) -> str:

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import Engine, select, text
 
 from serving.app import ServingConfig, create_app
-from tests.serving.helpers import ServerThread, World, attached_copy, governance_app, make_world, wait_for
+from tests.serving.helpers import PUSH_SECRET, ServerThread, World, attached_copy, governance_app, make_world, wait_for
 
 
 @dataclass
@@ -68,6 +68,7 @@ def stack(
             api_url=api.url,
             api_key=world.keys["service"],
             redis_url=redis_url,
+            push_secrets=(PUSH_SECRET,),
             database_url=database_url,
             state_dir=tmp_path / "serving",
             fence_timeout=10.0,  # a busy test machine must not turn the fence off

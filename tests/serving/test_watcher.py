@@ -1,8 +1,10 @@
-"""The watcher against forged Redis messages: a pushed generation is a hint, the API decides.
+"""The watcher against forged Redis messages: no valid MAC, no effect; a signed generation is a hint.
 
-Anyone who can PUBLISH on the deployment's channel can claim a generation. Generations
-only go up, so a replica that adopted a forged huge one would ignore every real flip
-after it. These tests drive `TokenWatcher._on_message` (what the pub/sub thread calls)
+Anyone who can PUBLISH on the deployment's channel can claim a generation: a message
+without a valid MAC under the replica's push secrets is dropped and counted. A signed
+one may still be a replay (or signed with a leaked secret), and generations only go up,
+so a replica that adopted a huge one would ignore every real flip after it: the API
+decides. These tests drive `TokenWatcher._on_message` (what the pub/sub thread calls)
 and `reconcile_once` with a real engine on the tiny model and a fake control plane.
 """
 
@@ -16,9 +18,12 @@ from typing import Any
 import pytest
 
 from governance.client import ActiveState
+from governance.outbox import pushauth
 from serving.engine import DecodeEngine
-from serving.watcher import TokenWatcher
-from tests.serving.helpers import attached_copy, make_token
+from serving.watcher import TokenWatcher, channel_name
+from tests.serving.helpers import PUSH_SECRET, attached_copy, make_token
+
+OLD_SECRET = "the-secret-being-rotated-out"
 
 
 class FakeControl:
@@ -61,6 +66,7 @@ def setup(tiny: tuple[Any, Any, Any]) -> Iterator[tuple[TokenWatcher, FakeContro
         redis_url=None,
         fence=False,
         prefetch=0,
+        push_secrets=(PUSH_SECRET,),
     )
     engine.start()
     watcher.reconcile_once()
@@ -76,9 +82,14 @@ def wait_served(engine: DecodeEngine, generation: int) -> None:
         time.sleep(0.01)
 
 
-def push(watcher: TokenWatcher, version_id: int, sha256: str, generation: int) -> None:
-    raw = json.dumps({"deployment": "d", "version_id": version_id, "sha256": sha256, "generation": generation})
-    watcher._on_message(raw, time.time())
+def push(
+    watcher: TokenWatcher, version_id: int, sha256: str, generation: int, *, secret: str | None = PUSH_SECRET
+) -> None:
+    """A message as the control plane publishes it (signed with `secret`; None: no MAC)."""
+    payload = {"deployment": "d", "version_id": version_id, "sha256": sha256, "generation": generation}
+    if secret is not None:
+        payload = pushauth.sign(payload, channel_name("d"), secret)
+    watcher._on_message(json.dumps(payload), time.time())
 
 
 def test_the_next_generation_is_adopted_from_the_push_alone(setup: Any) -> None:
@@ -158,3 +169,41 @@ def test_an_answer_older_than_the_adopted_state_does_not_move_it_back(setup: Any
     time.sleep(0.05)
     assert engine.current.generation == 2
     assert engine.current.version_id == 2
+
+
+def test_a_message_without_a_valid_mac_is_dropped_and_counted(setup: Any) -> None:
+    watcher, control, engine, tokens = setup
+    asked = control.active_calls
+    push(watcher, 3, tokens[2].sha256, 2, secret=None)  # the next generation, a registered token, no MAC
+    push(watcher, 3, tokens[2].sha256, 2, secret="a-secret-nobody-configured")
+    tampered = pushauth.sign({"deployment": "d", "version_id": 2, "sha256": tokens[1].sha256, "generation": 2},
+                             channel_name("d"), PUSH_SECRET)
+    watcher._on_message(json.dumps({**tampered, "version_id": 3, "sha256": tokens[2].sha256}), time.time())
+    other = pushauth.sign({"deployment": "d", "version_id": 3, "sha256": tokens[2].sha256, "generation": 2},
+                          channel_name("e"), PUSH_SECRET)  # signed for another deployment's channel
+    watcher._on_message(json.dumps(other), time.time())
+    watcher._on_message(b"\xff not json", time.time())
+    assert watcher.push_rejected == {pushauth.MISSING: 1, pushauth.INVALID: 3, pushauth.MALFORMED: 1}
+    assert engine.known_generation == 1 and engine.current.version_id == 1
+    assert control.active_calls == asked, "a dropped message is not even worth a question to the API"
+    # the replica is where it was: the next real (signed) flip still swaps in from the push alone
+    control.answer = ActiveState(2, tokens[1].sha256, 2)
+    push(watcher, 2, tokens[1].sha256, 2)
+    wait_served(engine, 2)
+    assert engine.current.version_id == 2 and control.active_calls == asked
+
+
+def test_the_previous_secret_is_accepted_while_it_is_configured(setup: Any) -> None:
+    watcher, control, engine, tokens = setup
+    watcher.push_secrets = (PUSH_SECRET, OLD_SECRET)  # the overlap of a rotation
+    control.answer = ActiveState(2, tokens[1].sha256, 2)
+    push(watcher, 2, tokens[1].sha256, 2, secret=OLD_SECRET)  # a control plane not rotated yet
+    wait_served(engine, 2)
+    assert watcher.push_rejected == {}
+    watcher.push_secrets = (PUSH_SECRET,)  # the rotation is over: the old secret is gone
+    control.answer = ActiveState(3, tokens[2].sha256, 3)
+    push(watcher, 3, tokens[2].sha256, 3, secret=OLD_SECRET)
+    assert watcher.push_rejected == {pushauth.INVALID: 1}
+    assert engine.known_generation == 2
+    push(watcher, 3, tokens[2].sha256, 3)  # signed with the current secret
+    wait_served(engine, 3)
