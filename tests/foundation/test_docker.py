@@ -53,7 +53,7 @@ def test_compose_resolves_with_every_service_on_the_same_image(config: dict[str,
 
 
 def test_compose_refuses_to_start_without_its_secrets() -> None:
-    for missing in ("GOVERN_SESSION_SECRET", "GOVERN_SERVICE_KEY"):
+    for missing in ("GOVERN_SESSION_SECRET", "GOVERN_SERVICE_KEY", "GOVERN_PUSH_SECRET"):
         done = _compose({k: v for k, v in REQUIRED.items() if k != missing})
         assert done.returncode != 0 and missing.removeprefix("GOVERN_").split("_")[0].lower() in done.stderr.lower()
 
