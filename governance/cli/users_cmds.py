@@ -106,23 +106,23 @@ def list_users() -> None:
 
 
 @users_app.command("disable")
-@api_errors
 def disable(name: str = typer.Argument(..., help="user name")) -> None:
     """Disable a user (admins): every key of theirs stops at once, their web sessions end."""
-    _check_user_name(name)
-    with client() as c:
-        c.request("POST", f"/v1/users/{name}/disable")
-    console.print(f"disabled user {name}: all their keys stop working now", highlight=False)
+    _set_disabled(name, "disable", "all their keys stop working now")
 
 
 @users_app.command("enable")
-@api_errors
 def enable(name: str = typer.Argument(..., help="user name")) -> None:
     """Enable a disabled user again (admins): their unrevoked, unexpired keys work again."""
+    _set_disabled(name, "enable", "their unrevoked, unexpired keys work again")
+
+
+@api_errors
+def _set_disabled(name: str, verb: str, outcome: str) -> None:
     _check_user_name(name)
     with client() as c:
-        c.request("POST", f"/v1/users/{name}/enable")
-    console.print(f"enabled user {name}", highlight=False)
+        c.request("POST", f"/v1/users/{name}/{verb}")
+    console.print(f"{verb}d user {name}: {outcome}", highlight=False)
 
 
 @users_app.command("rotate-key")
