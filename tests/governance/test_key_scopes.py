@@ -19,11 +19,13 @@ import pytest
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from governance.alerts.models import Alert
 from governance.api.app import PUBLIC_PATHS, create_app
 from governance.api.deps import RequireRole
-from governance.auth.models import ApiKey, ApiKeyDeployment
+from governance.auth.models import ApiKey, ApiKeyDeployment, User
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
 from governance.outputs.models import Output
@@ -257,3 +259,16 @@ def test_service_keys_must_name_existing_deployments_and_only_service_keys_may(
     r = client.post(f"/v1/users/{name}/keys", json={"deployments": [world.deployment]}, headers=admin)
     assert r.status_code == 201 and r.json()["deployments"] == [world.deployment]
     assert client.post(f"/v1/users/{name}/keys", json={}, headers=admin).status_code == 422
+
+
+def test_the_database_refuses_a_scope_on_an_unknown_deployment(session: Session) -> None:
+    """Migration 0002: a key's scope rows name existing deployments."""
+    user = User(name=uid("svc"), role="service")
+    session.add(user)
+    session.flush()
+    key = ApiKey(user_id=user.id, prefix=uid("")[-8:], key_hash="a" * 64)
+    session.add(key)
+    session.flush()
+    with pytest.raises(IntegrityError, match="fk_api_key_deployments_deployment_deployments"), session.begin_nested():
+        session.add(ApiKeyDeployment(key_id=key.id, deployment="no-such-deployment"))
+        session.flush()
