@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dashboards import deps
 from dashboards.deps import CsrfDep, CsrfRejected, LoginRequired, SessionDep, ViewerDep, render
-from dashboards.pages import alerts, audit_log, deployments, drift, releases
+from dashboards.pages import alerts, audit_log, deployments, drift, releases, users
 from dashboards.security import (
     LOGIN_COOKIE,
     LOGIN_TTL_SECONDS,
@@ -195,7 +195,7 @@ def create_ui_app(parent: Any = None) -> FastAPI:
                                httponly=True, samesite="strict")
         return response
 
-    for module in (releases, deployments, drift, alerts, audit_log):
+    for module in (releases, deployments, drift, alerts, audit_log, users):
         app.include_router(module.router)
     return app
 

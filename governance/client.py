@@ -14,6 +14,7 @@ watcher's) never queues behind another's (the model thread's per-batch fence), a
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -241,8 +242,10 @@ class GovernClient:
     def create_user(self, name: str, role: str) -> dict[str, Any]:
         return dict(self.request("POST", "/v1/users", json={"name": name, "role": role}))
 
-    def create_key(self, user: str, *, expires_at: datetime | None = None) -> dict[str, Any]:
-        body = {"expires_at": expires_at.isoformat() if expires_at else None}
+    def create_key(
+        self, user: str, *, expires_at: datetime | None = None, deployments: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        body = {"expires_at": expires_at.isoformat() if expires_at else None, "deployments": list(deployments)}
         return dict(self.request("POST", f"/v1/users/{user}/keys", json=body))
 
     def revoke_key(self, prefix: str) -> dict[str, Any]:

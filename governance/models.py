@@ -2,7 +2,7 @@
 
 from governance.alerts.models import Alert
 from governance.audit.models import AuditCheckpoint, AuditEntry
-from governance.auth.models import ApiKey, User
+from governance.auth.models import ApiKey, ApiKeyDeployment, User
 from governance.db import Base
 from governance.deployments.models import Deployment, Promotion
 from governance.gates.models import GateCaseResult, GateRun
@@ -16,6 +16,7 @@ __all__ = [
     "Adapter",
     "Alert",
     "ApiKey",
+    "ApiKeyDeployment",
     "AuditCheckpoint",
     "AuditEntry",
     "Base",

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     rate_limit_writes_per_address_per_minute: int = Field(600, gt=0)
     rate_limit_ingest_per_address_per_minute: int = Field(12_000, gt=0)
     auth_failures_per_minute: int = Field(10, gt=0, description="failed sign-ins per address/key before 429")
+    allow_unscoped_service_keys: bool = Field(
+        False, description="let service keys bound to no deployment (issued before scoping) keep working"
+    )
     log_level: str = "INFO"
     # authenticated pushes (docs/operations.md, "The push secret"): the HMAC key of the
     # messages on the deployment channels, shared by the API, the workers and the replicas

@@ -43,4 +43,6 @@ DONE_MESSAGES = {
     "frozen": "Frozen: automatic rollback is off for this deployment.",
     "unfrozen": "Unfrozen: automatic rollback is on again.",
     "acked": "Alert acknowledged.",
+    "user_disabled": "User disabled: every key of theirs stopped working, their web sessions end now.",
+    "user_enabled": "User enabled: their keys that are neither revoked nor expired work again.",
 }

@@ -10,7 +10,7 @@ from governance.alerts import service
 from governance.alerts.schemas import AckIn, AlertIn, AlertRaised, AlertRead
 from governance.api.deps import PageDep, SessionDep, may
 from governance.deployments import service as deployments
-from governance.principal import Principal
+from governance.principal import Principal, require_deployment
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
 
@@ -39,6 +39,8 @@ def list_alerts(
 
 @router.post("", response_model=AlertRaised, status_code=201)
 def raise_alert(body: AlertIn, session: SessionDep, principal: Annotated[Principal, may("alert.raise")]) -> AlertRaised:
+    # a scoped service key raises alerts only about its own deployments (and must name one)
+    require_deployment(principal, body.deployment, "alert.raise")
     dep_id = deployments.get_deployment_or_raise(session, name=body.deployment).id if body.deployment else None
     alert, opened = service.raise_alert(
         session,

@@ -9,7 +9,9 @@ periodic sweep is the safety net).
 
 Every route declares its action with `may("<action>")`, which admits the roles
 `governance.roles.PERMISSIONS` gives it; a test walks the app's routes and fails on a
-route without a role check or with roles other than its action's row.
+route without a role check or with roles other than its action's row. A route whose path
+names a deployment declares it with `may_on_deployment`, which also refuses a scoped
+service key bound to other deployments (`governance.principal.require_deployment`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from governance.auth.service import authenticate
 from governance.db import session_factory
 from governance.errors import DomainError, Forbidden, Refusal, Unauthorized
 from governance.outbox import service as outbox
-from governance.principal import Principal
+from governance.principal import Principal, require_deployment
 from governance.refusals import record_refusal
 from governance.roles import Role, allowed
 
@@ -82,7 +84,9 @@ def get_principal(request: Request, session: SessionDep) -> Principal:
 
     A presented key from an address that failed too often is refused (429) before the
     database is asked; a failed key is audited at most once per window per address and
-    prefix. An authenticated write or ingest is counted against the key's budget.
+    prefix. An authenticated write or ingest is counted against the key's budget. A service
+    key bound to no deployment is refused (403, audited) unless the operator opted in
+    (``GOVERN_ALLOW_UNSCOPED_SERVICE_KEYS``).
     """
     raw = _raw_key(request)
     guard = get_guard(request)
@@ -95,6 +99,12 @@ def get_principal(request: Request, session: SessionDep) -> Principal:
             guard.record_failure(get_engine(request), address=address, raw_key=raw, via="api")
         # one answer for missing, unknown, revoked and expired keys
         raise Unauthorized("a valid API key is required (Authorization: Bearer gov_...)")
+    if principal.unscoped_service_key and not request.app.state.settings.allow_unscoped_service_keys:
+        raise Forbidden(
+            "this service key is bound to no deployment; issue a scoped key (govern users keys create USER "
+            "--deployment NAME) or set GOVERN_ALLOW_UNSCOPED_SERVICE_KEYS=true",
+            refusal=Refusal.of(principal, "use unscoped service key", "key", principal.key_prefix or "-"),
+        )
     guard.limit_key(request.method, request.url.path, principal.key_prefix or principal.actor)
     request.state.principal = principal
     return principal
@@ -106,14 +116,16 @@ CurrentUser = Annotated[Principal, Depends(get_principal, scope="function")]
 class RequireRole:
     """Dependency that admits only the listed roles; a refusal is a 403 with a ``denied`` entry.
 
-    ``action`` names the row of `governance.roles.PERMISSIONS` the roles came from (`may`).
+    ``action`` names the row of `governance.roles.PERMISSIONS` the roles came from (`may`);
+    ``deployment_param`` names the path parameter holding the deployment a scoped key must hold.
     """
 
-    def __init__(self, *roles: Role, action: str | None = None) -> None:
+    def __init__(self, *roles: Role, action: str | None = None, deployment_param: str | None = None) -> None:
         if not roles:
             raise ValueError("RequireRole needs at least one role")
         self.roles = frozenset(roles)
         self.action = action
+        self.deployment_param = deployment_param
 
     def __call__(self, request: Request, principal: CurrentUser) -> Principal:
         if principal.role not in self.roles:
@@ -124,6 +136,9 @@ class RequireRole:
                 f"(allowed: {', '.join(sorted(r.value for r in self.roles))})",
                 refusal=Refusal.of(principal, f"{request.method} {path}", "route", request.url.path),
             )
+        if self.deployment_param is not None:
+            deployment = request.path_params.get(self.deployment_param)
+            require_deployment(principal, deployment, self.action or f"{request.method} {request.url.path}")
         return principal
 
 
@@ -135,6 +150,11 @@ def role(*roles: Role) -> object:
 def may(action: str) -> object:
     """``principal: Annotated[Principal, may("version.approve")]``: the roles the table gives the action."""
     return Depends(RequireRole(*sorted(allowed(action)), action=action), scope="function")
+
+
+def may_on_deployment(action: str, param: str = "name") -> object:
+    """`may` for a route whose path parameter ``param`` names a deployment: a scoped key must hold it."""
+    return Depends(RequireRole(*sorted(allowed(action)), action=action, deployment_param=param), scope="function")
 
 
 @dataclass(frozen=True)

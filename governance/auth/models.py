@@ -1,4 +1,8 @@
-"""Users and their API keys. A key is stored only as a SHA-256 hash plus a display prefix."""
+"""Users and their API keys. A key is stored only as a SHA-256 hash plus a display prefix.
+
+A service key is bound to the deployments it may act on (`ApiKeyDeployment`, one row per
+deployment, by name); a service key without rows is an unscoped key from before scoping.
+"""
 
 from __future__ import annotations
 
@@ -42,3 +46,14 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None]
 
     user: Mapped[User] = relationship(back_populates="keys")
+
+
+class ApiKeyDeployment(Base):
+    """A deployment a (service) key may act on; the key's rows go with it."""
+
+    __tablename__ = "api_key_deployments"
+
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), primary_key=True)
+    deployment: Mapped[str] = mapped_column(
+        String(100), ForeignKey("deployments.name", ondelete="RESTRICT"), primary_key=True, index=True
+    )

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
-from governance.api.deps import PageDep, SessionDep, may
+from governance.api.deps import PageDep, SessionDep, may, may_on_deployment
 from governance.deployments import service
 from governance.deployments.models import Deployment, Promotion
 from governance.deployments.schemas import (
@@ -24,6 +24,8 @@ from governance.principal import Principal
 
 router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
 Reader = Annotated[Principal, may("deployment.read")]
+# a route naming one deployment: a scoped service key must be bound to it
+DeploymentReader = Annotated[Principal, may_on_deployment("deployment.read")]
 
 
 def deployment_read(session: Session, dep: Deployment) -> DeploymentRead:
@@ -65,17 +67,17 @@ def create(
 
 
 @router.get("", response_model=list[DeploymentRead])
-def list_all(session: SessionDep, _: Reader) -> list[DeploymentRead]:
-    return [deployment_read(session, d) for d in service.list_deployments(session)]
+def list_all(session: SessionDep, principal: Reader) -> list[DeploymentRead]:
+    return [deployment_read(session, d) for d in service.list_deployments(session) if principal.may_act_on(d.name)]
 
 
 @router.get("/{name}", response_model=DeploymentRead)
-def show(name: str, session: SessionDep, _: Reader) -> DeploymentRead:
+def show(name: str, session: SessionDep, _: DeploymentReader) -> DeploymentRead:
     return deployment_read(session, service.get_deployment_or_raise(session, name=name))
 
 
 @router.get("/{name}/active", response_model=ActiveRead)
-def active(name: str, session: SessionDep, _: Reader) -> ActiveRead:
+def active(name: str, session: SessionDep, _: DeploymentReader) -> ActiveRead:
     info = service.active_info(session, name=name)
     return ActiveRead(
         deployment=info.deployment, version_id=info.version_id, sha256=info.sha256, generation=info.generation
@@ -83,7 +85,7 @@ def active(name: str, session: SessionDep, _: Reader) -> ActiveRead:
 
 
 @router.get("/{name}/promotions", response_model=list[PromotionRead])
-def history(name: str, session: SessionDep, page: PageDep, _: Reader) -> list[PromotionRead]:
+def history(name: str, session: SessionDep, page: PageDep, _: DeploymentReader) -> list[PromotionRead]:
     return [
         promotion_read(name, p) for p in service.promotions(session, name=name, limit=page.limit, offset=page.offset)
     ]

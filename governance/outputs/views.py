@@ -1,4 +1,4 @@
-"""Route of production output ingest (service keys: serving replicas)."""
+"""Route of production output ingest (service keys: serving replicas, each bound to its deployments)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Request
 
-from governance.api.deps import SessionDep, may
+from governance.api.deps import SessionDep, may_on_deployment
 from governance.errors import PayloadTooLarge
 from governance.outputs import service
 from governance.outputs.schemas import IngestIn, IngestResult
@@ -17,7 +17,11 @@ router = APIRouter(prefix="/v1/deployments", tags=["outputs"])
 
 @router.post("/{name}/outputs", response_model=IngestResult)
 def ingest(
-    name: str, body: IngestIn, request: Request, session: SessionDep, _: Annotated[Principal, may("output.ingest")]
+    name: str,
+    body: IngestIn,
+    request: Request,
+    session: SessionDep,
+    _: Annotated[Principal, may_on_deployment("output.ingest")],
 ) -> IngestResult:
     cap: int = request.app.state.settings.max_ingest_batch
     if len(body.outputs) > cap:

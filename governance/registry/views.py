@@ -13,7 +13,7 @@ from governance.auth import service as auth
 from governance.deployments import service as deployments
 from governance.errors import InvalidInput, NotFound, PayloadTooLarge
 from governance.gates import service as gates
-from governance.principal import Principal
+from governance.principal import Principal, require_deployment
 from governance.registry import service
 from governance.registry.models import Review, TokenVersion
 from governance.registry.schemas import (
@@ -53,6 +53,14 @@ def version_read(session: Session, v: TokenVersion) -> VersionRead:
         created_at=v.created_at,
         updated_at=v.updated_at,
     )
+
+
+def check_version_scope(session: Session, principal: Principal, version: TokenVersion) -> None:
+    """A scoped service key reads only the versions bound to its deployments."""
+    if principal.deployments is None:
+        return
+    name = deployments.deployment_names(session, {version.deployment_id}).get(version.deployment_id or 0)
+    require_deployment(principal, name, "registry.read", "token_version", version.id)
 
 
 def review_read(session: Session, r: Review, state: str) -> ReviewRead:
@@ -169,11 +177,12 @@ def submit_version(
 def list_versions(
     session: SessionDep,
     page: PageDep,
-    _: Reader,
+    principal: Reader,
     state: str | None = None,
     adapter: str | None = None,
     deployment: str | None = None,
 ) -> list[VersionRead]:
+    require_deployment(principal, deployment, "registry.read")  # a scoped key lists by its deployment
     deployment_id = None
     if deployment is not None:
         dep = deployments.get_deployment(session, name=deployment)
@@ -189,21 +198,26 @@ def list_versions(
 
 
 @router.get("/versions/by-sha/{sha256}/artifact", response_class=Response)
-def artifact_by_sha(sha256: str, session: SessionDep, _: Reader) -> Response:
+def artifact_by_sha(sha256: str, session: SessionDep, principal: Reader) -> Response:
     version = service.get_version_by_sha(session, sha256=sha256)
     if version is None:
         raise NotFound(f"no token version with sha256 {sha256[:16]}...")
+    check_version_scope(session, principal, version)
     return _artifact_response(version)
 
 
 @router.get("/versions/{version_id}", response_model=VersionRead)
-def get_version(version_id: int, session: SessionDep, _: Reader) -> VersionRead:
-    return version_read(session, service.get_version_or_raise(session, version_id=version_id))
+def get_version(version_id: int, session: SessionDep, principal: Reader) -> VersionRead:
+    version = service.get_version_or_raise(session, version_id=version_id)
+    check_version_scope(session, principal, version)
+    return version_read(session, version)
 
 
 @router.get("/versions/{version_id}/artifact", response_class=Response)
-def get_artifact(version_id: int, session: SessionDep, _: Reader) -> Response:
-    return _artifact_response(service.get_version_or_raise(session, version_id=version_id))
+def get_artifact(version_id: int, session: SessionDep, principal: Reader) -> Response:
+    version = service.get_version_or_raise(session, version_id=version_id)
+    check_version_scope(session, principal, version)
+    return _artifact_response(version)
 
 
 def _artifact_response(version: TokenVersion) -> Response:

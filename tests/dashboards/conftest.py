@@ -135,16 +135,17 @@ class World:
         return vid
 
 
-def make_person(engine: Engine, role: str) -> Person:
+def make_person(engine: Engine, role: str, *, deployments: tuple[str, ...] = ()) -> Person:
     name = uid(role.replace("_", "-"))
     with unit_of_work(engine) as s:
-        user, key = auth.create_user(s, name=name, role=role, actor="system:test")
-        principal = Principal(name=name, role=role, user_id=user.id, key_prefix=key.split("_")[1])
+        user, key = auth.create_user(s, name=name, role=role, actor="system:test", deployments=deployments)
+        principal = Principal(name=name, role=role, user_id=user.id, key_prefix=key.split("_")[1],
+                              deployments=frozenset(deployments) or None)
     return Person(name, role, key, principal)
 
 
 def make_world(engine: Engine) -> World:
-    roles = ("ml_engineer", "compliance_officer", "auditor", "admin", "service")
+    roles = ("ml_engineer", "compliance_officer", "auditor", "admin")
     people = {r: make_person(engine, r) for r in roles}
     base = uid("base")
     digest = hashlib.sha256(base.encode()).hexdigest()
@@ -156,6 +157,7 @@ def make_world(engine: Engine) -> World:
         )
         deployments.create_deployment(s, name=dep, base_model=base, policy_text=POLICY_TEXT,
                                       principal=people["admin"].principal)
+    people["service"] = make_person(engine, "service", deployments=(dep,))
     return World(engine, digest, dep, people)
 
 

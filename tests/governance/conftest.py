@@ -137,16 +137,18 @@ class World:
             )
 
 
-def make_actor(engine: Engine, role: str, name: str | None = None) -> Actor:
+def make_actor(engine: Engine, role: str, name: str | None = None, *, deployments: tuple[str, ...] = ()) -> Actor:
+    """A user with one key; a service user's key is bound to ``deployments`` (at least one)."""
     name = name or uid(role)
     with unit_of_work(engine) as s:
-        user, key = auth.create_user(s, name=name, role=role, actor=ADMIN_SYSTEM)
-        principal = Principal(name=name, role=role, user_id=user.id, key_prefix=key.split("_")[1])
+        user, key = auth.create_user(s, name=name, role=role, actor=ADMIN_SYSTEM, deployments=deployments)
+        principal = Principal(name=name, role=role, user_id=user.id, key_prefix=key.split("_")[1],
+                              deployments=frozenset(deployments) or None)
     return Actor(name, role, key, principal)
 
 
 def make_world(engine: Engine) -> World:
-    actors = {r: make_actor(engine, r) for r in ("ml_engineer", "compliance_officer", "auditor", "admin", "service")}
+    actors = {r: make_actor(engine, r) for r in ("ml_engineer", "compliance_officer", "auditor", "admin")}
     base_name = uid("base")
     digest = hashlib.sha256(base_name.encode()).hexdigest()
     dep = uid("dep")
@@ -161,6 +163,7 @@ def make_world(engine: Engine) -> World:
         deployments.create_deployment(
             s, name=dep, base_model=base_name, policy_text=POLICY_TEXT, principal=actors["admin"].principal
         )
+    actors["service"] = make_actor(engine, "service", deployments=(dep,))  # the replicas' key, bound to dep
     return World(engine, base_name, digest, dep, actors)
 
 

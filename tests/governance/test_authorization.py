@@ -41,8 +41,18 @@ SPEC: dict[tuple[str, str], tuple[set[str], Req]] = {
         {"admin"},
         lambda w, o: (f"/v1/users/{w.actor('auditor').name}/keys", {"json": {}}),
     ),
+    ("GET", "/v1/users/{name}/keys"): (
+        {"admin", "auditor"},
+        lambda w, o: (f"/v1/users/{w.actor('auditor').name}/keys", {}),
+    ),
+    ("POST", "/v1/users/{name}/disable"): ({"admin"}, lambda w, o: (f"/v1/users/{o['offboarded']}/disable", {})),
+    ("POST", "/v1/users/{name}/enable"): ({"admin"}, lambda w, o: (f"/v1/users/{o['offboarded']}/enable", {})),
     ("GET", "/v1/keys"): ({"admin", "auditor"}, lambda w, o: ("/v1/keys", {})),
     ("POST", "/v1/keys/{prefix}/revoke"): ({"admin"}, lambda w, o: (f"/v1/keys/{o['spare_prefix']}/revoke", {})),
+    ("POST", "/v1/keys/{prefix}/rotate"): (
+        {"admin"},
+        lambda w, o: (f"/v1/keys/{o['rotated_prefix']}/rotate", {"json": {"overlap_seconds": 60}}),
+    ),
     ("POST", "/v1/base-models"): (
         {"admin"},
         lambda w, o: (
@@ -65,7 +75,7 @@ SPEC: dict[tuple[str, str], tuple[set[str], Req]] = {
             {"content": w.artifact(), "headers": {"Content-Type": "application/octet-stream"}},
         ),
     ),
-    ("GET", "/v1/versions"): (ALL, lambda w, o: ("/v1/versions", {})),
+    ("GET", "/v1/versions"): (ALL, lambda w, o: (f"/v1/versions?deployment={w.deployment}", {})),
     ("GET", "/v1/versions/by-sha/{sha256}/artifact"): (
         ALL,
         lambda w, o: (f"/v1/versions/by-sha/{o['sha']}/artifact", {}),
@@ -130,7 +140,8 @@ SPEC: dict[tuple[str, str], tuple[set[str], Req]] = {
         {"service"},
         lambda w, o: (
             "/v1/alerts",
-            {"json": {"kind": "drift", "severity": "warning", "incident_key": uid("inc"), "message": "m"}},
+            {"json": {"kind": "drift", "severity": "warning", "incident_key": uid("inc"), "message": "m",
+                      "deployment": w.deployment}},
         ),
     ),
     ("POST", "/v1/alerts/{alert_id}/ack"): (
@@ -189,9 +200,10 @@ def objects(client: TestClient, world: World, engine: Any, settings_env: None) -
     r = client.post(
         "/v1/alerts",
         headers=world.actor("service").headers,
-        json={"kind": "drift", "severity": "critical", "incident_key": uid("inc"), "message": "m"},
+        json={"kind": "drift", "severity": "critical", "incident_key": uid("inc"), "message": "m",
+              "deployment": world.deployment},
     )
-    spare = make_actor(engine, "auditor")
+    spare, rotated, offboarded = (make_actor(engine, "auditor") for _ in range(3))
     return {
         "version": active,
         "active": active,
@@ -201,6 +213,8 @@ def objects(client: TestClient, world: World, engine: Any, settings_env: None) -
         "alert": r.json()["id"],
         "policy": POLICY_TEXT,
         "spare_prefix": spare.principal.key_prefix,
+        "rotated_prefix": rotated.principal.key_prefix,
+        "offboarded": offboarded.name,
     }
 
 

@@ -74,7 +74,8 @@ def test_ingest_has_its_own_budget(
     _is_429(c.post(url, json={"outputs": [{"request_id": "q9"}]}, headers=svc.headers),
             "GOVERN_RATE_LIMIT_INGEST_PER_MINUTE")
     # the service key's write budget is separate from its ingest budget
-    body = {"kind": "test", "severity": "info", "incident_key": world.deployment, "message": "m"}
+    body = {"kind": "test", "severity": "info", "incident_key": world.deployment, "message": "m",
+            "deployment": world.deployment}
     assert c.post("/v1/alerts", json=body, headers=svc.headers).status_code == 201
 
 

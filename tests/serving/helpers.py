@@ -154,12 +154,17 @@ def make_world(engine: Any, digests: Any) -> World:
     from governance.registry import service as registry
 
     keys, principals = {}, {}
-    for role in ("ml_engineer", "compliance_officer", "admin", "service"):
+
+    def person(role: str, scope: tuple[str, ...] = ()) -> None:  # a service key is bound to its deployment
         name = uid(role)
         with unit_of_work(engine) as s:
-            user, key = auth.create_user(s, name=name, role=role, actor="system:test")
-            principals[role] = Principal(name=name, role=role, user_id=user.id, key_prefix=key.split("_")[1])
+            user, key = auth.create_user(s, name=name, role=role, actor="system:test", deployments=scope)
+            principals[role] = Principal(name=name, role=role, user_id=user.id, key_prefix=key.split("_")[1],
+                                         deployments=frozenset(scope) or None)
         keys[role] = key
+
+    for role in ("ml_engineer", "compliance_officer", "admin"):
+        person(role)
     base_name = "tiny-random-llama"
     config = {
         "hidden_size": digests.shape.hidden_size,
@@ -184,6 +189,7 @@ def make_world(engine: Any, digests: Any) -> World:
         deployments.create_deployment(
             s, name=dep, base_model=base_name, policy_text=POLICY_TEXT, principal=principals["admin"]
         )
+    person("service", (dep,))
     return World(engine, digests, dep, keys, principals)
 
 

@@ -3,6 +3,7 @@ two serving replicas, each a supervised ``govern`` subprocess."""
 
 from __future__ import annotations
 
+from governance.cli.demo.people import create_service_account
 from governance.cli.demo.policy import demo_policy
 from governance.cli.demo.state import DEPLOYMENT, DemoState, say
 from governance.cli.procs import ProcessGroup, free_port
@@ -20,6 +21,7 @@ def start_processes(st: DemoState) -> None:
         with st.client(st.users.admin) as admin:
             policy = demo_policy(st.fast)
             admin.create_deployment(DEPLOYMENT, base_model="smollm2-135m-instruct", policy=policy)
+        create_service_account(st)  # the replicas' key, bound to the deployment just created
         for i in range(2):
             st.replica_urls.append(_start_replica(st.procs, i + 1))
     say(st, f"API {st.api_url} · replicas {', '.join(st.replica_urls)} · deployment '{DEPLOYMENT}' "
