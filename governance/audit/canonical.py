@@ -138,6 +138,15 @@ def body_from_stored(
     )
 
 
+def body_of_row(row: Any, ts: str | None = None) -> str:
+    """`body_from_stored` for a stored audit row (an `AuditEntry` or a row of its columns);
+    ``ts`` when the caller has already formatted the row's timestamp."""
+    return body_from_stored(
+        seq=row.seq, ts=ts if ts is not None else format_ts(row.ts), actor=row.actor, actor_key_id=row.actor_key_id,
+        action=row.action, subject_type=row.subject_type, subject_id=row.subject_id, payload_text=row.payload,
+    )
+
+
 def chain_hash(prev_hash: str, body: str) -> str:
     """hash = sha256(prev_hash_hex || body), both UTF-8."""
     return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()

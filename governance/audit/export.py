@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from governance.audit.canonical import body_from_stored, format_ts
+from governance.audit.canonical import body_of_row, format_ts
 from governance.audit.models import AuditEntry
 from governance.audit.service import append, checkpoint_record, iter_rows, write_checkpoint
 from governance.audit.signing import sign_manifest
@@ -219,16 +219,7 @@ def iter_export_lines(session: Session, plan: ExportPlan) -> Iterator[str]:
         for r in iter_rows(session, plan.first_seq, plan.last_seq):
             ts = format_ts(r.ts)
             if plan.fmt == "jsonl":
-                body = body_from_stored(
-                    seq=r.seq,
-                    ts=ts,
-                    actor=r.actor,
-                    actor_key_id=r.actor_key_id,
-                    action=r.action,
-                    subject_type=r.subject_type,
-                    subject_id=r.subject_id,
-                    payload_text=r.payload,
-                )
+                body = body_of_row(r, ts)
                 yield entry_line(r.prev_hash, r.hash, body)
             else:
                 writer.writerow(

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from governance.audit.canonical import (
     GENESIS_HASH,
-    body_from_stored,
+    body_of_row,
     canonical_json,
     chain_hash,
     entry_body,
@@ -248,16 +248,7 @@ def _stored_row_problem(r: Any, expected_seq: int, prev: str) -> str | None:
         return f"entry #{expected_seq} is missing (next stored entry is #{r.seq})"
     if r.prev_hash != prev:
         return "prev_hash does not match the hash of the entry before it"
-    body = body_from_stored(
-        seq=r.seq,
-        ts=format_ts(r.ts),
-        actor=r.actor,
-        actor_key_id=r.actor_key_id,
-        action=r.action,
-        subject_type=r.subject_type,
-        subject_id=r.subject_id,
-        payload_text=r.payload,
-    )
+    body = body_of_row(r)
     if hashlib.sha256((prev + body).encode("utf-8")).hexdigest() != r.hash:
         return "stored hash does not match the stored content (row altered)"
     return None
