@@ -1,7 +1,7 @@
 """The dashboard as a sub-application of the API: factory, error pages, static files, sign-in.
 
 `create_ui_app(parent)` builds a small FastAPI app (no OpenAPI: these are pages, not an
-API) that `dashboards.install` mounts under ``/ui`` of the API app, wrapped in
+API) that `dashboards.app.install` mounts under ``/ui`` of the API app, wrapped in
 `SecurityHeaders` so that every response, error pages included, carries the CSP and
 friends. Errors become HTML pages with the domain error's message and never a stack
 trace; an unexpected error is logged with its traceback and shown as a plain 500 page.
@@ -27,6 +27,7 @@ from dashboards.security import (
     LOGIN_TTL_SECONDS,
     SESSION_COOKIE,
     SESSION_TTL_SECONDS,
+    SecurityHeaders,
     UiSession,
     login_token_from_cookie,
     new_login_token,
@@ -216,3 +217,18 @@ def _login_page(request: Request, *, next: str | None, status: int = 200, error:
     response = render(request, "login.html", None, http_status=status, csrf=token, next=next or "", error=error)
     _set_cookie(request, response, LOGIN_COOKIE, cookie, LOGIN_TTL_SECONDS)
     return response
+
+
+UI_PREFIX = "/ui"
+
+
+def install(app: Any, *, prefix: str = UI_PREFIX) -> None:
+    """Mount the dashboard on a FastAPI/Starlette app at ``prefix`` (default ``/ui``).
+
+    The dashboard reads ``app.state.engine`` (and calls ``app.state.publish_outbox(outgoing)`` after
+    a commit that queued messages, when the app has it) at request time, so it can be
+    installed before the app's lifespan has created them.
+    """
+    if not prefix.startswith("/") or prefix.endswith("/"):
+        raise ValueError(f"the dashboard prefix must start with '/' and not end with one (got {prefix!r})")
+    app.mount(prefix, SecurityHeaders(create_ui_app(parent=app)), name="dashboard")

@@ -5,7 +5,7 @@ that commits before the response is sent; a refused governed action is rolled ba
 its ``denied`` entry written on its own (`governance.refusals.record_refusal`), and
 outbox rows are published right after the commit. The engine and the outbox publisher
 are the host API's (``app.state.engine`` / ``app.state.publish_outbox``), found through
-the parent application that `dashboards.install` records.
+the parent application that `dashboards.app.install` records.
 
 Who is signed in comes from the signed session cookie (`dashboards.security`); the key
 it names is re-checked on every request, so a revoked key or a disabled user is signed

@@ -22,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DataError as SQLAlchemyDataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-import dashboards
+import dashboards.app
 from governance.alerts.views import router as alerts_router
 from governance.api.audit_routes import router as audit_router
 from governance.api.guard import Guard
@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_openapi(app)
     # The compliance officers' web UI, served by this process (the app factory is a
     # composition root: the one place in governance allowed to know the dashboards).
-    dashboards.install(app)
+    dashboards.app.install(app)
     return app
 
 

@@ -17,7 +17,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dashboards.gate_report_html import render_html
-from evaluators.tasks import run_gate_for_version
 from governance.cli.common import clear_errors, console, fail
 from governance.db import unit_of_work
 from governance.errors import DomainError
@@ -34,6 +33,8 @@ def run_cmd(
     html: Path | None = typer.Option(None, "--html", help="also write the HTML report here"),
 ) -> None:
     """Run the gate of VERSION now, in this process (generation on this machine)."""
+    from evaluators.tasks import run_gate_for_version  # defers torch, scipy and pandas (the gate itself)
+
     with Progress(TextColumn("[bold]gate[/] v{task.fields[version]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("outputs"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task("generate", total=None, version=version)

@@ -47,7 +47,7 @@ def main() -> None:
 
 
 def run(engine: object) -> None:
-    import dashboards
+    import dashboards.app
     from governance.alerts import service as alerts
     from governance.api.app import create_app
     from governance.audit import service as audit
@@ -91,7 +91,7 @@ def run(engine: object) -> None:
     print(f"setup: {time.perf_counter() - t0:.1f} s")
 
     app = create_app(get_settings())
-    dashboards.install(app)
+    dashboards.app.install(app)
     vid = world.versions[-1]
     pages = [
         ("releases", "/ui/releases"),

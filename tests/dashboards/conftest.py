@@ -169,13 +169,13 @@ def world(engine: Engine) -> World:
 @pytest.fixture()
 def ui_app(settings_env: None) -> FastAPI:
     """The real API app (the core's factory) with the dashboard installed the way the lead will."""
-    import dashboards
+    import dashboards.app
     from governance.api.app import create_app
     from governance.settings import get_settings
 
     app = create_app(get_settings())
     if not any(getattr(r, "path", None) == "/ui" for r in app.routes):
-        dashboards.install(app)
+        dashboards.app.install(app)
     return app
 
 

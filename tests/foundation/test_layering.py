@@ -57,8 +57,9 @@ CO_OWNERS = {"gates": {"evaluators"}, "monitoring": {"monitors"}}
 MODEL_AGGREGATOR = "governance/models.py"  # every table in one metadata, for migrations
 
 # Rule 4: what an import inside a function may defer.
+# (scipy and pandas: over a second of CPU to import, which every `govern` command would pay)
 HEAVY = {"torch", "transformers", "evidently", "great_expectations", "safetensors", "gguf", "plotly", "weasyprint",
-         "playwright", "vaderSentiment"}
+         "playwright", "vaderSentiment", "scipy", "pandas", "sklearn"}
 
 
 @dataclass(frozen=True)

@@ -172,10 +172,10 @@ def test_dashboard_sign_in_failures_are_throttled(
 ) -> None:
     import re
 
-    import dashboards
+    import dashboards.app
 
     app = make_app(AUTH_FAILURES_PER_MINUTE=2)
-    dashboards.install(app)
+    dashboards.app.install(app)
     c = client_for(app, "10.7.0.1")
 
     def attempt(key: str) -> int:
