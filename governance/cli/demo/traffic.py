@@ -4,7 +4,6 @@ personal data, which the monitor must detect and roll back on its own (to the la
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,6 +17,7 @@ from governance.cli.demo.policy import demo_interval
 from governance.cli.demo.replicas import wait_replicas
 from governance.cli.demo.state import DEPLOYMENT, DemoFailed, DemoState, said, say, wait_for
 from governance.db import get_engine, unit_of_work
+from governance.deployments import service as deployments
 from governance.models import Alert, Deployment, DriftCheck, Output, Promotion
 from monitors import reference
 
@@ -138,11 +138,16 @@ def _shift_until_the_monitor_acts(st: DemoState, dep_id: int, interval: int) -> 
 
 
 def _say_why(st: DemoState, promo: Promotion, detected_s: float) -> None:
-    why = json.loads((promo.reason or "").split(": ", 1)[-1] or "{}")
+    """The rollback's evidence as its audit entry records it (structured fields, not the reason text)."""
+    with unit_of_work(get_engine()) as s:
+        why = deployments.rollback_evidence(s, deployment=DEPLOYMENT).get(promo.generation)
+    if why is None:
+        raise DemoFailed(f"the automatic rollback (generation {promo.generation}) has no evidence in its audit entry")
+    guards = ", ".join(name.replace("_", " ") for name, g in why["guards"].items() if g.get("passed"))
     say(st, f"automatic rollback to version {promo.version_id} (generation {promo.generation}) "
-            f"{detected_s:.0f} s after the traffic shift began: {why.get('detector')} ({why.get('kind')}) "
-            f"statistic {why.get('statistic', 0):.3g} over threshold {why.get('threshold', 0):.3g} "
-            f"on {why.get('sample_size')} outputs")
+            f"{detected_s:.0f} s after the traffic shift began: {why['detector']} ({why['kind']}) "
+            f"statistic {why['statistic']:.3g} over threshold {why['threshold']:.3g} on {why['n']} outputs, "
+            f"{len(why['window_ids'])} drifting window(s); guards passed: {guards}")
 
 
 def _rollback_lag(st: DemoState, dep_id: int, first_bad_id: int, promo: Promotion, interval: int) -> None:
