@@ -62,9 +62,10 @@ def save_gate_run(
     return run
 
 
-def open_gate_run(session: Session, *, version_id: int, policy_sha256: str) -> GateRun:
+def open_gate_run(session: Session, *, version_id: int, policy_sha256: str, gate_digest: str | None = None) -> GateRun:
     """A ``running`` row, so a gate in progress (or one that crashed) is visible."""
-    run = GateRun(version_id=version_id, policy_sha256=policy_sha256, status="running", started_at=utcnow())
+    run = GateRun(version_id=version_id, policy_sha256=policy_sha256, gate_digest=gate_digest, status="running",
+                  started_at=utcnow())
     session.add(run)
     session.flush()
     return run

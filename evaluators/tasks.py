@@ -38,11 +38,13 @@ from evaluators.runner import (
     plan_gate,
 )
 from evaluators.store import mark_gate_error, open_gate_run, save_gate_run
-from governance.db import get_engine, unit_of_work
+from governance.db import get_engine, unit_of_work, utcnow
 from governance.deployments import service as deployments
+from governance.gates import service as gates
 from governance.gates.models import GateRun
 from governance.gates.report import GateReport
-from governance.policy import default_policy_path, parse_policy
+from governance.policy import default_policy_path, gate_digest, parse_policy
+from governance.policy_store import store_policy
 from governance.principal import Principal
 from governance.registry import service as registry
 from governance.registry.models import VersionState
@@ -153,8 +155,11 @@ def start_gate(version_id: int, *, engine: Engine | None = None) -> tuple[GateIn
         if version.state == VersionState.submitted.value:
             registry.begin_gate(s, version_id=version_id, principal=principal)
         inputs = load_inputs(s, version_id=version_id)
-        _, policy_sha = parse_policy(inputs.policy_text)
-        return inputs, open_gate_run(s, version_id=version_id, policy_sha256=policy_sha).id
+        policy, policy_sha = parse_policy(inputs.policy_text)
+        # keep the text a verdict was judged by, so its gate digest can always be recomputed
+        store_policy(s, content=inputs.policy_text)
+        return inputs, open_gate_run(s, version_id=version_id, policy_sha256=policy_sha,
+                                     gate_digest=gate_digest(policy)).id
 
 
 def record_gate(version_id: int, gate_run_id: int, report: GateReport, *, engine: Engine | None = None) -> None:
@@ -205,6 +210,77 @@ def run_gate_for_version(
         raise
     record_gate(version_id, run_id, report, engine=engine)
     return _outcome(version_id, run_id, report)
+
+
+# --- re-gate: an existing version under a deployment's current gate policy -----------------
+
+
+def start_regate(gate_run_id: int, *, engine: Engine | None = None) -> tuple[GateInputs, int] | str:
+    """Transaction 1 of a re-gate: the queued run becomes running. A string: skipped (why)."""
+    with unit_of_work(_engine(engine)) as s:
+        run = gates.get_gate_run(s, gate_run_id=gate_run_id)
+        if run is None or run.kind != "regate":
+            return f"no re-gate run {gate_run_id}"
+        if run.status != "queued":
+            return f"gate run {gate_run_id} is {run.status}"
+        policy_text = registry.policy_text_by_sha(s, sha256=run.policy_sha256)
+        if policy_text is None or run.deployment_id is None:
+            raise RuntimeError(f"gate run {gate_run_id}: the policy {run.policy_sha256[:12]}... is not stored")
+        version = registry.get_version_or_raise(s, version_id=run.version_id)
+        base = registry.get_base_model_by_id(s, base_model_id=version.base_model_id)
+        dep = deployments.get_deployment_by_id(s, deployment_id=run.deployment_id)
+        assert base is not None and dep is not None  # foreign keys
+        active = deployments.active_version(s, deployment=dep)
+        if active is not None and active.id == version.id:
+            active = None
+        run.status, run.started_at = "running", utcnow()
+        return GateInputs(
+            version_id=version.id, candidate_artifact=bytes(version.artifact), candidate_sha256=version.sha256,
+            active_artifact=bytes(active.artifact) if active is not None else None,
+            active_sha256=active.sha256 if active is not None else None,
+            base_name=base.name, base_digest=base.weights_digest, policy_text=policy_text,
+        ), run.id
+
+
+def record_regate(gate_run_id: int, report: GateReport, *, engine: Engine | None = None) -> int:
+    """Transaction 3 of a re-gate: the report's rows and the verdict's audit entry, together."""
+    principal = Principal.for_system(GATE_ACTOR)
+    with unit_of_work(_engine(engine)) as s:
+        run = gates.get_gate_run(s, gate_run_id=gate_run_id)
+        assert run is not None
+        save_gate_run(s, version_id=run.version_id, report=report, policy_sha256=report.policy_sha256, gate_run=run)
+        registry.finish_regate(s, version_id=run.version_id, gate_run_id=gate_run_id, passed=report.passed,
+                               evidence_digest=report.evidence_digest, principal=principal)
+        return run.version_id
+
+
+def run_regate(
+    gate_run_id: int,
+    *,
+    engine: Engine | None = None,
+    state_dir: str | Path | None = None,
+    generator: Any | None = None,
+    progress: Progress | None = None,
+    suites: Any = DEFAULT_SUITES,
+) -> dict[str, Any]:
+    """Run a queued re-gate (`governance.registry.service.request_regate`) in this process.
+
+    Base outputs come from the state folder's cache when the base model, the decoding and
+    the cases are the ones an earlier gate generated them with.
+    """
+    started = start_regate(gate_run_id, engine=engine)
+    if isinstance(started, str):
+        return {"gate_run_id": gate_run_id, "skipped": started}
+    inputs, run_id = started
+    try:
+        report, _ = evaluate_version(inputs, state_dir=_state(state_dir), generator=generator, progress=progress,
+                                     suites=suites)
+    except Exception as exc:
+        log.exception("re-gate run %s failed", gate_run_id)
+        record_error(run_id, exc, engine=engine)
+        raise
+    record_regate(run_id, report, engine=engine)
+    return _outcome(inputs.version_id, run_id, report)
 
 
 # --- sharded gate (a Celery chord: shards in parallel, then one finisher) -------------------

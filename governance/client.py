@@ -177,6 +177,10 @@ class GovernClient:
     def reject(self, version_id: int, comment: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/v1/versions/{version_id}/reject", json={"comment": comment}))
 
+    def regate(self, version_id: int, deployment: str) -> dict[str, Any]:
+        """Queue a gate run of an existing version under the deployment's current gate policy."""
+        return dict(self.request("POST", f"/v1/versions/{version_id}/gate-runs", json={"deployment": deployment}))
+
     # ------------------------------------------------------------------ deployments
 
     def create_deployment(self, name: str, *, base_model: str, policy: str) -> dict[str, Any]:
@@ -185,6 +189,16 @@ class GovernClient:
 
     def deployment(self, name: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/deployments/{name}"))
+
+    def policy_history(self, name: str) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/v1/deployments/{name}/policies"))
+
+    def propose_policy(self, name: str, *, policy: str, reason: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/deployments/{name}/policies", json={"policy": policy, "reason": reason}))
+
+    def decide_policy(self, name: str, seq: int, *, approve: bool, comment: str) -> dict[str, Any]:
+        verb = "approve" if approve else "reject"
+        return dict(self.request("POST", f"/v1/deployments/{name}/policies/{seq}/{verb}", json={"comment": comment}))
 
     def promotions(self, name: str, limit: int = 20) -> list[dict[str, Any]]:
         return list(self.request("GET", f"/v1/deployments/{name}/promotions", params={"limit": limit}))

@@ -4,7 +4,7 @@ from governance.alerts.models import Alert
 from governance.audit.models import AuditCheckpoint, AuditEntry
 from governance.auth.models import ApiKey, ApiKeyDeployment, User
 from governance.db import Base
-from governance.deployments.models import Deployment, Promotion
+from governance.deployments.models import Deployment, DeploymentPolicy, Promotion
 from governance.gates.models import GateCaseResult, GateRun
 from governance.monitoring.models import DetectorState, DriftCheck, MonitorReference
 from governance.outbox.models import OutboxMessage
@@ -22,6 +22,7 @@ __all__ = [
     "Base",
     "BaseModel_",
     "Deployment",
+    "DeploymentPolicy",
     "DetectorState",
     "DriftCheck",
     "GateCaseResult",

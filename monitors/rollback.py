@@ -216,6 +216,16 @@ def auto_rollback(session: Session, *, deployment_id: int, expected_version_id: 
         automatic=True, fallback_to_base=policy.monitoring.rollback.fallback_to_base, evidence=evidence,
     )
     if outcome.status == "no_target":
+        stale = outcome.stale_version_ids
+        if stale:
+            ids = ", ".join(str(v) for v in stale)
+            alert.details["versions_to_regate"] = stale
+            return alert.held("no_target", "critical", (
+                f"{about}: no version approved under the deployment's current gate policy to roll back to; "
+                f"version(s) {ids} are approved under an earlier gate policy only (re-gate: `govern gate run "
+                f"VERSION --deployment {dep.name}`, then `govern review approve VERSION`; or set "
+                "monitoring.rollback.on_stale_approval: use_previous_approval); nothing changed, "
+                "a person must decide"))
         return alert.held("no_target", "critical",
                           f"{about}: no approved version to roll back to; nothing changed, a person must decide")
     if outcome.status != "rolled_back":

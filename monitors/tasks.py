@@ -19,7 +19,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from evaluators.tasks import finish_sharded_gate, plan_sharded_gate, run_gate_for_version, run_gate_shard
+from evaluators.tasks import (
+    finish_sharded_gate,
+    plan_sharded_gate,
+    run_gate_for_version,
+    run_gate_shard,
+    run_regate,
+)
 from governance.audit.service import write_checkpoint
 from governance.audit.signing import load_signing_key
 from governance.db import DatabaseUnavailable, get_engine, unit_of_work
@@ -33,6 +39,7 @@ from governance.outbox.names import (
     GATE_SHARD_TASK,
     GATE_TASK,
     QUEUE_OF,
+    REGATE_TASK,
     ROLLBACK_TASK,
     RUN_CHECK_TASK,
     SWEEP_OUTBOX_TASK,
@@ -167,6 +174,12 @@ def run_gate_task(version_id: int, shards: int | None = None) -> dict[str, Any]:
     header = [gate_shard_task.s(version_id, k, count, plan["cached_suites"]) for k in range(count)]
     chord(header)(gate_finish_task.s(version_id, plan["gate_run_id"], plan["cached_suites"]))
     return {**plan, "shards": count}
+
+
+@_task(REGATE_TASK)
+def run_regate_task(gate_run_id: int) -> dict[str, Any]:
+    """A re-gate: an existing version under a deployment's current gate policy (one worker, not sharded)."""
+    return run_regate(gate_run_id)
 
 
 @_task(GATE_SHARD_TASK)

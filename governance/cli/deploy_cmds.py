@@ -262,17 +262,108 @@ def deployments_create(
     )
 
 
+def _print_policy_history(versions: list[dict[str, Any]], *, diff: bool) -> None:
+    table = Table("policy", "state", "sha256", "gate digest", "binds approvals", "changed", "proposed by", "reason",
+                  "decided by", title="policy history", title_justify="left")
+    for v in versions:
+        table.add_row(f"v{v['seq']}", v["state"], v["policy_sha256"][:12], v["gate_digest"][:12],
+                      "yes" if v["binds_approvals"] else "no", ", ".join(v["changed_sections"]) or "-",
+                      f"{v['proposed_by']} {v['proposed_at'][:19]}", v["reason"],
+                      f"{v['decided_by'] or '-'}" + (f": {v['decision_comment']}" if v["decision_comment"] else ""))
+    console.print(table)
+    if diff:
+        for v in versions:
+            if v["diff"]:
+                console.print(f"[bold]v{v['seq']}[/] against the version before:", highlight=False)
+                console.print(v["diff"].rstrip("\n"), highlight=False, markup=False)
+
+
+@deployments_app.command("set-policy")
+@api_errors
+def deployments_set_policy(
+    name: str = typer.Argument(..., help="deployment name"),
+    policy: Path = typer.Option(..., "--policy", help="the new policy YAML file"),
+    reason: str = typer.Option(..., "--reason", help="what the change is for (recorded with it)"),
+) -> None:
+    """Propose a new version of the deployment's policy (ML engineers, admins); an officer decides."""
+    check_name(name, "deployment name", max_len=100)
+    check_text(reason, "--reason", max_len=MAX_REASON)
+    text = read_policy(policy)
+    with client() as c:
+        v = c.propose_policy(name, policy=text, reason=reason)
+    effect = ("changes the gate: approvals under the old gate policy will not carry over" if v["binds_approvals"]
+              else "leaves the gate as it is: every approval stays valid")
+    console.print(f"proposed policy v{v['seq']} for {name} ({v['policy_sha256'][:12]}...; changed: "
+                  f"{', '.join(v['changed_sections']) or 'nothing parsed differs'}); it {effect}. A compliance officer "
+                  f"decides: `govern deployments approve-policy {name} --comment TEXT` or `reject-policy`",
+                  highlight=False)
+
+
+def _decide_policy(name: str, seq: int | None, comment: str, *, approve: bool) -> None:
+    check_name(name, "deployment name", max_len=100)
+    check_id(seq, "--seq")
+    check_text(comment, "--comment", max_len=MAX_COMMENT)
+    with client() as c:
+        if seq is None:
+            seq = c.deployment(name).get("pending_policy_seq")
+            if seq is None:
+                fail(f"deployment {name!r} has no policy version waiting for a decision")
+        v = c.decide_policy(name, seq, approve=approve, comment=comment)
+    if not approve:
+        console.print(f"rejected policy v{v['seq']} of {name}; the policy in force is unchanged", highlight=False)
+        return
+    console.print(f"policy v{v['seq']} is now {name}'s policy ({v['policy_sha256'][:12]}..., gate digest "
+                  f"{v['gate_digest'][:12]}...)", highlight=False)
+    stale = v.get("versions_to_regate") or []
+    if stale:
+        ids = ", ".join(str(i) for i in stale)
+        console.print(f"the gate changed: version(s) {ids} are approved under the old gate policy only; re-gate each "
+                      f"to keep it as a promotion or rollback target: `govern gate run VERSION --deployment {name}`",
+                      highlight=False)
+
+
+@deployments_app.command("approve-policy")
+@api_errors
+def deployments_approve_policy(
+    name: str = typer.Argument(..., help="deployment name"),
+    comment: str = typer.Option(..., "--comment", help="why (recorded with the decision)"),
+    seq: int | None = typer.Option(None, "--seq", help="the proposed version (default: the pending one)"),
+) -> None:
+    """Approve the proposed policy version (compliance officers; not its proposer)."""
+    _decide_policy(name, seq, comment, approve=True)
+
+
+@deployments_app.command("reject-policy")
+@api_errors
+def deployments_reject_policy(
+    name: str = typer.Argument(..., help="deployment name"),
+    comment: str = typer.Option(..., "--comment", help="why (recorded with the decision)"),
+    seq: int | None = typer.Option(None, "--seq", help="the proposed version (default: the pending one)"),
+) -> None:
+    """Reject the proposed policy version (compliance officers; not its proposer)."""
+    _decide_policy(name, seq, comment, approve=False)
+
+
 @deployments_app.command("show")
 @api_errors
-def deployments_show(name: str = typer.Argument(..., help="deployment name")) -> None:
-    """Show a deployment: active version, generation, freeze, recent history."""
+def deployments_show(
+    name: str = typer.Argument(..., help="deployment name"),
+    diff: bool = typer.Option(True, "--diff/--no-diff", help="print each policy version's diff against the one before"),
+) -> None:
+    """Show a deployment: active version, generation, freeze, policy history, recent promotions."""
     check_name(name, "deployment name", max_len=100)
     with client() as c:
         d = c.deployment(name)
         history = c.promotions(name, limit=10)
+        versions = c.policy_history(name)
     active = f"version {d['active_version_id']} ({d['active_sha256'][:12]}...)" if d["active_version_id"] else "none"
     frozen = "yes" + (f" until {d['frozen_until']}" if d["frozen_until"] else "") if d["frozen"] else "no"
-    console.print(f"[bold]{d['name']}[/] on {d['base_model']}, policy {d['policy_sha256'][:12]}...", highlight=False)
+    console.print(f"[bold]{d['name']}[/] on {d['base_model']}, policy v{d['policy_seq']} {d['policy_sha256'][:12]}..."
+                  f", gate digest {d['gate_digest'][:12]}...", highlight=False)
+    if d.get("pending_policy_seq"):
+        console.print(f"[yellow]policy v{d['pending_policy_seq']} is proposed and waits for a compliance officer "
+                      f"(`govern deployments approve-policy {name} --comment TEXT`)[/]", highlight=False)
+    _print_policy_history(versions, diff=diff)
     console.print(f"active: {active}   generation: {d['generation']}   frozen: {frozen}", highlight=False)
     if history:
         table = Table("gen", "kind", "version", "previous", "actor", "reason", "at")

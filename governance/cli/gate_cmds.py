@@ -19,9 +19,12 @@ from rich.table import Table
 from dashboards.gate_report_html import render_html
 from governance.cli.common import clear_errors, console, fail
 from governance.db import unit_of_work
+from governance.deployments import service as deployments
 from governance.errors import DomainError
 from governance.gates.report import GateReport, format_number
 from governance.gates.service import latest_gate_run, latest_report, load_gate_report
+from governance.principal import Principal
+from governance.registry import service as registry
 
 gate_app = typer.Typer(help="Run and report the evaluation gate.", no_args_is_help=True)
 
@@ -29,11 +32,20 @@ gate_app = typer.Typer(help="Run and report the evaluation gate.", no_args_is_he
 @gate_app.command("run")
 @clear_errors
 def run_cmd(
-    version: int = typer.Argument(..., help="a submitted version id"),
+    version: int = typer.Argument(..., help="a submitted version id (with --deployment: any gated version)"),
     html: Path | None = typer.Option(None, "--html", help="also write the HTML report here"),
+    deployment: str | None = typer.Option(
+        None, "--deployment",
+        help="gate an existing version again under this deployment's current gate policy (a new run beside the old)"),
 ) -> None:
-    """Run the gate of VERSION now, in this process (generation on this machine)."""
-    from evaluators.tasks import run_gate_for_version  # defers torch, scipy and pandas (the gate itself)
+    """Run the gate of VERSION now, in this process (generation on this machine).
+
+    With --deployment, re-gate: the version (approved, active, superseded, rolled back or
+    gate-passed) is evaluated under the deployment's current gate policy as a new gate run;
+    a compliance officer then approves it under that policy (`govern review approve`)."""
+    from evaluators.tasks import run_gate_for_version, run_regate  # defers torch, scipy and pandas (the gate)
+
+    run_id = _request_regate(version, deployment) if deployment is not None else None
 
     with Progress(TextColumn("[bold]gate[/] v{task.fields[version]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("outputs"), TimeElapsedColumn(), console=console) as bar:
@@ -43,11 +55,13 @@ def run_cmd(
             bar.update(task, completed=done, total=total)
 
         try:
-            out = run_gate_for_version(version, progress=progress)
+            out = (run_regate(run_id, progress=progress) if run_id is not None
+                   else run_gate_for_version(version, progress=progress))
         except DomainError as exc:
             fail(str(exc))
     if "skipped" in out:
-        fail(f"version {version}: nothing to do ({out['skipped']}); the gate runs on submitted versions", code=1)
+        fail(f"version {version}: nothing to do ({out['skipped']}); the gate runs on submitted versions; to gate "
+             f"an existing version under a deployment's current gate policy add `--deployment NAME`", code=1)
     colour = "green" if out["verdict"] == "passed" else "red"
     console.print(f"[bold {colour}]{out['verdict'].upper()}[/] version {version}  "
                   f"evidence {out['evidence_digest'][:16]}...", highlight=False)
@@ -55,8 +69,22 @@ def run_cmd(
         console.print(f"failing suites: {', '.join(out['failing_suites'])}", highlight=False)
     if html is not None:
         _write_html(version, html)
+    if run_id is not None and out["verdict"] == "passed":
+        console.print(f"gate run {run_id} under {deployment!r}'s gate policy passed; a compliance officer approves "
+                      f"it for that policy: `govern review approve {version} --comment TEXT`", highlight=False)
     if out["verdict"] != "passed":
         raise typer.Exit(1)
+
+
+def _request_regate(version: int, deployment: str) -> int:
+    """Open a queued re-gate run (audited, actor system:gate) that this process then runs."""
+    try:
+        with unit_of_work() as s:
+            run = registry.request_regate(s, version_id=version, principal=Principal.for_system("gate"),
+                                          target=deployments.regate_target(s, name=deployment))
+            return run.id
+    except DomainError as exc:
+        fail(str(exc))
 
 
 @gate_app.command("report")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,6 +24,7 @@ from governance import metrics
 from governance import policy as policy_schema
 from governance.audit import service as audit
 from governance.db import utcnow
+from governance.deployments import policies
 from governance.deployments.models import Deployment, Promotion
 from governance.errors import BindingMismatch, Conflict, InvalidInput, NoRollbackTarget, NotFound, Refusal
 from governance.gates import service as gates
@@ -65,6 +66,8 @@ class RollbackOutcome:
     to_version_id: int | None = None
     generation: int | None = None
     message: str = ""
+    # no_target: earlier-active versions passed over because they are approved under another gate policy
+    stale_version_ids: list[int] = field(default_factory=list)
 
 
 def create_deployment(
@@ -81,13 +84,15 @@ def create_deployment(
     dep = Deployment(name=name, base_model_id=base.id, policy_id=policy.id, created_by=principal.user_id)
     session.add(dep)
     session.flush()
+    initial = policies.record_initial(session, deployment=dep, policy=policy, principal=principal)
     audit.record(
         session,
         principal,
         action="deployment.create",
         subject_type="deployment",
         subject_id=name,
-        payload={"base_model": base.name, "policy_sha256": policy.sha256},
+        payload={"base_model": base.name, "policy_sha256": policy.sha256, "policy_seq": 1,
+                 "gate_digest": initial.gate_digest},
     )
     return dep
 
@@ -166,36 +171,71 @@ def promotions(session: Session, *, name: str, limit: int = 50, offset: int = 0)
     )
 
 
+def regate_target(session: Session, *, name: str) -> registry.RegateTarget:
+    """What `registry.request_regate` needs of the deployment: its id, base model and current gate policy."""
+    dep = get_deployment_or_raise(session, name=name)
+    policy = policy_of(session, deployment=dep)
+    return registry.RegateTarget(name, dep.id, dep.base_model_id, policy.sha256,
+                                 policies.gate_digest_of_text(policy.content))
+
+
+def _fix_commands(version_id: int, deployment: str) -> str:
+    return (f"re-gate it under this policy: `govern gate run {version_id} --deployment {deployment}`, then a "
+            f"compliance officer approves it: `govern review approve {version_id} --comment TEXT`")
+
+
+def _unbound(session: Session, version: TokenVersion, dep: Deployment, digest: str) -> str:
+    """Why a version has no approval the deployment's current gate policy accepts, and the commands that fix it."""
+    passed = [r for r in gates.gate_runs(session, version_id=version.id)
+              if r.status == "passed" and registry.gate_digest_of_run(session, run=r) == digest]
+    if passed:
+        return (f"version {version.id} passed the gate under {dep.name!r}'s gate policy (gate run {passed[0].id}) "
+                f"but has no approval under it; a compliance officer approves it: "
+                f"`govern review approve {version.id} --comment TEXT`")
+    held = registry.approved_gate_digests(session, version_ids=[version.id])[version.id]
+    if held:
+        seq = policies.active_seq(session, deployment_id=dep.id)
+        return (f"version {version.id} was gated and approved under gate policy {sorted(held)[0][:12]}..., but "
+                f"deployment {dep.name!r} gates with {digest[:12]}... (its policy version {seq}); "
+                + _fix_commands(version.id, dep.name))
+    return f"version {version.id} has no standing approval; " + _fix_commands(version.id, dep.name)
+
+
 def check_approval_binding(
     session: Session, *, version: TokenVersion, deployment: Deployment, principal: Principal, attempted: str
 ) -> None:
-    """Refuse (409) unless what the approval was bound to is still what we would serve."""
+    """Refuse (409) unless the version holds an approval under the deployment's current gate
+    digest, its artifact is the one approved, and the gate run it rests on still shows the
+    evidence approved. Each refusal names the command that resolves it."""
     refusal = Refusal.of(principal, attempted, "version", version.id)
-    review = registry.latest_review(session, version_id=version.id)
-    if review is None or review.decision != "approve":
-        raise BindingMismatch(f"version {version.id} has no standing approval", refusal=refusal)
+    digest = policies.current_gate_digest(session, deployment=deployment)
+    review = registry.standing_approval(session, version_id=version.id, gate_digest=digest)
+    if review is None:
+        legacy = registry.latest_review(session, version_id=version.id)
+        policy = policy_of(session, deployment=deployment)
+        # an approval recorded before gate digests existed binds the deployment's whole policy file
+        if (legacy is not None and legacy.decision == "approve" and legacy.gate_digest is None
+                and legacy.policy_sha256 in (None, policy.sha256)):
+            review = legacy
+    if review is None:
+        raise BindingMismatch(_unbound(session, version, deployment, digest),
+                              details={"version_id": version.id, "deployment_gate_digest": digest,
+                                       "deployment": deployment.name}, refusal=refusal)
     actual_sha = hashlib.sha256(version.artifact).hexdigest()
     if not (actual_sha == version.sha256 == review.artifact_sha256):
         raise BindingMismatch(
-            f"version {version.id}'s artifact digest differs from the one approved",
+            f"version {version.id}'s artifact digest differs from the one approved; it cannot be served",
             details={"approved": review.artifact_sha256, "stored": actual_sha},
             refusal=refusal,
         )
-    gate = gates.latest_passed_gate_run(session, version_id=version.id)
-    current_evidence = gate.evidence_digest if gate else None
-    current_gate_policy = gate.policy_sha256 if gate else None
-    if current_evidence != review.evidence_digest or current_gate_policy != review.policy_sha256:
+    run = (gates.get_gate_run(session, gate_run_id=review.gate_run_id) if review.gate_run_id is not None
+           else gates.latest_passed_gate_run(session, version_id=version.id))
+    current_evidence = run.evidence_digest if run is not None and run.status == "passed" else None
+    if current_evidence != review.evidence_digest:
         raise BindingMismatch(
-            f"version {version.id}'s gate evidence changed since it was approved; review it again",
+            f"version {version.id}'s gate evidence changed since it was approved; "
+            f"a compliance officer reviews it again: `govern review approve {version.id} --comment TEXT`",
             details={"approved": review.evidence_digest, "current": current_evidence},
-            refusal=refusal,
-        )
-    policy = policy_of(session, deployment=deployment)
-    if review.policy_sha256 is not None and review.policy_sha256 != policy.sha256:
-        raise BindingMismatch(
-            f"version {version.id} was gated and approved under policy {review.policy_sha256[:12]}..., "
-            f"but deployment {deployment.name!r} runs policy {policy.sha256[:12]}...; gate it under this policy",
-            details={"approved_policy": review.policy_sha256, "deployment_policy": policy.sha256},
             refusal=refusal,
         )
 
@@ -220,6 +260,7 @@ def _record_change(
     principal: Principal,
     reason: str | None,
     evidence: dict[str, Any] | None = None,
+    approval: dict[str, Any] | None = None,
 ) -> Promotion:
     """A new generation of the deployment: ``version`` None means the bare base model.
 
@@ -250,7 +291,8 @@ def _record_change(
         subject_type="deployment",
         subject_id=dep.name,
         payload={**message, "previous_version_id": previous.id if previous else None, "reason": reason,
-                 **({"evidence": evidence} if evidence is not None else {})},
+                 **({"evidence": evidence} if evidence is not None else {}),
+                 **({"approval": approval} if approval is not None else {})},
     )
     outbox.enqueue_publish(session, channel=outbox.deployment_channel(dep.name), payload={**message, "kind": kind})
     metrics.PROMOTIONS.labels(deployment=dep.name, kind=kind).inc()
@@ -274,10 +316,21 @@ def promote(session: Session, *, deployment: str, version_id: int, principal: Pr
     )
 
 
-def last_approved_target(
-    session: Session, *, deployment: Deployment, exclude_version_id: int | None
-) -> TokenVersion | None:
-    """The most recently active version of this deployment that is still a valid target (superseded)."""
+@dataclass(frozen=True)
+class TargetSearch:
+    """The rollback target found under the deployment's current gate digest, and the
+    earlier-active versions passed over because their approval is under another one."""
+
+    target: TokenVersion | None
+    stale: list[int]
+
+
+def find_rollback_target(
+    session: Session, *, deployment: Deployment, exclude_version_id: int | None, allow_stale: bool = False
+) -> TargetSearch:
+    """The most recently active superseded version approved under the deployment's current
+    gate digest; ``allow_stale`` (the policy's ``on_stale_approval: use_previous_approval``)
+    takes the most recent superseded one when none is."""
     stmt = (
         select(Promotion.version_id)
         .where(Promotion.deployment_id == deployment.id)
@@ -287,9 +340,33 @@ def last_approved_target(
     if exclude_version_id is not None:
         stmt = stmt.where(Promotion.version_id != exclude_version_id)
     newest_first = [vid for vid in session.scalars(stmt) if vid is not None]  # None: a fallback to the base
-    return registry.first_in_state(
-        session, version_ids=newest_first, deployment_id=deployment.id, state=VersionState.superseded
-    )
+    candidates = registry.in_state(session, version_ids=newest_first, deployment_id=deployment.id,
+                                   state=VersionState.superseded)
+    digest = policies.current_gate_digest(session, deployment=deployment)
+    policy_sha = policy_of(session, deployment=deployment).sha256
+    held = registry.approved_gate_digests(session, version_ids=[v.id for v in candidates])
+    stale: list[int] = []
+    for version in candidates:
+        if digest in held[version.id] or _legacy_bound(session, version, policy_sha):
+            return TargetSearch(version, stale)
+        stale.append(version.id)
+    if allow_stale and candidates:
+        return TargetSearch(candidates[0], stale)
+    return TargetSearch(None, stale)
+
+
+def _legacy_bound(session: Session, version: TokenVersion, policy_sha: str) -> bool:
+    review = registry.latest_review(session, version_id=version.id)
+    return (review is not None and review.decision == "approve" and review.gate_digest is None
+            and review.policy_sha256 in (None, policy_sha))
+
+
+def last_approved_target(
+    session: Session, *, deployment: Deployment, exclude_version_id: int | None
+) -> TokenVersion | None:
+    """The most recently active version of this deployment that is still a valid target
+    (superseded, approved under the deployment's current gate digest)."""
+    return find_rollback_target(session, deployment=deployment, exclude_version_id=exclude_version_id).target
 
 
 def already_rolled_back(session: Session, *, deployment: Deployment, version_id: int) -> bool:
@@ -387,7 +464,8 @@ def rollback(
         )
         if not isinstance(target, RollbackOutcome):
             return apply_rollback(session, dep=dep, current=current, target=target, principal=principal,
-                                  reason=reason, automatic=automatic, evidence=evidence)
+                                  reason=reason, automatic=automatic, evidence=evidence,
+                                  approval=_approval_note(session, dep, target))
         outcome = target
     if not automatic:
         cls = NoRollbackTarget if outcome.status == "no_target" else Conflict
@@ -410,15 +488,24 @@ def rollback_target(
     cannot be one), else the last approved one; None for the bare base model
     (``fallback_to_base``); a "no_target" outcome when there is none."""
     if to_version_id is None:
-        found = last_approved_target(session, deployment=dep, exclude_version_id=current.id)
-        if found is not None:
-            return lifecycle.lock_version(session, found.id)
+        on_stale = deployment_policy(session, deployment=dep).monitoring.rollback.on_stale_approval
+        found = find_rollback_target(session, deployment=dep, exclude_version_id=current.id,
+                                     allow_stale=on_stale == "use_previous_approval")
+        if found.target is not None:
+            return lifecycle.lock_version(session, found.target.id)
         if fallback_to_base:
             return None
+        stale = ""
+        if found.stale:
+            ids = ", ".join(str(v) for v in found.stale)
+            stale = (f"; version(s) {ids} were approved under an earlier gate policy and need re-gating "
+                     f"(`govern gate run VERSION --deployment {dep.name}`, then `govern review approve VERSION`), "
+                     "or set monitoring.rollback.on_stale_approval: use_previous_approval")
         return RollbackOutcome(
             "no_target", dep.name, current.id,
             message=f"deployment {dep.name!r} has no earlier approved version to roll back to "
-                    "(none was active before and is still valid)",
+                    f"(none was active before and is still valid){stale}",
+            stale_version_ids=list(found.stale),
         )
     refusal = Refusal.of(principal, attempted, "deployment", dep.name)
     target = lifecycle.lock_version(session, to_version_id)
@@ -431,9 +518,20 @@ def rollback_target(
             refusal=refusal,
         )
     _check_fits(target, dep, principal, attempted)
-    if target.state == VersionState.approved.value:
+    on_stale = deployment_policy(session, deployment=dep).monitoring.rollback.on_stale_approval
+    if target.state == VersionState.approved.value or on_stale == "alert":
         check_approval_binding(session, version=target, deployment=dep, principal=principal, attempted=attempted)
     return target
+
+
+def _approval_note(session: Session, dep: Deployment, target: TokenVersion | None) -> dict[str, Any] | None:
+    """Under which gate policy the rollback target is approved, against the one the deployment gates with."""
+    if target is None:
+        return None
+    digest = policies.current_gate_digest(session, deployment=dep)
+    held = sorted(registry.approved_gate_digests(session, version_ids=[target.id])[target.id])
+    return {"deployment_gate_digest": digest, "target_approved_under": held,
+            "stale_approval": bool(held) and digest not in held}
 
 
 def apply_rollback(
@@ -446,6 +544,7 @@ def apply_rollback(
     reason: str,
     automatic: bool,
     evidence: dict[str, Any] | None = None,
+    approval: dict[str, Any] | None = None,
 ) -> RollbackOutcome:
     """Apply a checked rollback (`check_rollback_guards`, `rollback_target`): ``current``
     leaves as rolled back, ``target`` (None: the bare base model) becomes active, in a new
@@ -463,7 +562,7 @@ def apply_rollback(
         message = "rolled back"
     promo = _record_change(
         session, dep=dep, kind=kind, version=target, previous=current, principal=principal, reason=reason,
-        evidence=evidence,
+        evidence=evidence, approval=approval,
     )
     return RollbackOutcome(
         "rolled_back", dep.name, current.id, target.id if target is not None else None, promo.generation, message

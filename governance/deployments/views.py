@@ -8,13 +8,17 @@ from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
 from governance.api.deps import PageDep, SessionDep, may, may_on_deployment
-from governance.deployments import service
+from governance.deployments import policies, service
 from governance.deployments.models import Deployment, Promotion
 from governance.deployments.schemas import (
     ActiveRead,
     DeploymentCreate,
     DeploymentRead,
     FreezeIn,
+    PolicyDecisionIn,
+    PolicyDecisionRead,
+    PolicyProposeIn,
+    PolicyVersionRead,
     PromoteIn,
     PromotionRead,
     RollbackIn,
@@ -34,6 +38,9 @@ def deployment_read(session: Session, dep: Deployment) -> DeploymentRead:
         name=dep.name,
         base_model=service.base_model_of(session, deployment=dep).name,
         policy_sha256=service.policy_of(session, deployment=dep).sha256,
+        gate_digest=policies.current_gate_digest(session, deployment=dep),
+        policy_seq=policies.active_seq(session, deployment_id=dep.id),
+        pending_policy_seq=policies.pending_seq(session, deployment_id=dep.id),
         generation=dep.generation,
         frozen=service.is_frozen(dep),
         frozen_until=dep.frozen_until,
@@ -126,3 +133,59 @@ def unfreeze(
     name: str, body: UnfreezeIn, session: SessionDep, principal: Annotated[Principal, may("deployment.unfreeze")]
 ) -> DeploymentRead:
     return deployment_read(session, service.unfreeze(session, deployment=name, principal=principal, reason=body.reason))
+
+
+def policy_version_read(name: str, v: policies.PolicyVersion) -> PolicyVersionRead:
+    r = v.row
+    return PolicyVersionRead(
+        deployment=name, seq=r.seq, state=r.state, policy_sha256=r.policy_sha256, gate_digest=r.gate_digest,
+        reason=r.reason, proposed_by=r.proposed_by_actor, proposed_at=r.proposed_at, decided_by=r.decided_by_actor,
+        decided_at=r.decided_at, decision_comment=r.decision_comment, changed_sections=v.changed_sections,
+        binds_approvals=v.binds_approvals, diff=v.diff, content=v.content,
+    )
+
+
+def _version_of(session: Session, name: str, seq: int) -> policies.PolicyVersion:
+    return next(v for v in policies.history(session, deployment=name) if v.row.seq == seq)
+
+
+@router.get("/{name}/policies", response_model=list[PolicyVersionRead])
+def policy_history(name: str, session: SessionDep, _: DeploymentReader) -> list[PolicyVersionRead]:
+    """Every version of the deployment's policy, newest first, each with its diff against the one before."""
+    return [policy_version_read(name, v) for v in policies.history(session, deployment=name)]
+
+
+@router.post("/{name}/policies", response_model=PolicyVersionRead, status_code=201)
+def propose_policy(
+    name: str, body: PolicyProposeIn, session: SessionDep,
+    principal: Annotated[Principal, may("deployment.policy_propose")],
+) -> PolicyVersionRead:
+    """Propose the deployment's next policy; a compliance officer who did not propose it decides."""
+    row = policies.propose_policy(session, deployment=name, policy_text=body.policy, reason=body.reason,
+                                  principal=principal)
+    return policy_version_read(name, _version_of(session, name, row.seq))
+
+
+def _decide(name: str, seq: int, approve: bool, body: PolicyDecisionIn, session: Session,
+            principal: Principal) -> PolicyDecisionRead:
+    decision = policies.decide_policy(session, deployment=name, seq=seq, approve=approve, comment=body.comment,
+                                      principal=principal)
+    read = policy_version_read(name, _version_of(session, name, decision.row.seq))
+    return PolicyDecisionRead(**read.model_dump(), versions_to_regate=decision.stale_version_ids)
+
+
+@router.post("/{name}/policies/{seq}/approve", response_model=PolicyDecisionRead)
+def approve_policy(
+    name: str, seq: int, body: PolicyDecisionIn, session: SessionDep,
+    principal: Annotated[Principal, may("deployment.policy_approve")],
+) -> PolicyDecisionRead:
+    """Make the proposed version the deployment's policy (one transaction with its audit entry)."""
+    return _decide(name, seq, True, body, session, principal)
+
+
+@router.post("/{name}/policies/{seq}/reject", response_model=PolicyDecisionRead)
+def reject_policy(
+    name: str, seq: int, body: PolicyDecisionIn, session: SessionDep,
+    principal: Annotated[Principal, may("deployment.policy_reject")],
+) -> PolicyDecisionRead:
+    return _decide(name, seq, False, body, session, principal)

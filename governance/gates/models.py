@@ -16,12 +16,22 @@ class GateRun(Base):
     __tablename__ = "gate_runs"
     __table_args__ = (
         CheckConstraint("status in ('queued', 'running', 'passed', 'failed', 'error')", name="status_known"),
+        CheckConstraint("kind in ('first', 'regate')", name="kind_known"),
         Index("ix_gate_runs_version", "version_id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     version_id: Mapped[int] = mapped_column(ForeignKey("token_versions.id", ondelete="RESTRICT"))
     policy_sha256: Mapped[str] = mapped_column(String(64))
+    # the digest of the policy's binding sections (gate, format) the run judged by; an
+    # approval binds to it (`governance.policy.gate_digest`); null only on rows whose
+    # policy text was never stored
+    gate_digest: Mapped[str | None] = mapped_column(String(64))
+    # first: the gate of a new submission; regate: an existing version evaluated again
+    # under a deployment's current gate policy (`deployment_id`)
+    kind: Mapped[str] = mapped_column(String(10), default="first", server_default="first")
+    deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id", ondelete="RESTRICT"))
+    requested_by: Mapped[str | None] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(10), default="queued")
     evidence_digest: Mapped[str | None] = mapped_column(String(64))
     # per suite: metric, threshold, interval / p-value, sample size, verdict

@@ -130,3 +130,18 @@ def case_outputs(session: Session, *, gate_run_id: int, limit: int = 2000) -> li
     rows = session.execute(select(GateCaseResult.id, GateCaseResult.prompt, GateCaseResult.candidate_output)
                            .where(GateCaseResult.gate_run_id == gate_run_id).limit(limit)).all()
     return [(int(r.id), r.prompt, r.candidate_output) for r in rows]
+
+
+def get_gate_run(session: Session, *, gate_run_id: int) -> GateRun | None:
+    return session.get(GateRun, gate_run_id)
+
+
+def open_regate_run(
+    session: Session, *, version_id: int, policy_sha256: str, gate_digest: str, deployment_id: int, requested_by: str
+) -> GateRun:
+    """A queued re-gate run of a version under a deployment's gate policy (the registry checks who and when)."""
+    run = GateRun(version_id=version_id, policy_sha256=policy_sha256, gate_digest=gate_digest, kind="regate",
+                  deployment_id=deployment_id, requested_by=requested_by, status="queued")
+    session.add(run)
+    session.flush()
+    return run

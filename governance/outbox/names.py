@@ -16,6 +16,8 @@ GATE_TASK = "evaluators.run_gate"
 # The sharded gate: the shards run in parallel on the gate workers, the finisher merges them.
 GATE_SHARD_TASK = "evaluators.gate_shard"
 GATE_FINISH_TASK = "evaluators.gate_finish"
+# An existing version gated again under a deployment's current gate policy (one worker).
+REGATE_TASK = "evaluators.run_regate"
 RUN_CHECK_TASK = "monitors.run_check"
 DISPATCH_CHECKS_TASK = "monitors.dispatch_checks"
 SWEEP_OUTBOX_TASK = "monitors.sweep_outbox"
@@ -26,6 +28,7 @@ QUEUE_OF: dict[str, str] = {
     GATE_TASK: GATES_QUEUE,
     GATE_SHARD_TASK: GATES_QUEUE,
     GATE_FINISH_TASK: GATES_QUEUE,
+    REGATE_TASK: GATES_QUEUE,
     RUN_CHECK_TASK: MONITORING_QUEUE,
     DISPATCH_CHECKS_TASK: MONITORING_QUEUE,
     SWEEP_OUTBOX_TASK: MONITORING_QUEUE,

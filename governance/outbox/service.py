@@ -45,7 +45,7 @@ from governance.db import unit_of_work, utcnow
 from governance.embedded import resolve_push_secret
 from governance.outbox import pushauth
 from governance.outbox.models import OutboxMessage
-from governance.outbox.names import GATE_TASK, QUEUE_OF
+from governance.outbox.names import GATE_TASK, QUEUE_OF, REGATE_TASK
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,10 @@ def enqueue_task(
 
 def enqueue_gate(session: Session, *, version_id: int) -> OutboxMessage:
     return enqueue_task(session, name=GATE_TASK, args=[version_id], extra={"version_id": version_id})
+
+
+def enqueue_regate(session: Session, *, gate_run_id: int, version_id: int) -> OutboxMessage:
+    return enqueue_task(session, name=REGATE_TASK, args=[gate_run_id], extra={"version_id": version_id})
 
 
 def enqueue_publish(session: Session, *, channel: str, payload: dict[str, Any]) -> OutboxMessage:

@@ -3,6 +3,7 @@ detectors and rollback guard rails, and where alerts go. Its sha256 is stored wi
 gate run and approval, so a verdict always names the exact rules it was judged by."""
 
 from governance.policy.schema import (
+    BINDING_SECTIONS,
     COMPLIANCE_CATEGORIES,
     AlertsPolicy,
     BiasGate,
@@ -15,13 +16,16 @@ from governance.policy.schema import (
     PolicyError,
     ReasoningGate,
     RollbackPolicy,
+    changed_sections,
     default_policy_path,
+    gate_digest,
     load_default_policy,
     load_policy,
     parse_policy,
 )
 
 __all__ = [
+    "BINDING_SECTIONS",
     "COMPLIANCE_CATEGORIES",
     "AlertsPolicy",
     "BiasGate",
@@ -34,7 +38,9 @@ __all__ = [
     "PolicyError",
     "ReasoningGate",
     "RollbackPolicy",
+    "changed_sections",
     "default_policy_path",
+    "gate_digest",
     "load_default_policy",
     "load_policy",
     "parse_policy",

@@ -11,6 +11,7 @@ runs and approvals record.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -161,6 +162,11 @@ class RollbackPolicy(_Section):
     cooldown_seconds: Annotated[int, Field(ge=0)] = 600
     max_per_day: Annotated[int, Field(ge=0)] = 3
     fallback_to_base: bool = False
+    # The last approved version was approved under an earlier gate policy than the one the
+    # deployment gates with now: `alert` does not roll back to it (a critical alert names
+    # the versions to re-gate; `fallback_to_base` still applies), `use_previous_approval`
+    # rolls back to it anyway and the audit entry says under which gate policy it was approved.
+    on_stale_approval: Literal["alert", "use_previous_approval"] = "alert"
 
 
 class MonitoringPolicy(_Section):
@@ -296,6 +302,31 @@ def parse_policy(text: str | bytes) -> tuple[Policy, str]:
     except ValidationError as exc:
         raise PolicyError([_message(e) for e in exc.errors()])
     return policy, digest
+
+
+# The sections whose rules produce the gate's evidence: the gate's thresholds, suites and
+# decoding, and the format rules the compliance suite's `format` category checks. An
+# approval is bound to their digest; `name`, `monitoring` and `alerts` do not bind it.
+BINDING_SECTIONS: tuple[str, ...] = ("gate", "format")
+
+
+def gate_digest(policy: Policy) -> str:
+    """The sha256 of what the gate judged by: the binding sections, parsed (defaults filled in).
+
+    Canonical JSON of the parsed sections, so writing a default out, reordering keys or
+    editing comments changes the file's sha256 but not this digest; changing any rule of
+    `gate:` or `format:` changes it.
+    """
+    body = {name: getattr(policy, name).model_dump(mode="json") for name in BINDING_SECTIONS}
+    canonical = json.dumps({"binding": list(BINDING_SECTIONS), "sections": body}, sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def changed_sections(old: Policy, new: Policy) -> list[str]:
+    """The top-level sections whose parsed content differs between two policies."""
+    return [name for name in Policy.model_fields
+            if getattr(old, name) != getattr(new, name)]
 
 
 def load_policy(path: Path) -> tuple[Policy, str]:

@@ -14,6 +14,10 @@ the row earlier without a lock.
                             -> gate_passed -> rejected
                                            -> approved -> active -> superseded | rolled_back
     superseded -> active (rollback target);  rolled_back -> approved | rejected (a new review)
+
+Re-gating (a version gated again under a deployment's new gate policy) moves no state;
+its approval under the new gate digest is the move approve from approved, active or
+superseded to the same state. gate_failed and rejected stay terminal.
 """
 
 from __future__ import annotations
@@ -51,6 +55,11 @@ _MOVES_OF: dict[str, tuple[tuple[VersionState, VersionState, str], ...]] = {
     "approve": (
         (S.gate_passed, S.approved, "four-eyes review approved it"),
         (S.rolled_back, S.approved, "a new review re-approved a rolled-back version"),
+        # a re-gate under a new gate policy passed: the approval under its digest is added,
+        # the state stays (`governance.registry.service.approve`)
+        (S.approved, S.approved, "re-approved under a deployment's new gate policy"),
+        (S.active, S.active, "re-approved under a deployment's new gate policy"),
+        (S.superseded, S.superseded, "re-approved under a deployment's new gate policy"),
     ),
     "reject": (
         (S.gate_passed, S.rejected, "four-eyes review rejected it"),

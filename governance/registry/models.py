@@ -129,4 +129,8 @@ class Review(Base):
     artifact_sha256: Mapped[str] = mapped_column(String(64))
     evidence_digest: Mapped[str | None] = mapped_column(String(64))
     policy_sha256: Mapped[str | None] = mapped_column(String(64))
+    # the gate policy (binding sections) and the gate run the approval rests on: a
+    # deployment accepts the approval while it gates with the same digest
+    gate_digest: Mapped[str | None] = mapped_column(String(64))
+    gate_run_id: Mapped[int | None] = mapped_column(ForeignKey("gate_runs.id", ondelete="RESTRICT"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

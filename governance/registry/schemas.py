@@ -61,6 +61,8 @@ class ReviewRead(Out):
     artifact_sha256: str
     evidence_digest: str | None
     policy_sha256: str | None
+    gate_digest: str | None = Field(description="the gate policy (binding sections) the approval holds under")
+    gate_run_id: int | None = Field(description="the gate run the review rests on")
     created_at: datetime
     state: str = Field(description="the version's state after the review")
 
@@ -69,6 +71,10 @@ class GateRunRead(Out):
     id: int
     version_id: int
     policy_sha256: str
+    gate_digest: str | None
+    kind: str = Field(description="first: a submission's gate; regate: gated again under a deployment's policy")
+    deployment_id: int | None
+    requested_by: str | None
     status: str
     evidence_digest: str | None
     summary: dict[str, Any]
@@ -83,3 +89,8 @@ class GateView(Out):
     state: str
     runs: list[GateRunRead]
     reviews: list[ReviewRead]
+
+
+class RegateIn(StrictIn):
+    deployment: str = Field(min_length=1, max_length=100,
+                            description="evaluate the version under this deployment's current gate policy")

@@ -11,11 +11,12 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import Session
 
+from governance import policy as policy_schema
 from governance.audit import service as audit
 from governance.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Refusal
 from governance.gates import service as gates
@@ -24,6 +25,9 @@ from governance.principal import Principal, require_allowed
 from governance.registry import lifecycle
 from governance.registry.artifacts import ParsedArtifact, check_against_base_model, parse_artifact
 from governance.registry.models import Adapter, BaseModel_, Policy, Review, TokenVersion, VersionState
+
+if TYPE_CHECKING:  # annotations only: the gates room owns its tables
+    from governance.gates.models import GateRun
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -104,6 +108,36 @@ def get_policy(session: Session, *, policy_id: int) -> Policy | None:
     return session.get(Policy, policy_id)
 
 
+def policy_texts(session: Session, *, policy_ids: set[int]) -> dict[int, str]:
+    """id -> content of the stored policy files among ``policy_ids``, in one query."""
+    if not policy_ids:
+        return {}
+    return {pid: content for pid, content in session.execute(
+        select(Policy.id, Policy.content).where(Policy.id.in_(policy_ids))).tuples()}
+
+
+def policy_text_by_sha(session: Session, *, sha256: str) -> str | None:
+    """The policy file with this sha256: stored, or the shipped default policy file."""
+    content = session.scalar(select(Policy.content).where(Policy.sha256 == sha256))
+    if content is not None:
+        return content
+    default = policy_schema.default_policy_path().read_text(encoding="utf-8")
+    return default if hashlib.sha256(default.encode("utf-8")).hexdigest() == sha256 else None
+
+
+def gate_digest_of_run(session: Session, *, run: GateRun) -> str | None:
+    """The gate digest a run judged by: recorded on it, else computed from its policy file (None: unknown)."""
+    if run.gate_digest:
+        return run.gate_digest
+    content = policy_text_by_sha(session, sha256=run.policy_sha256)
+    if content is None:
+        return None
+    try:
+        return policy_schema.gate_digest(policy_schema.parse_policy(content)[0])
+    except policy_schema.PolicyError:
+        return None
+
+
 # ---------------------------------------------------------------- versions
 
 
@@ -167,6 +201,21 @@ def active_version_sha(session: Session, *, deployment_id: int) -> tuple[int, st
         )
     ).first()
     return (row[0], row[1]) if row else None
+
+
+def in_state(
+    session: Session, *, version_ids: Sequence[int], deployment_id: int, state: VersionState
+) -> list[TokenVersion]:
+    """Those of ``version_ids`` (in their order) that belong to the deployment and are in ``state``."""
+    if not version_ids:
+        return []
+    rank = case({vid: i for i, vid in enumerate(version_ids)}, value=TokenVersion.id)
+    return list(session.scalars(
+        select(TokenVersion)
+        .where(TokenVersion.id.in_(version_ids), TokenVersion.deployment_id == deployment_id,
+               TokenVersion.state == state.value)
+        .order_by(rank)
+    ))
 
 
 def first_in_state(
@@ -369,32 +418,80 @@ def reviews(session: Session, *, version_id: int) -> list[Review]:
     return list(session.scalars(select(Review).where(Review.version_id == version_id).order_by(Review.id)))
 
 
+def standing_approval(session: Session, *, version_id: int, gate_digest: str) -> Review | None:
+    """The version's approval under this gate digest, unless a later review under it rejected it."""
+    review = session.scalars(
+        select(Review).where(Review.version_id == version_id, Review.gate_digest == gate_digest)
+        .order_by(Review.id.desc()).limit(1)
+    ).first()
+    return review if review is not None and review.decision == "approve" else None
+
+
+def approved_gate_digests(session: Session, *, version_ids: Sequence[int]) -> dict[int, set[str]]:
+    """version id -> the gate digests it holds an approval under, in one query."""
+    found: dict[int, set[str]] = {vid: set() for vid in version_ids}
+    if not version_ids:
+        return found
+    for vid, digest in session.execute(
+            select(Review.version_id, Review.gate_digest)
+            .where(Review.version_id.in_(version_ids), Review.decision == "approve", Review.gate_digest.is_not(None))
+    ).tuples():
+        if digest is not None:
+            found[vid].add(digest)
+    return found
+
+
+# a version in these states may be approved again under a new gate digest without a state change
+REAPPROVABLE = (VersionState.approved.value, VersionState.active.value, VersionState.superseded.value)
+
+
+def _gate_to_bind(session: Session, version: TokenVersion, principal: Principal, action: str) -> GateRun:
+    """The newest passed gate run of the version, which the approval will be bound to."""
+    gate = gates.latest_passed_gate_run(session, version_id=version.id)
+    if gate is None:
+        raise Conflict(
+            f"version {version.id} has no passed gate run to bind the approval to",
+            details={"version_id": version.id, "current_state": version.state},
+            refusal=Refusal.of(principal, f"version.{action}", "version", version.id),
+        )
+    return gate
+
+
 def _review(session: Session, *, version_id: int, principal: Principal, comment: str, decision: str) -> Review:
     action = "approve" if decision == "approve" else "reject"
-    to = VersionState.approved if decision == "approve" else VersionState.rejected
     comment = (comment or "").strip()
     if not comment:
         raise InvalidInput("a review needs a comment that says why")
     version = lifecycle.lock_version(session, version_id)
-    lifecycle.check_move(version, to=to.value, action=action, principal=principal)
+    refusal = Refusal.of(principal, f"version.{action}", "version", version_id)
+    reapproval = decision == "approve" and version.state in REAPPROVABLE
+    if reapproval:
+        to = version.state
+    else:
+        to = (VersionState.approved if decision == "approve" else VersionState.rejected).value
+    lifecycle.check_move(version, to=to, action=action, principal=principal)
+    gate = _gate_to_bind(session, version, principal, action) if decision == "approve" else (
+        gates.latest_passed_gate_run(session, version_id=version_id))
+    digest = gate_digest_of_run(session, run=gate) if gate is not None else None
+    if reapproval and (digest is None or standing_approval(session, version_id=version_id, gate_digest=digest)):
+        assert gate is not None
+        raise Conflict(
+            f"version {version_id} is {version.state} and already approved under its newest passed gate run "
+            f"(gate run {gate.id}); a new approval needs a new gate run under a deployment's gate policy "
+            f"(`govern gate run {version_id} --deployment NAME`)",
+            details={"version_id": version_id, "current_state": version.state, "gate_run_id": gate.id},
+            refusal=refusal)
     if principal.user_id is None or principal.user_id == version.submitted_by:
         raise Forbidden(
             f"four eyes: {principal.actor} submitted version {version_id} and may not review it",
             details={"version_id": version_id, "current_state": version.state},
-            refusal=Refusal.of(principal, f"version.{action}", "version", version_id),
-        )
-    gate = gates.latest_passed_gate_run(session, version_id=version_id)
-    if decision == "approve" and gate is None:
-        raise Conflict(
-            f"version {version_id} has no passed gate run to bind the approval to",
-            details={"version_id": version_id, "current_state": version.state},
-            refusal=Refusal.of(principal, f"version.{action}", "version", version_id),
+            refusal=refusal,
         )
     artifact_sha = hashlib.sha256(version.artifact).hexdigest()
     if artifact_sha != version.sha256:
         raise Conflict(
             f"version {version_id}'s stored artifact no longer matches its sha256; refusing to review it",
-            refusal=Refusal.of(principal, f"version.{action}", "version", version_id),
+            refusal=refusal,
         )
     review = Review(
         version_id=version_id,
@@ -404,13 +501,15 @@ def _review(session: Session, *, version_id: int, principal: Principal, comment:
         artifact_sha256=artifact_sha,
         evidence_digest=gate.evidence_digest if gate else None,
         policy_sha256=gate.policy_sha256 if gate else None,
+        gate_digest=digest,
+        gate_run_id=gate.id if gate else None,
     )
     session.add(review)
     session.flush()
     lifecycle.transition(
         session,
         version_id=version_id,
-        to=to.value,
+        to=to,
         principal=principal,
         action=action,
         payload={
@@ -419,18 +518,122 @@ def _review(session: Session, *, version_id: int, principal: Principal, comment:
             "artifact_sha256": review.artifact_sha256,
             "evidence_digest": review.evidence_digest,
             "policy_sha256": review.policy_sha256,
+            "gate_digest": review.gate_digest,
+            "gate_run_id": review.gate_run_id,
+            **({"reapproval": True} if reapproval else {}),
         },
     )
     return review
 
 
 def approve(session: Session, *, version_id: int, principal: Principal, comment: str) -> Review:
-    """Four-eyes approval of a gate-passed (or rolled-back) version, bound to its digests."""
+    """Four-eyes approval bound to the version's newest passed gate run (its evidence and gate digest).
+
+    A gate-passed or rolled-back version becomes approved; an approved, active or
+    superseded one re-gated under a new gate policy keeps its state and gains an approval
+    under that gate digest (the audit entry says ``reapproval``).
+    """
     return _review(session, version_id=version_id, principal=principal, comment=comment, decision="approve")
 
 
 def reject(session: Session, *, version_id: int, principal: Principal, comment: str) -> Review:
     return _review(session, version_id=version_id, principal=principal, comment=comment, decision="reject")
+
+
+# ---------------------------------------------------------------- re-gating
+
+
+# a version in these states may be gated again under a deployment's gate policy
+# (gate_failed and rejected are terminal: a new artifact is submitted instead)
+REGATABLE = (VersionState.gate_passed.value, VersionState.approved.value, VersionState.active.value,
+             VersionState.superseded.value, VersionState.rolled_back.value)
+
+
+@dataclass(frozen=True)
+class RegateTarget:
+    """The deployment a re-gate is for and the gate policy it runs now (the deployments room finds it)."""
+
+    name: str
+    deployment_id: int
+    base_model_id: int
+    policy_sha256: str
+    gate_digest: str
+
+
+def request_regate(
+    session: Session, *, version_id: int, target: RegateTarget, principal: Principal, queue: bool = False
+) -> GateRun:
+    """A queued gate run of an existing version under the deployment's current gate policy.
+
+    The old runs and their evidence stay; the version's state does not change. ``queue``:
+    a gate worker runs it after the commit (the HTTP route); else the caller runs it
+    (`govern gate run VERSION --deployment NAME`, in its own process).
+    """
+    require_allowed(principal, "version.regate", "deployment", target.name)
+    version = lifecycle.lock_version(session, version_id)
+    refusal = Refusal.of(principal, "version.regate", "version", version_id)
+    if version.state not in REGATABLE:
+        why = {"submitted": "its first gate has not finished; wait for it",
+               "evaluating": "its first gate has not finished; wait for it",
+               "gate_failed": "it failed its gate, which is final; train and submit a new artifact",
+               }.get(version.state, "a review rejected it, which is final; train and submit a new artifact")
+        raise Conflict(f"version {version_id} is {version.state}: {why}",
+                       details={"version_id": version_id, "current_state": version.state}, refusal=refusal)
+    if version.base_model_id != target.base_model_id:
+        raise Conflict(f"version {version_id} was trained for another base model than {target.name!r} serves",
+                       refusal=refusal)
+    if version.deployment_id is not None and version.deployment_id != target.deployment_id:
+        raise Conflict(f"version {version_id} belongs to another deployment, not {target.name!r}", refusal=refusal)
+    runs = gates.gate_runs(session, version_id=version_id)
+    busy = next((r for r in runs if r.status in ("queued", "running")), None)
+    if busy is not None:
+        raise Conflict(f"version {version_id} has gate run {busy.id} {busy.status}; wait for it to finish",
+                       details={"version_id": version_id, "gate_run_id": busy.id}, refusal=refusal)
+    done = next((r for r in runs if r.status == "passed" and gate_digest_of_run(session, run=r) == target.gate_digest),
+                None)
+    if done is not None:
+        approved = standing_approval(session, version_id=version_id, gate_digest=target.gate_digest)
+        hint = ("and is approved under it" if approved
+                else f"; have it reviewed: `govern review approve {version_id} --comment TEXT`")
+        raise Conflict(f"version {version_id} already passed the gate under {target.name!r}'s gate policy "
+                       f"(gate run {done.id}) {hint}",
+                       details={"version_id": version_id, "gate_run_id": done.id}, refusal=refusal)
+    run = gates.open_regate_run(session, version_id=version_id, policy_sha256=target.policy_sha256,
+                                gate_digest=target.gate_digest, deployment_id=target.deployment_id,
+                                requested_by=principal.actor)
+    audit.record(session, principal, action="version.regate", subject_type="version", subject_id=version_id,
+                 payload={"gate_run_id": run.id, "deployment": target.name, "policy_sha256": target.policy_sha256,
+                          "gate_digest": target.gate_digest, "state": version.state})
+    if queue:
+        outbox.enqueue_regate(session, gate_run_id=run.id, version_id=version_id)
+    return run
+
+
+def finish_regate(
+    session: Session, *, version_id: int, gate_run_id: int, passed: bool, evidence_digest: str | None,
+    principal: Principal,
+) -> TokenVersion:
+    """Record a re-gate's verdict (one audit entry); the version's state does not change."""
+    require_allowed(principal, "version.regate_result", "version", version_id)
+    version = lifecycle.lock_version(session, version_id)
+    run = gates.get_gate_run(session, gate_run_id=gate_run_id)
+    if run is None or run.version_id != version_id or run.kind != "regate":
+        raise NotFound(f"no re-gate run {gate_run_id} of version {version_id}")
+    audit.record(session, principal, action="version.regate_result", subject_type="version", subject_id=version_id,
+                 payload={"gate_run_id": gate_run_id, "verdict": "passed" if passed else "failed",
+                          "evidence_digest": evidence_digest, "policy_sha256": run.policy_sha256,
+                          "gate_digest": run.gate_digest, "deployment_id": run.deployment_id,
+                          "state": version.state})
+    return version
+
+
+def versions_needing_regate(session: Session, *, deployment_id: int, gate_digest: str) -> list[int]:
+    """The deployment's approved, active, superseded or rolled-back versions with no approval under ``gate_digest``."""
+    ids = list(session.scalars(select(TokenVersion.id).where(
+        TokenVersion.deployment_id == deployment_id,
+        TokenVersion.state.in_([*REAPPROVABLE, VersionState.rolled_back.value])).order_by(TokenVersion.id)))
+    held = approved_gate_digests(session, version_ids=ids)
+    return [vid for vid in ids if gate_digest not in held[vid]]
 
 
 def count_versions(session: Session) -> int:

@@ -21,6 +21,7 @@ from governance.registry.schemas import (
     BaseModelRead,
     GateRunRead,
     GateView,
+    RegateIn,
     ReviewIn,
     ReviewRead,
     SubmitResult,
@@ -73,6 +74,8 @@ def review_read(session: Session, r: Review, state: str) -> ReviewRead:
         artifact_sha256=r.artifact_sha256,
         evidence_digest=r.evidence_digest,
         policy_sha256=r.policy_sha256,
+        gate_digest=r.gate_digest,
+        gate_run_id=r.gate_run_id,
         created_at=r.created_at,
         state=state,
     )
@@ -257,3 +260,14 @@ def reject(
 ) -> ReviewRead:
     review = service.reject(session, version_id=version_id, principal=principal, comment=body.comment)
     return review_read(session, review, "rejected")
+
+
+@router.post("/versions/{version_id}/gate-runs", response_model=GateRunRead, status_code=202)
+def regate(
+    version_id: int, body: RegateIn, session: SessionDep, principal: Annotated[Principal, may("version.regate")]
+) -> GateRunRead:
+    """Gate an existing version again under a deployment's current gate policy (queued for a gate worker)."""
+    require_deployment(principal, body.deployment, "version.regate", "deployment", body.deployment)
+    run = service.request_regate(session, version_id=version_id, principal=principal, queue=True,
+                                 target=deployments.regate_target(session, name=body.deployment))
+    return GateRunRead.model_validate(run)

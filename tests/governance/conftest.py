@@ -22,12 +22,14 @@ from governance.auth import service as auth
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
 from governance.gates.models import GateRun
+from governance.policy import gate_digest, parse_policy
 from governance.principal import Principal
 from governance.registry import service as registry
 
 HIDDEN, LAYERS, HEADS = 64, 2, 4  # the tiny-random-llama shapes
 POLICY_TEXT = (Path(__file__).resolve().parents[2] / "policies" / "default.yaml").read_text()
 POLICY_SHA = hashlib.sha256(POLICY_TEXT.encode()).hexdigest()
+GATE_DIGEST = gate_digest(parse_policy(POLICY_TEXT)[0])
 ADMIN_SYSTEM = "system:test"
 
 
@@ -107,6 +109,7 @@ class World:
                 GateRun(
                     version_id=version_id,
                     policy_sha256=POLICY_SHA,
+                    gate_digest=GATE_DIGEST,
                     status="passed" if passed else "failed",
                     evidence_digest=evidence,
                 )

@@ -91,6 +91,24 @@ SPEC: dict[tuple[str, str], tuple[set[str], Req]] = {
         {"compliance_officer", "admin"},
         lambda w, o: (f"/v1/versions/{o['other_version']}/reject", {"json": {"comment": "no"}}),
     ),
+    ("POST", "/v1/versions/{version_id}/gate-runs"): (
+        {"ml_engineer", "compliance_officer", "admin", "service"},
+        lambda w, o: (f"/v1/versions/{o['active']}/gate-runs", {"json": {"deployment": w.deployment}}),
+    ),
+    ("GET", "/v1/deployments/{name}/policies"): (ALL, lambda w, o: (f"/v1/deployments/{w.deployment}/policies", {})),
+    ("POST", "/v1/deployments/{name}/policies"): (
+        {"ml_engineer", "admin"},
+        lambda w, o: (f"/v1/deployments/{w.deployment}/policies",
+                      {"json": {"policy": o["policy"] + f"\n# {uid()}\n", "reason": "matrix"}}),
+    ),
+    ("POST", "/v1/deployments/{name}/policies/{seq}/approve"): (
+        {"compliance_officer"},
+        lambda w, o: (f"/v1/deployments/{w.deployment}/policies/2/approve", {"json": {"comment": "ok"}}),
+    ),
+    ("POST", "/v1/deployments/{name}/policies/{seq}/reject"): (
+        {"compliance_officer"},
+        lambda w, o: (f"/v1/deployments/{w.deployment}/policies/2/reject", {"json": {"comment": "no"}}),
+    ),
     ("POST", "/v1/deployments"): (
         {"admin"},
         lambda w, o: (

@@ -26,7 +26,7 @@ from governance.refusals import governed_unit_of_work
 from governance.registry import lifecycle
 from governance.registry import service as registry
 from governance.registry.models import Adapter, BaseModel_, Policy, Review, TokenVersion, VersionState
-from tests.governance.conftest import POLICY_SHA, World, audit_head, audit_since, uid
+from tests.governance.conftest import GATE_DIGEST, POLICY_SHA, World, audit_head, audit_since, uid
 
 STATES = [s.value for s in VersionState]
 ROLES = ["ml_engineer", "compliance_officer", "auditor", "admin", "service"]
@@ -71,7 +71,10 @@ def _version(s: object, *, base: BaseModel_, adapter_id: int, submitter: int, st
     s.add(v)  # type: ignore[attr-defined]
     s.flush()  # type: ignore[attr-defined]
     evidence = hashlib.sha256(sha.encode()).hexdigest()
-    s.add(GateRun(version_id=v.id, policy_sha256=POLICY_SHA, status="passed", evidence_digest=evidence))  # type: ignore[attr-defined]
+    run = GateRun(version_id=v.id, policy_sha256=POLICY_SHA, gate_digest=GATE_DIGEST, status="passed",
+                  evidence_digest=evidence)
+    s.add(run)  # type: ignore[attr-defined]
+    s.flush()  # type: ignore[attr-defined]
     s.add(
         Review(
             version_id=v.id,
@@ -81,6 +84,8 @@ def _version(s: object, *, base: BaseModel_, adapter_id: int, submitter: int, st
             artifact_sha256=sha,
             evidence_digest=evidence,
             policy_sha256=POLICY_SHA,
+            gate_digest=GATE_DIGEST,
+            gate_run_id=run.id,
         )
     )
     s.flush()  # type: ignore[attr-defined]

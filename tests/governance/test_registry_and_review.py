@@ -124,9 +124,18 @@ def test_submitter_cannot_approve_own_version_even_as_admin(client: TestClient, 
 
 def test_promotion_rechecks_the_approval_binding(client: TestClient, world: World, engine: Any) -> None:
     vid = world.approved()
-    # the gate evidence changes after the approval (a re-run with other results)
+    # the approval binds one gate run: a later run under another gate policy leaves it standing ...
     with unit_of_work(engine) as s:
         s.add(GateRun(version_id=vid, policy_sha256="0" * 64, status="passed", evidence_digest="1" * 64))
+    with unit_of_work(engine) as s:
+        dep = deployments.get_deployment_or_raise(s, name=world.deployment)
+        version = s.get(TokenVersion, vid)
+        deployments.check_approval_binding(s, version=version, deployment=dep,  # type: ignore[arg-type]
+                                           principal=world.actor("ml_engineer").principal, attempted="test")
+    # ... but the evidence of the run it binds changing afterwards is caught
+    with unit_of_work(engine) as s:
+        s.execute(update(GateRun).where(GateRun.version_id == vid, GateRun.policy_sha256 != "0" * 64)
+                  .values(evidence_digest="2" * 64))
     before = audit_head(engine)
     r = client.post(
         f"/v1/deployments/{world.deployment}/promote",
