@@ -43,6 +43,9 @@ DONE_MESSAGES = {
     "frozen": "Frozen: automatic rollback is off for this deployment.",
     "unfrozen": "Unfrozen: automatic rollback is on again.",
     "acked": "Alert acknowledged.",
+    "policy_approved": "Policy version approved: it is the deployment's policy now (versions approved under an "
+                       "older gate policy need re-gating before they can be promoted or rolled back to).",
+    "policy_rejected": "Policy version rejected; the policy in force is unchanged.",
     "user_disabled": "User disabled: every key of theirs stopped working, their web sessions end now.",
     "user_enabled": "User enabled: their keys that are neither revoked nor expired work again.",
 }

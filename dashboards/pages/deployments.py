@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from dashboards.deps import UI_ROLES, CsrfDep, SessionDep, ViewerDep, render, require
 from dashboards.pages.common import DONE_MESSAGES, Paging, redirect
 from governance.auth import service as auth
+from governance.deployments import policies
 from governance.deployments import service as deployments
 from governance.errors import InvalidInput
 from governance.registry import service as registry
@@ -68,6 +69,9 @@ def deployment_page(
         reviewers=reviewers,
         evidence=evidence,
         policy=policy,
+        policy_versions=policies.history(session, deployment=name),
+        gate_digest=policies.current_gate_digest(session, deployment=dep),
+        can_decide_policy=viewer.may("deployment.policy_approve"),
         can_rollback=viewer.may("deployment.rollback"),
         can_freeze=viewer.may("deployment.freeze"),
         done=DONE_MESSAGES.get(done or ""),
@@ -90,6 +94,23 @@ def rollback(
         to_id = int(to_version.strip())
     deployments.rollback(session, deployment=name, principal=viewer.principal, reason=reason, to_version_id=to_id)
     return redirect(request, f"/deployments/{name}", done="rolled_back")
+
+
+@router.post("/deployments/{name}/policies/{seq}/decide", dependencies=[CsrfDep])
+def decide_policy(
+    request: Request,
+    name: str,
+    seq: int,
+    session: SessionDep,
+    viewer: ViewerDep,
+    decision: Annotated[str, Form()] = "",
+    comment: Annotated[str, Form()] = "",
+) -> Response:
+    if decision not in ("approve", "reject"):
+        raise InvalidInput("decide with approve or reject")
+    policies.decide_policy(session, deployment=name, seq=seq, approve=decision == "approve", comment=comment,
+                           principal=viewer.principal)
+    return redirect(request, f"/deployments/{name}", done=f"policy_{decision}d")
 
 
 def _parse_until(value: str) -> datetime | None:

@@ -78,8 +78,14 @@ def releases(request: Request, session: SessionDep, viewer: ViewerDep, tab: str 
 def review_blockers(session: Session, viewer: Viewer, version: TokenVersion) -> list[str]:
     """Why this person cannot approve this version now (empty: they can). Mirrors the services' checks."""
     reasons: list[str] = []
-    move = lifecycle.find_move(version.state, VersionState.approved.value, "approve")
-    if move is None:
+    reapproval = version.state in registry.REAPPROVABLE
+    move = lifecycle.find_move(version.state, version.state if reapproval else VersionState.approved.value, "approve")
+    if reapproval and registry.awaiting_reapproval(session, version=version) is None:
+        reasons.append(
+            f"This version is {version.state} and approved under its newest passed gate run; a new approval "
+            "needs a new gate run under a deployment's gate policy (`govern gate run VERSION --deployment NAME`)."
+        )
+    elif move is None:
         reasons.append(
             f"This version is {version.state}; only a gate_passed (or rolled_back) version can be reviewed."
         )
@@ -148,6 +154,7 @@ def version_page(
         lineage=_lineage(session, version),
         manifest=json.dumps(version.manifest, indent=2, sort_keys=True, default=str),
         can_review=not blockers,
+        reapproval=version.state in registry.REAPPROVABLE,
         blockers=blockers,
         case_baselines=reports.case_baselines,
         case_scores=reports.case_scores,

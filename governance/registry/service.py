@@ -540,6 +540,20 @@ def reject(session: Session, *, version_id: int, principal: Principal, comment: 
     return _review(session, version_id=version_id, principal=principal, comment=comment, decision="reject")
 
 
+def awaiting_reapproval(session: Session, *, version: TokenVersion) -> GateRun | None:
+    """An approved, active or superseded version's newest passed gate run that holds no
+    approval under its gate digest (a passed re-gate waiting for an officer), else None."""
+    if version.state not in REAPPROVABLE:
+        return None
+    gate = gates.latest_passed_gate_run(session, version_id=version.id)
+    if gate is None:
+        return None
+    digest = gate_digest_of_run(session, run=gate)
+    if digest is None or standing_approval(session, version_id=version.id, gate_digest=digest) is not None:
+        return None
+    return gate
+
+
 # ---------------------------------------------------------------- re-gating
 
 

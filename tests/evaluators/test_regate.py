@@ -45,27 +45,27 @@ class CountingGenerator(ShaGenerator):
         return super().generate(prompts, row_tokens, progress)
 
 
-def _release(world: dict[str, Any], seed: int, state: Path) -> int:
-    vid, _ = _submit(world, seed)
-    out = run_gate_for_version(vid, engine=world["engine"], state_dir=state, generator=ShaGenerator(world["digest"], {}),
-                               suites=["reasoning"])
+def _release(w: dict[str, Any], seed: int, state: Path) -> int:
+    vid, _ = _submit(w, seed)
+    gen = ShaGenerator(w["digest"], {})
+    out = run_gate_for_version(vid, engine=w["engine"], state_dir=state, generator=gen, suites=["reasoning"])
     assert out["verdict"] == "passed"
-    with unit_of_work(world["engine"]) as s:
-        registry.approve(s, version_id=vid, principal=world["people"]["admin"], comment="gate passed")
+    with unit_of_work(w["engine"]) as s:
+        registry.approve(s, version_id=vid, principal=w["people"]["admin"], comment="gate passed")
     return vid
 
 
-def _promote(world: dict[str, Any], vid: int) -> None:
-    with unit_of_work(world["engine"]) as s:
-        deployments.promote(s, deployment=world["deployment"], version_id=vid, principal=world["people"]["ml_engineer"])
+def _promote(w: dict[str, Any], vid: int) -> None:
+    with unit_of_work(w["engine"]) as s:
+        deployments.promote(s, deployment=w["deployment"], version_id=vid, principal=w["people"]["ml_engineer"])
 
 
-def _regate(world: dict[str, Any], vid: int, state: Path, gen: ShaGenerator) -> dict[str, Any]:
-    with unit_of_work(world["engine"]) as s:
-        run = registry.request_regate(s, version_id=vid, principal=world["people"]["ml_engineer"],
-                                      target=deployments.regate_target(s, name=world["deployment"]))
+def _regate(w: dict[str, Any], vid: int, state: Path, gen: ShaGenerator) -> dict[str, Any]:
+    with unit_of_work(w["engine"]) as s:
+        run = registry.request_regate(s, version_id=vid, principal=w["people"]["ml_engineer"],
+                                      target=deployments.regate_target(s, name=w["deployment"]))
         run_id = run.id
-    return run_regate(run_id, engine=world["engine"], state_dir=state, generator=gen, suites=["reasoning"])
+    return run_regate(run_id, engine=w["engine"], state_dir=state, generator=gen, suites=["reasoning"])
 
 
 def test_regate_approve_promote_and_roll_back_under_a_new_gate_policy(world: dict[str, Any], tmp_path: Path) -> None:  # noqa: F811

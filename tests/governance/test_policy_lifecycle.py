@@ -63,8 +63,8 @@ def _change_policy(world: World, text: str, *, reason: str = "tune") -> policies
 
 def _rollback(world: World, **kw: Any) -> deployments.RollbackOutcome:
     with unit_of_work(world.engine) as s:
-        return deployments.rollback(s, deployment=world.deployment, principal=world.actor("compliance_officer").principal,
-                                    reason="test", **kw)
+        officer = world.actor("compliance_officer").principal
+        return deployments.rollback(s, deployment=world.deployment, principal=officer, reason="test", **kw)
 
 
 def _active(world: World) -> int | None:
