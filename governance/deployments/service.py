@@ -224,7 +224,9 @@ def check_approval_binding(
     actual_sha = hashlib.sha256(version.artifact).hexdigest()
     if not (actual_sha == version.sha256 == review.artifact_sha256):
         raise BindingMismatch(
-            f"version {version.id}'s artifact digest differs from the one approved; it cannot be served",
+            f"version {version.id}'s artifact digest differs from the one approved; it cannot be served. "
+            "The stored bytes were altered (see the audit log's version.submit entry for the approved digest); "
+            "submit the artifact again as a new version: `govern submit DIR --adapter NAME`",
             details={"approved": review.artifact_sha256, "stored": actual_sha},
             refusal=refusal,
         )
@@ -233,8 +235,8 @@ def check_approval_binding(
     current_evidence = run.evidence_digest if run is not None and run.status == "passed" else None
     if current_evidence != review.evidence_digest:
         raise BindingMismatch(
-            f"version {version.id}'s gate evidence changed since it was approved; "
-            f"a compliance officer reviews it again: `govern review approve {version.id} --comment TEXT`",
+            f"version {version.id}'s gate evidence changed since it was approved; " + _fix_commands(
+                version.id, deployment.name),
             details={"approved": review.evidence_digest, "current": current_evidence},
             refusal=refusal,
         )

@@ -427,6 +427,16 @@ def standing_approval(session: Session, *, version_id: int, gate_digest: str) ->
     return review if review is not None and review.decision == "approve" else None
 
 
+def approval_of_run(session: Session, *, version_id: int, run: GateRun) -> Review | None:
+    """The newest review of the version bound to this gate run (older rows: to its evidence), if it approved."""
+    legacy = Review.gate_run_id.is_(None) & (Review.evidence_digest == run.evidence_digest)
+    bound = (Review.gate_run_id == run.id) | legacy
+    review = session.scalars(
+        select(Review).where(Review.version_id == version_id, bound).order_by(Review.id.desc()).limit(1)
+    ).first()
+    return review if review is not None and review.decision == "approve" else None
+
+
 def approved_gate_digests(session: Session, *, version_ids: Sequence[int]) -> dict[int, set[str]]:
     """version id -> the gate digests it holds an approval under, in one query."""
     found: dict[int, set[str]] = {vid: set() for vid in version_ids}
@@ -473,8 +483,8 @@ def _review(session: Session, *, version_id: int, principal: Principal, comment:
     gate = _gate_to_bind(session, version, principal, action) if decision == "approve" else (
         gates.latest_passed_gate_run(session, version_id=version_id))
     digest = gate_digest_of_run(session, run=gate) if gate is not None else None
-    if reapproval and (digest is None or standing_approval(session, version_id=version_id, gate_digest=digest)):
-        assert gate is not None
+    if reapproval and gate is not None and (digest is None or approval_of_run(session, version_id=version_id,
+                                                                               run=gate)):
         raise Conflict(
             f"version {version_id} is {version.state} and already approved under its newest passed gate run "
             f"(gate run {gate.id}); a new approval needs a new gate run under a deployment's gate policy "
@@ -548,8 +558,7 @@ def awaiting_reapproval(session: Session, *, version: TokenVersion) -> GateRun |
     gate = gates.latest_passed_gate_run(session, version_id=version.id)
     if gate is None:
         return None
-    digest = gate_digest_of_run(session, run=gate)
-    if digest is None or standing_approval(session, version_id=version.id, gate_digest=digest) is not None:
+    if gate_digest_of_run(session, run=gate) is None or approval_of_run(session, version_id=version.id, run=gate):
         return None
     return gate
 
@@ -605,8 +614,9 @@ def request_regate(
                        details={"version_id": version_id, "gate_run_id": busy.id}, refusal=refusal)
     done = next((r for r in runs if r.status == "passed" and gate_digest_of_run(session, run=r) == target.gate_digest),
                 None)
-    if done is not None:
-        approved = standing_approval(session, version_id=version_id, gate_digest=target.gate_digest)
+    approved = approval_of_run(session, version_id=version_id, run=done) if done is not None else None
+    # a run whose evidence no longer matches its approval (altered since) may be gated again
+    if done is not None and (approved is None or approved.evidence_digest == done.evidence_digest):
         hint = ("and is approved under it" if approved
                 else f"; have it reviewed: `govern review approve {version_id} --comment TEXT`")
         raise Conflict(f"version {version_id} already passed the gate under {target.name!r}'s gate policy "

@@ -203,5 +203,8 @@ def app(settings_env: None) -> object:
 
 @pytest.fixture()
 def client(app: object) -> Iterator[TestClient]:
-    with TestClient(app) as c:  # type: ignore[arg-type]
+    # an address of its own per test: the failed-authentication throttle (per address, per
+    # minute, in Redis) must not carry one test's deliberate 401s into the next test
+    address = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250 + 1}"
+    with TestClient(app, client=(address, 50_000)) as c:  # type: ignore[arg-type]
         yield c

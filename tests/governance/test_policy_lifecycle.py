@@ -312,3 +312,29 @@ def test_the_migration_records_the_gate_digest_of_old_rows(engine: Any) -> None:
         assert registry.gate_digest_of_run(s, run=run) == GATE_DIGEST
         run.policy_sha256 = "f" * 64
         assert registry.gate_digest_of_run(s, run=run) is None
+
+
+def test_altered_gate_evidence_is_resolved_by_the_command_the_409_names(world: World, client: TestClient) -> None:
+    vid = world.approved()
+    with unit_of_work(world.engine) as s:  # the approved run's evidence is altered in the database
+        run = s.scalars(select(GateRun).where(GateRun.version_id == vid)).one()
+        run.evidence_digest = "9" * 64
+    r = client.post(f"/v1/deployments/{world.deployment}/promote", json={"version_id": vid},
+                    headers=world.actor("ml_engineer").headers)
+    assert r.status_code == 409 and "gate evidence changed" in r.json()["error"]["message"]
+    assert f"govern gate run {vid} --deployment {world.deployment}" in r.json()["error"]["message"]
+    with unit_of_work(world.engine) as s:  # what the named command does first: a re-gate is allowed
+        again = registry.request_regate(s, version_id=vid, principal=world.actor("ml_engineer").principal,
+                                        target=deployments.regate_target(s, name=world.deployment))
+        again_id = again.id
+    with unit_of_work(world.engine) as s:
+        row = s.get(GateRun, again_id)
+        assert row is not None
+        row.status, row.evidence_digest = "passed", "8" * 64
+        registry.finish_regate(s, version_id=vid, gate_run_id=again_id, passed=True, evidence_digest="8" * 64,
+                               principal=Principal.for_system("gate"))
+    r = client.post(f"/v1/versions/{vid}/approve", json={"comment": "evidence regenerated"},
+                    headers=world.actor("compliance_officer").headers)
+    assert r.status_code == 200 and r.json()["gate_run_id"] == again_id, r.text
+    world.promote(vid)
+    assert _active(world) == vid
