@@ -144,3 +144,54 @@ def test_gate_runs_on_real_workers_single_and_sharded(
         torch.set_num_threads(threads)
     assert report.evidence_digest == run.evidence_digest
     assert state == ("gate_passed" if report.verdict == "passed" else "gate_failed")
+
+
+def test_a_regate_runs_on_a_real_worker_under_the_deployments_new_gate_policy(
+    gate_world: dict[str, Any], procs: Procs, celery_client: Any
+) -> None:
+    """The re-gate task (`evaluators.run_regate`) on a real worker: a new gate run beside the
+    first, judged under the deployment's changed gate policy, with its audit entry."""
+    from governance.audit.models import AuditEntry
+    from governance.deployments import policies
+    from governance.outbox.names import GATE_TASK, GATES_QUEUE, REGATE_TASK
+
+    engine = gate_world["engine"]
+    procs.start("gate0", ["worker", "--queues", GATES_QUEUE, "--concurrency", "1", "--torch-threads", "1"])
+    token = make_token(gate_world["digests"], 77, gate=0.0)  # behaves as the base model: passes its gate
+    with unit_of_work(engine) as s:
+        vid = registry.submit_version(s, data=token.to_bytes(), adapter=uid("adapter"),
+                                      principal=gate_world["people"]["ml_engineer"], max_bytes=1_000_000,
+                                      deployment=deployments.submission_target(s, name=gate_world["deployment"])
+                                      ).version.id
+    celery_client.send_task(GATE_TASK, args=[vid], queue=GATES_QUEUE)
+    _wait(lambda: _state(gate_world, vid) in TERMINAL, 240, f"the gate of version {vid}", procs, "gate0")
+    assert _state(gate_world, vid) == "gate_passed"
+    stricter = yaml.safe_load(_small_policy())
+    stricter["gate"]["reasoning"] = {"max_accuracy_drop": 0.01}
+    with unit_of_work(engine) as s:
+        officer, _ = auth.create_user(s, name=uid("officer"), role="compliance_officer", actor="system:test")
+        co = Principal(name=officer.name, role="compliance_officer", user_id=officer.id, key_prefix="co")
+        policies.propose_policy(s, deployment=gate_world["deployment"], policy_text=yaml.safe_dump(stricter),
+                                reason="stricter reasoning", principal=gate_world["people"]["ml_engineer"])
+    with unit_of_work(engine) as s:
+        policies.decide_policy(s, deployment=gate_world["deployment"], approve=True, comment="ok", principal=co)
+    with unit_of_work(engine) as s:
+        run = registry.request_regate(s, version_id=vid, principal=gate_world["people"]["ml_engineer"],
+                                      target=deployments.regate_target(s, name=gate_world["deployment"]))
+        run_id, digest = run.id, run.gate_digest
+    celery_client.send_task(REGATE_TASK, args=[run_id], queue=GATES_QUEUE)
+
+    def finished() -> bool:
+        with unit_of_work(engine) as s:
+            row = s.get(GateRun, run_id)
+            return row is not None and row.status in ("passed", "failed", "error")
+
+    _wait(finished, 240, f"the re-gate run {run_id}", procs, "gate0")
+    with unit_of_work(engine) as s:
+        runs = list(s.scalars(select(GateRun).where(GateRun.version_id == vid).order_by(GateRun.id)))
+        assert [(r.kind, r.status) for r in runs] == [("first", "passed"), ("regate", "passed")], runs[-1].error
+        assert runs[1].gate_digest == digest != runs[0].gate_digest and runs[1].evidence_digest
+        assert s.scalars(select(AuditEntry).where(AuditEntry.action == "version.regate_result",
+                                                  AuditEntry.subject_id == str(vid))).one()
+        assert registry.get_version_or_raise(s, version_id=vid).state == "gate_passed"
+    assert "evaluators.run_regate[" in procs.log("gate0")
