@@ -375,6 +375,11 @@ def delay(pools: Pools, name: str, reps: int, seed: int, burn_in: int = 4, max_w
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer windows and replications")
+    parser.add_argument("--false-alarms", metavar="DETECTOR", choices=sorted(DETECTORS),
+                        help="only table 1's row of this detector (with --plan), then stop")
+    parser.add_argument("--plan", nargs=2, type=int, metavar=("REFS", "WINDOWS"),
+                        help="references and windows per reference for --false-alarms (default: the table's)")
+    parser.add_argument("--seed", type=int, default=11, help="seed of table 1's streams")
     args = parser.parse_args()
     # The budget is a promise averaged over references (each one's estimation error gives it its
     # own ARL), so the clean windows are spread over many references, not a few long streams.
@@ -384,13 +389,17 @@ def main() -> None:
     print(f"pools described in {time.perf_counter() - t0:.1f}s: {pools.clean.n} clean, {pools.topic.n} new-topic "
           f"outputs; window {WINDOW}, reference {REF_SIZE}, violation ARL {ARL:.0f} samples, p0 {P0}")
 
+    plan = dict(FALSE_ALARM_PLAN)
+    if args.false_alarms:
+        refs, windows = args.plan or FALSE_ALARM_PLAN[args.false_alarms][0]
+        plan = {args.false_alarms: ((refs, windows), (refs, windows))}
     print("\nFalse alarms per check on clean streams")
     print(f"{'detector':<20}{'refs x win':>10}{'total':>7}{'alarms':>7}{'rate':>9}{'95% interval':>20}{'budget':>9}"
           "  ok")
-    for name in DETECTORS:
+    for name in plan:
         t = time.perf_counter()
-        refs, windows = FALSE_ALARM_PLAN[name][1 if args.quick else 0]
-        counts = false_alarms(pools, name, refs, windows, seed=11)
+        refs, windows = plan[name][1 if args.quick else 0]
+        counts = false_alarms(pools, name, refs, windows, seed=args.seed)
         k, n = sum(counts), refs * windows
         lo, hi = interval(counts, windows)
         b = budget(name)
@@ -398,6 +407,8 @@ def main() -> None:
         print(f"{name:<20}{refs:>5}x{windows:<4}{n:>7}{k:>7}{k / n:>9.4f}{f'[{lo:.4f}, {hi:.4f}]':>20}{b:>9.4f}"
               f"  {within}   ({time.perf_counter() - t:.0f}s)", flush=True)
 
+    if args.false_alarms:
+        return
     # The shift sizes, in the reference's own units
     rng = np.random.default_rng(5)
     ref, _ = make_reference(pools, rng)

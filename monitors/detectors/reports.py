@@ -134,6 +134,23 @@ def permutations_for(alpha: float) -> int:
     return int(max(999, math.ceil(10.0 / alpha) - 1))
 
 
+def relabelling_seed(ref: np.ndarray, cur: np.ndarray) -> int:
+    """A seed for the random splits that depends on the pooled rows as a set, not on which
+    of them are the window's.
+
+    The Monte Carlo permutation p-value is exact when the random splits are drawn
+    independently of the observed split given the pooled rows. A seed hashed from the
+    window's rows alone (as before) makes the splits a function of the observed split; a
+    hash of the sorted pooled rows (and the window size) is the same for every split of
+    the same rows, so the splits stay independent of the labelling and the verdict stays
+    reproducible across workers.
+    """
+    pooled = np.round(np.vstack([cur, ref]), 6)
+    ordered = pooled[np.lexsort(pooled.T[::-1])]
+    h = hashlib.sha256(np.int64(cur.shape[0]).tobytes() + ordered.tobytes())
+    return int.from_bytes(h.digest()[:8], "little")
+
+
 @dataclass(frozen=True)
 class PermutationTest:
     statistic: float  # T of the observed labelling
@@ -152,8 +169,8 @@ def embedding_permutation_test(ref_proj: np.ndarray, cur_proj: np.ndarray, *, al
     every split is equally likely; the p-value (1 + #{T* >= T}) / (B + 1) over B random
     splits is then at most alpha with probability at most alpha (Monte Carlo permutation
     test), for any distribution of the rows and any reference size. The splits are drawn
-    from a seed derived from the window's rows unless given, so every worker reaches the
-    same verdict on the same window.
+    from a seed derived from the pooled rows unless given (`relabelling_seed`), so every
+    worker reaches the same verdict on the same window.
     """
     ref = np.atleast_2d(np.asarray(ref_proj, dtype=float))
     cur = np.atleast_2d(np.asarray(cur_proj, dtype=float))
@@ -167,7 +184,7 @@ def embedding_permutation_test(ref_proj: np.ndarray, cur_proj: np.ndarray, *, al
     scale = 1.0 / n + 1.0 / big_n
     t_obs = float(np.sum(z[:n].sum(axis=0) ** 2) * scale)
     if seed is None:
-        seed = int.from_bytes(hashlib.sha256(np.round(cur, 6).tobytes()).digest()[:8], "little")
+        seed = relabelling_seed(ref, cur)
     rng = np.random.default_rng(seed)
     t_perm = np.empty(b)
     chunk = 500

@@ -161,3 +161,19 @@ def test_embedding_detector_clean_rarely_alarms_and_shift_alarms() -> None:
     # the same window gives the same verdict and p-value in every worker
     again = det.run(reference=ref, window=window, state=None, context=ctx)
     assert again.statistic == shifted.statistic
+
+
+def test_the_relabelling_seed_does_not_depend_on_which_rows_are_the_window() -> None:
+    """Every split of the same pooled rows gets the same random splits (exactness of the
+    Monte Carlo permutation p-value); other rows get other splits."""
+    from monitors.detectors.reports import relabelling_seed
+
+    rng = np.random.default_rng(8)
+    pooled = rng.standard_normal((60, 5))
+    seeds = set()
+    for _ in range(5):
+        order = rng.permutation(60)
+        seeds.add(relabelling_seed(pooled[order[10:]], pooled[order[:10]]))
+    assert len(seeds) == 1
+    assert relabelling_seed(pooled[10:], pooled[:10]) not in (relabelling_seed(pooled[11:], pooled[:11]),
+                                                              relabelling_seed(pooled[10:] + 1e-3, pooled[:10]))
