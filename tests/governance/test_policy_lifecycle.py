@@ -338,3 +338,18 @@ def test_altered_gate_evidence_is_resolved_by_the_command_the_409_names(world: W
     assert r.status_code == 200 and r.json()["gate_run_id"] == again_id, r.text
     world.promote(vid)
     assert _active(world) == vid
+
+
+def test_gate_run_with_a_deployment_refuses_in_one_line(world: World, settings_env: None) -> None:
+    from typer.testing import CliRunner
+
+    from governance.cli.main import app as cli
+
+    vid = world.approved()
+    runner = CliRunner()
+    r = runner.invoke(cli, ["gate", "run", str(vid), "--deployment", "no-such-deployment"])
+    assert r.exit_code == 2 and "no deployment named 'no-such-deployment'" in r.output, r.output
+    r = runner.invoke(cli, ["gate", "run", str(vid), "--deployment", world.deployment])
+    assert r.exit_code == 2 and "already passed the gate under" in r.output, r.output
+    with unit_of_work(world.engine) as s:  # nothing was queued or opened
+        assert [g.kind for g in s.scalars(select(GateRun).where(GateRun.version_id == vid))] == ["first"]
