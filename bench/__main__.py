@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"== {name}", flush=True)
         t0 = time.monotonic()
-        res = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True)
+        # rich tables wrap (and cut cells) at 80 columns when not on a terminal
+        env = {**os.environ, "COLUMNS": os.environ.get("COLUMNS", "220")}
+        res = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, env=env)
         took = time.monotonic() - t0
         sys.stdout.write(res.stdout)
         if res.returncode != 0:
