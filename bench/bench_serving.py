@@ -521,7 +521,7 @@ def bench_overhead(
     state = os.environ.get("GOVERN_STATE_DIR", str(ROOT / "state"))
     print(f"overhead: loading {model_name} ...", flush=True)
     loaded = load_base_model(model_name, state_dir=state)
-    world = make_world(eng, loaded[2])
+    world = make_world(eng, loaded[2], base_name=model_name)  # beside the tiny model of propagation/ingest
     model, tokenizer, _ = loaded
 
     def direct(batch: list[str], max_tokens: int = max_tokens, rounds: int = rounds) -> tuple[float, float]:

@@ -145,7 +145,7 @@ class World:
         return vid
 
 
-def make_world(engine: Any, digests: Any) -> World:
+def make_world(engine: Any, digests: Any, base_name: str = "tiny-random-llama") -> World:
     from governance.auth import service as auth
     from governance.db import unit_of_work
     from governance.deployments import service as deployments
@@ -165,7 +165,6 @@ def make_world(engine: Any, digests: Any) -> World:
 
     for role in ("ml_engineer", "compliance_officer", "admin"):
         person(role)
-    base_name = "tiny-random-llama"
     config = {
         "hidden_size": digests.shape.hidden_size,
         "num_layers": digests.shape.num_layers,

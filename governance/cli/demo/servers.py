@@ -27,7 +27,11 @@ def setup(st: DemoState) -> None:
     redis_configured = bool(settings.redis_url)
     if not settings.database_url or not settings.redis_url:
         st.started_services = not any(s[2].startswith("running") for s in embedded.status(settings))
-        embedded.up(settings)
+        assert st.procs is not None
+        with st.procs.uninterrupted():  # a server started by a signal-cut `up` would go unrecorded
+            if st.started_services:  # ours, so stopped with the demo's processes (last)
+                st.procs.on_stop("embedded PostgreSQL and Redis", lambda: embedded.down(settings))
+            embedded.up(settings)
     demo_url = _fresh_database(settings, st.db_name)
     redis_url = _demo_redis(settings, configured=redis_configured)
     key_path = _signing_key(st.work / "keys")
