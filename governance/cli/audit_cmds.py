@@ -129,7 +129,7 @@ def verify_cmd(
     if is_dossier(file):
         dossier = verify_dossier(file, public_key=pub, older_checkpoint=older)
         if dossier.ok:
-            console.print(dossier.summary(), highlight=False)
+            console.print(dossier.summary(), highlight=False, soft_wrap=True)
             return
         err_console.print(f"FAILED: dossier {file}", highlight=False, soft_wrap=True)
         for problem in dossier.problems:

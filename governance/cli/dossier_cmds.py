@@ -16,7 +16,8 @@ import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from governance.audit.signing import AuditKeyError, default_private_key_path, load_private_key
-from governance.cli.audit_cmds import _os_user, _parse_time
+from governance.audit.export import _os_user
+from governance.cli.audit_cmds import _parse_time
 from governance.cli.common import clear_errors, console, fail
 from governance.db import check_database, get_engine, unit_of_work
 from governance.dossier import service as dossiers

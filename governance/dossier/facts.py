@@ -238,7 +238,7 @@ def version_facts(session: Session, *, version_id: int, progress: Progress | Non
     verdict_entry = verdicts[-1] if verdicts else None
     if verdict_entry is not None:
         gate_facts = {
-            "verdict": c.fact("gate verdict (state after the gate)", verdict_entry, "payload", "to"),
+            "state after the gate": c.fact("gate verdict (state after the gate)", verdict_entry, "payload", "to"),
             "evidence digest": c.fact("gate evidence digest", verdict_entry, "payload", "evidence_digest"),
             "policy sha256": c.fact("gate policy sha256", verdict_entry, "payload", "policy_sha256"),
             "recorded at": c.fact("gate verdict time", verdict_entry, "ts"),

@@ -11,6 +11,8 @@ version) the gate's evidence bundle, whose sha256 is the cited evidence digest.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.orm import Session
 
+from governance.audit.canonical import canonical_json
 from governance.audit.export import iter_export_lines, prepare_export
 from governance.db import utcnow
 from governance.dossier import render
@@ -31,6 +34,7 @@ from governance.dossier.facts import (
     version_facts,
 )
 from governance.errors import InvalidInput
+from governance.gates.report import GateReport
 
 FORMATS = ("pdf", "html")
 BUNDLE_FORMAT = "govern-dossier-evidence"
@@ -89,6 +93,21 @@ def seal(session: Session, *, citations: Citations, subject: str, kind: str, key
     return bundle
 
 
+def gate_evidence(report: GateReport) -> tuple[dict[str, Any], bool]:
+    """The gate's evidence bundle in the order its digest was computed, and whether it re-hashes to it.
+
+    The runner hashes the suites in its own order; the stored summary is JSONB, which keeps
+    them by key, so the order is recovered by trying the few permutations.
+    """
+    evidence = report.evidence()
+    suites = evidence.get("suites") or []
+    for order in itertools.islice(itertools.permutations(suites), 720):
+        candidate = {**evidence, "suites": list(order)}
+        if hashlib.sha256(canonical_json(candidate).encode("utf-8")).hexdigest() == report.evidence_digest:
+            return candidate, True
+    return evidence, False
+
+
 def _document(dossier: VersionDossier | DeploymentDossier, bundle: dict[str, Any], fmt: str, stem: str) -> Document:
     if fmt == "pdf":
         content = render.to_pdf(render.to_html(dossier, bundle, for_pdf=True), bundle)
@@ -104,8 +123,11 @@ def version_dossier(session: Session, *, version_id: int, fmt: str, key: Ed25519
     dossier = version_facts(session, version_id=version_id, progress=progress)
     if progress:
         progress("sealing the cited audit entries")
+    evidence, rehashes = gate_evidence(dossier.gate) if dossier.gate else (None, False)
     bundle = seal(session, citations=dossier.citations, subject=dossier.subject, kind="version", key=key, actor=actor,
-                  actor_key_id=actor_key_id, gate_evidence=dossier.gate.evidence() if dossier.gate else None)
+                  actor_key_id=actor_key_id, gate_evidence=evidence)
+    if evidence is not None and not rehashes:
+        bundle["gate_evidence_rehashes"] = False
     if progress:
         progress(f"rendering {fmt}")
     return _document(dossier, bundle, fmt, f"dossier-version-{version_id}")

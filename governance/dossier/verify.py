@@ -163,23 +163,26 @@ def _check_gate(bundle: dict[str, Any], metrics: dict[str, str] | None) -> list[
     problems = []
     digest = hashlib.sha256(canonical_json(evidence).encode("utf-8")).hexdigest()
     cited = [f for f in bundle.get("facts", []) if f.get("path") == ["payload", "evidence_digest"]]
-    if not cited:
+    if bundle.get("gate_evidence_rehashes") is False:
+        cited = []  # the stored report no longer re-hashes (an older store): its numbers are checked, not its digest
+    elif not cited:
         problems.append("the gate evidence is embedded but no audit entry's evidence digest is cited")
     for f in cited:
         if f.get("value") != digest:
             problems.append(f"the embedded gate evidence hashes to {digest}, not the digest {f.get('value')} "
                             f"of audit entry #{f.get('seq')} ({f.get('label')})")
+    suites = {s.get("suite"): s for s in evidence.get("suites", []) if isinstance(s, dict)}
     for key, shown in (metrics or {}).items():
-        si, mi, name = key.split("|")
+        suite_name, mi, name = key.rsplit("|", 2)
         try:
-            value = evidence["suites"][int(si)]["metrics"][int(mi)][name]
+            metric = suites[suite_name]["metrics"][int(mi)]
+            value = metric[name]
         except (KeyError, IndexError, ValueError, TypeError):
             problems.append(f"gate metric cell {key} has no counterpart in the gate evidence")
             continue
         if shown.strip() != format_number(value):
-            suite = evidence["suites"][int(si)]
-            problems.append(f"gate metric {suite.get('suite')} / {suite['metrics'][int(mi)].get('name')} {name}: "
-                            f"the document shows {shown.strip()!r} but the gate evidence says {format_number(value)!r}")
+            problems.append(f"gate metric {suite_name} / {metric.get('name')} {name}: the document shows "
+                            f"{shown.strip()!r} but the gate evidence says {format_number(value)!r}")
     return problems
 
 

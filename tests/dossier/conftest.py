@@ -9,6 +9,7 @@ automatic rollback back to v1, and an officer acknowledging the alert.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,9 +18,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
+from evaluators.runner import evidence_digest
 from evaluators.store import save_gate_run
 from governance.alerts import service as alerts
-from governance.audit.signing import generate_keypair, load_private_key, load_public_key
+from governance.audit.signing import generate_keypair, load_private_key, load_public_key, public_path_for
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
 from governance.principal import Principal
@@ -53,7 +55,7 @@ class DossierWorld:
         return load_private_key(self.key_path)
 
     def public_key(self):  # type: ignore[no-untyped-def]
-        return load_public_key(Path(str(self.key_path) + ".pub"))
+        return load_public_key(public_path_for(self.key_path))
 
 
 def _gated_release(w: World) -> tuple[int, str, str]:
@@ -65,7 +67,9 @@ def _gated_release(w: World) -> tuple[int, str, str]:
             deployment=deployments.submission_target(s, name=w.deployment))
         vid, sha = sub.version.id, sub.version.sha256
     gate = Principal.for_system("gate")
-    report = gate_report(failing_cases=2)
+    report = gate_report(failing_cases=2).model_copy(
+        update={"policy_sha256": hashlib.sha256(w.policy_text.encode()).hexdigest()})
+    report.evidence_digest = evidence_digest(report.evidence())
     with unit_of_work(w.engine) as s:
         registry.begin_gate(s, version_id=vid, principal=gate)
     with unit_of_work(w.engine) as s:
@@ -110,8 +114,13 @@ def build_world(engine: Engine, tmp_path: Path) -> DossierWorld:
 
 
 @pytest.fixture()
-def dossier_world(engine: Engine, settings_env: None, tmp_path: Path) -> DossierWorld:
-    return build_world(engine, tmp_path)
+def dossier_world(engine: Engine, settings_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DossierWorld:
+    from governance.settings import reset_settings_cache
+
+    world = build_world(engine, tmp_path)
+    monkeypatch.setenv("GOVERN_SIGNING_KEY_PATH", str(world.key_path))
+    reset_settings_cache()
+    return world
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,170 @@
+"""Evidence dossiers on a world built through the real services (issue 23).
+
+The CLI writes both dossiers as PDF and HTML; pdftotext finds the digests, the verdict,
+the reviewer and the rollback; `govern audit verify` accepts them and rejects a copy with
+one changed number (in the HTML text, in the PDF's attachment) and a copy whose
+attachment lost an entry; bad input is one line, exit 1, nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from governance.cli.main import app
+from tests.dossier.conftest import REVIEW_COMMENT, DossierWorld
+
+runner = CliRunner()
+
+
+def _govern(*args: str):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, list(args))
+
+
+def _pdf_text(path: Path) -> str:
+    return subprocess.run(["pdftotext", "-raw", str(path), "-"], capture_output=True, text=True, check=True).stdout
+
+
+def _verify(world: DossierWorld, path: Path):  # type: ignore[no-untyped-def]
+    return _govern("audit", "verify", str(path), "--public-key", str(world.key_path.with_suffix(".pub")))
+
+
+def _rewrite_pdf_evidence(src: Path, dst: Path, change) -> None:  # type: ignore[no-untyped-def]
+    """A copy of the PDF whose attached evidence bundle went through ``change``."""
+    from pypdf import PdfReader, PdfWriter
+    from pypdf.generic import NameObject
+
+    reader = PdfReader(str(src))
+    bundle = json.loads(reader.attachments["dossier-evidence.json"][0])
+    change(bundle)
+    writer = PdfWriter(clone_from=reader)
+    del writer._root_object[NameObject("/Names")]  # drop the original attachment
+    writer.add_attachment("dossier-evidence.json", json.dumps(bundle).encode())
+    with dst.open("wb") as f:
+        writer.write(f)
+
+
+def test_version_dossier_renders_verifies_and_catches_tampering(dossier_world: DossierWorld, tmp_path: Path) -> None:
+    w = dossier_world
+    pdf, html = tmp_path / "v.pdf", tmp_path / "v.html"
+    for out in (pdf, html):
+        res = _govern("dossier", "version", str(w.v2), "--out", str(out))
+        assert res.exit_code == 0, res.output
+        assert f"wrote {out}" in " ".join(res.output.split())
+    pages = subprocess.run(["pdftoppm", "-r", "30", "-png", str(pdf), str(tmp_path / "page")], check=True)
+    assert pages.returncode == 0 and len(list(tmp_path.glob("page-*.png"))) >= 2
+    text = re.sub(r"\s+", "", _pdf_text(pdf))
+    for needle in (w.v2_sha, w.evidence_digest, w.reviewer, "PASSED", "auto_rollback", "system:monitor",
+                   "notalegalopinion", REVIEW_COMMENT.replace(" ", "")):
+        assert needle.replace(" ", "") in text, needle
+    for path in (pdf, html):
+        ok = _verify(w, path)
+        assert ok.exit_code == 0, ok.output
+        assert "facts match their audit entries" in " ".join(ok.output.split())
+
+    # one changed number in the HTML's text: the artifact size
+    page = html.read_text(encoding="utf-8")
+    m = re.search(r'(<span class="fact" data-fact="(F\d+)">)(\d+)(</span>)', page)
+    assert m is not None
+    bad_html = tmp_path / "bad.html"
+    bad_html.write_text(page.replace(m.group(0), f"{m.group(1)}{int(m.group(3)) + 1}{m.group(4)}", 1),
+                        encoding="utf-8")
+    res = _verify(w, bad_html)
+    assert res.exit_code == 1
+    assert f"{m.group(2)} (size (bytes)): the document shows '{int(m.group(3)) + 1}'" in " ".join(res.output.split())
+
+    # one changed gate number in the HTML
+    cell = re.search(r'(<td data-metric="bias\|1\|value">)([^<]+)(</td>)', page)
+    assert cell is not None
+    bad_metric = tmp_path / "bad-metric.html"
+    bad_metric.write_text(page.replace(cell.group(0), f"{cell.group(1)}0.99{cell.group(3)}", 1), encoding="utf-8")
+    res = _verify(w, bad_metric)
+    assert res.exit_code == 1 and "the document shows '0.99'" in " ".join(res.output.split())
+
+    # one changed number in the PDF's attachment (a fact's value)
+    def bump(bundle: dict) -> None:  # type: ignore[type-arg]
+        fact = next(f for f in bundle["facts"] if f["label"] == "size (bytes)")
+        fact["value"] += 1
+        fact["text"] = str(fact["value"])
+
+    bad_pdf = tmp_path / "bad-number.pdf"
+    _rewrite_pdf_evidence(pdf, bad_pdf, bump)
+    res = _verify(w, bad_pdf)
+    assert res.exit_code == 1 and "(size (bytes)): the dossier's value" in " ".join(res.output.split())
+
+    # the attachment lost an entry
+    def drop_entry(bundle: dict) -> None:  # type: ignore[type-arg]
+        lines = bundle["audit_export"].split("\n")
+        del lines[2]
+        bundle["audit_export"] = "\n".join(lines)
+
+    lost = tmp_path / "lost-entry.pdf"
+    _rewrite_pdf_evidence(pdf, lost, drop_entry)
+    res = _verify(w, lost)
+    assert res.exit_code == 1 and "embedded audit entries: FAILED at #" in " ".join(res.output.split())
+
+
+def test_deployment_dossier_holds_the_period(dossier_world: DossierWorld, tmp_path: Path) -> None:
+    w = dossier_world
+    pdf, html = tmp_path / "d.pdf", tmp_path / "d.html"
+    for out in (pdf, html):
+        res = _govern("dossier", "deployment", w.deployment, "--out", str(out))
+        assert res.exit_code == 0, res.output
+    text = _pdf_text(pdf)
+    flat = re.sub(r"\s+", "", text)
+    assert "policy_violations" in text and "auto_rollback" in text and "investigating" in text
+    assert "consecutive_windows:2" in flat and "notalegalopinion" in flat
+    page = html.read_text(encoding="utf-8")
+    assert page.count("<svg") >= 2 and 'id="audit-evidence"' in page
+    for path in (pdf, html):
+        ok = _verify(w, path)
+        assert ok.exit_code == 0, ok.output
+
+
+@pytest.mark.browser
+def test_html_dossier_renders_in_chromium_without_network(dossier_world: DossierWorld, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    w = dossier_world
+    html = tmp_path / "d.html"
+    assert _govern("dossier", "deployment", w.deployment, "--out", str(html)).exit_code == 0
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page()
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(html.as_uri())
+        assert page.locator("h1").inner_text().startswith("Evidence dossier")
+        assert page.locator("svg.chart").count() >= 2
+        evidence = json.loads(page.locator("script#audit-evidence").text_content() or "{}")
+        browser.close()
+    assert evidence["format"] == "govern-dossier-evidence" and evidence["facts"]
+    assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
+
+
+def test_bad_input_is_one_line_exit_1_and_writes_nothing(dossier_world: DossierWorld, tmp_path: Path) -> None:
+    w = dossier_world
+    cases = [
+        (("dossier", "version", "999999", "--out", str(tmp_path / "a.pdf")), "no version 999999"),
+        (("dossier", "deployment", "no-such-dep", "--out", str(tmp_path / "b.html")), "no-such-dep"),
+        (("dossier", "version", str(w.v2), "--out", str(tmp_path / "c.docx")), "a dossier is written as .pdf or .html"),
+        (("dossier", "deployment", w.deployment, "--since", "2030-01-02", "--until", "2030-01-01",
+          "--out", str(tmp_path / "d.pdf")), "must be later than --since"),
+        (("dossier", "deployment", w.deployment, "--since", "2001-01-01", "--until", "2001-01-02",
+          "--out", str(tmp_path / "e.pdf")), "no promotions, drift checks, alerts or outputs"),
+        (("dossier", "version", str(w.v2), "--out", str(tmp_path / "missing" / "f.pdf")), "does not exist"),
+    ]
+    for args, message in cases:
+        res = _govern(*args)
+        assert res.exit_code == 1, (args, res.output)
+        one_line = res.output.strip()
+        assert message.lower() in one_line.replace("\n", " ").lower(), (args, res.output)
+        assert "Traceback" not in res.output
+    assert [p.name for p in tmp_path.iterdir() if p.name not in ("keys", "state")] == []
+    assert shutil.which("pdftoppm"), "poppler-utils provides pdftoppm and pdftotext"
