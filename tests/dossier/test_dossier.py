@@ -118,7 +118,7 @@ def test_deployment_dossier_holds_the_period(dossier_world: DossierWorld, tmp_pa
         assert res.exit_code == 0, res.output
     text = _pdf_text(pdf)
     flat = re.sub(r"\s+", "", text)
-    assert "policy_violations" in text and "auto_rollback" in text and "investigating" in text
+    assert "policy_violations" in text and "auto_rollback" in text and "investigating" in flat
     assert "consecutive_windows:2" in flat and "notalegalopinion" in flat
     page = html.read_text(encoding="utf-8")
     assert page.count("<svg") >= 2 and 'id="audit-evidence"' in page
@@ -151,7 +151,7 @@ def test_html_dossier_renders_in_chromium_without_network(dossier_world: Dossier
 def test_bad_input_is_one_line_exit_1_and_writes_nothing(dossier_world: DossierWorld, tmp_path: Path) -> None:
     w = dossier_world
     cases = [
-        (("dossier", "version", "999999", "--out", str(tmp_path / "a.pdf")), "no version 999999"),
+        (("dossier", "version", "999999", "--out", str(tmp_path / "a.pdf")), "no token version 999999"),
         (("dossier", "deployment", "no-such-dep", "--out", str(tmp_path / "b.html")), "no-such-dep"),
         (("dossier", "version", str(w.v2), "--out", str(tmp_path / "c.docx")), "a dossier is written as .pdf or .html"),
         (("dossier", "deployment", w.deployment, "--since", "2030-01-02", "--until", "2030-01-01",
