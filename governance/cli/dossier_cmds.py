@@ -15,8 +15,8 @@ from pathlib import Path
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from governance.audit.signing import AuditKeyError, default_private_key_path, load_private_key
 from governance.audit.export import _os_user
+from governance.audit.signing import AuditKeyError, default_private_key_path, load_private_key
 from governance.cli.audit_cmds import _parse_time
 from governance.cli.common import clear_errors, console, fail
 from governance.db import check_database, get_engine, unit_of_work

@@ -203,9 +203,10 @@ def version_facts(session: Session, *, version_id: int, progress: Progress | Non
     for r in rows:
         body = c.add(r)
         by_action.setdefault(body["action"], []).append(body)
-    submit = (by_action.get("version.submit") or [None])[0]
-    if submit is None:
+    submits = by_action.get("version.submit") or []
+    if not submits:
         raise NotFound(f"version {version_id} has no version.submit audit entry; its dossier cannot cite one")
+    submit = submits[0]
     base = registry.get_base_model_by_id(session, base_model_id=version.base_model_id)
     manifest = version.manifest or {}
     identity: dict[str, Any] = {
