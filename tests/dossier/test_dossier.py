@@ -168,3 +168,39 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(dossier_world: DossierW
         assert "Traceback" not in res.output
     assert [p.name for p in tmp_path.iterdir() if p.name not in ("keys", "state")] == []
     assert shutil.which("pdftoppm"), "poppler-utils provides pdftoppm and pdftotext"
+
+
+def test_http_routes_and_the_ui_button(dossier_world: DossierWorld, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from governance.api.app import create_app
+    from governance.settings import get_settings
+    from tests.dashboards.conftest import make_person, sign_in
+
+    w = dossier_world
+    auditor, engineer = make_person(w.engine, "auditor"), make_person(w.engine, "ml_engineer")
+    officer = make_person(w.engine, "compliance_officer")
+    with TestClient(create_app(get_settings()), raise_server_exceptions=False, follow_redirects=False) as client:
+        auth = {"Authorization": f"Bearer {auditor.key}"}
+        res = client.get(f"/v1/versions/{w.v2}/dossier", params={"format": "html"}, headers=auth)
+        assert res.status_code == 200 and res.headers["content-type"].startswith("text/html")
+        assert 'id="audit-evidence"' in res.text and w.v2_sha in res.text
+        saved = tmp_path / "api.html"
+        saved.write_bytes(res.content)
+        assert _verify(w, saved).exit_code == 0
+        res = client.get(f"/v1/deployments/{w.deployment}/dossier", headers=auth)
+        assert res.status_code == 200 and res.content.startswith(b"%PDF")
+        assert client.get(f"/v1/versions/{w.v2}/dossier",
+                          headers={"Authorization": f"Bearer {engineer.key}"}).status_code == 403
+        missing = client.get("/v1/versions/999999/dossier", headers=auth)
+        assert missing.status_code == 404 and "error" in missing.json()
+        assert client.get(f"/v1/versions/{w.v2}/dossier", params={"format": "docx"}, headers=auth).status_code == 422
+        backwards = client.get(f"/v1/deployments/{w.deployment}/dossier", headers=auth,
+                               params={"since": "2030-01-02T00:00:00Z", "until": "2030-01-01T00:00:00Z"})
+        assert backwards.status_code == 422 and "must be later" in backwards.text
+        sign_in(client, officer.key)
+        page = client.get(f"/ui/versions/{w.v2}")
+        assert page.status_code == 200 and f"/ui/versions/{w.v2}/dossier.pdf" in page.text
+        assert "Download dossier" in client.get(f"/ui/deployments/{w.deployment}").text
+        pdf = client.get(f"/ui/versions/{w.v2}/dossier.pdf")
+        assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
