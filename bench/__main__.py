@@ -18,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ORDER = ["aligner", "audit", "ingest", "serving", "gate", "monitors"]
+ORDER = ["aligner", "audit", "ingest", "serving", "gate", "monitors", "dossier"]
 
 
 def machine() -> str:
