@@ -79,6 +79,9 @@ def test_version_dossier_renders_verifies_and_catches_tampering(dossier_world: D
     assert res.exit_code == 1
     assert f"{m.group(2)} (size (bytes)): the document shows '{int(m.group(3)) + 1}'" in " ".join(res.output.split())
 
+    # the same checks with the documented scripts only (docs/audit-export-format.md)
+    _documented_scripts_agree(w, tmp_path, html, bad_html)
+
     # one changed gate number in the HTML
     cell = re.search(r'(<td data-metric="bias\|1\|value">)([^<]+)(</td>)', page)
     assert cell is not None
@@ -108,6 +111,34 @@ def test_version_dossier_renders_verifies_and_catches_tampering(dossier_world: D
     _rewrite_pdf_evidence(pdf, lost, drop_entry)
     res = _verify(w, lost)
     assert res.exit_code == 1 and "embedded audit entries: FAILED at #" in " ".join(res.output.split())
+
+
+def _doc_script(name: str) -> str:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "audit-export-format.md").read_text(encoding="utf-8")
+    m = re.search(rf"<!-- {name}-script-begin -->\n```python\n(.*?)```\n<!-- {name}-script-end -->", doc, re.S)
+    assert m is not None, name
+    return m.group(1)
+
+
+def _documented_scripts_agree(w: DossierWorld, tmp_path: Path, good: Path, bad: Path) -> None:
+    import sys
+
+    auditor, checker = tmp_path / "verify_audit.py", tmp_path / "check_dossier.py"
+    auditor.write_text(_doc_script("auditor"))
+    checker.write_text(_doc_script("dossier"))
+    m = re.search(r'<script type="application/json" id="audit-evidence">(.*?)</script>', good.read_text(), re.S)
+    assert m is not None
+    evidence = tmp_path / "evidence.json"
+    evidence.write_text(m.group(1))
+    export = tmp_path / "embedded.jsonl"
+    export.write_text(json.loads(m.group(1))["audit_export"])
+    pub = str(w.key_path.with_suffix(".pub"))
+    run = [sys.executable]
+    assert subprocess.run([*run, str(auditor), str(export), pub], capture_output=True).returncode == 0
+    ok = subprocess.run([*run, str(checker), str(evidence), str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.startswith("OK"), ok.stdout + ok.stderr
+    failed = subprocess.run([*run, str(checker), str(evidence), str(bad)], capture_output=True, text=True)
+    assert failed.returncode == 1 and "(size (bytes)): the page shows" in failed.stdout, failed.stdout
 
 
 def test_deployment_dossier_holds_the_period(dossier_world: DossierWorld, tmp_path: Path) -> None:
