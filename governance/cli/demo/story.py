@@ -11,6 +11,7 @@ from rich.table import Table
 
 from governance import embedded
 from governance.cli.demo.audit import audit_export_verify
+from governance.cli.demo.dossiers import write_dossiers
 from governance.cli.demo.gates import wait_for_gates
 from governance.cli.demo.people import create_users
 from governance.cli.demo.processes import start_processes
@@ -66,6 +67,7 @@ def tell(st: DemoState) -> None:
         traffic_and_rollback(st)
     with step(st, 6, "the auditor exports the log and verifies it offline"):
         audit_export_verify(st)
+        write_dossiers(st)
 
 
 def summary(st: DemoState, keep_running: bool) -> None:
