@@ -235,3 +235,15 @@ def test_http_routes_and_the_ui_button(dossier_world: DossierWorld, tmp_path: Pa
         assert "Download dossier" in client.get(f"/ui/deployments/{w.deployment}").text
         pdf = client.get(f"/ui/versions/{w.v2}/dossier.pdf")
         assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+
+
+def test_verify_refuses_what_is_not_a_dossier(tmp_path: Path) -> None:
+    from governance.audit.signing import generate_keypair
+
+    keys = generate_keypair(tmp_path / "k.key")
+    page, pdf = tmp_path / "page.html", tmp_path / "fake.pdf"
+    page.write_text("<html><body><p>hello</p></body></html>")
+    pdf.write_bytes(b"not a pdf at all")
+    for path, message in ((page, "holds no <script"), (pdf, "is not a readable PDF")):
+        res = _govern("audit", "verify", str(path), "--public-key", str(keys.public_path))
+        assert res.exit_code == 1 and message in " ".join(res.output.split()), res.output
