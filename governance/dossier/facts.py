@@ -143,6 +143,7 @@ class VersionDossier:
     changes: list[Change]
     citations: Citations
     generated_at: datetime
+    policy_text: str | None = None  # the policy file the gate applied, when the deployment still holds it
 
     kind: str = "version"
 
@@ -264,8 +265,13 @@ def version_facts(session: Session, *, version_id: int, progress: Progress | Non
             p = json.loads(r.payload)
             if version_id in (p.get("version_id"), p.get("previous_version_id")):
                 changes.append(_change(c, c.add(r), dep.name))
+    policy_text = None
+    if dep is not None and report is not None:
+        policy = deployments.policy_of(session, deployment=dep)
+        policy_text = policy.content if policy.sha256 == report.policy_sha256 else None
     return VersionDossier(
-        version_id=version_id, adapter=str(submit["payload"].get("adapter")), state=version.state,
+        policy_text=policy_text, version_id=version_id, adapter=str(submit["payload"].get("adapter")),
+        state=version.state,
         identity=identity, lineage=lineage, gate=report, gate_facts=gate_facts,
         failing=_failing(report) if report else [], not_enforced=_not_enforced(report) if report else [],
         reviews=reviews, changes=changes, citations=c, generated_at=utcnow())

@@ -247,3 +247,17 @@ def test_verify_refuses_what_is_not_a_dossier(tmp_path: Path) -> None:
     for path, message in ((page, "holds no <script"), (pdf, "is not a readable PDF")):
         res = _govern("audit", "verify", str(path), "--public-key", str(keys.public_path))
         assert res.exit_code == 1 and message in " ".join(res.output.split()), res.output
+
+
+def test_a_grandfathered_or_unbounded_metric_is_said_plainly() -> None:
+    from governance.dossier.facts import _not_enforced
+    from tests.dashboards.conftest import gate_report
+
+    report = gate_report()
+    suite = next(s for s in report.suites if s.suite == "policy_compliance")
+    suite.metrics[0].detail = "3/100 violations (zero rule); grandfathered: base breaks the bound too"
+    suite.metrics[1].decisive, suite.metrics[1].threshold = False, None
+    suite.metrics[1].detail = "no absolute bound in the policy"
+    lines = _not_enforced(report)
+    assert any(line.startswith("policy_compliance / pii: GRANDFATHERED") for line in lines), lines
+    assert any("refusal: reported only, no bound applied (no absolute bound in the policy)" in line for line in lines)
