@@ -83,12 +83,12 @@ def test_version_dossier_renders_verifies_and_catches_tampering(dossier_world: D
     _documented_scripts_agree(w, tmp_path, html, bad_html)
 
     # one changed gate number in the HTML
-    cell = re.search(r'(<td data-metric="bias\|1\|value">)([^<]+)(</td>)', page)
+    cell = re.search(r'(<td data-metric="reasoning\|\d+\|n">)([^<]+)(</td>)', page)
     assert cell is not None
     bad_metric = tmp_path / "bad-metric.html"
-    bad_metric.write_text(page.replace(cell.group(0), f"{cell.group(1)}0.99{cell.group(3)}", 1), encoding="utf-8")
+    bad_metric.write_text(page.replace(cell.group(0), f"{cell.group(1)}12345{cell.group(3)}", 1), encoding="utf-8")
     res = _verify(w, bad_metric)
-    assert res.exit_code == 1 and "the document shows '0.99'" in " ".join(res.output.split())
+    assert res.exit_code == 1 and "the document shows '12345'" in " ".join(res.output.split())
 
     # one changed number in the PDF's attachment (a fact's value)
     def bump(bundle: dict) -> None:  # type: ignore[type-arg]
@@ -197,7 +197,7 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(dossier_world: DossierW
         one_line = res.output.strip()
         assert message.lower() in one_line.replace("\n", " ").lower(), (args, res.output)
         assert "Traceback" not in res.output
-    assert [p.name for p in tmp_path.iterdir() if p.name not in ("keys", "state")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name not in ("keys", "state", "gate")] == []
     assert shutil.which("pdftoppm"), "poppler-utils provides pdftoppm and pdftotext"
 
 
