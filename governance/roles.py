@@ -84,6 +84,7 @@ PERMISSIONS: dict[str, Permission] = {
     "audit.read": _p("the audit log is for oversight: auditors, officers, admins", _AUD, _CO, _ADM),
     "audit.verify": _p("whoever may read the chain may check it", _AUD, _CO, _ADM),
     "audit.export": _p("a signed export is the auditor's evidence", _AUD),
+    "dossier.read": _p("an evidence dossier is for the people who answer for the model", _CO, _AUD, _ADM),
     "ui.sign_in": _p("people sign in to the dashboard; service keys belong to automation", *_PEOPLE),
 }
 

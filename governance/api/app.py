@@ -31,6 +31,7 @@ from governance.api.openapi import install_openapi
 from governance.auth.views import router as auth_router
 from governance.db import engine_for
 from governance.deployments.views import router as deployments_router
+from governance.dossier.views import router as dossier_router
 from governance.embedded import resolve_database_url, resolve_push_secret, resolve_redis_url
 from governance.errors import DomainError, TooManyRequests
 from governance.outbox.service import Outgoing, publish_committed, publish_pending
@@ -77,7 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_error_handlers(app)
     app.add_middleware(ApiMiddleware, settings=settings, guard=guard, engine=lambda: app.state.engine)
     _install_probes(app, redis_url)
-    for router in (auth_router, registry_router, deployments_router, outputs_router, alerts_router, audit_router):
+    for router in (auth_router, registry_router, deployments_router, outputs_router, alerts_router, audit_router,
+                   dossier_router):
         app.include_router(router)
     install_openapi(app)
     # The compliance officers' web UI, served by this process (the app factory is a

@@ -49,6 +49,12 @@ _BINARY = {
         "application/x-ndjson": {"schema": {"type": "string"}},
         "text/csv": {"schema": {"type": "string"}},
     },
+    ("get", "/v1/versions/{version_id}/dossier"): {
+        "application/pdf": {"schema": {}}, "text/html": {"schema": {"type": "string"}},
+    },
+    ("get", "/v1/deployments/{name}/dossier"): {
+        "application/pdf": {"schema": {}}, "text/html": {"schema": {"type": "string"}},
+    },
 }
 _LINKS: dict[tuple[str, str, str], dict[str, Any]] = {
     ("post", "/v1/deployments", "201"): {

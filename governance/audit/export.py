@@ -144,14 +144,25 @@ def prepare_export(
     since: datetime | None = None,
     until: datetime | None = None,
     fmt: str = "jsonl",
+    seqs: tuple[int, int] | None = None,
+    purpose: str | None = None,
 ) -> ExportPlan:
     """Resolve the range, write the export checkpoint, audit the export, sign the manifest.
 
-    Commits with the caller's transaction; stream afterwards with ``iter_export_lines``.
+    ``seqs`` (first, last) exports that range of sequence numbers instead of a time range
+    (an evidence dossier embeds the entries it cites); ``purpose`` is recorded in the
+    ``audit.export`` entry. Commits with the caller's transaction; stream afterwards with
+    ``iter_export_lines``.
     """
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    lo, hi, head = resolve_range(session, since=since, until=until)
+    if seqs is None:
+        lo, hi, head = resolve_range(session, since=since, until=until)
+    else:
+        head = session.scalar(select(func.max(AuditEntry.seq))) or 0
+        if not 1 <= seqs[0] <= seqs[1] <= head:
+            raise ExportError(f"entries #{seqs[0]}..#{seqs[1]} are not in the log (head #{head})")
+        lo, hi = seqs
     first_prev = last_hash = None
     if lo is not None and hi is not None:
         first_prev = session.scalar(select(AuditEntry.prev_hash).where(AuditEntry.seq == lo))
@@ -175,6 +186,7 @@ def prepare_export(
             "count": count,
             "last_hash": last_hash,
             "checkpoint_id": cp_row.id,
+            **({"purpose": purpose} if purpose else {}),
         },
     )
     manifest = build_manifest(

@@ -26,6 +26,7 @@ from governance.audit.signing import (
 from governance.audit.verify import load_checkpoint_file, verify_export
 from governance.cli.common import clear_errors, console, err_console, fail
 from governance.db import check_database, get_engine, unit_of_work
+from governance.dossier.verify import is_dossier, verify_dossier
 from governance.settings import get_settings
 
 audit_app = typer.Typer(help="Audit log: keygen, export, verify, checkpoint.", no_args_is_help=True)
@@ -100,7 +101,9 @@ def export_cmd(
 @audit_app.command("verify")
 @clear_errors
 def verify_cmd(
-    file: Path = typer.Argument(..., help="an export file (.jsonl, or .csv with its .manifest.json)"),
+    file: Path = typer.Argument(
+        ..., help="an export file (.jsonl, or .csv with its .manifest.json), or an evidence dossier (.pdf, .html)"
+    ),
     checkpoint: Path | None = typer.Option(
         None, "--checkpoint", help="an older checkpoint (JSON file or older export) this export must extend"
     ),
@@ -108,7 +111,11 @@ def verify_cmd(
         None, "--public-key", help="the trusted public key (PEM or hex); default: this installation's .pub"
     ),
 ) -> None:
-    """Verify an export offline (no database, no network). Exit 0 only if it is intact."""
+    """Verify an export or a dossier offline (no database, no network). Exit 0 only if it is intact.
+
+    A dossier's embedded audit entries are verified as an export, then every fact it cites
+    is checked against its entry and against the text the document shows.
+    """
     if not file.exists():
         fail(f"file not found: {file}")
     pub_path = public_key if public_key is not None else public_path_for(_private_key_path(None))
@@ -119,6 +126,15 @@ def verify_cmd(
         older = load_checkpoint_file(checkpoint) if checkpoint is not None else None
     except (AuditKeyError, ValueError) as exc:
         fail(str(exc))
+    if is_dossier(file):
+        dossier = verify_dossier(file, public_key=pub, older_checkpoint=older)
+        if dossier.ok:
+            console.print(dossier.summary(), highlight=False, soft_wrap=True)
+            return
+        err_console.print(f"FAILED: dossier {file}", highlight=False, soft_wrap=True)
+        for problem in dossier.problems:
+            err_console.print(f"  {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     result = verify_export(file, public_key=pub, older_checkpoint=older)
     if result.ok:
         console.print(result.summary(), highlight=False)

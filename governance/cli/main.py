@@ -24,6 +24,7 @@ from governance.cli.deploy_cmds import (
     submit_cmd,
     unfreeze_cmd,
 )
+from governance.cli.dossier_cmds import dossier_app
 from governance.cli.gate_cmds import gate_app
 from governance.cli.process_cmds import api_cmd
 from governance.cli.review_cmds import review_app
@@ -52,6 +53,7 @@ app.add_typer(gate_app, name="gate", help="Run and report the evaluation gate.")
 app.add_typer(review_app, name="review", help="Approve or reject gated versions.")
 app.add_typer(deployments_app, name="deployments", help="Create and inspect deployments.")
 app.add_typer(audit_app, name="audit", help="Audit log: keygen, export, verify.")
+app.add_typer(dossier_app, name="dossier", help="Evidence dossiers of a version or a deployment period.")
 
 app.command("submit")(submit_cmd)
 app.command("promote")(promote_cmd)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -20,3 +22,10 @@ def list_checks(
 
 def get_check(session: Session, *, check_id: int) -> DriftCheck | None:
     return session.get(DriftCheck, check_id)
+
+
+def checks_between(session: Session, *, deployment_id: int, since: datetime, until: datetime) -> list[DriftCheck]:
+    """The deployment's checks created in [since, until), oldest first (a period's report reads them all)."""
+    stmt = select(DriftCheck).where(DriftCheck.deployment_id == deployment_id, DriftCheck.created_at >= since,
+                                    DriftCheck.created_at < until)
+    return list(session.scalars(stmt.order_by(DriftCheck.id)))

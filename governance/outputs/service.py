@@ -122,3 +122,9 @@ def output_texts(session: Session, *, ids: list[int]) -> list[tuple[int, Any, st
     rows = session.execute(select(Output.id, Output.messages, Output.output).where(Output.id.in_(ids))
                            .order_by(Output.id)).all()
     return [(int(r.id), r.messages, r.output) for r in rows]
+
+
+def count_outputs(session: Session, *, deployment_id: int, since: datetime, until: datetime) -> int:
+    """How many outputs the deployment recorded in [since, until)."""
+    return int(session.scalar(select(func.count()).select_from(Output).where(
+        Output.deployment_id == deployment_id, Output.created_at >= since, Output.created_at < until)) or 0)

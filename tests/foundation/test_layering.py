@@ -59,7 +59,7 @@ MODEL_AGGREGATOR = "governance/models.py"  # every table in one metadata, for mi
 # Rule 4: what an import inside a function may defer.
 # (scipy and pandas: over a second of CPU to import, which every `govern` command would pay)
 HEAVY = {"torch", "transformers", "evidently", "great_expectations", "safetensors", "gguf", "plotly", "weasyprint",
-         "playwright", "vaderSentiment", "scipy", "pandas", "sklearn"}
+         "playwright", "vaderSentiment", "scipy", "pandas", "sklearn", "pypdf"}
 
 
 @dataclass(frozen=True)

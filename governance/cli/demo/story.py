@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from governance.cli.demo.audit import audit_export_verify
+from governance.cli.demo.dossiers import write_dossiers
 from governance.cli.demo.gates import wait_for_gates
 from governance.cli.demo.people import create_users
 from governance.cli.demo.processes import start_processes
@@ -54,6 +55,11 @@ def _setup(st: DemoState) -> None:
     prepare_model(st)
 
 
+def _audit_and_dossiers(st: DemoState) -> None:
+    audit_export_verify(st)
+    write_dossiers(st)
+
+
 def _people_and_processes(st: DemoState) -> None:
     create_users(st)
     start_processes(st)
@@ -66,7 +72,7 @@ STEPS: list[tuple[str, Callable[[DemoState], None]]] = [
     ("the evaluation gate", wait_for_gates),
     ("four-eyes review and promotion", review_and_promote),
     ("production traffic, drift, automatic rollback", traffic_and_rollback),
-    ("the auditor exports the log and verifies it offline", audit_export_verify),
+    ("the auditor exports the log and verifies it offline; the dossiers", _audit_and_dossiers),
 ]
 LAST_STEP = len(STEPS) - 1
 
