@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml Makefile
 	# Browser tests use Debian's Chromium (never a downloaded browser).
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
 		|| echo "warning: could not install chromium; browser tests will fail"
+	# Dossier PDFs: WeasyPrint needs Pango and a font; the tests read PDFs back with poppler.
+	command -v pdftoppm >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq poppler-utils >/dev/null) \
+		|| echo "warning: could not install poppler-utils; the dossier tests will fail"
+	ldconfig -p | grep -q libpangoft2-1.0 && test -d /usr/share/fonts/truetype/dejavu \
+		|| (apt-get update -qq && apt-get install -y -qq libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core >/dev/null) \
+		|| echo "warning: could not install Pango and DejaVu; dossier PDFs will fail"
 	# docker/compose.yaml is checked with `docker-compose config` (no engine needed).
 	command -v docker-compose >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null) \
 		|| echo "warning: could not install docker-compose; the compose test will fail"
