@@ -171,8 +171,11 @@ class GovernClient:
         data = self.request("GET", "/v1/versions", params=params)
         return list(data) if isinstance(data, list) else []
 
-    def approve(self, version_id: int, comment: str) -> dict[str, Any]:
-        return dict(self.request("POST", f"/v1/versions/{version_id}/approve", json={"comment": comment}))
+    def approve(self, version_id: int, comment: str, acknowledge: Sequence[str] = ()) -> dict[str, Any]:
+        body: dict[str, Any] = {"comment": comment}
+        if acknowledge:
+            body["acknowledged_waivers"] = list(acknowledge)
+        return dict(self.request("POST", f"/v1/versions/{version_id}/approve", json=body))
 
     def reject(self, version_id: int, comment: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/v1/versions/{version_id}/reject", json={"comment": comment}))
