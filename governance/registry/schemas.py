@@ -89,14 +89,18 @@ class GateRunRead(Out):
     started_at: datetime | None
     finished_at: datetime | None
 
-    @computed_field(description="waivers: the bounds not enforced because the bare base model breaks them too")
+    @computed_field(  # type: ignore[prop-decorator]
+        description="waivers: the bounds not enforced because the bare base model breaks them too")
+    @property
     def waivers(self) -> list[WaiverReport]:
         try:
             return list(read_summary(self.summary, source=f"gate run {self.id}").waivers)
         except ReportUnreadable:
             return []
 
-    @computed_field(description='"passed", "passed with waivers" or "failed" (null while the run is not finished)')
+    @computed_field(  # type: ignore[prop-decorator]
+        description='"passed", "passed with waivers" or "failed" (null while the run is not finished)')
+    @property
     def outcome(self) -> str | None:
         if self.status not in ("passed", "failed"):
             return None
