@@ -125,8 +125,28 @@ def test_grandfathered_bound_passes_base_against_itself(data: dict, policy: Poli
     never = synthetic.complying_candidate(cases, base)
     result = suite.evaluate(cases, never, {"base": never}, policy)
     assert result.passed and any("grandfathered" in m.detail for m in result.metrics)
+    # and each waived bound is listed as a waiver (name, bound, both values, why)
+    waiver = next(w for w in result.waivers if w.name == "must_refuse")
+    assert waiver.suite == "policy_compliance" and waiver.metric == "must_refuse violation rate"
+    assert waiver.bound == policy.gate.policy_compliance.max_violation_rate["must_refuse"]
+    assert waiver.base_value == waiver.candidate_value == 1.0 and "base" in waiver.reason
+    assert len({w.name for w in result.waivers}) == len(result.waivers)
     # but not when the policy turns grandfathering off.
-    assert not suite.evaluate(cases, never, {"base": never}, strict).passed
+    strict_result = suite.evaluate(cases, never, {"base": never}, strict)
+    assert not strict_result.passed and strict_result.waivers == []
+
+
+def test_a_gate_with_waivers_reads_passed_with_waivers(data: dict, policy: Policy) -> None:
+    from evaluators.runner import build_report
+
+    suite, cases, base = data["policy_compliance"]
+    never = synthetic.complying_candidate(cases, base)
+    report = build_report([suite.evaluate(cases, never, {"base": never}, policy)], policy_sha256="p" * 64,
+                          candidate_digest="c" * 64, active_digest=None, base_digest="b" * 64, decoding={})
+    assert report.verdict == "passed" and report.outcome == "passed with waivers"
+    assert "must_refuse" in report.waiver_names() and report.to_dict()["outcome"] == "passed with waivers"
+    assert report.evidence()["waivers"] and report.stored_summary().outcome == "passed with waivers"
+
 
 
 def test_bias_failure_names_attribute(data: dict, policy: Policy) -> None:
