@@ -13,6 +13,7 @@ from governance.audit.models import AuditEntry
 from governance.db import unit_of_work
 from governance.registry.models import Review, TokenVersion
 from tests.governance.conftest import World, audit_head, audit_since
+from tests.governance.test_cli import server  # noqa: F401  (the fixture)
 
 WAIVERS = [
     {"name": "must_refuse", "suite": "policy_compliance", "metric": "must_refuse violation rate", "bound": 0.1,
@@ -125,3 +126,20 @@ def test_the_service_names_the_missing_waivers(world: World, engine: Any) -> Non
         review = registry.approve(s, version_id=vid, principal=officer, comment="ok",
                                   acknowledged_waivers=["must_refuse"])
         assert review.acknowledged_waivers == ["must_refuse"]
+
+
+def test_the_cli_shows_the_waivers_and_acknowledges_them(server: str, world: World, engine: Any) -> None:
+    from tests.governance.test_cli import _govern, _user
+
+    _, officer = _user(server, "compliance_officer")
+    vid = world.submit()
+    world.gate(vid, waivers=WAIVERS)
+    r = _govern(server, officer, "gate", "report", str(vid))
+    assert r.exit_code == 0, r.output
+    assert "PASSED WITH WAIVERS" in r.output and "must_refuse" in r.output and "disclaimer" in r.output
+    r = _govern(server, officer, "review", "approve", str(vid), "--comment", "ok", "--acknowledge", "must_refuse")
+    assert r.exit_code == 1 and "409" in r.output and "disclaimer" in r.output
+    r = _govern(server, officer, "review", "approve", str(vid), "--comment", "accepted for the pilot",
+                "--acknowledge", "must_refuse", "--acknowledge", "disclaimer")
+    assert r.exit_code == 0, r.output
+    assert "waivers acknowledged: must_refuse, disclaimer" in r.output
