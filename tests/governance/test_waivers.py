@@ -13,7 +13,7 @@ from governance.audit.models import AuditEntry
 from governance.db import unit_of_work
 from governance.registry.models import Review, TokenVersion
 from tests.governance.conftest import World, audit_head, audit_since
-from tests.governance.test_cli import server  # noqa: F401  (the fixture)
+from tests.governance.test_cli import server  # noqa: F401,F811  (the fixture)
 
 WAIVERS = [
     {"name": "must_refuse", "suite": "policy_compliance", "metric": "must_refuse violation rate", "bound": 0.1,
@@ -128,7 +128,7 @@ def test_the_service_names_the_missing_waivers(world: World, engine: Any) -> Non
         assert review.acknowledged_waivers == ["must_refuse"]
 
 
-def test_the_cli_shows_the_waivers_and_acknowledges_them(server: str, world: World, engine: Any) -> None:
+def test_the_cli_shows_the_waivers_and_acknowledges_them(server: str, world: World) -> None:  # noqa: F811
     from tests.governance.test_cli import _govern, _user
 
     _, officer = _user(server, "compliance_officer")
