@@ -13,7 +13,7 @@ from governance.audit.models import AuditEntry
 from governance.db import unit_of_work
 from governance.registry.models import Review, TokenVersion
 from tests.governance.conftest import World, audit_head, audit_since
-from tests.governance.test_cli import server  # noqa: F401,F811  (the fixture)
+from tests.governance.test_cli import server  # noqa: F401  (the fixture)
 
 WAIVERS = [
     {"name": "must_refuse", "suite": "policy_compliance", "metric": "must_refuse violation rate", "bound": 0.1,
