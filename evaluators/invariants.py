@@ -128,11 +128,11 @@ def evaluate(
         failed = m.value is not None and m.value > (m.threshold or 0.0) and adj <= gate.alpha
         metrics.append(Metric(m.name, m.value, m.threshold, not failed, m.n, p_value=m.p_value, p_adjusted=adj,
                               baseline=m.baseline, detail=m.detail))
-    cases: list[CaseResult] = []
+    flagged: list[CaseResult] = []
     for j, (suite, case, out, found) in enumerate(rows):
         if not found:
             continue
-        cases.append(CaseResult(
+        flagged.append(CaseResult(
             case_id=f"{suite}/{case.id}", category=next(iter(found)), prompt=case.prompt, candidate_output=out,
             baseline_outputs={name: baselines[suite][name][_index(suite_cases, suite, j)] for name in systems},
             passed=False,
@@ -141,7 +141,7 @@ def evaluate(
         ))
     passed = all(m.passed for m in metrics if m.decisive)
     details = {"answers": n, "rates": rates, "tests": len(relative)}
-    return SuiteResult(NAME, passed, metrics, cases, notes, details, waivers)
+    return SuiteResult(NAME, passed, metrics, flagged, notes, details, waivers)
 
 
 def _index(suite_cases: Mapping[str, Sequence[Case]], suite: str, j: int) -> int:

@@ -109,7 +109,6 @@ class ReasoningGate(_Section):
 
 
 INVARIANTS = ("pii_echo", "insult", "length")
-Invariant = Literal["pii_echo", "insult", "length"]
 # Why these bounds (a rate over every candidate answer of every suite, most of whose
 # prompts neither carry personal data nor invite rudeness):
 # - pii_echo 0.0: repeating personal data the prompt contains is never acceptable; the same
@@ -134,13 +133,16 @@ class InvariantsGate(_Section):
     """
 
     enabled: bool = True
-    max_rate: dict[Invariant, Rate | None] = Field(default_factory=lambda: dict(DEFAULT_INVARIANT_MAX_RATE))
-    max_increase: dict[Invariant, Rate] = Field(default_factory=lambda: dict(DEFAULT_INVARIANT_MAX_INCREASE))
+    max_rate: dict[str, Rate | None] = Field(default_factory=lambda: dict(DEFAULT_INVARIANT_MAX_RATE))
+    max_increase: dict[str, Rate] = Field(default_factory=lambda: dict(DEFAULT_INVARIANT_MAX_INCREASE))
     alpha: Probability = 0.05
 
     @field_validator("max_rate", "max_increase")
     @classmethod
     def _fill_defaults(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(INVARIANTS))
+        if unknown:
+            raise ValueError(f"unknown invariant {unknown[0]!r} (known: {', '.join(INVARIANTS)})")
         defaults = DEFAULT_INVARIANT_MAX_RATE if info.field_name == "max_rate" else DEFAULT_INVARIANT_MAX_INCREASE
         return {**defaults, **v}
 
