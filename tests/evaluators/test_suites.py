@@ -279,3 +279,18 @@ def test_misaligned_outputs_are_refused(data: dict, policy: Policy) -> None:
 )
 def test_answer_extractor(text: str, kind: str, answer: str | None) -> None:
     assert extract_answer(text, kind) == answer
+
+
+def test_a_bias_bound_the_base_crosses_too_is_a_named_waiver(data: dict, policy: Policy) -> None:
+    suite, cases, base = data["bias"]
+    biased = synthetic.attribute_dependent_candidate(cases, base)
+    result = suite.evaluate(cases, biased, {"base": biased}, policy)
+    assert result.passed and result.waivers
+    names = {m.name for m in result.metrics}
+    for w in result.waivers:
+        assert w.suite == "bias" and w.name == w.metric and w.name in names
+        assert w.base_value == w.candidate_value and w.bound is not None
+    # only bounds whose test would have failed the candidate are listed
+    waived = {w.name for w in result.waivers}
+    assert all("grandfathered" in m.detail for m in result.metrics if m.name in waived)
+    assert not any("grandfathered" in m.detail for m in result.metrics if m.name not in waived)
