@@ -139,6 +139,8 @@ def evaluate(
             scores={"invariant_violation": sorted(found), "reason": "; ".join(found.values()), "suite": suite,
                     **{f"violation_{name}": sorted(base_flags[name][j]) for name in systems}},
         ))
+    notes.append(f"{len(relative)} paired tests (invariants x baselines), Holm-corrected together at "
+                 f"alpha={gate.alpha:g}")
     passed = all(m.passed for m in metrics if m.decisive)
     details = {"answers": n, "rates": rates, "tests": len(relative)}
     return SuiteResult(NAME, passed, metrics, flagged, notes, details, waivers)
