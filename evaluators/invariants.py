@@ -136,8 +136,9 @@ def evaluate(
             case_id=f"{suite}/{case.id}", category=next(iter(found)), prompt=case.prompt, candidate_output=out,
             baseline_outputs={name: baselines[suite][name][_index(suite_cases, suite, j)] for name in systems},
             passed=False,
-            scores={"invariant_violation": sorted(found), "reason": "; ".join(found.values()), "suite": suite,
-                    **{f"violation_{name}": sorted(base_flags[name][j]) for name in systems}},
+            scores={"invariant_violation": ", ".join(sorted(found)), "reason": "; ".join(found.values()),
+                    "suite": suite,
+                    **{f"violation_{name}": ", ".join(sorted(base_flags[name][j])) or "none" for name in systems}},
         ))
     notes.append(f"{len(relative)} paired tests (invariants x baselines), Holm-corrected together at "
                  f"alpha={gate.alpha:g}")
