@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jinja2 import Environment, select_autoescape
 
-from governance.gates.report import GateReport, cases_for_metric, decoding_rows, format_number, rule_in_words
+from governance.gates.report import GateReport, decoding_rows, failing_sections, format_number, rule_in_words
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "gate_report.html"
 MAX_CASES_PER_SUITE = 50
@@ -20,7 +20,7 @@ MAX_CASES_PER_SUITE = 50
 _env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
 _env.filters["num"] = format_number
 _env.filters["rule"] = rule_in_words
-_env.globals.update(cases_for_metric=cases_for_metric, decoding_rows=decoding_rows)
+_env.globals.update(failing_sections=failing_sections, decoding_rows=decoding_rows)
 
 
 def render_html(report: GateReport, *, title: str = "Gate report", max_cases: int = MAX_CASES_PER_SUITE) -> str:

@@ -21,7 +21,7 @@ from governance.cli.common import clear_errors, console, fail
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
 from governance.errors import DomainError
-from governance.gates.report import GateReport, cases_for_metric, decoding_rows, format_number, rule_in_words
+from governance.gates.report import GateReport, decoding_rows, failing_sections, format_number, rule_in_words
 from governance.gates.service import latest_gate_run, latest_report, load_gate_report
 from governance.principal import Principal
 from governance.registry import service as registry
@@ -132,15 +132,14 @@ def _print_summary(version: int, report: GateReport) -> None:
             table.add_row(w.name, w.suite, bound, format_number(w.base_value), format_number(w.candidate_value),
                           w.reason)
         console.print(table)
-    for suite in report.suites:
-        for m in suite.failing_metrics():
-            console.print(f"[bold red]FAIL[/] {suite.suite}: {m.name} = {format_number(m.value)} "
-                          f"({rule_in_words(m)})", highlight=False)
-            for c in cases_for_metric(suite, m, limit=3):
-                console.print(f"  case {c.case_id}: {_short(c.prompt, 100)}", highlight=False)
-                console.print(f"    candidate: {_short(c.candidate_output, 160)}", highlight=False)
-                for name, text in c.baseline_outputs.items():
-                    console.print(f"    {name:>9}: {_short(text, 160)}", highlight=False)
+    for suite, m, cases in failing_sections(report):
+        console.print(f"[bold red]FAIL[/] {suite.suite}: {m.name} = {format_number(m.value)} "
+                      f"({rule_in_words(m)})", highlight=False)
+        for c in cases:
+            console.print(f"  case {c.case_id}: {_short(c.prompt, 100)}", highlight=False)
+            console.print(f"    candidate: {_short(c.candidate_output, 160)}", highlight=False)
+            for name, text in c.baseline_outputs.items():
+                console.print(f"    {name:>9}: {_short(text, 160)}", highlight=False)
     for suite in report.suites:
         table = Table(title=f"{suite.suite}: {'passed' if suite.passed else 'FAILED'} ({suite.n_cases} cases)",
                       title_justify="left")

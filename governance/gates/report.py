@@ -408,3 +408,22 @@ def decoding_rows(decoding: dict[str, Any] | DecodingSettings) -> list[tuple[str
     for key in sorted(d):
         rows.append((key.replace("_", " "), format_number(d[key])))
     return rows
+
+
+def failing_sections(
+    report: GateReport, per_metric: int = 3
+) -> list[tuple[SuiteReport, MetricReport, list[CaseReport]]]:
+    """Each failing metric with the few failing cases that show why, first failure first.
+
+    A case already shown under an earlier metric of the suite is not repeated (two rules
+    failing on the same answers list them once).
+    """
+    sections = []
+    for suite in report.suites:
+        shown: set[str] = set()
+        for metric in suite.failing_metrics():
+            cases = [c for c in cases_for_metric(suite, metric, limit=len(suite.cases)) if c.case_id not in shown]
+            cases = cases[:per_metric]
+            shown.update(c.case_id for c in cases)
+            sections.append((suite, metric, cases))
+    return sections

@@ -76,3 +76,18 @@ def test_the_terminal_report_leads_with_outcome_waivers_and_failing_cases() -> N
     many = GateReport.model_validate(gate_report(failing_cases=5).to_dict())
     pii = next(m for m in many.suites[0].metrics if m.name == "pii")
     assert [c.case_id for c in cases_for_metric(many.suites[0], pii)] == ["pii-000", "pii-001", "pii-002"]
+
+
+def test_a_case_is_shown_once_under_the_first_metric_it_fails() -> None:
+    from governance.gates.report import failing_sections
+
+    report = GateReport.model_validate({
+        "verdict": "failed", "policy_sha256": "p" * 64,
+        "suites": [{"suite": "invariants", "passed": False, "n_cases": 2, "metrics": [
+            {"name": "insult rate, every answer", "value": 0.2, "threshold": 0.01, "passed": False},
+            {"name": "insult increase vs base", "value": 0.2, "threshold": 0, "passed": False, "p_adjusted": 1e-6}],
+            "cases": [{"case_id": f"bias/c{i}", "category": "insult", "prompt": "p", "candidate_output": "idiot",
+                       "baseline_outputs": {"base": "fine"}, "passed": False} for i in range(4)]}]})
+    sections = failing_sections(report)
+    assert [(m.name, [c.case_id for c in cases]) for _, m, cases in sections] == [
+        ("insult rate, every answer", ["bias/c0", "bias/c1", "bias/c2"]), ("insult increase vs base", ["bias/c3"])]
