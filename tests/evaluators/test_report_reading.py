@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from evaluators.embeddings import hashing_embedder
 from evaluators.suites.base import Case
 from evaluators.suites.bias import BiasSuite
@@ -54,19 +56,17 @@ def test_decoding_is_a_small_table() -> None:
                     ("seed", "3")]
 
 
-def test_the_terminal_report_leads_with_outcome_waivers_and_failing_cases() -> None:
+def test_the_terminal_report_leads_with_outcome_waivers_and_failing_cases(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
     from governance.cli import gate_cmds
-    from governance.cli.common import console
 
     report = GateReport.model_validate(json.loads(json.dumps(gate_report(failing_cases=2, passed=False,
                                                                          waived=True).to_dict())))
-    width = console.width
-    console.width = 250
-    try:
-        with console.capture() as cap:
-            gate_cmds._print_summary(7, report)
-    finally:
-        console.width = width
+    wide = Console(width=250)  # a console of its own: the CLI's shared one keeps its width
+    monkeypatch.setattr(gate_cmds, "console", wide)
+    with wide.capture() as cap:
+        gate_cmds._print_summary(7, report)
     out = cap.get()
     assert out.index("FAILED") < out.index("Waivers") < out.index("FAIL reasoning: accuracy_drop") \
         < out.index("policy_compliance: passed")
