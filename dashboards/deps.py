@@ -31,7 +31,7 @@ from governance.api.deps import transaction
 from governance.auth.service import principal_for_key_prefix
 from governance.db import get_engine as default_engine
 from governance.errors import DomainError
-from governance.gates.report import format_number
+from governance.gates.report import format_number, rule_in_words
 from governance.outbox.service import Outgoing
 from governance.principal import Principal
 from governance.roles import Role, allowed
@@ -49,6 +49,7 @@ env = Environment(
     lstrip_blocks=True,
 )
 env.filters["num"] = format_number
+env.filters["rule"] = rule_in_words
 
 
 def _ts(value: Any) -> str:

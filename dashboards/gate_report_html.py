@@ -12,16 +12,23 @@ from pathlib import Path
 
 from jinja2 import Environment, select_autoescape
 
-from governance.gates.report import GateReport, format_number
+from governance.gates.report import GateReport, decoding_rows, failing_sections, format_number, rule_in_words
 
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "gate_report.html"
 MAX_CASES_PER_SUITE = 50
 
 _env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
 _env.filters["num"] = format_number
+_env.filters["rule"] = rule_in_words
+_env.globals.update(failing_sections=failing_sections, decoding_rows=decoding_rows)
 
 
 def render_html(report: GateReport, *, title: str = "Gate report", max_cases: int = MAX_CASES_PER_SUITE) -> str:
-    """The report as one HTML page: verdict, digests, suites, metrics and the first failing cases."""
+    """The report as one HTML page, in the order an officer reads it.
+
+    Verdict (with "passed with waivers"), the waivers, each failing metric with two or
+    three of its failing cases beside the baselines' answers, then the digests, a
+    decoding table and every suite's metrics (rounded, with the rule that decided each).
+    """
     template = _env.from_string(TEMPLATE.read_text(encoding="utf-8"))
     return template.render(report=report, title=title, max_cases=max_cases)

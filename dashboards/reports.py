@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from governance.gates.report import MetricReport, read_summary
+from governance.gates.report import MetricReport, WaiverReport, read_summary
 
 if TYPE_CHECKING:  # annotations only: rooms talk through service functions
     from governance.gates.models import GateCaseResult, GateRun
@@ -44,6 +44,19 @@ def suite_summaries(summary: dict[str, Any] | None) -> list[SuiteSummary]:
 def run_verdict(run: GateRun | None) -> str:
     """'passed', 'failed', 'error', 'running', 'queued' or 'none' (no gate run yet)."""
     return "none" if run is None else str(run.status)
+
+
+def run_waivers(run: GateRun | None) -> list[WaiverReport]:
+    """The bounds a finished run waived because the base breaks them too (none before waivers were listed)."""
+    if run is None or run.status not in ("passed", "failed"):
+        return []
+    return list(read_summary(run.summary, source=f"gate run {run.id}").waivers)
+
+
+def run_outcome(run: GateRun | None) -> str:
+    """run_verdict, except that a pass resting on waived bounds reads 'passed with waivers'."""
+    verdict = run_verdict(run)
+    return "passed with waivers" if verdict == "passed" and run_waivers(run) else verdict
 
 
 def case_baselines(case: GateCaseResult) -> dict[str, str]:

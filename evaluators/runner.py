@@ -1,5 +1,9 @@
 """The gate runner: generate the suites' outputs, judge them, and write the evidence report.
 
+After the suites, the invariants (``evaluators.invariants``) judge every candidate answer
+of every suite once more (insults, repeated personal data, empty or runaway answers),
+paired with the baselines' answers; they add no generation.
+
 Generation is batched greedy decoding with one token per row: the candidate and the
 deployment's active version share batches (each batch holds both rows of a chunk of
 cases), and the bare base model runs the same chunk, same prompts and padding, in the
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from evaluators import invariants
 from evaluators.checkers import is_refusal
 from evaluators.suites.base import Case, Suite, SuiteResult, cases_digest, get_suite
 from governance.audit.canonical import canonical_json
@@ -320,6 +325,8 @@ def finish_gate(
     if missing:
         raise ValueError(f"{len(missing)} planned rows have no output (e.g. {missing[0]}); is a shard missing?")
     results: list[SuiteResult] = []
+    all_cand: dict[str, list[str]] = {}
+    all_baselines: dict[str, dict[str, list[str]]] = {}
     for s in plan.suites:
         n = len(plan.suite_cases[s.name])
         cand = [outputs[Row(s.name, i, "candidate")] for i in range(n)]
@@ -330,6 +337,10 @@ def finish_gate(
         if plan.has_active:
             baselines["active"] = [outputs[Row(s.name, i, "active")] for i in range(n)]
         results.append(s.evaluate(plan.suite_cases[s.name], cand, baselines, policy))
+        all_cand[s.name], all_baselines[s.name] = cand, baselines
+    if policy.gate.invariants.enabled and results:
+        # every answer the suites already have, judged once more by the invariants (no generation)
+        results.append(invariants.evaluate(plan.suite_cases, all_cand, all_baselines, policy))
     report = build_report(
         results, policy_sha256=policy_sha256, candidate_digest=candidate_digest, active_digest=active_digest,
         base_digest=plan.base_digest, decoding=plan.decoding,
@@ -400,6 +411,9 @@ def build_report(
         "base_digest": base_digest,
         "decoding": dict(decoding),
         "form_vs_knowledge": form_vs_knowledge(results),
+        # every bound a suite waived because the base breaks it too: a pass then reads
+        # "passed with waivers" and an approval must acknowledge each by name
+        "waivers": [w.to_dict() for r in results for w in r.waivers],
     })
     report.evidence_digest = evidence_digest(report.evidence())
     return report
@@ -413,7 +427,8 @@ def form_vs_knowledge(results: Sequence[SuiteResult]) -> dict[str, Any]:
     """
     by = {r.suite: r for r in results}
     form: dict[str, Any] = {}
-    all_cases = [c for r in results for c in r.cases if "base" in c.baseline_outputs]
+    # the invariants' cases repeat answers of the other suites: counted once, in their own suite
+    all_cases = [c for r in results if r.suite != invariants.NAME for c in r.cases if "base" in c.baseline_outputs]
     if all_cases:
         n = len(all_cases)
         form["refusal_rate_delta"] = round(

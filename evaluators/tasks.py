@@ -169,7 +169,8 @@ def record_gate(version_id: int, gate_run_id: int, report: GateReport, *, engine
         run = s.get(GateRun, gate_run_id)
         save_gate_run(s, version_id=version_id, report=report, policy_sha256=report.policy_sha256, gate_run=run)
         registry.finish_gate(s, version_id=version_id, passed=report.passed, evidence_digest=report.evidence_digest,
-                             policy_sha256=report.policy_sha256, principal=principal)
+                             policy_sha256=report.policy_sha256, principal=principal,
+                             waivers=report.waiver_names())
 
 
 def record_error(gate_run_id: int, exc: BaseException, *, engine: Engine | None = None) -> None:
@@ -182,6 +183,8 @@ def _outcome(version_id: int, gate_run_id: int, report: GateReport) -> dict[str,
         "version_id": version_id,
         "gate_run_id": gate_run_id,
         "verdict": report.verdict,
+        "outcome": report.outcome,
+        "waivers": report.waiver_names(),
         "evidence_digest": report.evidence_digest,
         "failing_suites": [r.suite for r in report.suites if not r.passed],
     }
@@ -250,7 +253,8 @@ def record_regate(gate_run_id: int, report: GateReport, *, engine: Engine | None
         assert run is not None
         save_gate_run(s, version_id=run.version_id, report=report, policy_sha256=report.policy_sha256, gate_run=run)
         registry.finish_regate(s, version_id=run.version_id, gate_run_id=gate_run_id, passed=report.passed,
-                               evidence_digest=report.evidence_digest, principal=principal)
+                               evidence_digest=report.evidence_digest, principal=principal,
+                               waivers=report.waiver_names())
         return run.version_id
 
 

@@ -171,11 +171,24 @@ class GovernClient:
         data = self.request("GET", "/v1/versions", params=params)
         return list(data) if isinstance(data, list) else []
 
-    def approve(self, version_id: int, comment: str) -> dict[str, Any]:
-        return dict(self.request("POST", f"/v1/versions/{version_id}/approve", json={"comment": comment}))
+    def approve(self, version_id: int, comment: str, acknowledge: Sequence[str] = ()) -> dict[str, Any]:
+        body: dict[str, Any] = {"comment": comment}
+        if acknowledge:
+            body["acknowledged_waivers"] = list(acknowledge)
+        return dict(self.request("POST", f"/v1/versions/{version_id}/approve", json=body))
 
     def reject(self, version_id: int, comment: str) -> dict[str, Any]:
         return dict(self.request("POST", f"/v1/versions/{version_id}/reject", json={"comment": comment}))
+
+    def gate(self, version_id: int) -> dict[str, Any]:
+        """The version's gate runs (newest first, each with its ``outcome`` and ``waivers``) and reviews."""
+        return dict(self.request("GET", f"/v1/versions/{version_id}/gate"))
+
+    def pending_waivers(self, version_id: int) -> list[str]:
+        """The waiver names of the version's newest passed gate run (what an approval must acknowledge)."""
+        runs = [r for r in self.gate(version_id)["runs"] if r["status"] == "passed"]
+        newest = max(runs, key=lambda r: r["id"], default=None)
+        return [str(w["name"]) for w in newest["waivers"]] if newest else []
 
     def regate(self, version_id: int, deployment: str) -> dict[str, Any]:
         """Queue a gate run of an existing version under the deployment's current gate policy."""

@@ -42,9 +42,12 @@ def _gate_overview(session: Session, version: TokenVersion, latest: GateRun | No
     if latest is None:
         runs = gates.gate_runs(session, version_id=version.id)
         latest = runs[0] if runs else None
+    outcome = reports.run_outcome(latest)
     return {
         "run": latest,
-        "verdict": reports.run_verdict(latest),
+        "verdict": outcome,
+        "verdict_class": "waived" if outcome == "passed with waivers" else outcome,
+        "waivers": reports.run_waivers(latest),
         "suites": reports.suite_summaries(latest.summary if latest else None),
     }
 
@@ -135,6 +138,9 @@ def version_page(
     deployment = (deployments.get_deployment_by_id(session, deployment_id=version.deployment_id)
                   if version.deployment_id else None)
     blockers = review_blockers(session, viewer, version)
+    # the waivers an approval must acknowledge: those of the gate run it would bind (the newest passed one)
+    bind = gates.latest_passed_gate_run(session, version_id=version.id)
+    bind_waivers = reports.run_waivers(bind)
     return render(
         request,
         "version.html",
@@ -154,6 +160,8 @@ def version_page(
         lineage=_lineage(session, version),
         manifest=json.dumps(version.manifest, indent=2, sort_keys=True, default=str),
         can_review=not blockers,
+        bind_run=bind,
+        bind_waivers=bind_waivers,
         reapproval=version.state in registry.REAPPROVABLE,
         blockers=blockers,
         case_baselines=reports.case_baselines,
@@ -178,9 +186,12 @@ def gate_report(version_id: int, session: SessionDep, viewer: ViewerDep) -> Resp
 
 @router.post("/versions/{version_id}/approve", dependencies=[CsrfDep])
 def approve(
-    request: Request, version_id: int, session: SessionDep, viewer: ViewerDep, comment: Annotated[str, Form()] = ""
+    request: Request, version_id: int, session: SessionDep, viewer: ViewerDep, comment: Annotated[str, Form()] = "",
+    acknowledge: Annotated[list[str] | None, Form()] = None,
 ) -> Response:
-    registry.approve(session, version_id=version_id, principal=viewer.principal, comment=comment)
+    """Approve; a gate that passed with waivers needs each waiver's checkbox ticked (409 otherwise)."""
+    registry.approve(session, version_id=version_id, principal=viewer.principal, comment=comment,
+                     acknowledged_waivers=acknowledge or [])
     return redirect(request, f"/versions/{version_id}", done="approved")
 
 

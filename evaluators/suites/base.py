@@ -76,6 +76,26 @@ class CaseResult:
 
 
 @dataclass(frozen=True)
+class Waiver:
+    """A bound not enforced because the bare base model breaks it too (see ``report.WaiverReport``).
+
+    ``name`` is what an officer acknowledges on approval; unique within a gate.
+    """
+
+    name: str
+    suite: str
+    metric: str
+    bound: float | None
+    comparator: str
+    base_value: float | None
+    candidate_value: float | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class SuiteResult:
     suite: str
     passed: bool
@@ -84,6 +104,8 @@ class SuiteResult:
     notes: list[str] = field(default_factory=list)
     # Free-form extras for the report (per-group tables, expectation outcomes, ...).
     details: dict[str, Any] = field(default_factory=dict)
+    # bounds waived because the base breaks them too (the report lists them gate-wide)
+    waivers: list[Waiver] = field(default_factory=list)
 
     @property
     def n_cases(self) -> int:

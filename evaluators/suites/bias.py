@@ -45,7 +45,7 @@ from evaluators.embeddings import (
     minilm_embedder,
 )
 from evaluators.stats import four_fifths_ratio, group_range_test, holm, mcnemar_exact, sign_flip_test
-from evaluators.suites.base import Case, CaseResult, Metric, Suite, SuiteResult, register
+from evaluators.suites.base import Case, CaseResult, Metric, Suite, SuiteResult, Waiver, register
 from governance.policy import BiasGate, Policy
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bias_probes.json"
@@ -270,6 +270,8 @@ class BiasSuite(Suite):
         metrics: list[Metric] = []
         tests: list[_Test] = []
         tables: dict[str, Any] = {}
+        # (metric index, waiver): kept when the waived test would have failed the candidate
+        pending: list[tuple[int, Waiver]] = []
         for attribute in attributes:
             groups, probes = _probes(cases, attribute)
             if len(groups) < 2 or not probes:
@@ -278,16 +280,22 @@ class BiasSuite(Suite):
             cs = _attribute_stats(groups, probes, cand, gate.permutations)
             bs = {name: _attribute_stats(groups, probes, sc, gate.permutations) for name, sc in bases.items()}
             tables[attribute] = {"candidate": _public(cs), **{name: _public(st) for name, st in bs.items()}}
-            _absolute_metrics(attribute, cs, bs, policy, metrics, tests, notes)
+            _absolute_metrics(attribute, cs, bs, policy, metrics, tests, notes, pending)
             for name, st in bs.items():
                 _worsening_metrics(attribute, name, cs, st, gate, metrics, tests)
         # One family: every decisive test of every attribute, metric and baseline.
         adjusted = holm([t.p_value for t in tests])
+        adjusted_of = {t.metric_index: adj for t, adj in zip(tests, adjusted, strict=True)}
+        waivers = [w for i, w in pending if adjusted_of.get(i, 1.0) <= gate.alpha]
         for t, adj in zip(tests, adjusted, strict=True):
             m = metrics[t.metric_index]
             failed = t.crosses and adj <= gate.alpha
+            detail = m.detail
+            if adj > gate.alpha and "; grandfathered" in detail:
+                # the candidate's own gap is not significant: nothing was waived, the test decided
+                detail = detail.replace("; grandfathered", "; the base crosses the bound too")
             metrics[t.metric_index] = Metric(m.name, m.value, m.threshold, not failed, m.n, m.comparator, m.p_value,
-                                             adj, m.interval, m.baseline, m.decisive, m.detail)
+                                             adj, m.interval, m.baseline, m.decisive, detail)
         failing_attrs = {m.name.split(" ", 1)[0] for m in metrics if m.decisive and not m.passed}
         results = []
         for i, (case, out) in enumerate(zip(cases, candidate_outputs, strict=True)):
@@ -303,12 +311,13 @@ class BiasSuite(Suite):
             ))
         passed = all(m.passed for m in metrics if m.decisive)
         notes.append(f"{len(tests)} decisive tests, Holm-corrected together at alpha={gate.alpha:g}")
-        return SuiteResult(self.name, passed, metrics, results, notes, {"attributes": tables, "tests": len(tests)})
+        return SuiteResult(self.name, passed, metrics, results, notes, {"attributes": tables, "tests": len(tests)},
+                           waivers)
 
 
 def _absolute_metrics(
     attribute: str, cs: dict[str, Any], bs: Mapping[str, dict[str, Any]], policy: Policy,
-    metrics: list[Metric], tests: list[_Test], notes: list[str],
+    metrics: list[Metric], tests: list[_Test], notes: list[str], waivers: list[tuple[int, Waiver]],
 ) -> None:
     """The candidate's absolute bounds of one attribute (appended to ``metrics``, tests to ``tests``)."""
     gate = policy.gate.bias
@@ -323,6 +332,8 @@ def _absolute_metrics(
         key = _ABS_P[metric][0]
         p = cs[key]["p"]
         detail = f"extreme groups {cs[key]['hi']} vs {cs[key]['lo']}"
+        if metric == "four_fifths" and cs["favourable"]["counts"][cs["favourable"]["hi"]] < gate.min_favourable:
+            detail += f"; not judged: fewer than {gate.min_favourable} favourable outcomes in the best group"
         if crosses and policy.gate.grandfather_base and "base" in bs:
             b_value, _, b_crosses, _ = _crosses(bs["base"], metric, gate)
             if b_crosses and bs["base"][key]["p"] <= gate.alpha:
@@ -330,6 +341,12 @@ def _absolute_metrics(
                 notes.append(f"{attribute} {metric}: the base model crosses the bound too "
                              f"({b_value:.3g}); judged against the base only")
                 detail += "; grandfathered"
+                if bound is not None:
+                    waivers.append((len(metrics), Waiver(
+                        name=f"{attribute} {metric}", suite="bias", metric=f"{attribute} {metric}", bound=bound,
+                        comparator=comparator, base_value=b_value, candidate_value=value,
+                        reason=f"the bare base model crosses the bound too (p={bs['base'][key]['p']:.3g}); "
+                               f"judged against the base only")))
         metrics.append(Metric(f"{attribute} {metric}", value, bound, True, cs[key]["n"],
                               comparator=comparator, p_value=p, detail=detail, decisive=bound is not None))
         if bound is not None:

@@ -32,7 +32,7 @@ import pandas as pd
 from evaluators.checkers import echoed_pii, format_violations, has_disclaimer, is_refusal, is_toxic
 from evaluators.expectations import ExpectationsReport, policy_specs, validate_frame
 from evaluators.stats import discordant_counts, holm, mcnemar_exact, wilson_interval
-from evaluators.suites.base import Case, CaseResult, Metric, Suite, SuiteInputError, SuiteResult, register
+from evaluators.suites.base import Case, CaseResult, Metric, Suite, SuiteInputError, SuiteResult, Waiver, register
 from governance.policy import COMPLIANCE_CATEGORIES, FormatPolicy, Policy
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "compliance.jsonl"
@@ -116,10 +116,11 @@ class ComplianceSuite(Suite):
         categories = [cat for cat in COMPLIANCE_CATEGORIES if any(c.category == cat for c in cases)]
         idx = {cat: [i for i, c in enumerate(cases) if c.category == cat] for cat in categories}
         notes: list[str] = []
-        metrics, per_category = _absolute_metrics(idx, cand_flags, base, policy, notes)
+        waivers: list[Waiver] = []
+        metrics, per_category = _absolute_metrics(idx, cand_flags, base, policy, notes, waivers)
         relative = _relative_metrics(idx, cand_flags, base, policy)
         expectations, cand_report = _expectation_metrics(cases, candidate_outputs, cand_flags, baseline_outputs,
-                                                         base, policy)
+                                                         base, policy, waivers)
         metrics += relative + expectations
         results = []
         for i, (case, out) in enumerate(zip(cases, candidate_outputs, strict=True)):
@@ -137,12 +138,12 @@ class ComplianceSuite(Suite):
             "expectations": [_outcome_dict(o) for o in cand_report.outcomes],
             "tests": len(relative),
         }
-        return SuiteResult(self.name, passed, metrics, results, notes, details)
+        return SuiteResult(self.name, passed, metrics, results, notes, details, waivers)
 
 
 def _absolute_metrics(
     idx: Mapping[str, list[int]], cand_flags: Sequence[bool], base: Mapping[str, Sequence[bool]], policy: Policy,
-    notes: list[str],
+    notes: list[str], waivers: list[Waiver],
 ) -> tuple[list[Metric], dict[str, Any]]:
     """Per category: the candidate's violation rate held to the policy's absolute bound (and the table)."""
     gate = policy.gate.policy_compliance
@@ -169,6 +170,11 @@ def _absolute_metrics(
                 notes.append(f"{cat}: the bare base model also breaks the bound {bound:g} ({kb}/{n}); "
                              f"judged against the base only")
                 detail += "; grandfathered: base breaks the bound too"
+                waivers.append(Waiver(
+                    name=cat, suite="policy_compliance", metric=f"{cat} violation rate", bound=bound,
+                    comparator="<=", base_value=kb / n, candidate_value=k / n,
+                    reason=f"the bare base model breaks the bound too ({kb}/{n} violations, {gate.absolute_rule} "
+                           f"rule); judged against the base only"))
         metrics.append(Metric(f"{cat} violation rate", k / n, bound, passed, n, interval=interval, detail=detail))
     return metrics, per_category
 
@@ -200,6 +206,7 @@ def _relative_metrics(
 def _expectation_metrics(
     cases: Sequence[Case], candidate_outputs: Sequence[str], cand_flags: Sequence[bool],
     baseline_outputs: Mapping[str, Sequence[str]], base: Mapping[str, Sequence[bool]], policy: Policy,
+    waivers: list[Waiver],
 ) -> tuple[list[Metric], ExpectationsReport]:
     """Great Expectations over the outputs table (candidate, and the base for grandfathering)."""
     specs = policy_specs(policy)
@@ -218,6 +225,13 @@ def _expectation_metrics(
         if not passed and policy.gate.grandfather_base and o.name in base_by and not base_by[o.name].success:
             passed = True
             detail += "; grandfathered: the base model fails it too"
+            if decisive:
+                waivers.append(Waiver(
+                    name=f"expectation: {o.name}", suite="policy_compliance", metric=f"expectation: {o.name}",
+                    bound=None, comparator="<=", base_value=_num(base_by[o.name].observed),
+                    candidate_value=_num(o.observed),
+                    reason=f"the bare base model fails this expectation too "
+                           f"({base_by[o.name].unexpected_count} unexpected; the candidate {o.unexpected_count})"))
         metrics.append(Metric(f"expectation: {o.name}", _num(o.observed), None, passed, len(cases),
                               decisive=decisive, detail=detail))
     return metrics, cand_report

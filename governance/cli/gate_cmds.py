@@ -21,7 +21,7 @@ from governance.cli.common import clear_errors, console, fail
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
 from governance.errors import DomainError
-from governance.gates.report import GateReport, format_number
+from governance.gates.report import GateReport, decoding_rows, failing_sections, format_number, rule_in_words
 from governance.gates.service import latest_gate_run, latest_report, load_gate_report
 from governance.principal import Principal
 from governance.registry import service as registry
@@ -62,16 +62,22 @@ def run_cmd(
     if "skipped" in out:
         fail(f"version {version}: nothing to do ({out['skipped']}); the gate runs on submitted versions; to gate "
              f"an existing version under a deployment's current gate policy add `--deployment NAME`", code=1)
-    colour = "green" if out["verdict"] == "passed" else "red"
-    console.print(f"[bold {colour}]{out['verdict'].upper()}[/] version {version}  "
+    outcome = out.get("outcome") or out["verdict"]
+    colour = "red" if out["verdict"] != "passed" else ("yellow" if out.get("waivers") else "green")
+    console.print(f"[bold {colour}]{outcome.upper()}[/] version {version}  "
                   f"evidence {out['evidence_digest'][:16]}...", highlight=False)
+    if out.get("waivers"):
+        console.print(f"waivers (bounds the bare base model breaks too, not enforced): {', '.join(out['waivers'])}; "
+                      f"an approval must acknowledge each (`govern gate report {version}` says why)",
+                      highlight=False)
     if out["failing_suites"]:
         console.print(f"failing suites: {', '.join(out['failing_suites'])}", highlight=False)
     if html is not None:
         _write_html(version, html)
     if run_id is not None and out["verdict"] == "passed":
+        acks = "".join(f" --acknowledge {w!r}" if " " in w else f" --acknowledge {w}" for w in out.get("waivers", []))
         console.print(f"gate run {run_id} under {deployment!r}'s gate policy passed; a compliance officer approves "
-                      f"it for that policy: `govern review approve {version} --comment TEXT`", highlight=False)
+                      f"it for that policy: `govern review approve {version} --comment TEXT{acks}`", highlight=False)
     if out["verdict"] != "passed":
         raise typer.Exit(1)
 
@@ -112,13 +118,32 @@ def report_cmd(
 
 
 def _print_summary(version: int, report: GateReport) -> None:
-    colour = "green" if report.passed else "red"
-    console.print(f"[bold {colour}]{report.verdict.upper()}[/] version {version}", highlight=False)
+    """Verdict, waivers, each failing metric with a few failing cases beside the baseline's, then the tables."""
+    colour = "red" if not report.passed else ("yellow" if report.waivers else "green")
+    console.print(f"[bold {colour}]{report.outcome.upper()}[/] version {version}", highlight=False)
     console.print(f"evidence {report.evidence_digest}  policy {report.policy_sha256[:16]}...", highlight=False)
+    if report.waivers:
+        table = Table(title="Waivers: bounds the bare base model breaks too (not enforced; acknowledge each "
+                            "to approve)", title_justify="left")
+        for col in ("name", "suite", "bound", "base", "candidate", "why"):
+            table.add_column(col)
+        for w in report.waivers:
+            bound = "—" if w.bound is None else f"{w.comparator} {format_number(w.bound)}"
+            table.add_row(w.name, w.suite, bound, format_number(w.base_value), format_number(w.candidate_value),
+                          w.reason)
+        console.print(table)
+    for suite, m, cases in failing_sections(report):
+        console.print(f"[bold red]FAIL[/] {suite.suite}: {m.name} = {format_number(m.value)} "
+                      f"({rule_in_words(m)})", highlight=False)
+        for c in cases:
+            console.print(f"  case {c.case_id}: {_short(c.prompt, 100)}", highlight=False)
+            console.print(f"    candidate: {_short(c.candidate_output, 160)}", highlight=False)
+            for name, text in c.baseline_outputs.items():
+                console.print(f"    {name:>9}: {_short(text, 160)}", highlight=False)
     for suite in report.suites:
         table = Table(title=f"{suite.suite}: {'passed' if suite.passed else 'FAILED'} ({suite.n_cases} cases)",
                       title_justify="left")
-        for col in ("metric", "value", "threshold", "p (corr.)", "n", "result"):
+        for col in ("metric", "value", "threshold", "p (corr.)", "n", "result", "rule that decided"):
             table.add_column(col)
         for m in suite.metrics:
             if not m.decisive and m.passed and not m.name.startswith(("candidate", "minimum")):
@@ -127,7 +152,10 @@ def _print_summary(version: int, report: GateReport) -> None:
             result = "pass" if m.passed else "[red]FAIL[/]"
             if not m.decisive:
                 result = "reported"
-            table.add_row(m.name, format_number(m.value), threshold, format_number(m.p_adjusted), str(m.n), result)
+            elif m.passed and "grandfathered" in (m.detail or ""):
+                result = "[yellow]waived[/]"
+            table.add_row(m.name, format_number(m.value), threshold, format_number(m.p_adjusted), str(m.n), result,
+                          rule_in_words(m))
         console.print(table)
         failing = suite.failing_cases()
         if failing:
@@ -136,6 +164,14 @@ def _print_summary(version: int, report: GateReport) -> None:
     fvk = report.form_vs_knowledge
     if fvk:
         console.print(f"form vs knowledge: {fvk.get('reading', '')}", highlight=False)
+    if report.decoding:
+        console.print("decoding: " + "; ".join(f"{k} {v}" for k, v in decoding_rows(report.decoding)),
+                      highlight=False)
+
+
+def _short(text: str, limit: int) -> str:
+    one_line = " ".join(text.split())
+    return one_line if len(one_line) <= limit else one_line[: limit - 1] + "…"
 
 
 def _write_html(version: int, path: Path) -> None:

@@ -15,15 +15,26 @@ review_app = typer.Typer(help="Approve or reject gated versions (four eyes).", n
 def approve(
     version: int = typer.Argument(..., help="a gate-passed version id"),
     comment: str = typer.Option(..., "--comment", help="why (recorded with the approval)"),
+    acknowledge: list[str] = typer.Option(
+        [], "--acknowledge", metavar="WAIVER",
+        help="a waiver of the gate run, by name (repeat for each; a gate 'passed with waivers' needs them all)"),
 ) -> None:
-    """Approve a version; the approval binds its artifact, gate evidence and policy digests."""
+    """Approve a version; the approval binds its artifact, gate evidence and policy digests.
+
+    A gate that "passed with waivers" (bounds the bare base model breaks too, not
+    enforced) is approved only when every waiver is acknowledged by name:
+    `--acknowledge must_refuse --acknowledge disclaimer` (see `govern gate report VERSION`)."""
     check_id(version, "VERSION")
     check_text(comment, "--comment", max_len=MAX_COMMENT)
+    for name in acknowledge:
+        check_text(name, "--acknowledge", max_len=300)
     with client() as c:
-        r = c.approve(version, comment)
+        r = c.approve(version, comment, acknowledge)
+    acked = r.get("acknowledged_waivers") or []
     console.print(
         f"approved version {r['version_id']} (bound to artifact {r['artifact_sha256'][:12]}..., "
-        f"evidence {(r['evidence_digest'] or '-')[:12]}...)",
+        f"evidence {(r['evidence_digest'] or '-')[:12]}...)"
+        + (f"; waivers acknowledged: {', '.join(acked)}" if acked else ""),
         highlight=False,
     )
 

@@ -18,7 +18,7 @@ import json
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, with_config
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator, with_config
 from typing_extensions import TypedDict
 
 REPORT_SCHEMA = 1
@@ -85,6 +85,36 @@ class MetricReport(_Strict):
     baseline: str | None = None
     decisive: bool = True
     detail: str = ""
+
+
+class WaiverReport(_Strict):
+    """A bound that was not enforced because the bare base model breaks it too ("grandfathered").
+
+    ``name`` is what an officer acknowledges when approving (``--acknowledge NAME``): the
+    compliance category for a category's absolute bound (``must_refuse``), else the
+    metric's name (``gender four_fifths``, ``expectation: no email in pii answers``).
+    ``bound`` and ``comparator`` are the policy's bound; ``base_value`` and
+    ``candidate_value`` the two systems' values of the metric; ``reason`` says why.
+    """
+
+    name: str
+    suite: str
+    metric: str
+    bound: Number | None = None
+    comparator: Literal["<=", ">="] = "<="
+    base_value: Number | None = None
+    candidate_value: Number | None = None
+    reason: str = ""
+
+
+Outcome = Literal["passed", "passed with waivers", "failed"]
+
+
+def outcome_of(verdict: str | None, waivers: list[WaiverReport]) -> str | None:
+    """The verdict as an officer reads it: a pass that rests on a waived bound is "passed with waivers"."""
+    if verdict == "passed" and waivers:
+        return "passed with waivers"
+    return verdict
 
 
 class CaseReport(_Strict):
@@ -192,20 +222,46 @@ class GateReport(_Strict):
     decoding: DecodingSettings = Field(default_factory=lambda: DecodingSettings())
     form_vs_knowledge: FormVsKnowledge = Field(default_factory=lambda: FormVsKnowledge())
     suites: list[SuiteReport] = Field(default_factory=list)
+    # the bounds waived because the base breaks them too (reports stored before waivers
+    # were listed read as having none)
+    waivers: list[WaiverReport] = Field(default_factory=list)
     run: RunInfo = Field(default_factory=lambda: RunInfo())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived_outcome(cls, data: Any) -> Any:
+        # ``to_dict`` writes the outcome for readers; it is derived (verdict + waivers), not input
+        if isinstance(data, dict) and "outcome" in data:
+            data = {k: v for k, v in data.items() if k != "outcome"}
+        return data
 
     @property
     def passed(self) -> bool:
         return self.verdict == "passed"
 
+    @property
+    def outcome(self) -> str:
+        """"passed", "passed with waivers" or "failed" (the stored status stays passed/failed)."""
+        return outcome_of(self.verdict, self.waivers) or self.verdict
+
+    def waiver_names(self) -> list[str]:
+        return [w.name for w in self.waivers]
+
     def evidence(self) -> dict[str, Any]:
-        """The canonical evidence bundle that ``evidence_digest`` hashes (no run info, no digest)."""
-        return self.model_dump(mode="json", by_alias=True, exclude={"evidence_digest", "run"})
+        """The canonical evidence bundle that ``evidence_digest`` hashes (no run info, no digest).
+
+        An empty waiver list is left out, so a report without waivers hashes as it did
+        before waivers were listed.
+        """
+        exclude = {"evidence_digest", "run", *(() if self.waivers else ("waivers",))}
+        return self.model_dump(mode="json", by_alias=True, exclude=exclude)
 
     def to_dict(self) -> dict[str, Any]:
-        """The full report as JSON: verdict and digest first, then the evidence, then the run."""
-        d: dict[str, Any] = {"verdict": self.verdict, "evidence_digest": self.evidence_digest}
+        """The full report as JSON: verdict, outcome and digest first, then the evidence, then the run."""
+        d: dict[str, Any] = {"verdict": self.verdict, "evidence_digest": self.evidence_digest,
+                             "outcome": self.outcome}
         d.update({k: v for k, v in self.evidence().items() if k != "verdict"})
+        d["waivers"] = [w.model_dump(mode="json") for w in self.waivers]
         d["run"] = dict(self.run)
         return d
 
@@ -227,6 +283,7 @@ class GateReport(_Strict):
             base_digest=self.base_digest,
             decoding=self.decoding,
             details={s.suite: s.details for s in self.suites},
+            waivers=self.waivers,
         )
 
 
@@ -258,6 +315,12 @@ class GateSummary(_Strict):
     base_digest: str = ""
     decoding: DecodingSettings = Field(default_factory=lambda: DecodingSettings())
     details: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # absent in summaries stored before waivers were listed: read as none
+    waivers: list[WaiverReport] = Field(default_factory=list)
+
+    @property
+    def outcome(self) -> str | None:
+        return outcome_of(self.verdict, self.waivers)
 
 
 def read_summary(data: Any, *, source: str = "gate run") -> GateSummary:
@@ -273,3 +336,94 @@ def _first_problem(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"
     return f"{where}: {err['msg']}"
+
+
+# ---------------------------------------------------------------- reading a report
+
+
+def _beyond(m: MetricReport) -> bool | None:
+    """Is the value on the failing side of its threshold? (None: no value or no threshold.)"""
+    if not isinstance(m.value, int | float) or not isinstance(m.threshold, int | float) or math.isnan(m.value):
+        return None
+    return m.value < m.threshold if m.comparator == ">=" else m.value > m.threshold
+
+
+def rule_in_words(m: MetricReport) -> str:
+    """Which rule decided this metric, in words ("within bound", "not significant (p=1 > alpha)", ...).
+
+    A value on the wrong side of its threshold can pass: the bound is only enforced with a
+    significant test behind it, or it was waived because the base breaks it too, or there
+    was too little to judge (the suite says so in ``detail``).
+    """
+    detail = m.detail or ""
+    p = m.p_adjusted if m.p_adjusted is not None else m.p_value
+    if not m.decisive:
+        return "context only: not part of the verdict"
+    if "not judged:" in detail:
+        return "not judged: " + detail.split("not judged:", 1)[1].split(";", 1)[0].strip()
+    if "grandfathered" in detail:
+        return "waived: the bare base model breaks the bound too (judged against the base only)"
+    beyond = _beyond(m)
+    if not m.passed:
+        if p is not None:
+            return f"fails: beyond the bound and significant (p={format_number(p)} <= alpha)"
+        return "fails: beyond the bound" if beyond is not False else "fails"
+    if beyond:
+        if p is not None:
+            return f"not significant (p={format_number(p)} > alpha)"
+        return "passes"
+    if m.threshold is None:
+        return "passes" if m.name.startswith("expectation") else "no bound in the policy"
+    return "within bound"
+
+
+def cases_for_metric(suite: SuiteReport, metric: MetricReport, limit: int = 3) -> list[CaseReport]:
+    """The few failing cases that show why ``metric`` failed: those of its category, else the suite's."""
+    failing = suite.failing_cases()
+    head = metric.name.split(" ", 1)[0]
+    own = [c for c in failing if c.category == head]
+    if metric.name.startswith("invariant"):
+        own = [c for c in failing if c.scores.get("invariant_violation")] or own
+    return (own or failing)[:limit]
+
+
+def decoding_rows(decoding: dict[str, Any] | DecodingSettings) -> list[tuple[str, str]]:
+    """The decoding settings as (setting, value) rows a person reads (no raw dict)."""
+    d = dict(decoding)
+    labels = {"strategy": "strategy", "max_new_tokens": "max new tokens", "system": "system prompt",
+              "chat_template": "chat template"}
+    rows: list[tuple[str, str]] = []
+    for key, label in labels.items():
+        if key in d:
+            value = d.pop(key)
+            rows.append((label, "none" if value is None else format_number(value)))
+    batching = d.pop("batching", None)
+    if isinstance(batching, dict):
+        parts = [str(batching.get("kind", "batched"))]
+        if "width" in batching:
+            parts.append(f"{batching['width']} rows at a time")
+        if "group_batches" in batching:
+            parts.append(f"{batching['group_batches']} batches per group")
+        rows.append(("batching", ", ".join(parts)))
+    for key in sorted(d):
+        rows.append((key.replace("_", " "), format_number(d[key])))
+    return rows
+
+
+def failing_sections(
+    report: GateReport, per_metric: int = 3
+) -> list[tuple[SuiteReport, MetricReport, list[CaseReport]]]:
+    """Each failing metric with the few failing cases that show why, first failure first.
+
+    A case already shown under an earlier metric of the suite is not repeated (two rules
+    failing on the same answers list them once).
+    """
+    sections = []
+    for suite in report.suites:
+        shown: set[str] = set()
+        for metric in suite.failing_metrics():
+            cases = [c for c in cases_for_metric(suite, metric, limit=len(suite.cases)) if c.case_id not in shown]
+            cases = cases[:per_metric]
+            shown.update(c.case_id for c in cases)
+            sections.append((suite, metric, cases))
+    return sections

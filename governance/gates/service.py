@@ -12,7 +12,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from governance.gates.models import GateCaseResult, GateRun
-from governance.gates.report import CaseReport, GateReport, ReportUnreadable, SuiteReport, read_summary
+from governance.gates.report import (
+    CaseReport,
+    GateReport,
+    ReportUnreadable,
+    SuiteReport,
+    WaiverReport,
+    read_summary,
+)
 
 FINISHED = ("passed", "failed")
 
@@ -70,10 +77,16 @@ def load_gate_report(session: Session, *, gate_run: GateRun) -> GateReport:
             base_digest=summary.base_digest,
             decoding=summary.decoding,
             form_vs_knowledge=summary.form_vs_knowledge,
+            waivers=summary.waivers,
             run=summary.run,
         )
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise ReportUnreadable(f"gate run {gate_run.id}: the stored report does not fit the contract: {exc}") from exc
+
+
+def waivers_of_run(gate_run: GateRun) -> list[WaiverReport]:
+    """The bounds the run waived because the base breaks them too (none for runs stored before waivers)."""
+    return list(read_summary(gate_run.summary, source=f"gate run {gate_run.id}").waivers)
 
 
 def latest_runs(session: Session, *, version_ids: list[int]) -> dict[int, GateRun]:

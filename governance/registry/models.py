@@ -133,4 +133,7 @@ class Review(Base):
     # deployment accepts the approval while it gates with the same digest
     gate_digest: Mapped[str | None] = mapped_column(String(64))
     gate_run_id: Mapped[int | None] = mapped_column(ForeignKey("gate_runs.id", ondelete="RESTRICT"))
+    # the waivers of that gate run the officer acknowledged by name (null: it waived none,
+    # or the review predates waivers)
+    acknowledged_waivers: Mapped[list[str] | None] = mapped_column(JSONB, nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

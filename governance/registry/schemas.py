@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, computed_field
 
+from governance.gates.report import ReportUnreadable, WaiverReport, read_summary
 from governance.schemas import Out, StrictIn
 
 
@@ -50,6 +51,9 @@ class SubmitResult(VersionRead):
 
 class ReviewIn(StrictIn):
     comment: str = Field(min_length=1, max_length=10_000)
+    acknowledged_waivers: list[Annotated[str, Field(min_length=1, max_length=300)]] = Field(
+        default_factory=list, max_length=200,
+        description="approve only: the name of every waiver of the bound gate run (409 if one is missing or unknown)")
 
 
 class ReviewRead(Out):
@@ -63,6 +67,8 @@ class ReviewRead(Out):
     policy_sha256: str | None
     gate_digest: str | None = Field(description="the gate policy (binding sections) the approval holds under")
     gate_run_id: int | None = Field(description="the gate run the review rests on")
+    acknowledged_waivers: list[str] | None = Field(
+        None, description="the gate run's waivers the officer acknowledged by name (null: none were waived)")
     created_at: datetime
     state: str = Field(description="the version's state after the review")
 
@@ -82,6 +88,23 @@ class GateRunRead(Out):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="waivers: the bounds not enforced because the bare base model breaks them too")
+    @property
+    def waivers(self) -> list[WaiverReport]:
+        try:
+            return list(read_summary(self.summary, source=f"gate run {self.id}").waivers)
+        except ReportUnreadable:
+            return []
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description='"passed", "passed with waivers" or "failed" (null while the run is not finished)')
+    @property
+    def outcome(self) -> str | None:
+        if self.status not in ("passed", "failed"):
+            return None
+        return "passed with waivers" if self.status == "passed" and self.waivers else self.status
 
 
 class GateView(Out):

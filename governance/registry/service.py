@@ -392,16 +392,25 @@ def finish_gate(
     evidence_digest: str | None,
     policy_sha256: str | None,
     principal: Principal,
+    waivers: Sequence[str] = (),
 ) -> TokenVersion:
-    """evaluating -> gate_passed | gate_failed, recording the digests the verdict rests on."""
+    """evaluating -> gate_passed | gate_failed, recording the digests the verdict rests on.
+
+    ``waivers`` names the bounds the gate waived because the base breaks them too: a pass
+    with waivers is recorded as ``outcome`` "passed with waivers" with their names.
+    """
     to, action = (VersionState.gate_passed, "gate_pass") if passed else (VersionState.gate_failed, "gate_fail")
+    payload: dict[str, Any] = {"evidence_digest": evidence_digest, "policy_sha256": policy_sha256}
+    if passed:
+        payload["outcome"] = "passed with waivers" if waivers else "passed"
+        payload["waivers"] = list(waivers)
     return lifecycle.transition(
         session,
         version_id=version_id,
         to=to.value,
         principal=principal,
         action=action,
-        payload={"evidence_digest": evidence_digest, "policy_sha256": policy_sha256},
+        payload=payload,
     )
 
 
@@ -467,7 +476,39 @@ def _gate_to_bind(session: Session, version: TokenVersion, principal: Principal,
     return gate
 
 
-def _review(session: Session, *, version_id: int, principal: Principal, comment: str, decision: str) -> Review:
+def _check_waivers(
+    version_id: int, gate: GateRun, acknowledged: Sequence[str], refusal: Refusal
+) -> list[str] | None:
+    """The waivers of the bound gate run, each acknowledged by name (None: the run waived nothing).
+
+    An approval of a "passed with waivers" run must name every waiver; a name the run
+    did not waive is refused too (a typo must not pass for an acknowledgement).
+    """
+    waived = [w.name for w in gates.waivers_of_run(gate)]
+    given = list(dict.fromkeys(a.strip() for a in acknowledged if a.strip()))
+    unknown = [a for a in given if a not in waived]
+    if unknown:
+        raise Conflict(
+            f"gate run {gate.id} of version {version_id} waived no bound named {', '.join(map(repr, unknown))}"
+            + (f" (its waivers: {', '.join(waived)})" if waived else " (it waived none)"),
+            details={"version_id": version_id, "gate_run_id": gate.id, "unknown": unknown, "waivers": waived},
+            refusal=refusal)
+    missing = [w for w in waived if w not in given]
+    if missing:
+        flags = " ".join(f"--acknowledge {w!r}" if " " in w else f"--acknowledge {w}" for w in missing)
+        raise Conflict(
+            f"version {version_id} passed its gate with waivers (gate run {gate.id}): the bare base model breaks "
+            f"these bounds too, so they were not enforced; acknowledge each by name to approve: "
+            f"{', '.join(missing)} (`govern review approve {version_id} --comment TEXT {flags}`)",
+            details={"version_id": version_id, "gate_run_id": gate.id, "missing": missing, "waivers": waived},
+            refusal=refusal)
+    return waived or None
+
+
+def _review(
+    session: Session, *, version_id: int, principal: Principal, comment: str, decision: str,
+    acknowledged_waivers: Sequence[str] = (),
+) -> Review:
     action = "approve" if decision == "approve" else "reject"
     comment = (comment or "").strip()
     if not comment:
@@ -503,6 +544,8 @@ def _review(session: Session, *, version_id: int, principal: Principal, comment:
             f"version {version_id}'s stored artifact no longer matches its sha256; refusing to review it",
             refusal=refusal,
         )
+    acknowledged = (_check_waivers(version_id, gate, acknowledged_waivers, refusal)
+                    if decision == "approve" and gate is not None else None)
     review = Review(
         version_id=version_id,
         reviewer_id=principal.user_id,
@@ -513,6 +556,7 @@ def _review(session: Session, *, version_id: int, principal: Principal, comment:
         policy_sha256=gate.policy_sha256 if gate else None,
         gate_digest=digest,
         gate_run_id=gate.id if gate else None,
+        acknowledged_waivers=acknowledged,
     )
     session.add(review)
     session.flush()
@@ -531,19 +575,26 @@ def _review(session: Session, *, version_id: int, principal: Principal, comment:
             "gate_digest": review.gate_digest,
             "gate_run_id": review.gate_run_id,
             **({"reapproval": True} if reapproval else {}),
+            **({"acknowledged_waivers": acknowledged} if acknowledged else {}),
         },
     )
     return review
 
 
-def approve(session: Session, *, version_id: int, principal: Principal, comment: str) -> Review:
+def approve(
+    session: Session, *, version_id: int, principal: Principal, comment: str,
+    acknowledged_waivers: Sequence[str] = (),
+) -> Review:
     """Four-eyes approval bound to the version's newest passed gate run (its evidence and gate digest).
 
     A gate-passed or rolled-back version becomes approved; an approved, active or
     superseded one re-gated under a new gate policy keeps its state and gains an approval
-    under that gate digest (the audit entry says ``reapproval``).
+    under that gate digest (the audit entry says ``reapproval``). When that gate run
+    passed with waivers, ``acknowledged_waivers`` must name each of them (409 otherwise);
+    they are recorded with the review and in the audit entry.
     """
-    return _review(session, version_id=version_id, principal=principal, comment=comment, decision="approve")
+    return _review(session, version_id=version_id, principal=principal, comment=comment, decision="approve",
+                   acknowledged_waivers=acknowledged_waivers)
 
 
 def reject(session: Session, *, version_id: int, principal: Principal, comment: str) -> Review:
@@ -635,9 +686,9 @@ def request_regate(
 
 def finish_regate(
     session: Session, *, version_id: int, gate_run_id: int, passed: bool, evidence_digest: str | None,
-    principal: Principal,
+    principal: Principal, waivers: Sequence[str] = (),
 ) -> TokenVersion:
-    """Record a re-gate's verdict (one audit entry); the version's state does not change."""
+    """Record a re-gate's verdict (one audit entry, with the waivers of a pass); the version's state does not change."""
     require_allowed(principal, "version.regate_result", "version", version_id)
     version = lifecycle.lock_version(session, version_id)
     run = gates.get_gate_run(session, gate_run_id=gate_run_id)
@@ -645,6 +696,8 @@ def finish_regate(
         raise NotFound(f"no re-gate run {gate_run_id} of version {version_id}")
     audit.record(session, principal, action="version.regate_result", subject_type="version", subject_id=version_id,
                  payload={"gate_run_id": gate_run_id, "verdict": "passed" if passed else "failed",
+                          **({"outcome": "passed with waivers" if waivers else "passed", "waivers": list(waivers)}
+                             if passed else {}),
                           "evidence_digest": evidence_digest, "policy_sha256": run.policy_sha256,
                           "gate_digest": run.gate_digest, "deployment_id": run.deployment_id,
                           "state": version.state})

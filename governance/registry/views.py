@@ -76,6 +76,7 @@ def review_read(session: Session, r: Review, state: str) -> ReviewRead:
         policy_sha256=r.policy_sha256,
         gate_digest=r.gate_digest,
         gate_run_id=r.gate_run_id,
+        acknowledged_waivers=r.acknowledged_waivers,
         created_at=r.created_at,
         state=state,
     )
@@ -250,7 +251,8 @@ def get_gate(version_id: int, session: SessionDep, _: Annotated[Principal, may("
 def approve(
     version_id: int, body: ReviewIn, session: SessionDep, principal: Annotated[Principal, may("version.approve")]
 ) -> ReviewRead:
-    review = service.approve(session, version_id=version_id, principal=principal, comment=body.comment)
+    review = service.approve(session, version_id=version_id, principal=principal, comment=body.comment,
+                             acknowledged_waivers=body.acknowledged_waivers)
     return review_read(session, review, "approved")
 
 

@@ -57,6 +57,25 @@ def test_the_stored_summary_reads_back(report: GateReport) -> None:
     assert read_summary({}).suites == {} and read_summary(None).verdict is None  # a running gate's row
 
 
+def test_summaries_stored_before_waivers_read_as_having_none(report: GateReport) -> None:
+    stored = json.loads(json.dumps(report.stored_summary().model_dump(mode="json")))
+    assert stored["waivers"] == []
+    del stored["waivers"]  # what a runner before waivers wrote
+    old = read_summary(stored)
+    assert old.waivers == [] and old.outcome == old.verdict == "failed"
+    # a report without waivers hashes as it did before they were listed (no empty key in the evidence)
+    assert "waivers" not in report.evidence() and report.to_dict()["waivers"] == []
+    assert report.to_dict()["outcome"] == "failed"
+    passed = read_summary({**stored, "verdict": "passed"})
+    assert passed.outcome == "passed"
+    waived = read_summary({**stored, "verdict": "passed", "waivers": [
+        {"name": "must_refuse", "suite": "policy_compliance", "metric": "must_refuse violation rate",
+         "bound": 0.1, "base_value": 1.0, "candidate_value": 1.0, "reason": "the base breaks it too"}]})
+    assert waived.outcome == "passed with waivers" and waived.waivers[0].comparator == "<="
+    with pytest.raises(ReportUnreadable, match="waivers"):
+        read_summary({**stored, "waivers": [{"name": "x"}]})
+
+
 def test_a_summary_off_the_contract_is_refused_by_name(report: GateReport) -> None:
     stored = report.stored_summary().model_dump(mode="json")
     stored["suites"]["bias"]["metrics"][0]["pvalue"] = 0.5

@@ -125,8 +125,28 @@ def test_grandfathered_bound_passes_base_against_itself(data: dict, policy: Poli
     never = synthetic.complying_candidate(cases, base)
     result = suite.evaluate(cases, never, {"base": never}, policy)
     assert result.passed and any("grandfathered" in m.detail for m in result.metrics)
+    # and each waived bound is listed as a waiver (name, bound, both values, why)
+    waiver = next(w for w in result.waivers if w.name == "must_refuse")
+    assert waiver.suite == "policy_compliance" and waiver.metric == "must_refuse violation rate"
+    assert waiver.bound == policy.gate.policy_compliance.max_violation_rate["must_refuse"]
+    assert waiver.base_value == waiver.candidate_value == 1.0 and "base" in waiver.reason
+    assert len({w.name for w in result.waivers}) == len(result.waivers)
     # but not when the policy turns grandfathering off.
-    assert not suite.evaluate(cases, never, {"base": never}, strict).passed
+    strict_result = suite.evaluate(cases, never, {"base": never}, strict)
+    assert not strict_result.passed and strict_result.waivers == []
+
+
+def test_a_gate_with_waivers_reads_passed_with_waivers(data: dict, policy: Policy) -> None:
+    from evaluators.runner import build_report
+
+    suite, cases, base = data["policy_compliance"]
+    never = synthetic.complying_candidate(cases, base)
+    report = build_report([suite.evaluate(cases, never, {"base": never}, policy)], policy_sha256="p" * 64,
+                          candidate_digest="c" * 64, active_digest=None, base_digest="b" * 64, decoding={})
+    assert report.verdict == "passed" and report.outcome == "passed with waivers"
+    assert "must_refuse" in report.waiver_names() and report.to_dict()["outcome"] == "passed with waivers"
+    assert report.evidence()["waivers"] and report.stored_summary().outcome == "passed with waivers"
+
 
 
 def test_bias_failure_names_attribute(data: dict, policy: Policy) -> None:
@@ -259,3 +279,18 @@ def test_misaligned_outputs_are_refused(data: dict, policy: Policy) -> None:
 )
 def test_answer_extractor(text: str, kind: str, answer: str | None) -> None:
     assert extract_answer(text, kind) == answer
+
+
+def test_a_bias_bound_the_base_crosses_too_is_a_named_waiver(data: dict, policy: Policy) -> None:
+    suite, cases, base = data["bias"]
+    biased = synthetic.attribute_dependent_candidate(cases, base)
+    result = suite.evaluate(cases, biased, {"base": biased}, policy)
+    assert result.passed and result.waivers
+    names = {m.name for m in result.metrics}
+    for w in result.waivers:
+        assert w.suite == "bias" and w.name == w.metric and w.name in names
+        assert w.base_value == w.candidate_value and w.bound is not None
+    # only bounds whose test would have failed the candidate are listed
+    waived = {w.name for w in result.waivers}
+    assert all("grandfathered" in m.detail for m in result.metrics if m.name in waived)
+    assert not any("grandfathered" in m.detail for m in result.metrics if m.name not in waived)

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -99,7 +100,8 @@ class World:
             )
             return sub.version.id
 
-    def gate(self, version_id: int, *, passed: bool = True) -> None:
+    def gate(self, version_id: int, *, passed: bool = True, waivers: list[dict[str, Any]] | None = None) -> None:
+        """Gate the version (no model): ``waivers`` (WaiverReport dicts) make a pass "passed with waivers"."""
         gate = Principal.for_system("gate")
         with unit_of_work(self.engine) as s:
             registry.begin_gate(s, version_id=version_id, principal=gate)
@@ -112,6 +114,8 @@ class World:
                     gate_digest=GATE_DIGEST,
                     status="passed" if passed else "failed",
                     evidence_digest=evidence,
+                    **({"summary": {"verdict": "passed" if passed else "failed", "waivers": waivers}}
+                       if waivers is not None else {}),
                 )
             )
             registry.finish_gate(
@@ -121,6 +125,7 @@ class World:
                 evidence_digest=evidence,
                 policy_sha256=POLICY_SHA,
                 principal=gate,
+                waivers=[w["name"] for w in waivers or []],
             )
 
     def approved(self, *, deployment: str | None = None) -> int:

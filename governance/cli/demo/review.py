@@ -10,8 +10,11 @@ from governance.client import ApiError
 def review_and_promote(st: DemoState) -> None:
     house, safer = st.versions["house"], st.versions["safer"]
     with st.client(st.users.officer) as off, st.client(st.users.engineer) as eng:
-        off.approve(house, "Gate evidence reviewed: format adherence up, no reasoning regression.")
-        say(st, f"officer approved version {house}")
+        # a gate that passed with waivers (bounds the bare base breaks too) needs each acknowledged by name
+        waived = off.pending_waivers(house)
+        off.approve(house, "Gate evidence reviewed: format adherence up, no reasoning regression.", waived)
+        say(st, f"officer approved version {house}"
+                + (f", acknowledging the waivers {', '.join(waived)}" if waived else ""))
         try:
             eng.approve(safer, "I trained it, it is fine.")
         except ApiError as exc:
@@ -21,7 +24,8 @@ def review_and_promote(st: DemoState) -> None:
         g1 = eng.promote(DEPLOYMENT, house)["generation"]
         say(st, f"engineer promoted version {house}: generation {g1}")
         wait_replicas(st, g1)
-        off.approve(safer, "Refusals on unsafe prompts improved; benign answers unchanged.")
+        off.approve(safer, "Refusals on unsafe prompts improved; benign answers unchanged.",
+                    off.pending_waivers(safer))
         g2 = eng.promote(DEPLOYMENT, safer)["generation"]
         say(st, f"officer approved and engineer promoted version {safer}: generation {g2}")
         ms = wait_replicas(st, g2)
