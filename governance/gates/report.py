@@ -283,6 +283,7 @@ class GateReport(_Strict):
             base_digest=self.base_digest,
             decoding=self.decoding,
             details={s.suite: s.details for s in self.suites},
+            suite_order=[s.suite for s in self.suites],
             waivers=self.waivers,
         )
 
@@ -317,6 +318,9 @@ class GateSummary(_Strict):
     details: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # absent in summaries stored before waivers were listed: read as none
     waivers: list[WaiverReport] = Field(default_factory=list)
+    # the suites in the order the evidence digest hashed them: JSONB keeps an object's keys
+    # in its own order, so ``suites`` alone loses it (empty in summaries stored before)
+    suite_order: list[str] = Field(default_factory=list)
 
     @property
     def outcome(self) -> str | None:

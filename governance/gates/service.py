@@ -15,7 +15,9 @@ from governance.gates.models import GateCaseResult, GateRun
 from governance.gates.report import (
     CaseReport,
     GateReport,
+    GateSummary,
     ReportUnreadable,
+    StoredSuite,
     SuiteReport,
     WaiverReport,
     read_summary,
@@ -55,6 +57,14 @@ def case_reports(session: Session, *, gate_run_id: int) -> dict[str, list[CaseRe
     return cases
 
 
+def _in_hashed_order(summary: GateSummary) -> list[tuple[str, StoredSuite]]:
+    """The stored suites in the order the evidence digest hashed them (``suite_order``; older
+    rows: as stored), so a loaded report re-hashes to its digest."""
+    order = [n for n in summary.suite_order if n in summary.suites]
+    rest = [n for n in summary.suites if n not in order]
+    return [(n, summary.suites[n]) for n in order + rest]
+
+
 def load_gate_report(session: Session, *, gate_run: GateRun) -> GateReport:
     """Rebuild the report of a finished run (for the JSON route, the CLI and the HTML page)."""
     if gate_run.status not in FINISHED:
@@ -64,7 +74,7 @@ def load_gate_report(session: Session, *, gate_run: GateRun) -> GateReport:
     suites = [
         SuiteReport(suite=name, passed=info.passed, n_cases=info.n_cases, metrics=info.metrics,
                     notes=info.notes, details=summary.details.get(name, {}), cases=cases.get(name, []))
-        for name, info in summary.suites.items()
+        for name, info in _in_hashed_order(summary)
     ]
     try:
         return GateReport(
