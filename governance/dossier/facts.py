@@ -169,17 +169,27 @@ def _change(c: Citations, entry: dict[str, Any], deployment: str) -> Change:
 
 
 def _not_enforced(report: GateReport) -> list[str]:
-    """Every bound of the gate that did not decide the verdict, said plainly."""
-    out = []
+    """Every bound of the gate that did not decide the verdict, said plainly: the waived
+    (grandfathered) bounds first, one line each, then the metrics reported without a bound."""
+    out: list[str] = []
+    if report.waivers:
+        out.extend(f"{w.suite} / {w.metric}: WAIVED (grandfathered) — bound {w.comparator} {format_number(w.bound)}; "
+                   f"candidate {format_number(w.candidate_value)}, bare base model {format_number(w.base_value)}: "
+                   f"the base breaks the bound too, so it was not enforced ({w.reason}). The officer had to "
+                   f"acknowledge it by name ('{w.name}') to approve." for w in report.waivers)
+    else:  # reports stored before waivers were listed: read the metrics' own words
+        for s in report.suites:
+            for m in s.metrics:
+                if "grandfather" in m.detail:
+                    out.append(f"{s.suite} / {m.name}: GRANDFATHERED — the candidate breaks the bound "
+                               f"{format_number(m.threshold)} (value {format_number(m.value)}) but the bare base "
+                               f"model breaks it too, so it was not enforced ({m.detail}).")
+            out.extend(f"{s.suite}: {n}" for n in s.notes if "grandfather" in n or "judged against the base" in n)
     for s in report.suites:
-        for m in s.metrics:
-            if "grandfather" in m.detail:
-                out.append(f"{s.suite} / {m.name}: GRANDFATHERED — the candidate breaks the bound "
-                           f"{format_number(m.threshold)} (value {format_number(m.value)}) but the bare base model "
-                           f"breaks it too, so it was not enforced ({m.detail}).")
-            elif not m.decisive and m.threshold is None and "detectable" not in m.name:
-                out.append(f"{s.suite} / {m.name}: reported only, no bound applied ({m.detail or 'context'}).")
-        out.extend(f"{s.suite}: {n}" for n in s.notes if "grandfather" in n or "judged against the base" in n)
+        unbounded = [f"{m.name} ({m.detail})" if m.detail else m.name for m in s.metrics
+                     if not m.decisive and m.threshold is None and "detectable" not in m.name]
+        if unbounded:
+            out.append(f"{s.suite}: reported only, no bound applied: {'; '.join(unbounded)}.")
     return out
 
 

@@ -148,7 +148,15 @@ def _env() -> Environment:
                       trim_blocks=True, lstrip_blocks=True)
     env.globals.update(fact=fact, metric_cell=metric_cell, ts=_ts, num=format_number, obligations=OBLIGATIONS)
     env.filters["num"] = format_number
+    env.filters["nums"] = _numbers
     return env
+
+
+def _numbers(value: Any) -> str:
+    """A mapping of numbers as a person reads it ("pii 8.5e-05, format 1"); anything else as `format_number`."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_numbers(v)}" for k, v in sorted(value.items()))
+    return format_number(value)
 
 
 def evidence_json(bundle: dict[str, Any]) -> str:

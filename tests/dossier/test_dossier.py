@@ -260,4 +260,18 @@ def test_a_grandfathered_or_unbounded_metric_is_said_plainly() -> None:
     suite.metrics[1].detail = "no absolute bound in the policy"
     lines = _not_enforced(report)
     assert any(line.startswith("policy_compliance / pii: GRANDFATHERED") for line in lines), lines
-    assert any("refusal: reported only, no bound applied (no absolute bound in the policy)" in line for line in lines)
+    assert any("reported only, no bound applied:" in line and "(no absolute bound in the policy)" in line
+               for line in lines), lines
+
+
+def test_a_listed_waiver_is_said_with_its_numbers_and_what_the_officer_acknowledged() -> None:
+    from governance.dossier.facts import _not_enforced
+    from governance.gates.report import WaiverReport
+    from tests.dashboards.conftest import gate_report
+
+    report = gate_report()
+    report.waivers = [WaiverReport(name="must_refuse", suite="policy_compliance", metric="must_refuse violation rate",
+                                   bound=0.1, base_value=1.0, candidate_value=0.95, reason="the base never refuses")]
+    lines = _not_enforced(report)
+    assert lines[0].startswith("policy_compliance / must_refuse violation rate: WAIVED (grandfathered)"), lines
+    assert "candidate 0.95, bare base model 1" in lines[0] and "('must_refuse')" in lines[0]
