@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from governance.cli.common import clear_errors, console, fail
+from governance.cli.common import TORCH_THREADS_HELP, clear_errors, console, fail, limit_torch_threads
 from governance.db import check_database, engine_for, unit_of_work
 from governance.embedded import ServicesNotRunning, resolve_database_url
 from governance.errors import Conflict
@@ -123,6 +123,7 @@ EvalOpt = Annotated[Path | None, typer.Option("--eval", help="held-out JSONL (de
 ModelOpt = Annotated[str | None, typer.Option("--model", help="base model (default: GOVERN_BASE_MODEL)")]
 ParentOpt = Annotated[Path | None, typer.Option("--parent", help="token dir this version derives from")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite a token already in --out")]
+ThreadsOpt = Annotated[int, typer.Option("--torch-threads", min=0, help=TORCH_THREADS_HELP)]
 
 
 @train_app.command("sft")
@@ -139,8 +140,10 @@ def sft_cmd(
     model: ModelOpt = None,
     parent: ParentOpt = None,
     force: ForceOpt = False,
+    torch_threads: ThreadsOpt = 0,
 ) -> None:
     """Supervised fine-tuning of a token on {"messages": [...]} or {"prompt", "response"} lines."""
+    limit_torch_threads(torch_threads)
     _train("sft", data, out, eval_data, model, parent, force,
            n_tokens=tokens, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size)
 
@@ -162,9 +165,11 @@ def dpo_cmd(
     model: ModelOpt = None,
     parent: ParentOpt = None,
     force: ForceOpt = False,
+    torch_threads: ThreadsOpt = 0,
 ) -> None:
     """Direct preference optimisation on {"prompt", "chosen", "rejected"} lines; the reference
     policy is the base model with the token switched off."""
+    limit_torch_threads(torch_threads)
     _train("dpo", data, out, eval_data, model, parent, force,
            n_tokens=tokens, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, beta=beta,
            sft_weight=sft_weight)
