@@ -128,7 +128,8 @@ def _tiny_world(engine: Engine) -> World:
     with unit_of_work(engine) as s:
         # one base model per set of weights: a run's earlier world may have registered it already
         known = [b.name for b in registry.list_base_models(s) if b.weights_digest == weights]
-        base = known[0] if known else uid("tiny-llama")
+        # the name `govern model prepare` registers it under, so a later prepare in the same run is idempotent
+        base = known[0] if known else "tiny-random-llama"
         if not known:
             registry.register_base_model(s, name=base, weights_digest=weights, tokenizer_digest=digests.tokenizer,
                                          config={"hidden_size": 64, "num_layers": 2, "num_heads": 4,
