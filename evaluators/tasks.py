@@ -190,6 +190,21 @@ def _outcome(version_id: int, gate_run_id: int, report: GateReport) -> dict[str,
     }
 
 
+def _judge(
+    inputs: GateInputs, run_id: int, what: str, *, engine: Engine | None, state_dir: str | Path | None,
+    generator: Any | None, progress: Progress | None, suites: Any,
+) -> GateReport:
+    """Transaction 2: generate and judge outside any transaction; an error marks the run and re-raises."""
+    try:
+        report, _ = evaluate_version(inputs, state_dir=_state(state_dir), generator=generator, progress=progress,
+                                     suites=suites)
+    except Exception as exc:
+        log.exception("%s failed", what)
+        record_error(run_id, exc, engine=engine)
+        raise
+    return report
+
+
 def run_gate_for_version(
     version_id: int,
     *,
@@ -204,13 +219,8 @@ def run_gate_for_version(
     if isinstance(started, str):
         return {"version_id": version_id, "skipped": started}
     inputs, run_id = started
-    try:
-        report, _ = evaluate_version(inputs, state_dir=_state(state_dir), generator=generator, progress=progress,
-                                     suites=suites)
-    except Exception as exc:
-        log.exception("gate of version %s failed", version_id)
-        record_error(run_id, exc, engine=engine)
-        raise
+    report = _judge(inputs, run_id, f"gate of version {version_id}", engine=engine, state_dir=state_dir,
+                    generator=generator, progress=progress, suites=suites)
     record_gate(version_id, run_id, report, engine=engine)
     return _outcome(version_id, run_id, report)
 
@@ -276,13 +286,8 @@ def run_regate(
     if isinstance(started, str):
         return {"gate_run_id": gate_run_id, "skipped": started}
     inputs, run_id = started
-    try:
-        report, _ = evaluate_version(inputs, state_dir=_state(state_dir), generator=generator, progress=progress,
-                                     suites=suites)
-    except Exception as exc:
-        log.exception("re-gate run %s failed", gate_run_id)
-        record_error(run_id, exc, engine=engine)
-        raise
+    report = _judge(inputs, run_id, f"re-gate run {gate_run_id}", engine=engine, state_dir=state_dir,
+                    generator=generator, progress=progress, suites=suites)
     record_regate(run_id, report, engine=engine)
     return _outcome(inputs.version_id, run_id, report)
 
