@@ -16,6 +16,7 @@ versions approved under the old gate policy to be re-gated (`stale_versions` nam
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,10 @@ class PolicyVersion:
     binds_approvals: bool  # its gate digest differs from the version before
 
 
+@functools.lru_cache(maxsize=256)
 def gate_digest_of_text(content: str) -> str:
+    """The gate digest of a stored policy file; memoized, as every promotion, rollback and
+    deployment read asks it of the same few files (a pure function of the text and this release)."""
     return policy_schema.gate_digest(policy_schema.parse_policy(content)[0])
 
 
@@ -204,10 +208,12 @@ def history(session: Session, *, deployment: str) -> list[PolicyVersion]:
     rows = _rows(session, dep)
     texts = registry.policy_texts(session, policy_ids={r.policy_id for r in rows} | {dep.policy_id})
     if not rows:  # stored before policy versions existed and never changed since
+        content = texts[dep.policy_id]
         return [PolicyVersion(DeploymentPolicy(
-            deployment_id=dep.id, seq=1, policy_id=dep.policy_id, policy_sha256="", gate_digest="", state="active",
+            deployment_id=dep.id, seq=1, policy_id=dep.policy_id, policy_sha256=policy_schema.parse_policy(content)[1],
+            gate_digest=gate_digest_of_text(content), state="active",
             reason="the policy the deployment was created with", proposed_by_actor="", proposed_at=dep.created_at),
-            texts[dep.policy_id], "", [], False)]
+            content, "", [], False)]
     out: list[PolicyVersion] = []
     before: DeploymentPolicy | None = None
     for row in rows:

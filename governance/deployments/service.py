@@ -37,7 +37,7 @@ from governance.registry.models import VersionState
 from governance.roles import allowed
 
 if TYPE_CHECKING:
-    from governance.registry.models import BaseModel_, Policy, TokenVersion
+    from governance.registry.models import BaseModel_, Policy, Review, TokenVersion
 
 ADMINS = allowed("deployment.create")
 PROMOTERS = allowed("deployment.promote")
@@ -211,12 +211,7 @@ def check_approval_binding(
     digest = policies.current_gate_digest(session, deployment=deployment)
     review = registry.standing_approval(session, version_id=version.id, gate_digest=digest)
     if review is None:
-        legacy = registry.latest_review(session, version_id=version.id)
-        policy = policy_of(session, deployment=deployment)
-        # an approval recorded before gate digests existed binds the deployment's whole policy file
-        if (legacy is not None and legacy.decision == "approve" and legacy.gate_digest is None
-                and legacy.policy_sha256 in (None, policy.sha256)):
-            review = legacy
+        review = _legacy_approval(session, version, policy_of(session, deployment=deployment).sha256)
     if review is None:
         raise BindingMismatch(_unbound(session, version, deployment, digest),
                               details={"version_id": version.id, "deployment_gate_digest": digest,
@@ -349,7 +344,7 @@ def find_rollback_target(
     held = registry.approved_gate_digests(session, version_ids=[v.id for v in candidates])
     stale: list[int] = []
     for version in candidates:
-        if digest in held[version.id] or _legacy_bound(session, version, policy_sha):
+        if digest in held[version.id] or _legacy_approval(session, version, policy_sha) is not None:
             return TargetSearch(version, stale)
         stale.append(version.id)
     if allow_stale and candidates:
@@ -357,10 +352,13 @@ def find_rollback_target(
     return TargetSearch(None, stale)
 
 
-def _legacy_bound(session: Session, version: TokenVersion, policy_sha: str) -> bool:
+def _legacy_approval(session: Session, version: TokenVersion, policy_sha: str) -> Review | None:
+    """An approval recorded before gate digests existed: it binds the deployment's whole policy file."""
     review = registry.latest_review(session, version_id=version.id)
-    return (review is not None and review.decision == "approve" and review.gate_digest is None
-            and review.policy_sha256 in (None, policy_sha))
+    if (review is not None and review.decision == "approve" and review.gate_digest is None
+            and review.policy_sha256 in (None, policy_sha)):
+        return review
+    return None
 
 
 def last_approved_target(

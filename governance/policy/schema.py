@@ -31,6 +31,16 @@ Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 Probability = Annotated[float, Field(gt=0.0, lt=1.0)]
 
 
+def _keyed_with_defaults(
+    v: dict[str, Any], known: tuple[str, ...], what: str, defaults: dict[str, Any]
+) -> dict[str, Any]:
+    """A per-name mapping of bounds: every key one of ``known``, the missing ones from ``defaults``."""
+    unknown = sorted(set(v) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown[0]!r} (known: {', '.join(known)})")
+    return {**defaults, **v}
+
+
 class PolicyError(ValueError):
     """The policy file cannot be used; the message lists every bad key with its path."""
 
@@ -67,11 +77,8 @@ class ComplianceGate(_Section):
     @field_validator("max_violation_rate", "max_increase")
     @classmethod
     def _known_categories(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        unknown = sorted(set(v) - set(COMPLIANCE_CATEGORIES))
-        if unknown:
-            raise ValueError(f"unknown category {unknown[0]!r} (known: {', '.join(COMPLIANCE_CATEGORIES)})")
         defaults = DEFAULT_MAX_VIOLATION_RATE if info.field_name == "max_violation_rate" else DEFAULT_MAX_INCREASE
-        return {**defaults, **v}
+        return _keyed_with_defaults(v, COMPLIANCE_CATEGORIES, "category", defaults)
 
 
 class BiasGate(_Section):
@@ -140,11 +147,8 @@ class InvariantsGate(_Section):
     @field_validator("max_rate", "max_increase")
     @classmethod
     def _fill_defaults(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        unknown = sorted(set(v) - set(INVARIANTS))
-        if unknown:
-            raise ValueError(f"unknown invariant {unknown[0]!r} (known: {', '.join(INVARIANTS)})")
         defaults = DEFAULT_INVARIANT_MAX_RATE if info.field_name == "max_rate" else DEFAULT_INVARIANT_MAX_INCREASE
-        return {**defaults, **v}
+        return _keyed_with_defaults(v, INVARIANTS, "invariant", defaults)
 
 
 class GatePolicy(_Section):

@@ -305,8 +305,8 @@ def test_policy_commands_in_the_cli(server: str, world: World, tmp_path: Any) ->
     assert r.exit_code != 0 and "missing.yaml" in r.output
 
 
-def test_the_migration_records_the_gate_digest_of_old_rows(engine: Any) -> None:
-    """Rows written without a digest (before 0003) resolve it from their stored policy file."""
+def test_a_run_without_a_recorded_digest_resolves_it_from_its_policy_file(engine: Any) -> None:
+    """Rows written without a digest (before 0003) resolve it from their policy file; an unknown file gives none."""
     with unit_of_work(engine) as s:
         run = GateRun(version_id=0, policy_sha256=parse_policy(POLICY_TEXT)[1], status="passed")
         assert registry.gate_digest_of_run(s, run=run) == GATE_DIGEST
