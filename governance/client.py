@@ -34,16 +34,56 @@ class ApiError(Exception):
 
 
 @dataclass(frozen=True)
-class ActiveState:
-    """What the API says a deployment should serve: a version (or none = base model) and its generation.
+class RolloutPlan:
+    """A running rollout as replicas apply it: the candidate beside the active token.
 
-    The same three fields travel in ``GET /v1/deployments/{name}/active`` and in the
-    Redis message published after a promotion or rollback, so both are parsed here.
+    ``mode`` "shadow": a request whose ``sample`` draw falls below ``sample`` is decoded a
+    second time with the candidate in the same batch; only the active answer is returned.
+    ``mode`` "canary": a caller whose stable key hashes below ``weight`` gets the candidate's
+    answer, and the active answer is decoded beside it (unreturned) for the paired analysis.
+    """
+
+    rollout_id: int
+    mode: str  # "shadow" | "canary"
+    version_id: int
+    sha256: str
+    sample: float  # shadow: share of requests decoded twice (0..1)
+    weight: float  # canary: share of callers served by the candidate (0..1); 0 in shadow mode
+    step: int = 0  # index into the canary steps
+
+    @classmethod
+    def from_json(cls, data: Any) -> RolloutPlan | None:
+        if not isinstance(data, dict) or data.get("rollout_id") is None:
+            return None
+        return cls(
+            rollout_id=int(data["rollout_id"]),
+            mode=str(data.get("mode") or "shadow"),
+            version_id=int(data["version_id"]),
+            sha256=str(data["sha256"]),
+            sample=float(data.get("sample") or 0.0),
+            weight=float(data.get("weight") or 0.0),
+            step=int(data.get("step") or 0),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {"rollout_id": self.rollout_id, "mode": self.mode, "version_id": self.version_id,
+                "sha256": self.sha256, "sample": self.sample, "weight": self.weight, "step": self.step}
+
+
+@dataclass(frozen=True)
+class ActiveState:
+    """What the API says a deployment should serve: a version (or none = base model), its
+    generation, and the running rollout's candidate if there is one.
+
+    The same fields travel in ``GET /v1/deployments/{name}/active`` and in the Redis
+    message published after a promotion, a rollback or a rollout change, so both are
+    parsed here.
     """
 
     version_id: int | None
     sha256: str | None
     generation: int
+    rollout: RolloutPlan | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ActiveState:
@@ -53,6 +93,7 @@ class ActiveState:
             version_id=int(version) if version is not None else None,
             sha256=str(sha) if sha else None,
             generation=int(data.get("generation") or 0),
+            rollout=RolloutPlan.from_json(data.get("rollout")),
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import Field
 
@@ -32,11 +33,24 @@ class DeploymentRead(Out):
     created_at: datetime
 
 
+class RolloutPlanRead(Out):
+    """The running rollout as replicas apply it (inside ``ActiveRead.rollout``)."""
+
+    rollout_id: int
+    mode: str
+    version_id: int
+    sha256: str
+    sample: float = Field(description="shadow: share of requests decoded a second time with the candidate")
+    weight: float = Field(description="canary: share of callers served by the candidate")
+    step: int
+
+
 class ActiveRead(Out):
     deployment: str
     version_id: int | None
     sha256: str | None
     generation: int
+    rollout: RolloutPlanRead | None = Field(None, description="the running rollout's candidate, if any")
 
 
 class PromoteIn(StrictIn):
@@ -99,3 +113,75 @@ class PolicyDecisionRead(PolicyVersionRead):
     versions_to_regate: list[int] = Field(
         description="versions of the deployment approved under the old gate policy only (re-gate them to keep them "
                     "as promotion or rollback targets)")
+
+
+class RolloutStart(StrictIn):
+    version_id: int = Field(ge=1)
+    mode: str = Field(pattern="^(shadow|canary)$", description="shadow (gate passed) or canary (approved)")
+    sample: float | None = Field(None, gt=0.0, le=1.0, description="shadow share; default: the policy's rollout.sample")
+    steps: list[int] | None = Field(None, min_length=1, max_length=20,
+                                    description="canary weights in percent, increasing, the last 100")
+    min_samples: int | None = Field(None, ge=1, le=1_000_000, description="pairs a step needs before it can pass")
+
+
+class RolloutAdvanceIn(StrictIn):
+    from_step: int | None = Field(None, ge=0, description="the step the caller saw; another one changes nothing")
+    reason: str | None = Field(None, max_length=2000)
+
+
+class RolloutAbortIn(StrictIn):
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class RolloutEventRead(Out):
+    seq: int
+    kind: str
+    step: int
+    weight: float
+    generation: int | None
+    actor: str
+    reason: str | None
+    verdict_id: int | None
+    created_at: datetime
+
+
+class RolloutVerdictRead(Out):
+    id: int
+    step: int
+    n_pairs: int
+    decision: str
+    summary: str
+    tests: list[dict[str, Any]]
+    differing: list[dict[str, Any]]
+    evidence_digest: str
+    created_at: datetime
+
+
+class RolloutRead(Out):
+    id: int
+    deployment: str
+    version_id: int
+    baseline_version_id: int | None
+    mode: str
+    state: str
+    sample: float
+    steps: list[int]
+    step: int
+    weight: float = Field(description="share of callers on the candidate now (0 when not a running canary)")
+    min_samples: int
+    pairs: int = Field(description="pairs recorded so far (all steps)")
+    started_by: str
+    started_at: datetime
+    step_started_at: datetime
+    ended_at: datetime | None
+    end_reason: str | None
+    generation: int
+    events: list[RolloutEventRead]
+    latest_verdict: RolloutVerdictRead | None
+
+
+class RolloutChangeRead(Out):
+    changed: bool = Field(description="false: nothing to do (already advanced, already ended)")
+    message: str
+    promotion_generation: int | None
+    rollout: RolloutRead

@@ -25,7 +25,7 @@ from governance import policy as policy_schema
 from governance.audit import service as audit
 from governance.db import utcnow
 from governance.deployments import policies
-from governance.deployments.models import Deployment, Promotion
+from governance.deployments.models import Deployment, Promotion, Rollout, RolloutEvent
 from governance.errors import BindingMismatch, Conflict, InvalidInput, NoRollbackTarget, NotFound, Refusal
 from governance.gates import service as gates
 from governance.outbox import service as outbox
@@ -51,6 +51,7 @@ class ActiveInfo:
     version_id: int | None
     sha256: str | None
     generation: int
+    rollout: dict[str, Any] | None = None  # the running rollout's plan (`rollout_plan`)
 
 
 GuardStatus = Literal["already_done", "frozen", "stale", "no_active"]
@@ -149,7 +150,87 @@ def active_version(session: Session, *, deployment: Deployment, lock: bool = Fal
 def active_info(session: Session, *, name: str) -> ActiveInfo:
     dep = get_deployment_or_raise(session, name=name)
     row = registry.active_version_sha(session, deployment_id=dep.id)
-    return ActiveInfo(name, row[0] if row else None, row[1] if row else None, int(dep.generation))
+    return ActiveInfo(name, row[0] if row else None, row[1] if row else None, int(dep.generation),
+                      rollout_plan(session, deployment=dep))
+
+
+def running_rollout(session: Session, *, deployment: Deployment, lock: bool = False) -> Rollout | None:
+    """The deployment's running rollout, if any (the database allows one)."""
+    stmt = select(Rollout).where(Rollout.deployment_id == deployment.id, Rollout.state == "running")
+    if lock:
+        stmt = stmt.with_for_update().execution_options(populate_existing=True)
+    return session.scalars(stmt).first()
+
+
+def rollout_weight(rollout: Rollout) -> float:
+    """The share of callers served by the candidate (0 for a shadow rollout)."""
+    if rollout.mode != "canary" or rollout.state != "running":
+        return 0.0
+    return float(rollout.steps[rollout.step_index]) / 100.0
+
+
+def rollout_plan(session: Session, *, deployment: Deployment) -> dict[str, Any] | None:
+    """What replicas apply for the running rollout (`governance.client.RolloutPlan`), or None."""
+    ro = running_rollout(session, deployment=deployment)
+    if ro is None:
+        return None
+    sha = registry.version_shas(session, version_ids=[ro.version_id]).get(ro.version_id)
+    return {"rollout_id": ro.id, "mode": ro.mode, "version_id": ro.version_id, "sha256": sha,
+            "sample": float(ro.sample) if ro.mode == "shadow" else 0.0, "weight": rollout_weight(ro),
+            "step": ro.step_index}
+
+
+def publish_generation(session: Session, *, dep: Deployment, kind: str,
+                       active: tuple[int | None, str | None] | None = None) -> dict[str, Any]:
+    """A new generation of what the deployment's replicas serve (the active version, or
+    ``active`` when the caller has just changed it, and the running rollout), published
+    after commit; returns the message (without ``kind``)."""
+    dep.generation = int(dep.generation) + 1
+    session.flush()
+    if active is None:
+        row = registry.active_version_sha(session, deployment_id=dep.id)
+        active = (row[0], row[1]) if row else (None, None)
+    message = {
+        "deployment": dep.name,
+        "version_id": active[0],
+        "sha256": active[1],
+        "generation": dep.generation,
+        "rollout": rollout_plan(session, deployment=dep),
+    }
+    outbox.enqueue_publish(session, channel=outbox.deployment_channel(dep.name), payload={**message, "kind": kind})
+    metrics.ACTIVE_GENERATION.labels(deployment=dep.name).set(dep.generation)
+    return message
+
+
+def _end_rollout_for_change(session: Session, *, dep: Deployment, kind: str, version: TokenVersion | None,
+                            principal: Principal) -> dict[str, Any] | None:
+    """A promotion or rollback changes what the candidate is compared with: a running rollout
+    ends with it (completed when its own candidate was promoted, else aborted), recorded in
+    the rollout's history. Returns what the audit entry says about it."""
+    ro = running_rollout(session, deployment=dep, lock=True)
+    if ro is None:
+        return None
+    completed = kind == "promote" and version is not None and version.id == ro.version_id
+    ro.state = "completed" if completed else "aborted"
+    ro.ended_at = utcnow()
+    ro.end_reason = ("the candidate was promoted" if completed
+                     else f"the active version changed ({kind}) while the rollout ran")
+    add_rollout_event(session, rollout=ro, kind="complete" if completed else "abort", actor=principal.actor,
+                      reason=ro.end_reason, generation=int(dep.generation) + 1)
+    return {"rollout_id": ro.id, "state": ro.state, "reason": ro.end_reason}
+
+
+def add_rollout_event(session: Session, *, rollout: Rollout, kind: str, actor: str, reason: str | None,
+                      generation: int | None, verdict_id: int | None = None) -> None:
+    seq = int(session.scalar(select(func.coalesce(func.max(RolloutEvent.seq), 0))
+                             .where(RolloutEvent.rollout_id == rollout.id)) or 0) + 1
+    weight = float(rollout.steps[rollout.step_index]) / 100.0 if rollout.mode == "canary" else 0.0
+    if rollout.state != "running" and kind != "complete":
+        weight = 0.0
+    session.add(RolloutEvent(rollout_id=rollout.id, seq=seq, kind=kind, step_index=rollout.step_index,
+                             weight=weight, generation=generation, actor=actor, reason=reason,
+                             verdict_id=verdict_id))
+    session.flush()
 
 
 def is_frozen(deployment: Deployment, now: datetime | None = None) -> bool:
@@ -263,7 +344,9 @@ def _record_change(
 
     ``evidence`` (an automatic rollback's: the detector, its numbers, the windows, the
     guards checked) goes into the audit entry as structured fields beside the reason."""
-    dep.generation = int(dep.generation) + 1
+    ended = _end_rollout_for_change(session, dep=dep, kind=kind, version=version, principal=principal)
+    message = publish_generation(session, dep=dep, kind=kind, active=(
+        version.id if version is not None else None, version.sha256 if version is not None else None))
     promo = Promotion(
         deployment_id=dep.id,
         generation=dep.generation,
@@ -275,23 +358,18 @@ def _record_change(
     )
     session.add(promo)
     session.flush()
-    message = {
-        "deployment": dep.name,
-        "version_id": version.id if version is not None else None,
-        "sha256": version.sha256 if version is not None else None,
-        "generation": dep.generation,
-    }
     audit.record(
         session,
         principal,
         action=f"deployment.{kind}",
         subject_type="deployment",
         subject_id=dep.name,
-        payload={**message, "previous_version_id": previous.id if previous else None, "reason": reason,
+        payload={**{k: v for k, v in message.items() if k != "rollout"},
+                 "previous_version_id": previous.id if previous else None, "reason": reason,
                  **({"evidence": evidence} if evidence is not None else {}),
-                 **({"approval": approval} if approval is not None else {})},
+                 **({"approval": approval} if approval is not None else {}),
+                 **({"rollout": ended} if ended is not None else {})},
     )
-    outbox.enqueue_publish(session, channel=outbox.deployment_channel(dep.name), payload={**message, "kind": kind})
     metrics.PROMOTIONS.labels(deployment=dep.name, kind=kind).inc()
     metrics.ACTIVE_GENERATION.labels(deployment=dep.name).set(dep.generation)
     return promo
@@ -301,6 +379,14 @@ def promote(session: Session, *, deployment: str, version_id: int, principal: Pr
     """Make an approved version active; the previous active one becomes superseded."""
     require_role(principal, PROMOTERS, "deployment.promote", "deployment", deployment)
     dep = get_deployment_or_raise(session, name=deployment, lock=True)
+    return promote_locked(session, dep=dep, version_id=version_id, principal=principal, reason=None)
+
+
+def promote_locked(session: Session, *, dep: Deployment, version_id: int, principal: Principal,
+                   reason: str | None) -> Promotion:
+    """The promotion itself, on a deployment row the caller has locked: the lifecycle move,
+    the approval binding, the swap, the generation, the history row, the audit entry and the
+    publish. The caller checked who may ask (a person's promote, a canary reaching 100%)."""
     version = lifecycle.lock_version(session, version_id)
     lifecycle.check_move(version, to=VersionState.active.value, action="promote", principal=principal)
     _check_fits(version, dep, principal, "version.promote")
@@ -309,7 +395,7 @@ def promote(session: Session, *, deployment: str, version_id: int, principal: Pr
     _swap_active(session, dep=dep, leaving=previous, leaving_to=VersionState.superseded, leaving_action="supersede",
                  entering=version, entering_action="promote", principal=principal)
     return _record_change(
-        session, dep=dep, kind="promote", version=version, previous=previous, principal=principal, reason=None
+        session, dep=dep, kind="promote", version=version, previous=previous, principal=principal, reason=reason
     )
 
 

@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
 from governance.api.deps import PageDep, SessionDep, may, may_on_deployment
-from governance.deployments import policies, service
-from governance.deployments.models import Deployment, Promotion
+from governance.deployments import policies, rollouts, service
+from governance.deployments.models import Deployment, Promotion, Rollout, RolloutVerdict
 from governance.deployments.schemas import (
     ActiveRead,
     DeploymentCreate,
@@ -22,8 +22,18 @@ from governance.deployments.schemas import (
     PromoteIn,
     PromotionRead,
     RollbackIn,
+    RolloutAbortIn,
+    RolloutAdvanceIn,
+    RolloutChangeRead,
+    RolloutEventRead,
+    RolloutPlanRead,
+    RolloutRead,
+    RolloutStart,
+    RolloutVerdictRead,
     UnfreezeIn,
 )
+from governance.errors import NotFound
+from governance.outputs import service as outputs
 from governance.principal import Principal
 
 router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
@@ -87,7 +97,8 @@ def show(name: str, session: SessionDep, _: DeploymentReader) -> DeploymentRead:
 def active(name: str, session: SessionDep, _: DeploymentReader) -> ActiveRead:
     info = service.active_info(session, name=name)
     return ActiveRead(
-        deployment=info.deployment, version_id=info.version_id, sha256=info.sha256, generation=info.generation
+        deployment=info.deployment, version_id=info.version_id, sha256=info.sha256, generation=info.generation,
+        rollout=RolloutPlanRead(**info.rollout) if info.rollout is not None else None,
     )
 
 
@@ -189,3 +200,89 @@ def reject_policy(
     principal: Annotated[Principal, may("deployment.policy_reject")],
 ) -> PolicyDecisionRead:
     return _decide(name, seq, False, body, session, principal)
+
+
+# ---------------------------------------------------------------- rollouts
+
+
+def rollout_read(session: Session, name: str, ro: Rollout) -> RolloutRead:
+    last = rollouts.latest_verdict(session, rollout_id=ro.id)
+    return RolloutRead(
+        id=ro.id, deployment=name, version_id=ro.version_id, baseline_version_id=ro.baseline_version_id,
+        mode=ro.mode, state=ro.state, sample=float(ro.sample), steps=list(ro.steps), step=ro.step_index,
+        weight=service.rollout_weight(ro), min_samples=ro.min_samples,
+        pairs=outputs.pair_counts(session, rollout_ids=[ro.id]).get(ro.id, 0),
+        started_by=ro.started_by_actor, started_at=ro.started_at, step_started_at=ro.step_started_at,
+        ended_at=ro.ended_at, end_reason=ro.end_reason, generation=ro.generation,
+        events=[RolloutEventRead(seq=e.seq, kind=e.kind, step=e.step_index, weight=e.weight, generation=e.generation,
+                                 actor=e.actor, reason=e.reason, verdict_id=e.verdict_id, created_at=e.created_at)
+                for e in rollouts.events(session, rollout_id=ro.id)],
+        latest_verdict=verdict_read(last) if last is not None else None,
+    )
+
+
+def verdict_read(v: RolloutVerdict) -> RolloutVerdictRead:
+    return RolloutVerdictRead(id=v.id, step=v.step_index, n_pairs=v.n_pairs, decision=v.decision, summary=v.summary,
+                              tests=list(v.tests), differing=list(v.differing), evidence_digest=v.evidence_digest,
+                              created_at=v.created_at)
+
+
+def _change_read(session: Session, name: str, change: rollouts.RolloutChange) -> RolloutChangeRead:
+    return RolloutChangeRead(changed=change.changed, message=change.message,
+                             promotion_generation=change.promotion_generation,
+                             rollout=rollout_read(session, name, change.rollout))
+
+
+@router.post("/{name}/rollouts", response_model=RolloutRead, status_code=201)
+def start_rollout(
+    name: str, body: RolloutStart, session: SessionDep,
+    principal: Annotated[Principal, may_on_deployment("rollout.start")],
+) -> RolloutRead:
+    """Start a shadow (gate passed) or canary (approved) rollout of a version; 409 names why not."""
+    ro = rollouts.start_rollout(session, deployment=name, version_id=body.version_id, mode=body.mode,
+                                principal=principal, sample=body.sample, steps=body.steps,
+                                min_samples=body.min_samples)
+    return rollout_read(session, name, ro)
+
+
+@router.get("/{name}/rollouts", response_model=list[RolloutRead])
+def rollout_history(
+    name: str, session: SessionDep, page: PageDep, _: Annotated[Principal, may_on_deployment("rollout.read")],
+) -> list[RolloutRead]:
+    """The deployment's rollouts, newest first, each with its history and latest verdict."""
+    return [rollout_read(session, name, ro)
+            for ro in rollouts.history(session, deployment=name, limit=page.limit, offset=page.offset)]
+
+
+@router.get("/{name}/rollouts/current", response_model=RolloutRead)
+def current_rollout(
+    name: str, session: SessionDep, _: Annotated[Principal, may_on_deployment("rollout.read")],
+) -> RolloutRead:
+    """The running rollout (404 when none runs)."""
+    ro = rollouts.current(session, deployment=name)
+    if ro is None:
+        raise NotFound(f"deployment {name!r} runs no rollout")
+    return rollout_read(session, name, ro)
+
+
+@router.post("/{name}/rollouts/current/advance", response_model=RolloutChangeRead)
+def advance_rollout(
+    name: str, body: RolloutAdvanceIn, session: SessionDep,
+    principal: Annotated[Principal, may_on_deployment("rollout.advance")],
+) -> RolloutChangeRead:
+    """Step the running canary on (from 50% to 100% this is the promotion); ``from_step`` makes it one step."""
+    change = rollouts.advance(session, deployment=name, principal=principal, from_step=body.from_step,
+                              reason=body.reason)
+    return _change_read(session, name, change)
+
+
+@router.post("/{name}/rollouts/current/abort", response_model=RolloutChangeRead)
+def abort_rollout(
+    name: str, body: RolloutAbortIn, session: SessionDep,
+    principal: Annotated[Principal, may_on_deployment("rollout.abort")],
+) -> RolloutChangeRead:
+    """Stop the running rollout (all traffic on the active token). Idempotent: 200 with changed false."""
+    change = rollouts.abort(session, deployment=name, principal=principal, reason=body.reason)
+    if change is None:
+        raise NotFound(f"deployment {name!r} has never had a rollout")
+    return _change_read(session, name, change)

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -29,6 +30,7 @@ class Output(Base):
         Index("ix_outputs_deployment_id_id", "deployment_id", "id"),
         Index("ix_outputs_deployment_created", "deployment_id", "created_at"),
         CheckConstraint("prompt_tokens >= 0 and completion_tokens >= 0", name="tokens_nonneg"),
+        Index("ix_outputs_rollout", "rollout_id", "id", postgresql_where=text("rollout_id is not null")),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -42,3 +44,8 @@ class Output(Base):
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A rollout's pairs: both answers to one prompt carry the rollout; the unreturned one
+    # (shadow: the candidate's; canary: the active's) names its served twin's request id.
+    # Rows with a twin_of never enter a version's monitoring windows.
+    rollout_id: Mapped[int | None] = mapped_column(ForeignKey("rollouts.id", ondelete="RESTRICT"))
+    twin_of: Mapped[str | None] = mapped_column(String(100))

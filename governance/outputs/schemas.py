@@ -24,6 +24,9 @@ class OutputIn(StrictIn):
     completion_tokens: int = Field(0, ge=0)
     latency_ms: float = Field(0.0, ge=0)
     created_at: datetime | None = None
+    rollout_id: int | None = Field(None, ge=1, description="the rollout this answer is half of a pair in")
+    twin_of: str | None = Field(None, min_length=1, max_length=100,
+                                description="the unreturned answer of a pair: its served twin's request id")
 
 
 class IngestIn(StrictIn):

@@ -11,6 +11,7 @@ runs and approvals record.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from types import UnionType
@@ -224,6 +225,56 @@ class MonitoringPolicy(_Section):
     rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
 
 
+ROLLOUT_CHECKS = ("policy_violations", "refusal", "sentiment", "length", "embedding_distance")
+
+
+class RolloutPolicy(_Section):
+    """Shadow and canary rollouts: how much traffic, how many pairs, which paired tests decide."""
+
+    # shadow: the share of requests decoded a second time with the candidate
+    sample: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
+    # canary: the share of callers on the candidate at each step, in percent; the last is 100
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(default_factory=lambda: [5, 25, 50, 100])
+    # pairs a step (or a shadow verdict) needs before the paired tests may pass it
+    min_samples: Annotated[int, Field(ge=1)] = 200
+    # family-wise level of the paired tests of one verdict (Holm over the deciding tests)
+    alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.05
+    power: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8  # for the minimum detectable effects shown
+    # the paired tests that decide (the others are evidence only)
+    decide: list[Literal["policy_violations", "refusal", "sentiment", "length", "embedding_distance"]] = Field(
+        default_factory=lambda: ["policy_violations", "refusal", "sentiment"])
+    # tolerated worsening: violation and refusal rates (candidate minus active, as a share of pairs)
+    max_violation_increase: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    max_refusal_increase: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+    # mean sentiment (compound, -1..1) may fall this much; length may change by this ratio
+    max_sentiment_drop: Annotated[float, Field(ge=0.0, le=2.0)] = 0.05
+    max_length_ratio_change: Annotated[float, Field(ge=0.0)] = 0.5
+    # mean cosine distance between twin answers' embeddings above this is a difference
+    max_embedding_distance: Annotated[float, Field(ge=0.0, le=2.0)] = 0.5
+    # how often the worker analyses a running rollout's pairs
+    interval_seconds: Annotated[int, Field(ge=1)] = 30
+    # true: approving a version needs a shadow rollout of it that passed
+    require_shadow: bool = False
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("needs at least one step")
+        if any(b <= a for a, b in itertools.pairwise(v)):
+            raise ValueError("steps must increase")
+        if v[-1] != 100:
+            raise ValueError("the last step must be 100 (full traffic: the promotion)")
+        return v
+
+    @field_validator("decide")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each check may be named once")
+        return v
+
+
 class AlertsPolicy(_Section):
     webhook_url: str | None = None
     format: Literal["slack", "json"] = "json"
@@ -243,6 +294,7 @@ class Policy(_Section):
     format: FormatPolicy = Field(default_factory=FormatPolicy)
     monitoring: MonitoringPolicy = Field(default_factory=MonitoringPolicy)
     alerts: AlertsPolicy = Field(default_factory=AlertsPolicy)
+    rollout: RolloutPolicy = Field(default_factory=RolloutPolicy)
 
     @field_validator("version")
     @classmethod

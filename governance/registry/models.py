@@ -136,4 +136,6 @@ class Review(Base):
     # the waivers of that gate run the officer acknowledged by name (null: it waived none,
     # or the review predates waivers)
     acknowledged_waivers: Mapped[list[str] | None] = mapped_column(JSONB, nullable=True)
+    # the digest of the shadow rollout verdict the officer saw, when the version had one
+    shadow_evidence_digest: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -193,6 +193,14 @@ def active_version(session: Session, *, deployment_id: int, lock: bool = False) 
     return session.scalars(stmt).first()
 
 
+def version_shas(session: Session, *, version_ids: list[int]) -> dict[int, str]:
+    """version id -> artifact sha256, in one query (unknown ids are left out)."""
+    if not version_ids:
+        return {}
+    stmt = select(TokenVersion.id, TokenVersion.sha256).where(TokenVersion.id.in_(version_ids))
+    return {int(i): str(sha) for i, sha in session.execute(stmt).tuples()}
+
+
 def active_version_sha(session: Session, *, deployment_id: int) -> tuple[int, str] | None:
     """The id and sha256 of the version active on the deployment, without loading its artifact."""
     row = session.execute(
