@@ -277,6 +277,40 @@ class GovernClient:
     def unfreeze(self, deployment: str, *, reason: str | None = None) -> dict[str, Any]:
         return dict(self.request("POST", f"/v1/deployments/{deployment}/unfreeze", json={"reason": reason}))
 
+    # ------------------------------------------------------------------ rollouts
+
+    def start_rollout(self, deployment: str, version_id: int, *, mode: str, sample: float | None = None,
+                      steps: Sequence[int] | None = None, min_samples: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"version_id": version_id, "mode": mode}
+        if sample is not None:
+            body["sample"] = sample
+        if steps is not None:
+            body["steps"] = list(steps)
+        if min_samples is not None:
+            body["min_samples"] = min_samples
+        return dict(self.request("POST", f"/v1/deployments/{deployment}/rollouts", json=body))
+
+    def rollouts(self, deployment: str, *, limit: int = 20) -> list[dict[str, Any]]:
+        return list(self.request("GET", f"/v1/deployments/{deployment}/rollouts", params={"limit": limit}))
+
+    def current_rollout(self, deployment: str) -> dict[str, Any] | None:
+        """The running rollout, or None when none runs."""
+        try:
+            return dict(self.request("GET", f"/v1/deployments/{deployment}/rollouts/current"))
+        except ApiError as exc:
+            if exc.status == 404 and "runs no rollout" in exc.message:
+                return None
+            raise
+
+    def advance_rollout(self, deployment: str, *, from_step: int | None = None,
+                        reason: str | None = None) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/deployments/{deployment}/rollouts/current/advance",
+                                 json={"from_step": from_step, "reason": reason}))
+
+    def abort_rollout(self, deployment: str, *, reason: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/deployments/{deployment}/rollouts/current/abort",
+                                 json={"reason": reason}))
+
     # ------------------------------------------------------------------ outputs and alerts (service keys)
 
     def ingest_outputs(self, deployment: str, outputs: list[dict[str, Any]]) -> dict[str, Any]:

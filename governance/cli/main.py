@@ -28,6 +28,7 @@ from governance.cli.dossier_cmds import dossier_app
 from governance.cli.gate_cmds import gate_app
 from governance.cli.process_cmds import api_cmd
 from governance.cli.review_cmds import review_app
+from governance.cli.rollout_cmds import rollout_app
 from governance.cli.serve_cmds import serve_cmd
 from governance.cli.services_cmds import db_app, services_app
 from governance.cli.users_cmds import users_app
@@ -52,6 +53,7 @@ app.add_typer(train_app, name="train", help="Train Aligner tokens (SFT, DPO).")
 app.add_typer(gate_app, name="gate", help="Run and report the evaluation gate.")
 app.add_typer(review_app, name="review", help="Approve or reject gated versions.")
 app.add_typer(deployments_app, name="deployments", help="Create and inspect deployments.")
+app.add_typer(rollout_app, name="rollout", help="Shadow and canary rollouts of a candidate version.")
 app.add_typer(audit_app, name="audit", help="Audit log: keygen, export, verify.")
 app.add_typer(dossier_app, name="dossier", help="Evidence dossiers of a version or a deployment period.")
 

@@ -40,6 +40,7 @@ from governance.deployments.models import Deployment, Rollout, RolloutEvent, Rol
 from governance.errors import Conflict, InvalidInput, NotFound, Refusal
 from governance.principal import Principal, require_allowed
 from governance.registry import lifecycle
+from governance.registry import service as registry
 from governance.registry.models import VersionState
 
 if TYPE_CHECKING:
@@ -395,3 +396,18 @@ def shadow_evidence(session: Session, *, version_id: int) -> RolloutVerdict | No
 def shadow_rollouts_of(session: Session, *, version_id: int) -> list[Rollout]:
     return list(session.scalars(select(Rollout).where(Rollout.version_id == version_id, Rollout.mode == "shadow")
                                 .order_by(Rollout.id.desc())))
+
+
+def approval_shadow(session: Session, *, version_id: int) -> registry.ShadowEvidence:
+    """What an approval of ``version_id`` must know about shadow rollouts: whether its deployment's
+    policy requires a passed one, and the concluding verdict of its latest (digest recorded)."""
+    version = registry.get_version_or_raise(session, version_id=version_id)
+    dep = (service.get_deployment_by_id(session, deployment_id=version.deployment_id)
+           if version.deployment_id is not None else None)
+    required = bool(dep is not None and _policy(session, dep).require_shadow)
+    verdict = shadow_evidence(session, version_id=version_id)
+    return registry.ShadowEvidence(
+        required=required, deployment=dep.name if dep is not None else None,
+        verdict_digest=verdict.evidence_digest if verdict is not None else None,
+        decision=verdict.decision if verdict is not None else None,
+        rollout_id=verdict.rollout_id if verdict is not None else None)

@@ -183,4 +183,4 @@ def pair_counts(session: Session, *, rollout_ids: list[int]) -> dict[int, int]:
     stmt = (select(Output.rollout_id, func.count()).where(Output.rollout_id.in_(rollout_ids),
                                                            Output.twin_of.is_not(None))
             .group_by(Output.rollout_id))
-    return {int(rid): int(n) for rid, n in session.execute(stmt).tuples()}
+    return {int(rid): int(n) for rid, n in session.execute(stmt).tuples() if rid is not None}

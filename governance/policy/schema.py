@@ -225,7 +225,13 @@ class MonitoringPolicy(_Section):
     rollback: RollbackPolicy = Field(default_factory=RollbackPolicy)
 
 
-ROLLOUT_CHECKS = ("policy_violations", "refusal", "sentiment", "length", "embedding_distance")
+RolloutCheck = Literal["policy_violations", "refusal", "sentiment", "length", "embedding_distance"]
+ROLLOUT_CHECKS: tuple[RolloutCheck, ...] = ("policy_violations", "refusal", "sentiment", "length",
+                                            "embedding_distance")
+
+
+def _default_decide() -> list[RolloutCheck]:
+    return ["policy_violations", "refusal", "sentiment"]
 
 
 class RolloutPolicy(_Section):
@@ -241,8 +247,7 @@ class RolloutPolicy(_Section):
     alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.05
     power: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.8  # for the minimum detectable effects shown
     # the paired tests that decide (the others are evidence only)
-    decide: list[Literal["policy_violations", "refusal", "sentiment", "length", "embedding_distance"]] = Field(
-        default_factory=lambda: ["policy_violations", "refusal", "sentiment"])
+    decide: list[RolloutCheck] = Field(default_factory=_default_decide)
     # tolerated worsening: violation and refusal rates (candidate minus active, as a share of pairs)
     max_violation_increase: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     max_refusal_increase: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02

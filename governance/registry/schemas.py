@@ -69,6 +69,8 @@ class ReviewRead(Out):
     gate_run_id: int | None = Field(description="the gate run the review rests on")
     acknowledged_waivers: list[str] | None = Field(
         None, description="the gate run's waivers the officer acknowledged by name (null: none were waived)")
+    shadow_evidence_digest: str | None = Field(
+        None, description="the digest of the concluding verdict of the version's latest shadow rollout, if any")
     created_at: datetime
     state: str = Field(description="the version's state after the review")
 

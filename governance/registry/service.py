@@ -515,7 +515,7 @@ def _check_waivers(
 
 def _review(
     session: Session, *, version_id: int, principal: Principal, comment: str, decision: str,
-    acknowledged_waivers: Sequence[str] = (),
+    acknowledged_waivers: Sequence[str] = (), shadow: ShadowEvidence | None = None,
 ) -> Review:
     action = "approve" if decision == "approve" else "reject"
     comment = (comment or "").strip()
@@ -554,6 +554,16 @@ def _review(
         )
     acknowledged = (_check_waivers(version_id, gate, acknowledged_waivers, refusal)
                     if decision == "approve" and gate is not None else None)
+    if decision == "approve" and shadow is not None and shadow.required and shadow.decision != "pass":
+        found = ("its latest shadow rollout failed" if shadow.decision == "fail"
+                 else "it has no shadow rollout that concluded")
+        raise Conflict(
+            f"deployment {shadow.deployment!r} requires a passed shadow rollout before approval "
+            f"(rollout.require_shadow) and {found}; run one: "
+            f"`govern rollout start {version_id} --deployment {shadow.deployment} --mode shadow`",
+            details={"version_id": version_id, "reason": "shadow_required", "rollout_id": shadow.rollout_id},
+            refusal=refusal)
+    shadow_digest = shadow.verdict_digest if decision == "approve" and shadow is not None else None
     review = Review(
         version_id=version_id,
         reviewer_id=principal.user_id,
@@ -565,6 +575,7 @@ def _review(
         gate_digest=digest,
         gate_run_id=gate.id if gate else None,
         acknowledged_waivers=acknowledged,
+        shadow_evidence_digest=shadow_digest,
     )
     session.add(review)
     session.flush()
@@ -584,14 +595,30 @@ def _review(
             "gate_run_id": review.gate_run_id,
             **({"reapproval": True} if reapproval else {}),
             **({"acknowledged_waivers": acknowledged} if acknowledged else {}),
+            **({"shadow_evidence": {"verdict_digest": shadow_digest, "decision": shadow.decision,
+                                    "rollout_id": shadow.rollout_id}}
+               if shadow is not None and shadow_digest else {}),
         },
     )
     return review
 
 
+@dataclass(frozen=True)
+class ShadowEvidence:
+    """What the edge found about a version's shadow rollouts (`governance.deployments.rollouts.approval_shadow`):
+    whether the deployment's policy requires a passed one (``rollout.require_shadow``) and
+    the concluding verdict of the latest, whose digest the approval records."""
+
+    required: bool = False
+    deployment: str | None = None
+    verdict_digest: str | None = None
+    decision: str | None = None  # "pass" | "fail" | None (no concluded shadow rollout)
+    rollout_id: int | None = None
+
+
 def approve(
     session: Session, *, version_id: int, principal: Principal, comment: str,
-    acknowledged_waivers: Sequence[str] = (),
+    acknowledged_waivers: Sequence[str] = (), shadow: ShadowEvidence | None = None,
 ) -> Review:
     """Four-eyes approval bound to the version's newest passed gate run (its evidence and gate digest).
 
@@ -602,7 +629,7 @@ def approve(
     they are recorded with the review and in the audit entry.
     """
     return _review(session, version_id=version_id, principal=principal, comment=comment, decision="approve",
-                   acknowledged_waivers=acknowledged_waivers)
+                   acknowledged_waivers=acknowledged_waivers, shadow=shadow)
 
 
 def reject(session: Session, *, version_id: int, principal: Principal, comment: str) -> Review:

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from governance.api.deps import PageDep, SessionDep, may
 from governance.auth import service as auth
+from governance.deployments import rollouts
 from governance.deployments import service as deployments
 from governance.errors import InvalidInput, NotFound, PayloadTooLarge
 from governance.gates import service as gates
@@ -77,6 +78,7 @@ def review_read(session: Session, r: Review, state: str) -> ReviewRead:
         gate_digest=r.gate_digest,
         gate_run_id=r.gate_run_id,
         acknowledged_waivers=r.acknowledged_waivers,
+        shadow_evidence_digest=r.shadow_evidence_digest,
         created_at=r.created_at,
         state=state,
     )
@@ -252,7 +254,8 @@ def approve(
     version_id: int, body: ReviewIn, session: SessionDep, principal: Annotated[Principal, may("version.approve")]
 ) -> ReviewRead:
     review = service.approve(session, version_id=version_id, principal=principal, comment=body.comment,
-                             acknowledged_waivers=body.acknowledged_waivers)
+                             acknowledged_waivers=body.acknowledged_waivers,
+                             shadow=rollouts.approval_shadow(session, version_id=version_id))
     return review_read(session, review, "approved")
 
 
