@@ -266,7 +266,7 @@ def _complete(session: Session, *, dep: Deployment, ro: Rollout, principal: Prin
     """The last step: an ordinary promotion (history, generation, outbox), which ends the rollout."""
     ro.step_index = len(ro.steps) - 1
     promo = service.promote_locked(session, dep=dep, version_id=ro.version_id, principal=principal,
-                                   reason=reason or f"canary rollout {ro.id} reached 100%")
+                                   reason=f"canary rollout {ro.id} reached 100%" + (f" ({reason})" if reason else ""))
     ro.generation = int(dep.generation)
     _audit(session, principal, "rollout.complete", ro, dep, reason=reason, verdict_id=verdict_id,
            promotion_generation=promo.generation)
