@@ -179,6 +179,22 @@ SPEC: dict[tuple[str, str], tuple[set[str], Req]] = {
         {"auditor", "admin", "compliance_officer"},
         lambda w, o: (f"/v1/deployments/{w.deployment}/dossier?format=html", {}),
     ),
+    ("POST", "/v1/deployments/{name}/rollouts"): (
+        {"ml_engineer", "admin"},
+        lambda w, o: (f"/v1/deployments/{w.deployment}/rollouts", {"json": {"version_id": o["gated"],
+                                                                            "mode": "shadow"}}),
+    ),
+    ("GET", "/v1/deployments/{name}/rollouts"): (ALL, lambda w, o: (f"/v1/deployments/{w.deployment}/rollouts", {})),
+    ("GET", "/v1/deployments/{name}/rollouts/current"): (
+        ALL, lambda w, o: (f"/v1/deployments/{w.deployment}/rollouts/current", {})),
+    ("POST", "/v1/deployments/{name}/rollouts/current/advance"): (
+        {"ml_engineer", "admin", "service"},
+        lambda w, o: (f"/v1/deployments/{w.deployment}/rollouts/current/advance", {"json": {"from_step": 0}}),
+    ),
+    ("POST", "/v1/deployments/{name}/rollouts/current/abort"): (
+        {"ml_engineer", "compliance_officer", "admin", "service"},
+        lambda w, o: (f"/v1/deployments/{w.deployment}/rollouts/current/abort", {"json": {"reason": "test"}}),
+    ),
 }
 # routes that sign with the installation's audit key (absent here: a 503 is their honest answer)
 SIGNING_ROUTES = {"/v1/audit/export", "/v1/versions/{version_id}/dossier", "/v1/deployments/{name}/dossier"}

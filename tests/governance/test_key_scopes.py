@@ -72,7 +72,19 @@ SCOPED: dict[tuple[str, str], Build] = {
     ("GET", "/v1/versions/{version_id}"): lambda s: (f"/v1/versions/{s.version}", {}),
     ("GET", "/v1/versions/{version_id}/artifact"): lambda s: (f"/v1/versions/{s.version}/artifact", {}),
     ("GET", "/v1/versions/by-sha/{sha256}/artifact"): lambda s: (f"/v1/versions/by-sha/{s.sha}/artifact", {}),
+    ("GET", "/v1/deployments/{name}/rollouts"): lambda s: (f"/v1/deployments/{s.deployment}/rollouts", {}),
+    ("GET", "/v1/deployments/{name}/rollouts/current"): lambda s: (
+        f"/v1/deployments/{s.deployment}/rollouts/current", {}),
+    ("POST", "/v1/deployments/{name}/rollouts/current/advance"): lambda s: (
+        f"/v1/deployments/{s.deployment}/rollouts/current/advance", {"json": {"from_step": 0}}),
+    ("POST", "/v1/deployments/{name}/rollouts/current/abort"): lambda s: (
+        f"/v1/deployments/{s.deployment}/rollouts/current/abort", {"json": {"reason": "scope test"}}),
 }
+# routes about the running rollout: on its own side with none running, the honest answer is
+# a 404 (nothing to read or abort) or a 409 (nothing to advance), never a 403
+OWN_SIDE_NOTHING_RUNNING = {("GET", "/v1/deployments/{name}/rollouts/current"),
+                            ("POST", "/v1/deployments/{name}/rollouts/current/advance"),
+                            ("POST", "/v1/deployments/{name}/rollouts/current/abort")}
 # routes whose own-side request passes the scope check and then meets the version's own
 # state (its gate under this deployment's policy already passed): a 409 conflict, not a 403;
 # tests/governance/test_policy_lifecycle.py re-gates through the route with a 202
@@ -138,7 +150,8 @@ def test_a_scoped_key_acts_on_its_deployment_only(
     path, kwargs = build(scene.mine)
     r = client.request(method, path, headers=svc.headers, **kwargs)
     own_ok = r.status_code < 300 or (route in OWN_SIDE_MAY_CONFLICT and r.status_code == 409
-                                     and r.json()["error"]["code"] == "conflict")
+                                     and r.json()["error"]["code"] == "conflict") or (
+        route in OWN_SIDE_NOTHING_RUNNING and r.status_code in (404, 409))
     assert own_ok, f"{method} {path} on its own deployment: {r.status_code} {r.text[:200]}"
 
     before, counts = audit_head(engine), _counts(engine)

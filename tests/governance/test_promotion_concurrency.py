@@ -150,4 +150,5 @@ def test_subscriber_sees_promotions_and_rollbacks_in_order_and_a_late_one_catche
     assert [m["generation"] for m in late_seen] == [3, 4]
     # the late replica reconciles from /active: the same version and generation as the newest message
     active = client.get(f"/v1/deployments/{world.deployment}/active", headers=world.actor("service").headers).json()
-    assert active == {"deployment": world.deployment, "version_id": c, "sha256": seen[-1]["sha256"], "generation": 4}
+    assert active == {"deployment": world.deployment, "version_id": c, "sha256": seen[-1]["sha256"], "generation": 4,
+                      "rollout": None}

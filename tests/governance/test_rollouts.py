@@ -164,7 +164,7 @@ def test_two_advances_of_one_step_make_one_step(world: World) -> None:
                 change = rollouts.advance(s, deployment=world.deployment, principal=world.actor("ml_engineer")
                                           .principal, from_step=0)
                 results.append(change)
-        except BaseException as exc:  # noqa: BLE001 - surfaced below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=go) for _ in range(2)]
