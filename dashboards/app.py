@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dashboards import deps
 from dashboards.deps import CsrfDep, CsrfRejected, LoginRequired, SessionDep, ViewerDep, render
-from dashboards.pages import alerts, audit_log, deployments, dossiers, drift, releases, users
+from dashboards.pages import alerts, audit_log, deployments, dossiers, drift, releases, rollouts, users
 from dashboards.security import (
     LOGIN_COOKIE,
     LOGIN_TTL_SECONDS,
@@ -196,7 +196,7 @@ def create_ui_app(parent: Any = None) -> FastAPI:
                                httponly=True, samesite="strict")
         return response
 
-    for module in (releases, deployments, drift, alerts, audit_log, users, dossiers):
+    for module in (releases, deployments, rollouts, drift, alerts, audit_log, users, dossiers):
         app.include_router(module.router)
     return app
 

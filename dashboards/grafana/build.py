@@ -181,6 +181,68 @@ def _deployments(g: _Layout) -> None:
     nl()
 
 
+def _freshest(metric: str) -> str:
+    """``metric`` as seen by the process that saw the deployment's newest rollout state.
+
+    The API and the rollout worker both change rollouts and each keeps its own gauges, so a
+    process that did not make the last change still holds the state before it; the one with
+    the highest ``govern_rollout_generation`` for the deployment is the one to believe."""
+    return (f"{metric}{{{D}}} and on (instance, deployment) (govern_rollout_generation{{{D}}}"
+            f" == on (deployment) group_left max by (deployment) (govern_rollout_generation{{{D}}}))")
+
+
+def _rollouts(g: _Layout) -> None:
+    """Rollouts: which deployments run a shadow or canary, the canary's weight, pairs, verdicts, changes."""
+    row, ts, nl = g.row, g.ts, g.nl
+    row("Rollouts: shadow and canary candidates")
+    ts(
+        "Rollout running per deployment",
+        [(f"max by (deployment, mode) ({_freshest('govern_rollout_running')})", "{{deployment}} {{mode}}")],
+        desc="1 while a shadow or canary rollout runs beside the active version",
+    )
+    ts(
+        "Canary weight per deployment",
+        [(f"max by (deployment) ({_freshest('govern_rollout_canary_weight')})", "{{deployment}}")],
+        "percentunit",
+        x=12,
+        desc="share of callers served by the candidate; a step of the canary is a step here",
+    )
+    nl()
+    ts(
+        "Pairs analysed and the step's minimum",
+        [
+            (f"max by (deployment, mode) (govern_rollout_pairs{{{D}}})", "{{deployment}} {{mode}} pairs"),
+            (f"max by (deployment) (govern_rollout_min_samples{{{D}}})", "{{deployment}} min samples"),
+        ],
+        desc="pairs the latest verdict analysed (those of the current step); a step passes only above its minimum",
+    )
+    ts(
+        "Verdicts by decision",
+        [
+            (
+                f"sum by (deployment, decision) (increase(govern_rollout_verdicts_total{{{D}}}[1h]))",
+                "{{deployment}} {{decision}}",
+            )
+        ],
+        x=12,
+        desc="pass advances a canary or ends a shadow; fail aborts; pending waits for more pairs",
+    )
+    nl()
+    ts(
+        "Rollout changes by kind",
+        [
+            (
+                f"sum by (deployment, kind) (increase(govern_rollout_changes_total{{{D}}}[1h]))",
+                "{{deployment}} {{kind}}",
+            )
+        ],
+        w=24,
+        h=6,
+        desc="start, advance, abort, passed, failed, complete",
+    )
+    nl(6)
+
+
 def _drift(g: _Layout) -> None:
     """Drift: checks, detector verdicts, statistics against thresholds."""
     row, ts, nl = g.row, g.ts, g.nl
@@ -314,7 +376,7 @@ def _serving(g: _Layout) -> None:
 
 def build() -> dict[str, Any]:
     g = _Layout()
-    for section in (_api, _deployments, _drift, _alerts, _security, _serving):
+    for section in (_api, _deployments, _rollouts, _drift, _alerts, _security, _serving):
         section(g)
     return {
         "title": "Aligner governance",

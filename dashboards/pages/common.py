@@ -48,4 +48,10 @@ DONE_MESSAGES = {
     "policy_rejected": "Policy version rejected; the policy in force is unchanged.",
     "user_disabled": "User disabled: every key of theirs stopped working, their web sessions end now.",
     "user_enabled": "User enabled: their keys that are neither revoked nor expired work again.",
+    "rollout_advanced": "Rollout advanced one step: replicas pick up the new weight with the new generation.",
+    "rollout_completed": "Rollout complete: the canary reached 100% and its version is the active one now.",
+    "rollout_unchanged": "Nothing changed: the rollout had already left the step this page showed (another "
+                         "person or a verdict moved it, or it ended). Check its state below.",
+    "rollout_aborted": "Rollout aborted: all traffic is on the active version again.",
+    "rollout_ended": "Nothing changed: the rollout had already ended.",
 }

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 
 from dashboards.deps import UI_ROLES, CsrfDep, SessionDep, ViewerDep, render, require
+from dashboards.pages import rollouts
 from dashboards.pages.common import DONE_MESSAGES, Paging, redirect
 from governance.auth import service as auth
 from governance.deployments import policies
@@ -74,6 +75,9 @@ def deployment_page(
         can_decide_policy=viewer.may("deployment.policy_approve"),
         can_rollback=viewer.may("deployment.rollback"),
         can_freeze=viewer.may("deployment.freeze"),
+        rollout=rollouts.rollout_panel(session, dep=dep),
+        can_advance_rollout=viewer.may("rollout.advance"),
+        can_abort_rollout=viewer.may("rollout.abort"),
         done=DONE_MESSAGES.get(done or ""),
     )
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from dashboards import reports
 from dashboards.deps import UI_ROLES, CsrfDep, SessionDep, Viewer, ViewerDep, render, require
 from dashboards.gate_report_html import render_html
+from dashboards.pages import rollouts
 from dashboards.pages.common import DONE_MESSAGES, Paging, redirect
 from dashboards.security import REPORT_CSP
 from governance.auth import service as auth
@@ -166,6 +167,7 @@ def version_page(
         blockers=blockers,
         case_baselines=reports.case_baselines,
         case_scores=reports.case_scores,
+        shadow=rollouts.shadow_evidence(session, version_id=version.id),
         done=DONE_MESSAGES.get(done or ""),
     )
 

@@ -33,6 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from governance import metrics
 from governance.audit import service as audit
 from governance.db import utcnow
 from governance.deployments import service
@@ -136,6 +137,8 @@ def start_rollout(
     service.add_rollout_event(session, rollout=ro, kind="start", actor=principal.actor,
                               reason=f"{mode} of version {version.id}", generation=int(dep.generation))
     _audit(session, principal, "rollout.start", ro, dep, min_samples=min_samples)
+    metrics.rollout_changed(deployment=dep.name, mode=mode, kind="start", running=True,
+                            weight=service.rollout_weight(ro), generation=int(dep.generation), min_samples=min_samples)
     return ro
 
 
@@ -258,6 +261,8 @@ def advance(
     service.add_rollout_event(session, rollout=ro, kind="advance", actor=principal.actor, reason=reason,
                               generation=int(dep.generation), verdict_id=verdict_id)
     _audit(session, principal, "rollout.advance", ro, dep, reason=reason, verdict_id=verdict_id)
+    metrics.rollout_changed(deployment=dep.name, mode=ro.mode, kind="advance", running=True,
+                            weight=service.rollout_weight(ro), generation=int(dep.generation))
     return RolloutChange(ro, True, f"rollout {ro.id} advanced to {ro.steps[ro.step_index]}%")
 
 
@@ -270,6 +275,8 @@ def _complete(session: Session, *, dep: Deployment, ro: Rollout, principal: Prin
     ro.generation = int(dep.generation)
     _audit(session, principal, "rollout.complete", ro, dep, reason=reason, verdict_id=verdict_id,
            promotion_generation=promo.generation)
+    metrics.rollout_changed(deployment=dep.name, mode=ro.mode, kind="complete", running=False, weight=0.0,
+                            generation=int(dep.generation))
     return RolloutChange(ro, True, f"rollout {ro.id} reached 100%: version {ro.version_id} is active",
                          promotion_generation=promo.generation)
 
@@ -309,6 +316,8 @@ def _end(session: Session, *, dep: Deployment, ro: Rollout, state: str, kind: st
     ro.generation = int(dep.generation)
     service.add_rollout_event(session, rollout=ro, kind=kind, actor=principal.actor, reason=reason,
                               generation=int(dep.generation), verdict_id=verdict_id)
+    metrics.rollout_changed(deployment=dep.name, mode=ro.mode, kind=kind, running=False, weight=0.0,
+                            generation=int(dep.generation))
 
 
 def evidence_digest(*, rollout_id: int, step_index: int, n_pairs: int, decision: str, tests: list[dict[str, Any]],
@@ -359,6 +368,8 @@ def record_verdict(
                              upto_output_id=upto_output_id)
     session.add(verdict)
     session.flush()
+    metrics.ROLLOUT_VERDICTS.labels(deployment=dep.name, mode=ro.mode, decision=decision).inc()
+    metrics.ROLLOUT_PAIRS.labels(deployment=dep.name, mode=ro.mode).set(n_pairs)
     if decision == "pending":
         return verdict, None
     payload = {"verdict_id": verdict.id, "decision": decision, "n_pairs": n_pairs, "evidence_digest": digest,

@@ -56,10 +56,10 @@ def metric_names(expr: str) -> set[str]:
     names = set()
     for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
         word, rest = m.group(0), expr[m.end():].lstrip()
+        if word in PROMQL_WORDS:  # before the call check: `x and on (l) (y)` leaves `and (`
+            continue
         if rest.startswith("("):
             assert word in PROMQL_FUNCTIONS, f"unknown PromQL function {word!r} in {expr!r}"
-            continue
-        if word in PROMQL_WORDS:
             continue
         names.add(word)
     return names
@@ -102,12 +102,14 @@ def test_dashboard_names_only_exported_metrics() -> None:
     for needed in ("govern_http_requests_total", "govern_http_request_seconds_bucket", "govern_active_generation",
                    "govern_drift_checks_total", "govern_auto_rollbacks_total", "govern_monitor_alerts_total",
                    "govern_promotions_total", "serving_requests_total", "serving_active_generation",
-                   "govern_auth_failures_total"):
+                   "govern_auth_failures_total", "govern_rollout_running", "govern_rollout_canary_weight",
+                   "govern_rollout_pairs", "govern_rollout_verdicts_total", "govern_rollout_changes_total"):
         assert needed in used, needed
 
 
 def test_metric_name_extraction() -> None:
     assert metric_names('sum by (route) (rate(a_total{status=~"5.."}[5m])) / clamp_min(b, 1e-9)') == {"a_total", "b"}
+    assert metric_names("a and on (instance, d) (b == on (d) group_left max by (d) (b))") == {"a", "b"}
 
 
 def test_committed_json_is_what_the_builder_makes() -> None:
