@@ -217,6 +217,8 @@ def _end_rollout_for_change(session: Session, *, dep: Deployment, kind: str, ver
                      else f"the active version changed ({kind}) while the rollout ran")
     add_rollout_event(session, rollout=ro, kind="complete" if completed else "abort", actor=principal.actor,
                       reason=ro.end_reason, generation=int(dep.generation) + 1)
+    metrics.rollout_changed(deployment=dep.name, mode=ro.mode, kind="complete" if completed else "abort",
+                            running=False, weight=0.0, generation=int(dep.generation) + 1)
     return {"rollout_id": ro.id, "state": ro.state, "reason": ro.end_reason}
 
 
