@@ -298,3 +298,107 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p_values[i]))
         adjusted[i] = running
     return adjusted
+
+
+@dataclass(frozen=True)
+class PairedDifferenceResult:
+    """Tango's score test of a paired difference against a margin: ``b`` = first worse only, ``c`` = the reverse."""
+
+    b: int
+    c: int
+    n: int
+    margin: float
+    z: float
+    p_value: float
+
+
+def paired_difference_test(b: int, c: int, n: int, margin: float = 0.0) -> PairedDifferenceResult:
+    """One-sided score test (Tango 1998) that a paired difference of proportions exceeds ``margin``.
+
+    ``delta = p_b - p_c`` (e.g. candidate-only minus active-only violations, as shares of the
+    ``n`` pairs). H0: ``delta <= margin``, H1: ``delta > margin``. The statistic is
+    ``(b - c - n * margin) / sqrt(n * (2 * q + margin * (1 - margin)))`` with ``q`` the
+    maximum-likelihood estimate of ``p_c`` restricted to ``delta = margin`` (the positive
+    root of ``2n q^2 + (-b - c + (2n - b + c) margin) q - c margin (1 - margin) = 0``),
+    referred to the standard normal. At ``margin = 0`` it is McNemar's asymptotic
+    ``(b - c) / sqrt(b + c)``; the exact McNemar test (:func:`mcnemar_exact`) is the one to
+    use there. A margin of 1 or more tolerates everything (p = 1).
+    """
+    _check_count("b", b)
+    _check_count("c", c)
+    _check_count("n", n)
+    if b + c > n:
+        raise ValueError(f"discordant pairs ({b} + {c}) exceed the pairs ({n})")
+    if math.isnan(margin) or margin < 0.0:
+        raise ValueError(f"margin must be >= 0 (got {margin})")
+    if n == 0 or margin >= 1.0:
+        return PairedDifferenceResult(b, c, n, margin, 0.0, 1.0)
+    qa = 2.0 * n
+    qb = -b - c + (2.0 * n - b + c) * margin
+    qc = -c * margin * (1.0 - margin)
+    q = (math.sqrt(max(qb * qb - 4.0 * qa * qc, 0.0)) - qb) / (2.0 * qa)
+    var = n * (2.0 * q + margin * (1.0 - margin))
+    if var <= 0.0:  # margin 0 and no discordant pair: no evidence either way
+        return PairedDifferenceResult(b, c, n, margin, 0.0, 1.0)
+    z = (b - c - n * margin) / math.sqrt(var)
+    return PairedDifferenceResult(b, c, n, margin, float(z), float(norm.sf(z)))
+
+
+def paired_pairs_needed(delta: float, psi: float, alpha: float = 0.05, power: float = 0.8,
+                        margin: float = 0.0) -> float:
+    """Pairs a one-sided paired test needs to detect a true difference ``delta`` over ``margin``.
+
+    ``n = (z_a sqrt(psi - margin^2) + z_b sqrt(psi - delta^2))^2 / (delta - margin)^2``, the
+    score test's null variance taken at the same discordance ``psi``; at ``margin = 0``
+    Connor's formula (:func:`connor_pairs_needed`). Needs ``margin < delta <= psi <= 1``.
+    """
+    if margin == 0.0:
+        return connor_pairs_needed(delta, psi, alpha, power)
+    if not 0.0 <= margin < delta <= psi <= 1.0:
+        raise ValueError(f"need 0 <= margin < delta <= psi <= 1 (got margin={margin}, delta={delta}, psi={psi})")
+    za, zb = float(norm.ppf(1 - alpha)), float(norm.ppf(power))
+    spread0 = math.sqrt(max(psi - margin * margin, 0.0))
+    spread1 = math.sqrt(max(psi - delta * delta, 0.0))
+    return (za * spread0 + zb * spread1) ** 2 / (delta - margin) ** 2
+
+
+def minimum_detectable_increase(n: int, psi: float, alpha: float = 0.05, power: float = 0.8,
+                                margin: float = 0.0) -> float | None:
+    """Smallest true paired increase (a share of pairs) that ``n`` pairs detect over ``margin``.
+
+    ``psi`` is the discordance seen (share of pairs where the two differ). An increase
+    ``delta`` needs at least ``delta`` of the pairs discordant, so the discordance is taken
+    as ``max(psi, delta)``: with identical answers (psi = 0) the result is still the
+    smallest increase the test could see, not undefined. Solves :func:`paired_pairs_needed`
+    for delta (it decreases in delta); ``None`` when even ``delta = 1`` needs more than ``n``.
+    """
+    _check_count("n", n)
+    if not 0.0 <= psi <= 1.0:
+        raise ValueError(f"psi must be in [0, 1] (got {psi})")
+    if not 0.0 <= margin < 1.0:
+        raise ValueError(f"margin must be in [0, 1) (got {margin})")
+    if n == 0:
+        return None
+
+    def excess(d: float) -> float:
+        return paired_pairs_needed(d, max(psi, d), alpha, power, margin) - n
+
+    hi = 1.0
+    if excess(hi) > 0:
+        return None
+    lo = margin + 1e-9
+    if excess(lo) <= 0:
+        return lo
+    return float(optimize.brentq(excess, lo, hi, xtol=1e-10))
+
+
+def mean_shift_mde(n: int, sd: float, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """How far beyond its margin a mean of ``n`` paired differences with spread ``sd`` must lie
+    for a one-sided level-``alpha`` test to see it with ``power``: ``(z_a + z_b) sd / sqrt(n)``
+    (normal approximation; None without pairs)."""
+    _check_count("n", n)
+    if not sd >= 0.0:
+        raise ValueError(f"sd must be >= 0 (got {sd})")
+    if n == 0:
+        return None
+    return (float(norm.ppf(1 - alpha)) + float(norm.ppf(power))) * sd / math.sqrt(n)

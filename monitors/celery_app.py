@@ -1,8 +1,8 @@
 """The Celery application of the workers: Redis broker and result backend from the settings.
 
 Queues and task names come from `governance.outbox.names` (the one table of them):
-``gates`` (evaluation gate runs), ``monitoring`` (dispatch, drift checks, outbox
-sweep, audit checkpoints) and ``rollback`` (guarded automatic rollbacks, kept apart so a
+``gates`` (evaluation gate runs), ``monitoring`` (dispatch, drift checks, rollout
+analyses, outbox sweep, audit checkpoints) and ``rollback`` (guarded automatic rollbacks, kept apart so a
 backlog of checks never delays one). Delivery is at least once: ``acks_late`` with
 ``task_reject_on_worker_lost`` and a prefetch of one mean a task whose worker dies runs
 again (on a restart, or on another worker once the Redis visibility timeout passes), so

@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 
+from evaluators import embeddings as _gate_embeddings
 from evaluators.embeddings import minilm_embedder
 
 DIM = 384
@@ -23,3 +24,8 @@ def embed(texts: list[str], *, batch_size: int = 64) -> np.ndarray:
         return np.zeros((0, DIM), dtype=np.float32)
     with _lock:
         return np.asarray(minilm_embedder(texts, batch_size=batch_size), dtype=np.float32)
+
+
+def model_loaded() -> bool:
+    """Whether this process has loaded the model already (embedding a few texts more is then cheap)."""
+    return bool(_gate_embeddings._minilm.cache_info().currsize)

@@ -9,7 +9,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from governance.outbox.names import AUDIT_CHECKPOINT_TASK, DISPATCH_CHECKS_TASK, QUEUE_OF, SWEEP_OUTBOX_TASK
+from governance.outbox.names import (
+    AUDIT_CHECKPOINT_TASK,
+    DISPATCH_CHECKS_TASK,
+    DISPATCH_ROLLOUTS_TASK,
+    QUEUE_OF,
+    SWEEP_OUTBOX_TASK,
+)
 
 DISPATCH_EVERY = float(os.environ.get("GOVERN_DISPATCH_SECONDS", "5"))
 OUTBOX_EVERY = float(os.environ.get("GOVERN_OUTBOX_SWEEP_SECONDS", "10"))
@@ -27,6 +33,10 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
         # enqueues the checks whose window has just closed. Window keys come from the
         # deployment and the interval-aligned window start, so two beats make the same key.
         "dispatch-drift-checks": _entry(DISPATCH_CHECKS_TASK, DISPATCH_EVERY, expires=DISPATCH_EVERY * 2),
+        # Analyses every running rollout at its policy's `rollout.interval_seconds`: every few
+        # seconds it queues the rollouts whose interval since their last verdict has passed, one
+        # task per (rollout, step, last verdict), so a canary that leaks is aborted within seconds.
+        "dispatch-rollouts": _entry(DISPATCH_ROLLOUTS_TASK, DISPATCH_EVERY, expires=DISPATCH_EVERY * 2),
         # Catches outbox rows whose immediate send was lost (a crash between commit and
         # send): promotions, rollbacks and queued gate runs are delivered within seconds.
         "sweep-outbox": _entry(SWEEP_OUTBOX_TASK, OUTBOX_EVERY, expires=OUTBOX_EVERY * 2),

@@ -35,6 +35,8 @@ from governance.monitoring.models import DriftCheck
 from governance.outbox.names import (
     AUDIT_CHECKPOINT_TASK,
     DISPATCH_CHECKS_TASK,
+    DISPATCH_ROLLOUTS_TASK,
+    EVALUATE_ROLLOUT_TASK,
     GATE_FINISH_TASK,
     GATE_SHARD_TASK,
     GATE_TASK,
@@ -48,8 +50,9 @@ from governance.outbox.service import publish_pending, unit_of_work_then_publish
 from governance.settings import get_settings
 from monitors.alerting import deliver
 from monitors.celery_app import app
-from monitors.check import run_check, window_key
+from monitors.check import run_check, state_dirs, window_key
 from monitors.rollback import auto_rollback, pause_point
+from monitors.rollouts import due_rollouts, evaluate_rollout
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +139,50 @@ def dispatch(now: datetime | None = None, *, redis_url: str | None = None) -> li
 @_task(DISPATCH_CHECKS_TASK)
 def dispatch_checks_task() -> list[str]:
     return dispatch()
+
+
+@_task(EVALUATE_ROLLOUT_TASK)
+def evaluate_rollout_task(rollout_id: int) -> dict[str, Any]:
+    """One look at a running rollout's pairs: the verdict, and what it changes (end, advance, abort).
+
+    The verdict, the rollout's change, its audit entry and the deployment's publish commit
+    together; the publish goes out right after the commit (replicas stop serving a failed
+    canary now, not at the next sweep), the alert webhooks last."""
+    with unit_of_work_then_publish(get_engine(), resolve_redis_url) as session:
+        result = evaluate_rollout(session, rollout_id=rollout_id, cache_dir=state_dirs()[1])
+    deliver(result.notifications)
+    return result.to_json()
+
+
+def dispatch_rollouts(now: datetime | None = None, *, redis_url: str | None = None) -> list[int]:
+    """Enqueue the analyses that are due; returns their rollout ids.
+
+    As for the drift checks, a Redis ``SET NX`` per (rollout, step, last verdict) keeps
+    concurrent dispatchers, and a look still queued or running, from queueing it twice; the
+    key expires after two intervals and a minute, so a task lost with its worker is queued again,
+    and so does a look that found no new pair (it records nothing, the key stays until then).
+    `record_verdict` dropping a verdict for a step that moved on is what keeps a late one harmless.
+    """
+    now = now or _now()
+    with unit_of_work(get_engine()) as session:
+        due = due_rollouts(session, now)
+    if not due:
+        return []
+    client = redis_lib.Redis.from_url(redis_url or resolve_redis_url())
+    sent = []
+    try:
+        for d in due:
+            if client.set(f"govern:rollout:enqueued:{d.key}", "1", nx=True, ex=2 * d.interval_seconds + 60):
+                evaluate_rollout_task.apply_async(kwargs={"rollout_id": d.rollout_id})
+                sent.append(d.rollout_id)
+    finally:
+        client.close()
+    return sent
+
+
+@_task(DISPATCH_ROLLOUTS_TASK)
+def dispatch_rollouts_task() -> list[int]:
+    return dispatch_rollouts()
 
 
 @_task(SWEEP_OUTBOX_TASK)

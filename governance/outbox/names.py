@@ -8,7 +8,7 @@ route their tasks by the same names, so a rename happens here or nowhere.
 from __future__ import annotations
 
 GATES_QUEUE = "gates"  # evaluation gate runs (and the shards of a sharded one)
-MONITORING_QUEUE = "monitoring"  # dispatch, drift checks, outbox sweep, audit checkpoints
+MONITORING_QUEUE = "monitoring"  # dispatch, drift checks, rollout analyses, outbox sweep, audit checkpoints
 ROLLBACK_QUEUE = "rollback"  # guarded automatic rollbacks, apart so a backlog of checks never delays one
 QUEUES = (GATES_QUEUE, MONITORING_QUEUE, ROLLBACK_QUEUE)
 
@@ -23,6 +23,9 @@ DISPATCH_CHECKS_TASK = "monitors.dispatch_checks"
 SWEEP_OUTBOX_TASK = "monitors.sweep_outbox"
 AUDIT_CHECKPOINT_TASK = "monitors.audit_checkpoint"
 ROLLBACK_TASK = "monitors.auto_rollback"
+# A rollout's paired analysis (one verdict per look), and the dispatcher that queues it per interval.
+EVALUATE_ROLLOUT_TASK = "monitors.evaluate_rollout"
+DISPATCH_ROLLOUTS_TASK = "monitors.dispatch_rollouts"
 
 QUEUE_OF: dict[str, str] = {
     GATE_TASK: GATES_QUEUE,
@@ -34,4 +37,6 @@ QUEUE_OF: dict[str, str] = {
     SWEEP_OUTBOX_TASK: MONITORING_QUEUE,
     AUDIT_CHECKPOINT_TASK: MONITORING_QUEUE,
     ROLLBACK_TASK: ROLLBACK_QUEUE,
+    EVALUATE_ROLLOUT_TASK: MONITORING_QUEUE,
+    DISPATCH_ROLLOUTS_TASK: MONITORING_QUEUE,
 }

@@ -80,8 +80,8 @@ class World:
     versions: list[int] = field(default_factory=list)
     n_outputs: int = 0
 
-    def release(self, *, promote: bool = True) -> int:
-        """submit -> gate passed -> approved (-> active)."""
+    def release(self, *, promote: bool = True, approve: bool = True) -> int:
+        """submit -> gate passed (-> approved (-> active))."""
         with unit_of_work(self.engine) as s:
             sub = registry.submit_version(
                 s, data=token_bytes(self.base_digest, uuid.uuid4().int % 2**31), adapter=uid("adapter"),
@@ -99,6 +99,9 @@ class World:
             s.flush()
             registry.finish_gate(s, version_id=vid, passed=True, evidence_digest=evidence, policy_sha256=sha,
                                  principal=gate)
+        if not approve:
+            self.versions.append(vid)
+            return vid
         with unit_of_work(self.engine) as s:
             registry.approve(s, version_id=vid, principal=self.people["compliance_officer"], comment="fine")
         if promote:
@@ -135,7 +138,7 @@ class World:
 
 
 def make_world(engine: Engine, *, interval: int = 60, cooldown: int = 600, cap: int = 3,
-               webhook: str = "null", fallback_to_base: bool = False) -> World:
+               webhook: str = "null", fallback_to_base: bool = False, extra_policy: str = "") -> World:
     roles = ("ml_engineer", "compliance_officer", "admin")
     people: dict[str, Principal] = {}
     for role in roles:
@@ -147,7 +150,7 @@ def make_world(engine: Engine, *, interval: int = 60, cooldown: int = 600, cap: 
     digest = hashlib.sha256(base.encode()).hexdigest()
     dep = uid("dep")
     policy_text = POLICY_TEMPLATE.format(interval=interval, cooldown=cooldown, cap=cap, webhook=webhook,
-                                         fallback=str(fallback_to_base).lower())
+                                         fallback=str(fallback_to_base).lower()) + extra_policy
     with unit_of_work(engine) as s:
         registry.register_base_model(
             s, name=base, weights_digest=digest, tokenizer_digest="b" * 64,
