@@ -6,9 +6,10 @@
 (L, H)) and the *active* token the layers read. The active token is a reference, so
 switching versions is a pointer swap: `set_token(token)` for the whole batch,
 `set_token(None)` for the bare base model, `set_row_tokens([...])` for one token (or
-none) per batch row. Projections K_p, V_p are computed lazily on the first forward
-after a swap and reused while no gradient flows, so a resident version costs only its
-n*d + L*H numbers.
+none) per batch row; a row's numbers are then bit for bit those of its token set for the
+whole batch (each distinct token is projected alone), whatever its neighbours hold.
+Projections K_p, V_p are computed lazily on the first forward after a swap and reused
+while no gradient flows, so a resident version costs only its n*d + L*H numbers.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class _Active:
     mask_bias: torch.Tensor | None  # (B, 1, 1, n): -inf on padded prefix slots, or None
     rows: int | None  # batch size the per-row tensors were built for; None = shared
     serial: int = 0  # unique per state; keys the projection cache (ids of freed objects get reused)
+    # per-row states: the rows holding each distinct token, and that token's n_tokens
+    groups: tuple[tuple[tuple[int, ...], int], ...] = ()
 
 
 def _unpack(token: Token) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,15 +146,42 @@ class AlignerAdapter(nn.Module):
             hit = self._cache[index]
             if hit is not None:
                 return hit
-        prefix = active.prefix if active.prefix.dim() == 3 else active.prefix[None]  # (Bp, n, d)
-        gates = active.gates[:, index] if active.gates.dim() == 3 else active.gates[index][None]  # (Bp, H)
-        k, v = project_prefix(attn, prefix)  # (Bp, H, n, hd) each
-        scaling = float(attn.scaling)
-        gate = torch.tanh(gates.float()).to(v.dtype)[:, :, None, None]  # (Bp, H, 1, 1)
-        out = ((k * scaling).to(dtype), (v * gate).to(dtype))
+        if active.rows is not None and active.groups:
+            out = self._project_rows(index, attn, active, dtype)
+        else:
+            prefix = active.prefix if active.prefix.dim() == 3 else active.prefix[None]  # (Bp, n, d)
+            gates = active.gates[:, index] if active.gates.dim() == 3 else active.gates[index][None]  # (Bp, H)
+            out = _project(attn, prefix, gates, dtype)
         if not grad:
             self._cache[index] = (out[0].detach(), out[1].detach())
         return out
+
+    def _project_rows(
+        self, index: int, attn: Any, active: _Active, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row K_p, V_p (B, H, n_max, hd), each distinct token projected alone, as a shared one is.
+
+        A matmul's rounding depends on how many rows it multiplies, so projecting the stacked
+        (B, n, d) prefix in one call would make a row's numbers depend on its neighbours'
+        tokens. Projected on its own (1, n, d), a token gives bit for bit what `set_token`
+        gives it: per-row serving (a shadow twin beside a served row) changes no other answer.
+        Rows without a token keep zero keys and values (their term is exactly 0).
+        """
+        B, n_max, _ = active.prefix.shape
+        k_all = v_all = None
+        for rows, n in active.groups:
+            first = rows[0]
+            # clone: a fresh allocation, aligned like the token's own tensor
+            prefix = active.prefix[first : first + 1, :n].clone()  # (1, n, d)
+            k, v = _project(attn, prefix, active.gates[first : first + 1, index], dtype)  # (1, H, n, hd) each
+            if k_all is None or v_all is None:
+                k_all = k.new_zeros(B, k.shape[1], n_max, k.shape[3])  # (B, H, n_max, hd)
+                v_all = v.new_zeros(B, v.shape[1], n_max, v.shape[3])
+            for row in rows:
+                k_all[row, :, :n] = k[0]
+                v_all[row, :, :n] = v[0]
+        assert k_all is not None and v_all is not None  # set_row_tokens keeps per-row states with a token only
+        return k_all, v_all
 
     # -- swapping ------------------------------------------------------------------------
     def use_trainable(self) -> None:
@@ -191,16 +221,25 @@ class AlignerAdapter(nn.Module):
         gates = torch.zeros(B, self.shape.num_layers, self.shape.num_heads, dtype=dtype, device=self.device)
         mask = torch.zeros(B, 1, 1, n_max, dtype=torch.float32, device=self.device)  # (B, 1, 1, n_max)
         padded = False
+        groups: dict[int, tuple[list[int], int]] = {}  # id of the caller's token -> (its rows, n_tokens)
         for row, item in enumerate(checked):
             if item is None:
                 continue  # zero gates: the term is exactly 0 for this row
             p, g = item
+            groups.setdefault(id(tokens[row]), ([], p.shape[0]))[0].append(row)
             prefix[row, : p.shape[0]] = p
             gates[row] = g
             if p.shape[0] < n_max:
                 mask[row, :, :, p.shape[0] :] = -math.inf
                 padded = True
-        self._active = _Active(prefix, gates, mask.to(self.model_dtype) if padded else None, B, next(_serials))
+        self._active = _Active(
+            prefix,
+            gates,
+            mask.to(self.model_dtype) if padded else None,
+            B,
+            next(_serials),
+            tuple((tuple(rows), n) for rows, n in groups.values()),
+        )
 
     @contextlib.contextmanager
     def using(self, token: Token | None) -> Iterator[None]:
@@ -266,6 +305,16 @@ class AlignerAdapter(nn.Module):
                 self.prefix.copy_(prefix)
             self.gates.copy_(gates)
         self.use_trainable()
+
+
+def _project(
+    attn: Any, prefix: torch.Tensor, gates: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K_p * scaling and tanh(g) * V_p of one layer for prefix (Bp, n, d) and that layer's gates (Bp, H)."""
+    k, v = project_prefix(attn, prefix)  # (Bp, H, n, hd) each
+    scaling = float(attn.scaling)
+    gate = torch.tanh(gates.float()).to(v.dtype)[:, :, None, None]  # (Bp, H, 1, 1)
+    return (k * scaling).to(dtype), (v * gate).to(dtype)
 
 
 def get_adapter(model: nn.Module) -> AlignerAdapter | None:

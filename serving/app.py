@@ -10,7 +10,13 @@ response to PostgreSQL, spooled when it is down). Routes:
 - GET /metrics (Prometheus), GET /v1/serving/status (what this replica serves now)
 
 Every response names the version and generation it was produced with: headers
-`X-Govern-Version` / `X-Govern-Generation` and `system_fingerprint` = `govern-v<version>-g<generation>`.
+`X-Govern-Version` / `X-Govern-Generation` and `system_fingerprint` = `govern-v<version>-g<generation>`
+(during a canary, the candidate's for a caller in the canary).
+
+During a rollout (`serving.engine`, `serving.watcher`) both halves of a pair are recorded:
+the served answer as always plus its `rollout_id`, and the twin's unreturned answer as a
+row of its own, `request_id` = `<served id>~twin`, `twin_of` = the served id, with its own
+token's version, output, token counts and latency.
 """
 
 from __future__ import annotations
@@ -87,6 +93,7 @@ class ServingConfig:
     record_interval: float = 0.25
     record_queue: int = 10_000
     record_retry: float = 2.0
+    max_twins: int | None = None  # rollout twins decoding at once beside max_batch (None: max_batch)
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     @property
@@ -198,10 +205,18 @@ def _token_headers(token: ServedToken, request_id: str) -> dict[str, str]:
 
 
 def _output_row(deployment: str, req: GenerationRequest, done: Finished) -> dict[str, Any]:
+    """One `outputs` row (`governance.outputs.schemas.OutputIn`): a served answer or a rollout twin.
+
+    A twin's request id is its served request's plus `~twin` (the engine names it so) and
+    `twin_of` names the served one; `rollout_id` marks both halves of a pair and a canary
+    answer of the candidate."""
     return {
         "request_id": req.request_id,
         "version_id": done.token.version_id,
+        "sha256": done.token.sha256,
         "generation": done.token.generation,
+        "rollout_id": done.rollout_id,
+        "twin_of": done.twin_of,
         "messages": req.messages,
         "output": done.text,
         "prompt_tokens": done.prompt_tokens,
@@ -239,7 +254,11 @@ def create_app(
         )
 
     def on_finish(req: GenerationRequest, done: Finished) -> None:
-        metrics.observe_finished(done)
+        if done.role == "twin":
+            assert done.rollout is not None
+            metrics.rollout_pairs_recorded.labels(mode=done.rollout.mode).inc()
+        else:
+            metrics.observe_finished(done)
         if recorder is not None:
             recorder.record(_output_row(config.deployment, req, done))
 
@@ -250,6 +269,7 @@ def create_app(
         queue_size=config.queue_size,
         batch_wait_s=config.batch_wait_ms / 1000.0,
         on_finish=on_finish,
+        max_twins=config.max_twins,
     )
     engine.add_swap_listener(lambda t: metrics.on_swap(t))
     watcher = TokenWatcher(
@@ -365,6 +385,7 @@ def _status_routes(app: FastAPI, state: ServingState) -> None:
             "pubsub_connected": state.watcher.pubsub_connected,
             "unconfirmed_ignored": state.watcher.unconfirmed_ignored,  # pushed states the API did not confirm
             "push_rejected": dict(state.watcher.push_rejected),  # messages without a valid MAC, by reason
+            "rollout": _rollout_status(state),
             "spool_pending": rec.spool_pending if rec else 0,
             "recorded": rec.stats.__dict__ if rec else None,
         }
@@ -375,6 +396,23 @@ def _status_routes(app: FastAPI, state: ServingState) -> None:
             "object": "list",
             "data": [{"id": config.deployment, "object": "model", "created": int(state.started), "owned_by": "govern"}],
         }
+
+
+def _rollout_status(state: ServingState) -> dict[str, Any] | None:
+    """The rollout this replica applies (or was asked to and could not), and its twins so far."""
+    applied, desired = state.engine.rollout, state.watcher.desired_rollout
+    if applied is None and desired is None:
+        return None
+    stats = state.engine.stats
+    return {
+        "applied": applied.as_dict() if applied is not None else None,
+        "desired": desired.as_json() if desired is not None else None,
+        "problem": state.watcher.rollout_problem,  # why the desired one is not applied
+        "pairs_started": dict(stats.pairs_started),
+        "twins_skipped": dict(stats.twins_skipped),
+        "twin_failures": stats.twin_failures,
+        "candidate_rejections": state.watcher.candidate_rejections,
+    }
 
 
 def _chat_route(app: FastAPI, state: ServingState) -> None:
@@ -498,6 +536,7 @@ def _generation(req: ChatCompletionRequest, state: ServingState) -> tuple[str, a
         stream=req.stream,
         request_id=f"chatcmpl-{uuid.uuid4().hex}",
         messages=messages,
+        user=req.user,
     )
     try:
         engine.submit(gen)

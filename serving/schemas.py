@@ -50,7 +50,8 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
-    user: str | None = None
+    # OpenAI's end-user id: the stable key a canary routes by (one caller, one version); never stored
+    user: str | None = Field(None, max_length=256)
 
     @field_validator("n")
     @classmethod

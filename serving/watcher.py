@@ -33,6 +33,17 @@ authoritative: when a reconcile or the fence gets a state other than the one the
 adopted before asking, the replica moves to it even if its generation is lower. So even
 a huge generation signed with a leaked secret never locks a replica out of the real
 flips that follow it.
+
+Rollouts: the state of a generation may carry a running rollout (`ActiveState.rollout`).
+Its candidate is fetched and verified exactly like the active token (same cache, same
+`verify_artifact`), and the engine gets the active token and the rollout together in one
+`propose`, so a plan obeys the generation rules above (it is part of what a generation
+is). A candidate that fails verification is never decoded: the replica serves the active
+token alone (no twins, no canary), remembers the sha256, counts it
+(`candidate_rejections`) and raises one alert. A candidate that could not be fetched (API
+down) is retried by every later sync of the same state until it joins its generation;
+the fence never fetches one (it runs on the model thread), it wakes the reconcile instead.
+A state without a rollout ends the twins.
 """
 
 from __future__ import annotations
@@ -51,16 +62,24 @@ from typing import Any
 import redis
 
 from aligner.model import ModelShape
-from governance.client import ActiveState, ApiError, GovernClient
+from governance.client import ActiveState, ApiError, GovernClient, RolloutPlan
 from governance.outbox import pushauth
 from serving.engine import DecodeEngine
-from serving.tokens import ServedToken, TokenVerificationError, sha256_hex, verify_artifact
+from serving.tokens import ServedRollout, ServedToken, TokenVerificationError, sha256_hex, verify_artifact
 
 log = logging.getLogger(__name__)
 
 
 def channel_name(deployment: str) -> str:
     return f"govern:deployment:{deployment}"
+
+
+StateKey = tuple[int | None, str | None, int, RolloutPlan | None]
+
+
+def state_key(state: ActiveState) -> StateKey:
+    """What identifies a desired state: the active token, its generation and the rollout plan."""
+    return (state.version_id, state.sha256, state.generation, state.rollout)
 
 
 @dataclass(frozen=True)
@@ -118,9 +137,14 @@ class TokenWatcher:
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self.cache_size = max(cache_size, prefetch + 2)
         self.last_sync: SyncTiming | None = None
-        # What was last proposed to the engine (version, sha256, generation) and when it was received.
-        self._known: tuple[int | None, str | None, int] | None = None
+        # The state last proposed to the engine (`state_key`) and when it was received.
+        self._known: StateKey | None = None
         self._known_at = 0.0
+        # That state's rollout whose candidate is not in the engine yet (fetch failed, or refused)
+        self._candidate_missing = False
+        self._refused_candidates: set[str] = set()  # sha256 of rollout candidates that failed verification
+        self.rollout_problem: str | None = None  # why the desired rollout is not applied, if it is not
+        self._wake = threading.Event()  # the fence asks the reconcile to fetch a candidate now
         self.unconfirmed_ignored = 0  # pushed states the API did not confirm
         # accepted on the channel, current first; none: every message is dropped (reconcile only)
         self.push_secrets = tuple(push_secrets)
@@ -154,6 +178,7 @@ class TokenWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         for t in self._threads:
             t.join(5.0)
         self._threads.clear()
@@ -177,20 +202,25 @@ class TokenWatcher:
         it) and stays; the next reconcile settles it.
         """
         received = time.time() if received_at is None else received_at
+        key = state_key(desired)
         with self._sync_lock:
             replace = False
+            retry = False  # the same state again, to bring in a candidate that is still missing
             if desired.generation <= self.engine.known_generation:
-                if asked_at is None or not self._contradicts(desired, asked_at):
+                if asked_at is not None and self._contradicts(desired, asked_at):
+                    replace = True
+                    log.warning(
+                        "the API says generation %s (version %s) but this replica adopted generation %s "
+                        "(version %s) from an unconfirmed message; serving the API's answer",
+                        desired.generation,
+                        desired.version_id,
+                        self._known[2] if self._known else None,
+                        self._known[0] if self._known else None,
+                    )
+                elif self._candidate_missing and self._known == key:
+                    replace = retry = True
+                else:
                     return False
-                replace = True
-                log.warning(
-                    "the API says generation %s (version %s) but this replica adopted generation %s "
-                    "(version %s) from an unconfirmed message; serving the API's answer",
-                    desired.generation,
-                    desired.version_id,
-                    self._known[2] if self._known else None,
-                    self._known[0] if self._known else None,
-                )
             token: Any = None
             cached = True
             if desired.sha256 is not None:
@@ -204,19 +234,73 @@ class TokenWatcher:
                     token = self._load(desired)
                     if token is None:
                         return False
+            rollout = self._candidate(desired, fetch=source != "fence")
+            if retry and rollout is None:
+                return False  # still missing; the engine already serves the active token alone
             self.last_sync = SyncTiming(desired.generation, source, received, time.time(), cached)
             served = ServedToken(desired.version_id, desired.sha256, desired.generation, token)
-            if not self.engine.propose(served, replace=replace):
+            if not self.engine.propose(served, rollout=rollout, replace=replace):
                 return False
-            self._known = (desired.version_id, desired.sha256, desired.generation)
+            self._known = key
             self._known_at = received
+            self._candidate_missing = desired.rollout is not None and rollout is None
+            if not self._candidate_missing:
+                self.rollout_problem = None
             return True
+
+    def _candidate(self, desired: ActiveState, *, fetch: bool) -> ServedRollout | None:
+        """The desired state's rollout with its verified candidate, or None (none runs, or the
+        candidate is refused or not fetched yet: the replica serves the active token alone)."""
+        plan = desired.rollout
+        if plan is None:
+            return None
+        as_state = ActiveState(plan.version_id, plan.sha256, desired.generation)
+        if plan.sha256 in self.rejected:  # refused now or before (a prefetch): never verified twice
+            self._refuse_candidate(as_state, plan)
+            return None
+        with self._cache_lock:
+            token = self._cached(plan.sha256)
+        if token is None:
+            if not fetch:
+                self.rollout_problem = "candidate not fetched yet"
+                self._wake.set()  # the reconcile thread fetches it, not the model thread
+                return None
+            try:
+                token = self._load(as_state, alert=False, rollout=plan)
+            except ApiError as exc:
+                log.warning("fetching the candidate of rollout %s failed (%s); serving the active token "
+                            "alone until a later sync gets it", plan.rollout_id, exc)
+                self.rollout_problem = f"candidate not fetched: {exc}"
+                return None
+            if token is None:
+                self._refuse_candidate(as_state, plan)
+                return None
+        candidate = ServedToken(plan.version_id, plan.sha256, desired.generation, token)
+        return ServedRollout(plan.rollout_id, plan.mode, candidate, sample=plan.sample, weight=plan.weight,
+                             step=plan.step)
+
+    def _refuse_candidate(self, state: ActiveState, plan: RolloutPlan) -> None:
+        """A candidate that failed verification: counted once, alerted on (again while the alert fails)."""
+        reason = self.rejected[plan.sha256]
+        self._refused_candidates.add(plan.sha256)
+        self._alert(state, reason, rollout=plan)
+        self.rollout_problem = f"candidate refused: {reason}"
+
+    @property
+    def candidate_rejections(self) -> int:
+        """How many rollout candidates failed verification (each counted once)."""
+        return len(self._refused_candidates)
+
+    @property
+    def desired_rollout(self) -> RolloutPlan | None:
+        """The rollout of the state last proposed to the engine (applied or not: see `rollout_problem`)."""
+        return self._known[3] if self._known is not None else None
 
     def _contradicts(self, desired: ActiveState, asked_at: float) -> bool:
         """True if the API's answer (asked at `asked_at`) is not what this replica adopted before then."""
         if self._known is None or self._known_at >= asked_at:
             return False
-        return self._known != (desired.version_id, desired.sha256, desired.generation)
+        return self._known != state_key(desired)
 
     @property
     def cached_tokens(self) -> int:
@@ -235,7 +319,10 @@ class TokenWatcher:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
-    def _load(self, desired: ActiveState, *, alert: bool = True) -> Any | None:
+    def _load(self, desired: ActiveState, *, alert: bool = True, rollout: RolloutPlan | None = None) -> Any | None:
+        """Fetch (or read from disk) and verify a token; None if it fails verification.
+
+        `rollout`: the token is that rollout's candidate (counted and alerted on as such)."""
         assert desired.sha256 is not None
         data = self._read_disk(desired.sha256)
         if data is None:
@@ -246,38 +333,50 @@ class TokenWatcher:
             )
         except TokenVerificationError as exc:
             reason = str(exc)
-            log.error("refusing token %s (version %s): %s", desired.sha256[:12], desired.version_id, reason)
+            what = f"candidate of rollout {rollout.rollout_id}" if rollout is not None else "token"
+            log.error("refusing %s %s (version %s): %s", what, desired.sha256[:12], desired.version_id, reason)
             self.rejected[desired.sha256] = reason
             if self.on_reject is not None:
                 self.on_reject(desired.sha256, reason)
             if alert:  # a prefetched token is only alerted on when it is about to be served
-                self._alert(desired, reason)
+                self._alert(desired, reason, rollout=rollout)
             return None
         with self._cache_lock:
             self._remember(desired.sha256, token)
         self._write_disk(desired.sha256, data)
         return token
 
-    def _alert(self, desired: ActiveState, reason: str) -> None:
+    def _alert(self, desired: ActiveState, reason: str, *, rollout: RolloutPlan | None = None) -> None:
         assert desired.sha256 is not None
         if desired.sha256 in self._alerted:
             return
+        if rollout is None:
+            message = (
+                f"replica refused version {desired.version_id} (generation {desired.generation}) "
+                f"of deployment {self.deployment}: {reason}; it keeps serving its previous token"
+            )
+        else:
+            message = (
+                f"replica refused version {desired.version_id}, the candidate of {rollout.mode} rollout "
+                f"{rollout.rollout_id} (generation {desired.generation}) of deployment {self.deployment}: "
+                f"{reason}; it serves the active token alone, without twins"
+            )
+        details: dict[str, Any] = {
+            "version_id": desired.version_id,
+            "sha256": desired.sha256,
+            "generation": desired.generation,
+            "reason": reason,
+        }
+        if rollout is not None:
+            details.update(rollout_id=rollout.rollout_id, mode=rollout.mode)
         try:
             self.control.raise_alert(
                 deployment=self.deployment,
                 kind="token_verification_failed",
                 severity="critical",
-                message=(
-                    f"replica refused version {desired.version_id} (generation {desired.generation}) "
-                    f"of deployment {self.deployment}: {reason}; it keeps serving its previous token"
-                ),
+                message=message,
                 incident_key=f"serving:{self.deployment}:verify:{desired.sha256}",
-                details={
-                    "version_id": desired.version_id,
-                    "sha256": desired.sha256,
-                    "generation": desired.generation,
-                    "reason": reason,
-                },
+                details=details,
             )
             self._alerted.add(desired.sha256)
         except ApiError as exc:  # retried on the next sync of the same state
@@ -346,12 +445,16 @@ class TokenWatcher:
                 if self.prefetch_limit > 0:
                     self.prefetch()
                 delay = self.reconcile_interval
+                plan = self.desired_rollout
+                if self._candidate_missing and plan is not None and plan.sha256 not in self.rejected:
+                    delay = min(self.reconcile_interval, 1.0)  # an unfetched candidate is retried sooner
             except ApiError as exc:
                 log.warning("reconcile failed: %s", exc)
                 delay = min(self.reconcile_interval, 1.0) if self.engine.current is None else self.reconcile_interval
             except Exception:
                 log.exception("reconcile crashed; retrying")
-            self._stop.wait(delay)
+            self._wake.wait(delay)
+            self._wake.clear()
 
     def _pubsub_loop(self) -> None:
         assert self.redis_url is not None
@@ -437,17 +540,13 @@ class TokenWatcher:
         if pushed.generation == known + 1 or pushed.generation < known:
             return True
         if pushed.generation == known:
-            return self._known is None or self._known == (pushed.version_id, pushed.sha256, pushed.generation)
+            return self._known is None or self._known == state_key(pushed)
         return False
 
     def _confirm(self, pushed: ActiveState, received_at: float | None) -> None:
         asked = time.time()
         answer = self.control.active(self.deployment)
-        if (answer.version_id, answer.sha256, answer.generation) != (
-            pushed.version_id,
-            pushed.sha256,
-            pushed.generation,
-        ):
+        if state_key(answer) != state_key(pushed):
             self.unconfirmed_ignored += 1
             log.warning(
                 "ignoring a pushed generation %s (version %s) that the API does not confirm "

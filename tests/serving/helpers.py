@@ -228,3 +228,39 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.02, what
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class Stack:
+    """A governance API and a serving replica of one world's deployment (the `stack` fixture)."""
+
+    world: World
+    api: ServerThread
+    serving: ServerThread
+    app: Any
+
+    @property
+    def client(self) -> Any:
+        import openai
+
+        return openai.OpenAI(base_url=f"{self.serving.url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+    def gov(self, role: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.api.url, headers={"Authorization": f"Bearer {self.world.keys[role]}"}, timeout=30
+        )
+
+    def promote(self, vid: int) -> int:
+        with self.gov("ml_engineer") as c:
+            r = c.post(f"/v1/deployments/{self.world.deployment}/promote", json={"version_id": vid})
+        assert r.status_code == 200, r.text
+        return int(r.json()["generation"])
+
+    def rollback(self, to: int | None = None) -> int:
+        with self.gov("compliance_officer") as c:
+            r = c.post(
+                f"/v1/deployments/{self.world.deployment}/rollback",
+                json={"reason": "test", **({"to_version_id": to} if to else {})},
+            )
+        assert r.status_code == 200, r.text
+        return int(r.json()["generation"])

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,67 +17,7 @@ import pytest
 from sqlalchemy import Engine, select, text
 
 from serving.app import ServingConfig, create_app
-from tests.serving.helpers import PUSH_SECRET, ServerThread, World, attached_copy, governance_app, make_world, wait_for
-
-
-@dataclass
-class Stack:
-    world: World
-    api: ServerThread
-    serving: ServerThread
-    app: Any
-
-    @property
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.serving.url}/v1", api_key="unused", max_retries=0, timeout=60)
-
-    def gov(self, role: str) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.api.url, headers={"Authorization": f"Bearer {self.world.keys[role]}"}, timeout=30
-        )
-
-    def promote(self, vid: int) -> int:
-        with self.gov("ml_engineer") as c:
-            r = c.post(f"/v1/deployments/{self.world.deployment}/promote", json={"version_id": vid})
-        assert r.status_code == 200, r.text
-        return int(r.json()["generation"])
-
-    def rollback(self, to: int | None = None) -> int:
-        with self.gov("compliance_officer") as c:
-            r = c.post(
-                f"/v1/deployments/{self.world.deployment}/rollback",
-                json={"reason": "test", **({"to_version_id": to} if to else {})},
-            )
-        assert r.status_code == 200, r.text
-        return int(r.json()["generation"])
-
-
-@pytest.fixture()
-def stack(
-    engine: Engine, database_url: str, redis_url: str, tiny: tuple[Any, Any, Any], test_state_dir: Path, tmp_path: Path
-) -> Iterator[Stack]:
-    world = make_world(engine, tiny[2])
-    with ServerThread(governance_app(database_url, redis_url, tmp_path / "gov")) as api:
-        config = ServingConfig(
-            deployment=world.deployment,
-            model="tiny-random-llama",
-            max_batch=4,
-            queue_size=16,
-            api_url=api.url,
-            api_key=world.keys["service"],
-            redis_url=redis_url,
-            push_secrets=(PUSH_SECRET,),
-            database_url=database_url,
-            state_dir=tmp_path / "serving",
-            fence_timeout=10.0,  # a busy test machine must not turn the fence off
-            reconcile_interval=0.5,
-            record_interval=0.05,
-            default_max_tokens=16,
-        )
-        app = create_app(config, loaded=attached_copy(tiny))
-        with ServerThread(app) as serving:
-            wait_for(lambda: httpx.get(f"{serving.url}/readyz").status_code == 200, what="replica ready")
-            yield Stack(world, api, serving, app)
+from tests.serving.helpers import ServerThread, Stack, attached_copy, wait_for
 
 
 def test_openai_client_plain_and_streaming(stack: Stack) -> None:
