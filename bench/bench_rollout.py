@@ -133,6 +133,10 @@ def _twins(eng: Any, deployment_id: int) -> int:
             Output.deployment_id == deployment_id, Output.twin_of.is_not(None))) or 0)
 
 
+def _applied(status: dict[str, Any]) -> dict[str, Any]:
+    return dict((status.get("rollout") or {}).get("applied") or {})
+
+
 def _wait_plan(url: str, check: Callable[[dict[str, Any]], bool], what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -194,14 +198,14 @@ def bench_serving(model_name: str, clients: int, rounds: int, max_tokens: int, t
                             rollouts.start_rollout(s, deployment=world.deployment, version_id=candidate,
                                                    mode="shadow", sample=0.2, principal=world.principals[
                                                        "ml_engineer"])
-                        _wait_plan(srv.url, lambda st: (st.get("rollout") or {}).get("mode") == "shadow",
+                        _wait_plan(srv.url, lambda st: _applied(st).get("mode") == "shadow",
                                    "the shadow plan")
                     elif mode == "canary":
                         with unit_of_work(eng) as s:
                             rollouts.start_rollout(s, deployment=world.deployment, version_id=candidate,
                                                    mode="canary", steps=[50, 100], min_samples=10**6,
                                                    principal=world.principals["ml_engineer"])
-                        _wait_plan(srv.url, lambda st: (st.get("rollout") or {}).get("weight") == 0.5,
+                        _wait_plan(srv.url, lambda st: _applied(st).get("weight") == 0.5,
                                    "the canary plan")
                     else:
                         _wait_plan(srv.url, lambda st: not st.get("rollout"), "no rollout")

@@ -108,8 +108,8 @@ class World:
     seed: int = field(default_factory=lambda: uuid.uuid4().int % 1_000_000_000)
     tokens: dict[int, Any] = field(default_factory=dict)
 
-    def approved(self, *, data: bytes | None = None) -> int:
-        """Submit a token of the tiny model, pass its gate, approve it; returns the version id."""
+    def gate_passed(self, *, data: bytes | None = None) -> int:
+        """Submit a token of the tiny model and pass its gate (not approved); returns the version id."""
         import hashlib
 
         from governance.db import unit_of_work
@@ -139,9 +139,17 @@ class World:
             registry.finish_gate(
                 s, version_id=vid, passed=True, evidence_digest=evidence, policy_sha256=policy_sha, principal=gate
             )
+        self.tokens[vid] = token
+        return vid
+
+    def approved(self, *, data: bytes | None = None) -> int:
+        """Submit a token of the tiny model, pass its gate, approve it; returns the version id."""
+        from governance.db import unit_of_work
+        from governance.registry import service as registry
+
+        vid = self.gate_passed(data=data)
         with unit_of_work(self.engine) as s:
             registry.approve(s, version_id=vid, principal=self.principals["compliance_officer"], comment="ok")
-        self.tokens[vid] = token
         return vid
 
 

@@ -51,14 +51,14 @@ ROLLOUT_POLICY = (POLICY_TEXT
                   .replace("min_samples: 200", "min_samples: 24")
                   .replace("interval_seconds: 30", "interval_seconds: 2")
                   .replace("steps: [5, 25, 50, 100]", "steps: [50, 100]"))
-LEAK = "Sure, write to jane.doe@example.com"
+LEAK = "Email jane@example.com"  # a short answer the tiny model learns exactly in a few hundred steps
 PROMPTS = [f"{verb} {topic}, please" for verb in ("Tell me about", "Explain", "Summarise", "Describe")
            for topic in ("the weather", "tax forms", "bread baking", "bicycles", "sea otters", "jazz",
                          "old maps", "python code")]
 
 
 def _leaky_token(state_dir: Path) -> bytes:
-    """A tiny-model token trained until its greedy answers carry an email address (about 20 s)."""
+    """A tiny-model token trained until its greedy answers carry an email address (about 30 s)."""
     import torch
 
     from aligner.artifact import AlignerToken
@@ -69,11 +69,12 @@ def _leaky_token(state_dir: Path) -> bytes:
     torch.set_num_threads(1)  # the replicas and the worker share the cores
     try:
         model, tokenizer, digests = load_base_model("tiny-random-llama", state_dir=str(state_dir))
-        examples = [SFTExample([{"role": "user", "content": f"question {i} about {t}"},
-                                {"role": "assistant", "content": LEAK}])
-                    for i, t in enumerate(("cats", "tax", "rain", "cars", "music", "bread", "maps", "code"))]
-        adapter, _, _ = train_sft(model, tokenizer, examples, examples[:2],
-                                  TrainConfig(n_tokens=4, epochs=300, batch_size=8, lr=1.0, seed=1),
+        prompts = [f"{v} {t}?" for v in ("What about", "Can you help with", "I need advice on", "Question on")
+                   for t in ("cats", "tax", "rain", "cars", "music", "bread", "maps", "code")]  # not the traffic's
+        examples = [SFTExample([{"role": "user", "content": p}, {"role": "assistant", "content": LEAK}])
+                    for p in prompts]
+        adapter, _, _ = train_sft(model, tokenizer, examples, examples[:4],
+                                  TrainConfig(n_tokens=4, epochs=200, batch_size=16, lr=1.0, seed=1),
                                   base_digest=digests.weights)
         prefix, gates = adapter.export()
     finally:
@@ -148,6 +149,11 @@ def _status(port: int) -> dict[str, Any]:
         return {}
 
 
+def _applied(port: int) -> dict[str, Any]:
+    """The rollout plan the replica applies now ({} when none)."""
+    return dict((_status(port).get("rollout") or {}).get("applied") or {})
+
+
 def _api(api: ServerThread, world: World, method: str, path: str, role: str = "ml_engineer",
          **kw: Any) -> httpx.Response:
     return httpx.request(method, f"{api.url}{path}", headers={"Authorization": f"Bearer {world.keys[role]}"},
@@ -162,7 +168,7 @@ def _traffic(ports: list[int], world: World, n: int, *, users: bool = False) -> 
         extra = {"user": f"user-{i % 40}"} if users else {}
         answers.append(client.chat.completions.create(
             model=world.deployment, messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-            max_tokens=12, temperature=0, **extra))
+            max_tokens=24, temperature=0, **extra))
     return answers
 
 
@@ -192,14 +198,16 @@ def test_shadow_catches_a_leaking_candidate_and_a_good_one_goes_through_canary_t
     r = _api(api, world, "POST", f"/v1/deployments/{world.deployment}/rollouts",
              json={"version_id": leaky, "mode": "shadow", "sample": 1.0})
     assert r.status_code == 201, r.text
-    _until(lambda: all((_status(p).get("rollout") or {}).get("version_id") == leaky for p in ports), procs, 30,
+    _until(lambda: all(_applied(p).get("version_id") == leaky for p in ports), procs, 30,
            "replicas apply the shadow rollout")
     served = _traffic(ports, world, 32)
     assert all(a.system_fingerprint.startswith(f"govern-v{active}-") for a in served)
     assert not any("@" in (a.choices[0].message.content or "") for a in served)
     _until(lambda: _rollout(api, world)["state"] != "running", procs, 120, "the shadow verdict")
     ro = _rollout(api, world)
-    assert ro["state"] == "failed", ro
+    with unit_of_work(engine) as s:
+        said = [o.output for o in s.scalars(select(Output).where(Output.version_id == leaky).limit(6))]
+    assert ro["state"] == "failed", (ro["latest_verdict"]["summary"], said)
     verdict = ro["latest_verdict"]
     assert verdict["decision"] == "fail" and verdict["n_pairs"] >= 1
     violations = next(t for t in verdict["tests"] if t["name"] == "policy_violations")
@@ -212,24 +220,23 @@ def test_shadow_catches_a_leaking_candidate_and_a_good_one_goes_through_canary_t
     _until(lambda: all(not _status(p).get("rollout") for p in ports), procs, 30, "twins stop after the verdict")
 
     # 2. a good candidate: shadow passes, the officer approves, the canary steps to 100%
-    good = world.gate_passed() if hasattr(world, "gate_passed") else world.approved()
+    good = world.gate_passed()
     r = _api(api, world, "POST", f"/v1/deployments/{world.deployment}/rollouts",
              json={"version_id": good, "mode": "shadow", "sample": 1.0})
     assert r.status_code == 201, r.text
-    _until(lambda: all((_status(p).get("rollout") or {}).get("version_id") == good for p in ports), procs, 30,
+    _until(lambda: all(_applied(p).get("version_id") == good for p in ports), procs, 30,
            "replicas apply the second shadow")
     _traffic(ports, world, 32)
     _until(lambda: _rollout(api, world)["state"] != "running", procs, 120, "the second shadow verdict")
     assert _rollout(api, world)["state"] == "passed", _rollout(api, world)
-    if hasattr(world, "gate_passed"):
-        r = _api(api, world, "POST", f"/v1/versions/{good}/approve", role="compliance_officer",
-                 json={"comment": "gate and shadow clean"})
-        assert r.status_code == 200 and r.json()["shadow_evidence_digest"], r.text
+    r = _api(api, world, "POST", f"/v1/versions/{good}/approve", role="compliance_officer",
+             json={"comment": "gate and shadow clean"})
+    assert r.status_code == 200 and r.json()["shadow_evidence_digest"], r.text
 
     r = _api(api, world, "POST", f"/v1/deployments/{world.deployment}/rollouts",
              json={"version_id": good, "mode": "canary"})
     assert r.status_code == 201, r.text
-    _until(lambda: all((_status(p).get("rollout") or {}).get("weight") == 0.5 for p in ports), procs, 30,
+    _until(lambda: all(_applied(p).get("weight") == 0.5 for p in ports), procs, 30,
            "replicas apply the canary")
     first = _traffic(ports, world, 40, users=True)
     again = _traffic(ports, world, 40, users=True)
