@@ -234,7 +234,7 @@ def test_shadow_catches_a_leaking_candidate_and_a_good_one_goes_through_canary_t
     assert r.status_code == 200 and r.json()["shadow_evidence_digest"], r.text
 
     r = _api(api, world, "POST", f"/v1/deployments/{world.deployment}/rollouts",
-             json={"version_id": good, "mode": "canary"})
+             json={"version_id": good, "mode": "canary", "min_samples": 60})  # 80 requests below: ~40 pairs
     assert r.status_code == 201, r.text
     _until(lambda: all(_applied(p).get("weight") == 0.5 for p in ports), procs, 30,
            "replicas apply the canary")
