@@ -31,6 +31,8 @@ def serve_cmd(
         None, "--model", help="base model (provider name or local dir); default: settings"
     ),
     max_batch: int = typer.Option(8, "--max-batch", min=1, help="requests decoded together"),
+    max_twins: int | None = typer.Option(None, "--max-twins", min=0,
+                                         help="rollout twin rows decoding at once beside them (default: --max-batch)"),
     queue_size: int = typer.Option(64, "--queue-size", min=1, help="waiting requests before answering 429"),
     reconcile_interval: float = typer.Option(5.0, "--reconcile-interval", min=0.05, help="seconds between API checks"),
     fence: bool = typer.Option(True, "--fence/--no-fence", help="check the active generation before each batch"),
@@ -55,6 +57,7 @@ def serve_cmd(
         model=model or settings.base_model,
         dtype=dtype,
         max_batch=max_batch,
+        max_twins=max_twins,
         queue_size=queue_size,
         api_url=settings.api_url,
         api_key=settings.api_key.get_secret_value(),
