@@ -119,6 +119,9 @@ def start_rollout(
             details={"rollout_id": running.id, "reason": "rollout_running"}, refusal=refusal)
     version = lifecycle.lock_version(session, version_id)
     _check_candidate(session, version=version, dep=dep, mode=mode, principal=principal, refusal=refusal)
+    # a version submitted without a deployment belongs to this one from now on (as on promotion):
+    # the replicas' pair rows name it, and ingest accepts only the deployment's own versions
+    version.deployment_id = dep.id
     active = service.active_version(session, deployment=dep)
     ro = Rollout(
         deployment_id=dep.id, version_id=version.id, baseline_version_id=active.id if active else None,

@@ -316,3 +316,20 @@ def test_a_rollout_cannot_start_on_a_shadow_advance(world: World) -> None:
     _start(world, _gate_passed(world), "shadow")
     with pytest.raises(Conflict, match="shadow rollout: it has no steps"), unit_of_work(world.engine) as s:
         rollouts.advance(s, deployment=world.deployment, principal=world.actor("ml_engineer").principal)
+
+
+def test_a_version_submitted_without_a_deployment_joins_it_when_its_shadow_starts(world: World) -> None:
+    active = world.approved()
+    world.promote(active)
+    with unit_of_work(world.engine) as s:  # submitted without a target deployment
+        loose = registry.submit_version(s, data=world.artifact(), adapter=uid("adapter"),
+                                        principal=world.actor("ml_engineer").principal, max_bytes=1_000_000,
+                                        deployment=None).version.id
+    world.gate(loose)
+    rid = _start(world, loose, "shadow")
+    rows = [{"request_id": "q1", "version_id": active, "output": "a", "rollout_id": rid},
+            {"request_id": "q1~twin", "version_id": loose, "output": "b", "rollout_id": rid, "twin_of": "q1"}]
+    with unit_of_work(world.engine) as s:
+        assert outputs.ingest_outputs(s, deployment=world.deployment, rows=rows) == (2, 0)
+        version = s.get(TokenVersion, loose)
+        assert version is not None and version.deployment_id is not None
