@@ -27,6 +27,7 @@ from governance.outputs import service as outputs
 from governance.registry import service as registry
 from governance.registry.models import Review, TokenVersion
 from tests.governance.conftest import POLICY_TEXT, World, audit_since, make_world, uid
+from tests.governance.test_cli import _govern, server  # noqa: F401  (the live API fixture)
 
 
 def _start(world: World, vid: int, mode: str, **kw: Any) -> int:
@@ -333,3 +334,30 @@ def test_a_version_submitted_without_a_deployment_joins_it_when_its_shadow_start
         assert outputs.ingest_outputs(s, deployment=world.deployment, rows=rows) == (2, 0)
         version = s.get(TokenVersion, loose)
         assert version is not None and version.deployment_id is not None
+
+
+@pytest.mark.usefixtures("settings_env")
+def test_govern_rollout_start_status_advance_abort(server: str, world: World) -> None:
+    eng, officer = world.actor("ml_engineer").key, world.actor("compliance_officer").key
+    world.promote(world.approved())
+    candidate = world.approved()
+    r = _govern(server, eng, "rollout", "start", str(candidate), "--deployment", world.deployment, "--mode",
+                "canary", "--steps", "10,50,100", "--min-samples", "30")
+    assert r.exit_code == 0, r.output
+    assert "canary 10% (step 1 of 3)" in " ".join(r.output.split())
+    r = _govern(server, eng, "rollout", "status", "--deployment", world.deployment)
+    assert r.exit_code == 0 and "running" in r.output and "start" in r.output, r.output
+    r = _govern(server, eng, "rollout", "advance", "--deployment", world.deployment, "--reason", "looks fine")
+    assert r.exit_code == 0 and "advanced to 50%" in r.output, r.output
+    r = _govern(server, eng, "rollout", "start", str(candidate), "--deployment", world.deployment, "--mode", "shadow")
+    assert r.exit_code == 1 and "already runs rollout" in r.output, r.output
+    r = _govern(server, officer, "rollout", "abort", "--deployment", world.deployment, "--reason", "complaints")
+    assert r.exit_code == 0 and "aborted" in r.output, r.output
+    r = _govern(server, officer, "rollout", "abort", "--deployment", world.deployment, "--reason", "again")
+    assert r.exit_code == 0 and "already ended" in r.output, r.output
+    r = _govern(server, eng, "rollout", "start", str(candidate), "--deployment", world.deployment, "--mode",
+                "sideways")
+    assert r.exit_code != 0 and "--mode must be shadow or canary" in r.output, r.output
+    r = _govern(server, eng, "rollout", "start", str(candidate), "--deployment", world.deployment, "--mode",
+                "canary", "--steps", "5,x")
+    assert r.exit_code != 0 and "--steps must be comma-separated" in r.output, r.output
