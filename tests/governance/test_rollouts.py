@@ -337,7 +337,7 @@ def test_a_version_submitted_without_a_deployment_joins_it_when_its_shadow_start
 
 
 @pytest.mark.usefixtures("settings_env")
-def test_govern_rollout_start_status_advance_abort(server: str, world: World) -> None:
+def test_govern_rollout_start_status_advance_abort(server: str, world: World) -> None:  # noqa: F811
     eng, officer = world.actor("ml_engineer").key, world.actor("compliance_officer").key
     world.promote(world.approved())
     candidate = world.approved()
