@@ -20,7 +20,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ORDER = ["aligner", "audit", "ingest", "serving", "gate", "monitors", "dossier"]
+ORDER = ["aligner", "audit", "ingest", "serving", "gate", "monitors", "dossier", "rollout"]
 DEFAULT_OUT = ROOT / "docs" / "benchmarks-latest.md"
 CURATED = ROOT / "docs" / "benchmarks.md"  # edited by hand: never written by the runner
 
