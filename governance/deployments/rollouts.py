@@ -219,10 +219,6 @@ def running_rollouts(session: Session) -> list[tuple[Rollout, str]]:
     return [(ro, name) for ro, name in rows]
 
 
-def _lock_running(session: Session, dep: Deployment) -> Rollout | None:
-    return service.running_rollout(session, deployment=dep, lock=True)
-
-
 def advance(
     session: Session,
     *,
@@ -240,7 +236,7 @@ def advance(
     require_allowed(principal, attempted, "deployment", deployment)
     dep = service.get_deployment_or_raise(session, name=deployment, lock=True)
     refusal = _refusal(principal, attempted, deployment)
-    ro = _lock_running(session, dep)
+    ro = service.running_rollout(session, deployment=dep, lock=True)
     if ro is None:
         raise Conflict(f"deployment {deployment!r} runs no rollout", details={"reason": "no_rollout"},
                        refusal=refusal)
@@ -300,7 +296,7 @@ def abort(
     if not reason or not reason.strip():
         raise InvalidInput("an abort needs a reason")
     dep = service.get_deployment_or_raise(session, name=deployment, lock=True)
-    ro = _lock_running(session, dep)
+    ro = service.running_rollout(session, deployment=dep, lock=True)
     if ro is None:
         last = latest(session, deployment=deployment)
         return None if last is None else RolloutChange(last, False, f"rollout {last.id} already ended ({last.state})")
@@ -361,7 +357,7 @@ def record_verdict(
     dep = service.get_deployment_by_id(session, deployment_id=ro.deployment_id)
     assert dep is not None
     dep = service.get_deployment_or_raise(session, name=dep.name, lock=True)
-    ro = _lock_running(session, dep)
+    ro = service.running_rollout(session, deployment=dep, lock=True)
     if ro is None or ro.id != rollout_id or ro.step_index != step_index:
         return None, None
     digest = evidence_digest(rollout_id=ro.id, step_index=step_index, n_pairs=n_pairs, decision=decision,

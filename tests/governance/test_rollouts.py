@@ -26,7 +26,7 @@ from governance.outbox.models import OutboxMessage
 from governance.outputs import service as outputs
 from governance.registry import service as registry
 from governance.registry.models import Review, TokenVersion
-from tests.governance.conftest import POLICY_TEXT, World, audit_since, make_world, uid
+from tests.governance.conftest import POLICY_TEXT, World, audit_head, audit_since, make_world, uid
 from tests.governance.test_cli import _govern, server  # noqa: F401  (the live API fixture)
 
 
@@ -64,7 +64,7 @@ def test_a_shadow_rollout_is_published_with_the_active_state(world: World, clien
     candidate = _gate_passed(world)
     before = _active_json(client, world)
     assert before["rollout"] is None
-    head = _audit_head(world)
+    head = audit_head(world.engine)
     rid = _start(world, candidate, "shadow", sample=0.3)
     after = _active_json(client, world)
     assert after["generation"] == before["generation"] + 1 and after["version_id"] == active
@@ -80,12 +80,6 @@ def test_a_shadow_rollout_is_published_with_the_active_state(world: World, clien
     assert [e.action for e in entries] == ["rollout.start"]
     r = client.get(f"/v1/deployments/{world.deployment}/rollouts/current", headers=world.actor("auditor").headers)
     assert r.status_code == 200 and r.json()["state"] == "running" and r.json()["events"][0]["kind"] == "start"
-
-
-def _audit_head(world: World) -> int:
-    from tests.governance.conftest import audit_head
-
-    return audit_head(world.engine)
 
 
 def test_wrong_state_other_deployment_and_a_running_rollout_are_409s_naming_why(

@@ -7,6 +7,9 @@ from typing import Any
 
 import torch
 
+from governance.client import ActiveState, ApiError
+from serving.engine import Event, Failed, Finished
+
 
 def attached_copy(loaded: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
     """A private copy of the tiny model with an Aligner adapter (one per engine: adapters are per model)."""
@@ -272,3 +275,52 @@ class Stack:
             )
         assert r.status_code == 200, r.text
         return int(r.json()["generation"])
+
+
+class Collector:
+    """A caller's view of one request: every event the engine emitted to it."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.done = threading.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        if isinstance(event, Finished | Failed):
+            self.done.set()
+
+    @property
+    def finished(self) -> Finished:
+        assert self.done.wait(60)
+        last = self.events[-1]
+        assert isinstance(last, Finished), last
+        return last
+
+
+class FakeControl:
+    """What a watcher asks the API, answered from memory; `unreachable` sha256s raise ApiError."""
+
+    def __init__(self, artifacts: dict[str, bytes], answer: ActiveState) -> None:
+        self.artifacts = artifacts
+        self.answer = answer
+        self.unreachable: set[str] = set()
+        self.alerts: list[dict[str, Any]] = []
+        self.active_calls = 0
+
+    def with_timeout(self, timeout: float) -> FakeControl:
+        return self
+
+    def active(self, deployment: str) -> ActiveState:
+        self.active_calls += 1
+        return self.answer
+
+    def artifact_by_sha(self, sha256: str) -> bytes:
+        if sha256 in self.unreachable:
+            raise ApiError(0, "unreachable", "the API is down (test)")
+        return self.artifacts[sha256]
+
+    def versions(self, **_: Any) -> list[dict[str, Any]]:
+        return []
+
+    def raise_alert(self, **body: Any) -> None:
+        self.alerts.append(body)

@@ -10,7 +10,6 @@ import pytest
 from serving.engine import (
     DecodeEngine,
     Delta,
-    Event,
     Failed,
     Finished,
     GenerationRequest,
@@ -19,25 +18,7 @@ from serving.engine import (
     Started,
 )
 from serving.tokens import ServedToken
-from tests.serving.helpers import attached_copy, make_token
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.done = threading.Event()
-
-    def __call__(self, event: Event) -> None:
-        self.events.append(event)
-        if isinstance(event, Finished | Failed):
-            self.done.set()
-
-    @property
-    def finished(self) -> Finished:
-        assert self.done.wait(60)
-        last = self.events[-1]
-        assert isinstance(last, Finished), last
-        return last
+from tests.serving.helpers import Collector, attached_copy, make_token
 
 
 def _request(engine: DecodeEngine, text: str, **params: Any) -> tuple[GenerationRequest, Collector]:

@@ -21,32 +21,20 @@ import pytest
 import torch
 from sqlalchemy import Engine, text
 
-from governance.client import ActiveState, ApiError, RolloutPlan
+from governance.client import ActiveState, RolloutPlan
 from governance.outbox import pushauth
-from serving.engine import DecodeEngine, Delta, Event, Failed, Finished, GenerationRequest, SamplingParams, Started
+from serving.engine import DecodeEngine, Delta, Finished, GenerationRequest, SamplingParams, Started
 from serving.tokens import ServedRollout, ServedToken, unit_draw
 from serving.watcher import TokenWatcher, channel_name
-from tests.serving.helpers import PUSH_SECRET, Stack, attached_copy, make_token, wait_for
-
-
-class Collector:
-    """A caller's view of one request: every event the engine emitted to it."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.done = threading.Event()
-
-    def __call__(self, event: Event) -> None:
-        self.events.append(event)
-        if isinstance(event, Finished | Failed):
-            self.done.set()
-
-    @property
-    def finished(self) -> Finished:
-        assert self.done.wait(60)
-        last = self.events[-1]
-        assert isinstance(last, Finished), last
-        return last
+from tests.serving.helpers import (
+    PUSH_SECRET,
+    Collector,
+    FakeControl,
+    Stack,
+    attached_copy,
+    make_token,
+    wait_for,
+)
 
 
 class Recorded:
@@ -369,35 +357,6 @@ def test_a_candidate_the_adapter_refuses_is_never_decoded(decoder: DecodeEngine)
 
 
 # ---------------------------------------------------------------- the watcher
-
-
-class FakeControl:
-    """What a watcher asks the API, answered from memory; `unreachable` sha256s raise ApiError."""
-
-    def __init__(self, artifacts: dict[str, bytes], answer: ActiveState) -> None:
-        self.artifacts = artifacts
-        self.answer = answer
-        self.unreachable: set[str] = set()
-        self.alerts: list[dict[str, Any]] = []
-        self.active_calls = 0
-
-    def with_timeout(self, timeout: float) -> FakeControl:
-        return self
-
-    def active(self, deployment: str) -> ActiveState:
-        self.active_calls += 1
-        return self.answer
-
-    def artifact_by_sha(self, sha256: str) -> bytes:
-        if sha256 in self.unreachable:
-            raise ApiError(0, "unreachable", "the API is down (test)")
-        return self.artifacts[sha256]
-
-    def versions(self, **_: Any) -> list[dict[str, Any]]:
-        return []
-
-    def raise_alert(self, **body: Any) -> None:
-        self.alerts.append(body)
 
 
 @pytest.fixture()

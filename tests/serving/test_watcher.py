@@ -21,34 +21,9 @@ from governance.client import ActiveState
 from governance.outbox import pushauth
 from serving.engine import DecodeEngine
 from serving.watcher import TokenWatcher, channel_name
-from tests.serving.helpers import PUSH_SECRET, attached_copy, make_token
+from tests.serving.helpers import PUSH_SECRET, FakeControl, attached_copy, make_token
 
 OLD_SECRET = "the-secret-being-rotated-out"
-
-
-class FakeControl:
-    """The client calls a watcher makes, answered from memory: `answer` is what the API says."""
-
-    def __init__(self, artifacts: dict[str, bytes], answer: ActiveState) -> None:
-        self.artifacts = artifacts
-        self.answer = answer
-        self.active_calls = 0
-
-    def with_timeout(self, timeout: float) -> FakeControl:
-        return self
-
-    def active(self, deployment: str) -> ActiveState:
-        self.active_calls += 1
-        return self.answer
-
-    def artifact_by_sha(self, sha256: str) -> bytes:
-        return self.artifacts[sha256]
-
-    def versions(self, **_: Any) -> list[dict[str, Any]]:
-        return []
-
-    def raise_alert(self, **_: Any) -> None:
-        return None
 
 
 @pytest.fixture()
