@@ -55,13 +55,26 @@ def test_demo_fast_tells_the_whole_story(database_url: str, redis_url: str, tmp_
                 "select kind, version_id, previous_version_id, actor from promotions order by generation").fetchall()
             auto_actor = conn.execute(
                 "select actor from audit_log where action = 'deployment.auto_rollback'").fetchall()
+            shadows = conn.execute(
+                "select id, version_id, mode, state from rollouts order by id").fetchall()
+            # the shadowed version's answers before its promotion: every one an unreturned twin
+            shadow_served = conn.execute(
+                "select count(*) filter (where o.twin_of is null), count(*) filter (where o.twin_of is not null)"
+                " from outputs o join rollouts r on r.version_id = o.version_id"
+                " where o.created_at < (select min(created_at) from promotions p"
+                "                       where p.version_id = r.version_id)").fetchone()
             violation_drift = conn.execute(
                 "select count(*) from drift_checks"
                 " where detectors::jsonb -> 'policy_violations' ->> 'verdict' = 'drift'"
             ).fetchone()
         # step 2-3: three versions; the gate passed two and failed one
         assert sorted(states.values()).count("gate_failed") == 1, states
-        # step 4-5: promote, promote, then the monitor's rollback to the first
+        # step 5: the approved second version shadowed beside the first, flagged by the paired test
+        assert [(m, st) for _, _, m, st in shadows] == [("shadow", "failed")], shadows
+        assert shadows[0][1] == promos[1][1], (shadows, promos)  # the version promoted next
+        assert shadow_served is not None and shadow_served[0] == 0 and shadow_served[1] >= 24, shadow_served
+        assert "shadow verdict: fail" in flat, flat[-3000:]
+        # step 4-6: promote, promote, then the monitor's rollback to the first
         assert kinds == ["promote", "promote", "auto_rollback"], kinds
         # the rollback went from the second promoted version back to the first, by the monitor
         assert promos[2][1] == promos[0][1] and promos[2][2] == promos[1][1], promos
@@ -72,7 +85,8 @@ def test_demo_fast_tells_the_whole_story(database_url: str, redis_url: str, tmp_
         # the audit log tells the story: submissions, gate verdicts, reviews, the refused
         # self-approval, promotions, the rollback, the alert, the auditor's export
         for needed in ("version.submit", "version.gate_pass", "version.gate_fail", "version.approve", "denied",
-                       "deployment.promote", "alert.raise", "audit.export"):
+                       "deployment.promote", "alert.raise", "audit.export", "rollout.start",
+                       "rollout.shadow_failed"):
             assert needed in actions, (needed, sorted(set(actions)))
         assert any(a.startswith("deployment.") and "rollback" in a for a in actions), sorted(set(actions))
         assert alerts is not None and alerts[0] >= 1

@@ -1,4 +1,4 @@
-"""Step 6 of the demo: the auditor exports the log through the API and verifies it offline;
+"""Step 7 of the demo: the auditor exports the log through the API and verifies it offline;
 a copy with one byte changed must fail verification."""
 
 from __future__ import annotations

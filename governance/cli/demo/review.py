@@ -1,4 +1,5 @@
-"""Step 4 of the demo: four-eyes review (the engineer may not approve their own version) and promotion."""
+"""Step 4 of the demo: four-eyes review (the engineer may not approve their own version), the first
+promotion, and the approval of the second version."""
 
 from __future__ import annotations
 
@@ -26,7 +27,4 @@ def review_and_promote(st: DemoState) -> None:
         wait_replicas(st, g1)
         off.approve(safer, "Refusals on unsafe prompts improved; benign answers unchanged.",
                     off.pending_waivers(safer))
-        g2 = eng.promote(DEPLOYMENT, safer)["generation"]
-        say(st, f"officer approved and engineer promoted version {safer}: generation {g2}")
-        ms = wait_replicas(st, g2)
-        st.numbers["promotion_propagation_ms"] = round(ms, 1)
+        say(st, f"officer approved version {safer}; before any user sees it, the engineer shadows it (next step)")

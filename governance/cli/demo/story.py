@@ -16,6 +16,7 @@ from governance.cli.demo.people import create_users
 from governance.cli.demo.processes import start_processes
 from governance.cli.demo.review import review_and_promote
 from governance.cli.demo.servers import prepare_model, setup
+from governance.cli.demo.shadow import shadow_before_promotion
 from governance.cli.demo.state import DEMO_DB, DEPLOYMENT, DemoState, say, step
 from governance.cli.demo.tokens import train_and_submit
 from governance.cli.demo.traffic import traffic_and_rollback
@@ -71,7 +72,9 @@ STEPS: list[tuple[str, Callable[[DemoState], None]]] = [
     ("train two good token versions and one bad one, submit all three", train_and_submit),
     ("the evaluation gate", wait_for_gates),
     ("four-eyes review and promotion", review_and_promote),
-    ("production traffic, drift, automatic rollback", traffic_and_rollback),
+    ("shadow before promotion: the approved version decoded beside the active one",
+     shadow_before_promotion),
+    ("promotion anyway, production traffic, drift, automatic rollback", traffic_and_rollback),
     ("the auditor exports the log and verifies it offline; the dossiers", _audit_and_dossiers),
 ]
 LAST_STEP = len(STEPS) - 1

@@ -1,5 +1,6 @@
-"""Step 5 of the demo: production traffic through the OpenAI client, then a shift that draws out
-personal data, which the monitor must detect and roll back on its own (to the last approved token)."""
+"""Step 6 of the demo: the shadowed version promoted anyway, production traffic through the OpenAI
+client, then a shift that draws out personal data, which the monitor must detect and roll back on its
+own (to the last approved token)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ N_BAD = 24  # a round of shifted traffic
 
 def traffic_and_rollback(st: DemoState) -> None:
     interval = demo_interval(st)
-    res = _traffic(st, [BENIGN[i % len(BENIGN)] for i in range(N_CLEAN)], "normal traffic")
+    _promote_anyway(st)
+    res = send_traffic(st, [BENIGN[i % len(BENIGN)] for i in range(N_CLEAN)], "normal traffic")
     say(st, f"{len(res)} answers through the OpenAI client, e.g. {res[0]['text'][:70]!r} "
             f"({res[0]['fingerprint']})")
     with st.client(st.users.officer) as off:
@@ -67,7 +69,7 @@ def traffic_and_rollback(st: DemoState) -> None:
     _report_alerts(st, dep_id)
 
 
-def _traffic(st: DemoState, prompts: list[str], label: str) -> list[dict[str, Any]]:
+def send_traffic(st: DemoState, prompts: list[str], label: str) -> list[dict[str, Any]]:
     """Send ``prompts`` round-robin to the replicas, four at a time; fingerprint and text of each answer."""
     clients = [OpenAI(base_url=f"{u}/v1", api_key="demo", timeout=300) for u in st.replica_urls]
     out: list[dict[str, Any]] = []
@@ -85,6 +87,19 @@ def _traffic(st: DemoState, prompts: list[str], label: str) -> list[dict[str, An
             out.append(res)
             bar.advance(task)
     return out
+
+
+def _promote_anyway(st: DemoState) -> None:
+    """The shadow's failed verdict is evidence for people, not a lock: the demo's policy (like the
+    default) does not make a passed shadow a condition of approval (``rollout.require_shadow``), and
+    the version was approved before its shadow ran. The engineer promotes it anyway, so the story
+    can show the last line of defence: the monitor on the live version."""
+    safer = st.versions["safer"]
+    with st.client(st.users.engineer) as eng:
+        g = eng.promote(DEPLOYMENT, safer)["generation"]
+    say(st, f"engineer promoted version {safer} anyway (the policy does not require a passed shadow: "
+            f"rollout.require_shadow is false): generation {g}")
+    st.numbers["promotion_propagation_ms"] = round(wait_replicas(st, g), 1)
 
 
 def _wait_for_reference(st: DemoState, dep_id: int, version_id: int) -> None:
@@ -124,7 +139,7 @@ def _shift_until_the_monitor_acts(st: DemoState, dep_id: int, interval: int) -> 
     bad_prompts = shifted_prompts()
     sent, leaks = 0, 0
     for round_ in range(MAX_SHIFT_ROUNDS):
-        res = _traffic(st, bad_prompts, f"traffic that draws out personal data ({round_ + 1})")
+        res = send_traffic(st, bad_prompts, f"traffic that draws out personal data ({round_ + 1})")
         sent += len(res)
         leaks += sum(contains_pii(r["text"]) for r in res)
         if _auto_rollback(dep_id) is not None:
