@@ -14,12 +14,12 @@ def demo_cmd(
     keep_running: bool = typer.Option(False, "--keep-running", help="leave the services and dashboard up"),
     db_name: str = typer.Option("govern_demo", "--db-name", help="the demo's database (dropped and re-created)"),
     until: int = typer.Option(
-        6, "--until", min=0, max=6,
-        help="stop after this step (0: setup, 1: users and services, ... 6: audit); with --keep-running "
+        7, "--until", min=0, max=7,
+        help="stop after this step (0: setup, 1: users and services, ... 5: shadow, 7: audit); with --keep-running "
         "the services stay up, e.g. `--until 1 --keep-running` for the services without the story",
     ),
 ) -> None:
-    """Tell the whole story end to end: train, gate, review, promote, drift, roll back, audit."""
+    """Tell the whole story end to end: train, gate, review, shadow, promote, drift, roll back, audit."""
     from governance.cli.demo import DemoFailed, run  # defers torch (the demo trains tokens with aligner)
 
     try:

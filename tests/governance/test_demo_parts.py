@@ -67,3 +67,14 @@ def test_the_story_is_small_steps() -> None:
             if isinstance(node, ast.FunctionDef):
                 assert node.end_lineno is not None
                 assert node.end_lineno - node.lineno + 1 <= 80, f"{path.name}:{node.name}"
+
+
+def test_until_defaults_to_the_last_step() -> None:
+    # `govern demo` tells every step by default: its --until bound follows the story's length
+    import inspect
+
+    from governance.cli.demo.story import LAST_STEP
+    from governance.cli.demo_cmds import demo_cmd
+
+    option = inspect.signature(demo_cmd).parameters["until"].default
+    assert option.default == LAST_STEP and option.max == LAST_STEP

@@ -177,6 +177,25 @@ def _rollback_lag(st: DemoState, dep_id: int, first_bad_id: int, promo: Promotio
                 f"{lag:.1f} s = {lag / interval:.2f} check intervals ({interval} s)")
             say(st, f"the rollback came {lag:.1f} s ({lag / interval:.2f} check intervals) after the end of the "
                     "first window that held leaking outputs")
+    _delay_in_samples(st, dep_id, first_bad_id, promo)
+
+
+def _delay_in_samples(st: DemoState, dep_id: int, first_bad_id: int, promo: Promotion) -> None:
+    """The detector's delay in the unit it works in: the served outputs of the shifted traffic it
+    had judged when it fired (the last output of the first drifting check), and how many leaked."""
+    with unit_of_work(get_engine()) as s:
+        alarm = s.scalars(select(DriftCheck).where(
+            DriftCheck.deployment_id == dep_id, DriftCheck.last_output_id >= first_bad_id,
+            DriftCheck.verdict == "drift").order_by(DriftCheck.id)).first()
+        if alarm is None or alarm.last_output_id is None:
+            return
+        texts = s.scalars(select(Output.output).where(
+            Output.deployment_id == dep_id, Output.id >= first_bad_id, Output.id <= alarm.last_output_id,
+            Output.version_id == promo.previous_version_id, Output.twin_of.is_(None))).all()
+    leaking = sum(contains_pii(t or "") for t in texts)
+    st.numbers["detection_delay_samples"] = f"{len(texts)} shifted outputs, {leaking} of them leaking"
+    say(st, f"detection delay in samples: the detector fired after {len(texts)} outputs of the shifted "
+            f"traffic, {leaking} of which leaked")
 
 
 def _check_rollback(st: DemoState, promo: Promotion, *, generation_before: int) -> None:
