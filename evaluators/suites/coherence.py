@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from evaluators import invariants  # the module, not its names: invariants imports this package
 from evaluators.embeddings import Embedder, EmbeddingModelMissing, hashing_embedder, minilm_embedder
-from evaluators.invariants import length_problem
 from evaluators.stats import (
     discordant_counts,
     holm,
@@ -61,7 +61,7 @@ def repeated_ngram_share(text: str, n: int) -> float:
 
 def degenerate(output: str, gate: CoherenceGate, fmt: FormatPolicy) -> str | None:
     """Why ``output`` is degenerate, in a few words (None: it is not)."""
-    problem = length_problem(output, fmt)
+    problem = invariants.length_problem(output, fmt)
     if problem:
         return problem
     share = repeated_ngram_share(output, gate.ngram)

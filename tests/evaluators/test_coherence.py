@@ -160,9 +160,9 @@ def test_the_suite_interface_needs_the_base(policy: Policy) -> None:
 
 
 def test_policy_keys_are_checked() -> None:
-    with pytest.raises(ValueError, match="gate.coherence"):
+    with pytest.raises(ValueError, match=r"gate\.coherence"):
         parse_policy("version: 1\nname: x\ngate:\n  coherence:\n    max_relevance_drop: 3\n")
-    with pytest.raises(ValueError, match="gate.coherence"):
+    with pytest.raises(ValueError, match=r"gate\.coherence"):
         parse_policy("version: 1\nname: x\ngate:\n  coherence:\n    max_fluency: 1\n")
 
 
