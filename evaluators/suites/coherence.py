@@ -246,7 +246,11 @@ def _cases(
     fluency: Fluency | None, why_c: Sequence[str | None], why_b: Sequence[str | None], *,
     relevance_failed: bool, fluency_failed: bool,
 ) -> list[CaseResult]:
-    """The answers to read: every degenerate one, and the worst few of a failing relevance or fluency test."""
+    """The answers to read: every degenerate one, and the worst few of a failing relevance or fluency test.
+
+    A case's category is the first word of the metric it illustrates (degenerate, relevance,
+    fluency), which is how the report puts the failing cases beside their metric.
+    """
     gate_scores: dict[int, dict[str, Any]] = {}
     for j, w in enumerate(why_c):
         if w is not None:
@@ -265,7 +269,7 @@ def _cases(
                   "base_degenerate": why_b[j] or "no", "suite": answers.categories[j]}
         if j in loglik:
             scores["loglik_candidate"], scores["loglik_base"] = loglik[j]
-        out.append(CaseResult(case_id=answers.labels[j], category=next(iter(gate_scores[j])),
+        out.append(CaseResult(case_id=answers.labels[j], category=next(iter(gate_scores[j])).removesuffix("_drop"),
                               prompt=answers.prompts[j], candidate_output=answers.candidate[j],
                               baseline_outputs={"base": answers.base[j]}, passed=False, scores=scores))
     return out
