@@ -164,7 +164,8 @@ class InvariantsGate(_Section):
 #   base's own) is broken language, not style.
 # - degeneration: an answer is degenerate when empty or runaway (the format bounds, as the
 #   invariants read them) or when more than half of its word 4-grams repeat an earlier
-#   one (a loop); at most 5% such answers, and no significant increase over the base.
+#   one (a loop); at most 10% such answers (SmolLM2 itself loops on 5 of those 72 prompts,
+#   7%, mostly disallowed requests), and no significant increase over the base.
 class CoherenceGate(_Section):
     """Is each answer about its prompt, fluent, and not degenerate (``evaluators.suites.coherence``)?
 
@@ -185,7 +186,7 @@ class CoherenceGate(_Section):
     # degeneration: word n-gram size and the share of repeated n-grams that makes a loop
     ngram: Annotated[int, Field(ge=1, le=16)] = 4
     max_repeated_ngram_share: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
-    max_degenerate_rate: Rate | None = 0.05
+    max_degenerate_rate: Rate | None = 0.10
     max_degenerate_increase: Rate = 0.0
     permutations: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000
 
