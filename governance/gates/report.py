@@ -200,6 +200,8 @@ class RunInfo(TypedDict, total=False):
     base_cached: list[str]
     generation_seconds: float
     total_seconds: float
+    # the first gate on a base model runs the reasoning suite's selection pool (evaluators.selection)
+    selection_pool_seconds: float
 
 
 class GateReport(_Strict):

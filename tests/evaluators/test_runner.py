@@ -27,7 +27,7 @@ class FakeGenerator:
     def __init__(self, suites: Sequence[Any]) -> None:
         self.cases: dict[str, Case] = {}
         for s in suites:
-            for c in s.load_cases():
+            for c in [*s.load_cases(), *(synthetic.reasoning_cases() if s.name == "reasoning" else [])]:
                 self.cases.setdefault(c.prompt, c)
         self.calls: list[list[str]] = []
 

@@ -55,7 +55,7 @@ class ShaGenerator:
         self.base_digest = base_digest
         self.behaviours = behaviours
         self.fail = fail
-        self.cases = {c.prompt: c for c in get_suite("reasoning").load_cases()}
+        self.cases = {c.prompt: c for c in synthetic.reasoning_cases()}
 
     def decoding(self) -> dict[str, Any]:
         from evaluators.runner import aligner_decoding
