@@ -363,7 +363,8 @@ def resolve_selection(
     chosen_sel = selection.select(pool, [suite.is_correct(c, o) for c, o in zip(pool, outputs, strict=True)], rule)
     chosen = selection.selected_cases(pool, chosen_sel)
     by_id = {c.id: o for c, o in zip(pool, outputs, strict=True)}
-    save_cached_base(state_dir, base_cache_key(base_digest, suite.name, chosen, decoding), [by_id[c.id] for c in chosen])
+    save_cached_base(state_dir, base_cache_key(base_digest, suite.name, chosen, decoding),
+                     [by_id[c.id] for c in chosen])
     selection.save_selection(state_dir, key, chosen_sel)
     return chosen, dataclasses.replace(chosen_sel, pool_seconds=round(seconds, 3))
 

@@ -117,8 +117,9 @@ def select(pool: Sequence[Case], correct: Sequence[bool], rule: SelectionRule) -
     """The selection rule, a pure function of the pool and the base's correctness on it.
 
     ``round(size * (1 - share))`` base-correct cases and the rest base-wrong; where the
-    pool has fewer base-correct cases than that, all of them, with base-wrong cases in
-    the same proportion. The selected cases keep the pool's order.
+    pool has fewer base-correct cases than that, all of them, and base-wrong cases up to
+    ``size`` (the suite never goes empty on a weak base; its minimum detectable drop, in
+    the report, says what such a set can see). The selected cases keep the pool's order.
     """
     if len(pool) != len(correct):
         raise ValueError(f"got {len(correct)} correctness flags for {len(pool)} pool cases")
@@ -130,8 +131,7 @@ def select(pool: Sequence[Case], correct: Sequence[bool], rule: SelectionRule) -
     wrong = [c for c, ok in zip(pool, correct, strict=True) if not ok]
     want_right = round(rule.size * (1.0 - rule.base_wrong_share))
     take_right = min(want_right, len(right))
-    want_wrong = rule.size - want_right if take_right == want_right else round(
-        take_right * rule.base_wrong_share / (1.0 - rule.base_wrong_share))
+    want_wrong = min(rule.size - take_right, len(wrong))
     chosen = {c.id for c in _round_robin(right, take_right)} | {c.id for c in _round_robin(wrong, want_wrong)}
     ids = [c.id for c in pool if c.id in chosen]
     per_kind: dict[str, dict[str, int]] = {}

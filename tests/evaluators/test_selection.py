@@ -69,12 +69,14 @@ def test_digest_changes_with_the_rule_and_the_outputs() -> None:
     assert selection.select(pool, other, selection.SelectionRule(300, 0.2)).digest != base.digest
 
 
-def test_too_few_base_correct_cases_keeps_the_proportion() -> None:
+def test_too_few_base_correct_cases_fills_up_with_base_wrong_ones() -> None:
     pool = generate_pool(per_kind=20)
-    flags = _flags(pool, p=0.3)
-    sel = selection.select(pool, flags, selection.SelectionRule(10_000, 0.2))
-    assert sel.selected_base_correct == sum(flags)
-    assert sel.selected_base_wrong == round(sum(flags) * 0.25)
+    flags = _flags(pool, p=0.1)
+    sel = selection.select(pool, flags, selection.SelectionRule(200, 0.2))
+    assert sel.selected_base_correct == sum(flags) < 160
+    assert len(sel.case_ids) == 200
+    nothing = selection.select(pool, [False] * len(pool), selection.SelectionRule(50, 0.2))
+    assert len(nothing.case_ids) == 50 and nothing.selected_base_correct == 0
 
 
 def test_cache_round_trip_and_tamper_is_refused(tmp_path: Path) -> None:
@@ -136,8 +138,9 @@ def test_default_size_detects_three_points(policy: Policy) -> None:
     assert gate.select_from_pool
     mdd = minimum_detectable_drop(gate.size, gate.planning_discordance, gate.alpha, gate.power)
     assert mdd is not None and mdd <= 0.03
-    # the default pool holds enough base-correct cases for the default size at 80% base accuracy
-    assert len(generate_pool(per_kind=gate.pool_per_kind)) * 0.8 >= gate.size * (1 - gate.base_wrong_share)
+    # the default pool holds enough base-correct cases for the default size at SmolLM2-135M's
+    # measured accuracy on the kinds (27% over an unweighted pool; 35% weighted as shipped)
+    assert len(generate_pool(per_kind=gate.pool_per_kind)) * 0.32 >= gate.size * (1 - gate.base_wrong_share)
 
 
 class PoolGenerator:
@@ -214,6 +217,7 @@ def test_damage_on_the_selection_fails_and_the_gate_without_state_agrees(tmp_pat
 
 
 def test_selection_off_uses_the_fixed_templates() -> None:
-    policy = parse_policy("version: 1\ngate:\n  reasoning: {select_from_pool: false}\n  max_cases: {reasoning: 30}\n")[0]
+    text = "version: 1\ngate:\n  reasoning: {select_from_pool: false}\n  max_cases: {reasoning: 30}\n"
+    policy = parse_policy(text)[0]
     report = _gate(PoolGenerator(), policy, "zero", None)
     assert report.suites[0].n_cases == 30 and "selection" not in report.suites[0].details
