@@ -55,7 +55,12 @@ class FakeGenerator:
 
 @pytest.fixture(scope="module")
 def policy() -> Policy:
-    return load_default_policy()[0]
+    # the fixed reasoning templates: these tests are about batching and caching; the
+    # per-base selection has its own tests (test_selection.py)
+    default = load_default_policy()[0]
+    gate = default.gate.model_copy(update={"reasoning": default.gate.reasoning.model_copy(
+        update={"select_from_pool": False})})
+    return default.model_copy(update={"gate": gate})
 
 
 @pytest.fixture(scope="module")
