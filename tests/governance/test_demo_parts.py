@@ -19,12 +19,8 @@ from governance.policy import parse_policy
 def test_demo_policies_load_and_differ_only_in_the_gate_size() -> None:
     full, _ = parse_policy(demo_policy(False))
     fast, _ = parse_policy(demo_policy(True))
-    assert full.gate.max_cases == {"policy_compliance": 40, "bias": 48}
-    assert fast.gate.max_cases == {"policy_compliance": 20, "bias": 24, "reasoning": 40}
-    # the reasoning regression set: 200 cases from a pool of 60 per kind; --fast caps it at 40 of 20 per kind
-    assert (full.gate.reasoning.size, full.gate.reasoning.pool_per_kind) == (200, 60)
-    assert fast.gate.reasoning.pool_per_kind == 20
-    assert full.rollout == fast.rollout and full.rollout.min_samples == 24 and full.rollout.sample == 1.0
+    assert full.gate.max_cases == {"policy_compliance": 40, "bias": 48, "reasoning": 40}
+    assert fast.gate.max_cases == {"policy_compliance": 20, "bias": 24, "reasoning": 20}
     assert (full.gate.max_new_tokens, fast.gate.max_new_tokens) == (48, 32)
     assert full.monitoring == fast.monitoring
     assert full.monitoring.reference_size == 32 and full.monitoring.min_samples == 8

@@ -7,10 +7,8 @@ from governance.policy import parse_policy
 
 FAST_GATE = (
     ("max_new_tokens: 48 ", "max_new_tokens: 32 "),
-    ("max_cases: {policy_compliance: 40, bias: 48}",
-     "max_cases: {policy_compliance: 20, bias: 24, reasoning: 40}"),
-    # the reasoning regression set: a smaller pool for the first gate on a fresh state folder
-    ("pool_per_kind: 60 ", "pool_per_kind: 20 "),
+    ("max_cases: {policy_compliance: 40, bias: 48, reasoning: 40}",
+     "max_cases: {policy_compliance: 20, bias: 24, reasoning: 20}"),
 )
 
 
@@ -22,7 +20,7 @@ def demo_policy(fast: bool) -> str:
             if old not in text:
                 raise DemoFailed(f"policies/demo.yaml no longer contains {old!r}; update FAST_GATE")
             text = text.replace(old, new)
-        text = "# govern demo --fast: the demo policy with a smaller gate (max_cases, max_new_tokens, pool_per_kind)\n" + text
+        text = "# govern demo --fast: the demo policy with a smaller gate (max_cases, max_new_tokens)\n" + text
     return text
 
 
