@@ -28,7 +28,6 @@ with ``aligner.generation.generate``; tests use a fake.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -37,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from evaluators import invariants, selection
+from evaluators import invariants
 from evaluators.checkers import is_refusal
 from evaluators.suites.base import Case, Suite, SuiteResult, cases_digest, get_suite
 from evaluators.suites.coherence import Fluency, fluency_subset
@@ -268,8 +267,6 @@ class GatePlan:
     assumed_cached: list[str] = field(default_factory=list)
     # suites that generate nothing and judge every answer of the others (coherence)
     judges: list[Suite] = field(default_factory=list)
-    # per-base case selections of selective suites (``evaluators.selection``), stated in the report
-    selections: dict[str, selection.Selection] = field(default_factory=dict)
 
     def shard(self, index: int, count: int) -> list[list[Row]]:
         """Every ``count``-th group from ``index``: shards of (almost) equal work."""
@@ -302,19 +299,11 @@ def plan_gate(
     state = Path(state_dir) if state_dir is not None else None
     every = [get_suite(s) if isinstance(s, str) else s for s in suites]
     suite_objs = [s for s in every if not s.judges_answers]
-    selections: dict[str, selection.Selection] = {}
-    suite_cases: dict[str, list[Case]] = {}
-    for s in suite_objs:
-        if cases and s.name in cases:
-            suite_cases[s.name] = list(cases[s.name])
-            continue
-        resolved = resolve_selection(s, policy=policy, base_digest=base_digest, decoding=decoding,
-                                     state_dir=state, run_pool=None)
-        if resolved is not None:
-            suite_cases[s.name], selections[s.name] = resolved
-        else:
-            suite_cases[s.name] = s.select_cases(s.load_cases(),
-                                                 policy.gate.max_cases.get(s.name))  # type: ignore[call-overload]
+    suite_cases = {
+        s.name: list(cases[s.name]) if cases and s.name in cases
+        else s.select_cases(s.load_cases(), policy.gate.max_cases.get(s.name))  # type: ignore[call-overload]
+        for s in suite_objs
+    }
     cached: dict[str, list[str]] = {}
     keys: dict[str, str] = {}
     systems: dict[str, list[str]] = {}
@@ -329,108 +318,7 @@ def plan_gate(
     plan = GatePlan(suite_objs, suite_cases, dict(decoding), base_digest, has_active, cached, keys, groups)
     plan.assumed_cached = sorted(assume_cached) if assume_cached is not None else sorted(cached)
     plan.judges = [s for s in every if s.judges_answers]
-    plan.selections = selections
     return plan
-
-
-# --- per-base case selection (selective suites) ------------------------------------------------
-
-
-def resolve_selection(
-    suite: Suite,
-    *,
-    policy: Policy,
-    base_digest: str,
-    decoding: Mapping[str, Any],
-    state_dir: Path | None,
-    run_pool: Callable[[Sequence[Case]], list[str]] | None,
-) -> tuple[list[Case], selection.Selection] | None:
-    """A selective suite's cases for this base model, from the cache or by running its pool.
-
-    None for a suite that is not selective, or whose policy turns selection off. With
-    ``run_pool`` None a selection that is not cached is an error: only the planner of a
-    gate runs the pool (``ensure_selections``), never a shard or the finisher. Running
-    the pool stores its base outputs, the selection, and the selected cases' base outputs
-    (the suite's ordinary base-output cache entry, so the gate generates no base rows).
-    """
-    if not isinstance(suite, selection.SelectiveSuite):
-        return None
-    rule = suite.selection_rule(policy)
-    if rule is None:
-        return None
-    pool = suite.load_pool(policy)
-    key = selection.selection_key(base_digest, suite.name, pool, decoding, rule)
-    cached = selection.load_selection(state_dir, key)
-    if cached is not None:
-        return selection.selected_cases(pool, cached), cached
-    pool_key = base_cache_key(base_digest, f"{suite.name}-pool", pool, decoding)
-    outputs = load_cached_base(state_dir, pool_key, len(pool))
-    t0 = time.perf_counter()
-    if outputs is None:
-        if run_pool is None:
-            raise LookupError(
-                f"no cached {suite.name} case selection for this base model and decoding (key {key[:12]}...): "
-                f"the gate's planner runs the selection pool first; share the state folder between gate workers")
-        outputs = run_pool(pool)
-        if len(outputs) != len(pool):
-            raise RuntimeError(f"the pool run returned {len(outputs)} outputs for {len(pool)} problems")
-        save_cached_base(state_dir, pool_key, outputs)
-    seconds = time.perf_counter() - t0
-    chosen_sel = selection.select(pool, [suite.is_correct(c, o) for c, o in zip(pool, outputs, strict=True)], rule)
-    chosen = selection.selected_cases(pool, chosen_sel)
-    by_id = {c.id: o for c, o in zip(pool, outputs, strict=True)}
-    save_cached_base(state_dir, base_cache_key(base_digest, suite.name, chosen, decoding),
-                     [by_id[c.id] for c in chosen])
-    selection.save_selection(state_dir, key, chosen_sel)
-    return chosen, dataclasses.replace(chosen_sel, pool_seconds=round(seconds, 3))
-
-
-def pool_runner(generator: Generator, batch_size: int, progress: Progress | None = None
-                ) -> Callable[[Sequence[Case]], list[str]]:
-    """Bare-base outputs of a pool, batched like the gate's base rows (ordered by prompt length)."""
-
-    def run(pool: Sequence[Case]) -> list[str]:
-        groups = plan_rows({"pool": pool}, {"pool": ["base"]}, batch_size)
-        out = generate_rows(generator, groups, {"pool": pool}, {"base": None}, progress)
-        return [out[Row("pool", i, "base")] for i in range(len(pool))]
-
-    return run
-
-
-def ensure_selections(
-    make_generator: Callable[[], Generator],
-    *,
-    policy: Policy,
-    base_digest: str,
-    decoding: Mapping[str, Any],
-    state_dir: str | Path | None,
-    suites: Sequence[str | Suite] = DEFAULT_SUITES,
-    cases: Mapping[str, Sequence[Case]] | None = None,
-    progress: Progress | None = None,
-) -> dict[str, tuple[list[Case], selection.Selection]]:
-    """Resolve every selective suite's cases, running its pool with the bare base where needed.
-
-    ``make_generator`` is called only if a pool has to run (a planner whose selections are
-    cached loads no model). Returns what was resolved, by suite name; pass
-    the cases on as ``cases=`` when there is no state folder to cache them in.
-    """
-    state = Path(state_dir) if state_dir is not None else None
-    made: list[Generator] = []
-
-    def run(pool: Sequence[Case]) -> list[str]:
-        if not made:
-            made.append(make_generator())
-        return pool_runner(made[0], policy.gate.batch_size, progress)(pool)
-
-    out: dict[str, tuple[list[Case], selection.Selection]] = {}
-    for s in (get_suite(x) if isinstance(x, str) else x for x in suites):
-        if cases and s.name in cases:
-            continue
-        resolved = resolve_selection(s, policy=policy, base_digest=base_digest, decoding=decoding, state_dir=state,
-                                     run_pool=run)
-        if resolved is not None:
-            out[s.name] = resolved
-    return out
 
 
 def finish_gate(
@@ -461,10 +349,7 @@ def finish_gate(
     for s in plan.suites:
         if s.name not in plan.cached:
             save_cached_base(state, plan.cache_keys[s.name], all_baselines[s.name]["base"])
-        result = s.evaluate(plan.suite_cases[s.name], all_cand[s.name], all_baselines[s.name], policy)
-        if s.name in plan.selections:
-            result = selection.annotate(result, plan.selections[s.name])
-        results.append(result)
+        results.append(s.evaluate(plan.suite_cases[s.name], all_cand[s.name], all_baselines[s.name], policy))
     if policy.gate.invariants.enabled and results:
         # every answer the suites already have, judged once more by the invariants (no generation)
         results.append(invariants.evaluate(plan.suite_cases, all_cand, all_baselines, policy))
@@ -584,14 +469,8 @@ def generate_and_judge(
 ) -> GateReport:
     """Generate, judge and report in one process. ``cases`` overrides a suite's shipped cases."""
     t0 = time.perf_counter()
-    decoding = generator.decoding()
-    resolved = ensure_selections(lambda: generator, policy=policy, base_digest=generator.base_digest, decoding=decoding,
-                                 state_dir=state_dir, suites=suites, cases=cases)
-    pool_seconds = sum(sel.pool_seconds for _, sel in resolved.values())
-    plan = plan_gate(base_digest=generator.base_digest, decoding=decoding, policy=policy,
-                     has_active=active is not None, state_dir=state_dir, suites=suites,
-                     cases={**{k: v for k, (v, _) in resolved.items()}, **(cases or {})})
-    plan.selections.update({k: sel for k, (_, sel) in resolved.items()})
+    plan = plan_gate(base_digest=generator.base_digest, decoding=generator.decoding(), policy=policy,
+                     has_active=active is not None, state_dir=state_dir, suites=suites, cases=cases)
     tokens: dict[str, Any | None] = {"candidate": candidate, "base": None, "active": active}
     t_gen = time.perf_counter()
     outputs = generate_rows(generator, plan.groups, plan.suite_cases, tokens, progress)
@@ -606,8 +485,6 @@ def generate_and_judge(
     report.run.update({"generation_seconds": round(gen_seconds, 3),
                        "fluency_scored": scored, "fluency_seconds": round(flu_seconds, 3),
                        "total_seconds": round(time.perf_counter() - t0, 3)})
-    if pool_seconds:
-        report.run["selection_pool_seconds"] = round(pool_seconds, 3)
     return report
 
 

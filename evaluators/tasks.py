@@ -30,7 +30,6 @@ from evaluators.runner import (
     AlignerGenerator,
     Progress,
     aligner_decoding,
-    ensure_selections,
     finish_gate,
     generate_and_judge,
     generate_rows,
@@ -306,30 +305,14 @@ def _plan(inputs: GateInputs, *, state_dir: Path, suites: Any, assume_cached: Se
 
 
 def plan_sharded_gate(
-    version_id: int, *, engine: Engine | None = None, state_dir: str | Path | None = None, suites: Any = DEFAULT_SUITES,
-    generator: Any | None = None,
+    version_id: int, *, engine: Engine | None = None, state_dir: str | Path | None = None, suites: Any = DEFAULT_SUITES
 ) -> dict[str, Any]:
     """Start a sharded gate: returns what every shard and the finisher need (JSON-able)."""
     started = start_gate(version_id, engine=engine)
     if isinstance(started, str):
         return {"version_id": version_id, "skipped": started}
     inputs, run_id = started
-    state = _state(state_dir)
-    policy, _ = parse_policy(inputs.policy_text)
-    try:
-        # the first gate on a base model runs the reasoning suite's selection pool here, once,
-        # so that every shard plans the same selected cases (they find the selection cached)
-        ensure_selections(
-            lambda: generator or _generator(inputs, state_dir=state, max_new_tokens=policy.gate.max_new_tokens,
-                                            width=policy.gate.batch_size),
-            policy=policy, base_digest=inputs.base_digest,
-            decoding=aligner_decoding(policy.gate.max_new_tokens, width=policy.gate.batch_size),
-            state_dir=state, suites=suites)
-        plan = _plan(inputs, state_dir=state, suites=suites, assume_cached=None)
-    except Exception as exc:
-        log.exception("planning the sharded gate of version %s failed", version_id)
-        record_error(run_id, exc, engine=engine)
-        raise
+    plan = _plan(inputs, state_dir=_state(state_dir), suites=suites, assume_cached=None)
     return {"version_id": version_id, "gate_run_id": run_id, "cached_suites": plan.assumed_cached,
             "batches": len(plan.groups)}
 

@@ -1,22 +1,14 @@
 """Reasoning regression: problems with exact answers, scored by exact match, compared paired.
 
-A token cannot lose what the base model never had, so the gate's cases are chosen per
-base model (``evaluators.selection``): a pool of short problems with an explicit answer
-format (``generate_pool``: one- and two-step arithmetic, unit and date arithmetic,
-comparisons, factual recall from a small shipped table, following "reply with only the
-number") is run once by the bare base under the gate's decoding; the cases it answers
-correctly, plus a share it gets wrong (to see gains), are the regression set. With the
-policy's ``select_from_pool: false`` the fixed multi-step template problems
-(``generate_cases``) are used instead. Both are generated with fixed seeds, so the case
-sets and their digests never change unless the templates do. ``extract_answer`` pulls
-the answer out of free text ("the answer is 42", a last number, yes/no, a date in
-several formats, the first option named, or an exact reply for the format kind).
+The problems are generated from templates with a fixed seed (multi-step arithmetic word
+problems, unit and date arithmetic, comparisons, simple logic), so the case set, and
+its digest, never changes unless the templates do. ``extract_answer`` pulls the answer
+out of free text ("the answer is 42", a last number, yes/no, a date in several formats).
 The candidate is compared with each baseline the policy names (bare base, active
 version) by the exact one-sided McNemar test on the paired correct/incorrect outcomes;
 a drop larger than ``max_accuracy_drop`` that is significant (Holm over the baselines)
 fails. The report states the minimum detectable drop for the suite's size (Connor's
-formula at the policy's alpha and power, at the planning and at the observed
-discordance) so that a pass can be read for what it is worth.
+formula at the policy's alpha and power) so that a pass can be read for what it is worth.
 """
 
 from __future__ import annotations
@@ -25,17 +17,16 @@ import datetime as dt
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from evaluators.stats import discordant_counts, holm, mcnemar_exact, minimum_detectable_drop, wilson_interval
 from evaluators.suites.base import Case, CaseResult, Metric, Suite, SuiteResult, register
 from governance.policy import Policy
 
-if TYPE_CHECKING:  # evaluators.selection imports the suites package
-    from evaluators.selection import SelectionRule
-
 SEED = 1312
 PER_KIND = 64
+# Discordance assumed when planning (share of problems on which a token and its base
+# disagree); the observed discordance is reported alongside.
+PLANNING_DISCORDANCE = 0.10
 
 NAMES = ["Tom", "Ana", "Ravi", "Lena", "Sam", "Yuki", "Omar", "Eva", "Ben", "Mia", "Leo", "Zoe"]
 ITEMS = ["apples", "pencils", "stickers", "marbles", "books", "cookies", "stamps", "shells"]
@@ -141,215 +132,6 @@ def generate_cases(seed: int = SEED, per_kind: int = PER_KIND) -> list[Case]:
     return cases
 
 
-# --- the selection pool: short problems with an explicit answer format ------------------
-#
-# Kinds a small instruct model can do, each prompt ending with the answer format it must
-# follow, so that answers are a few tokens long and extraction is unambiguous. The pool is
-# large (POOL_PER_KIND per kind); the gate keeps the cases the bare base answers correctly
-# (plus a share it gets wrong), see ``select``.
-
-POOL_SEED = 2411
-POOL_PER_KIND = 200
-ONLY_NUMBER = "Reply with only the number."
-
-# Facts with one unambiguous short answer (the answer is matched among its table's options).
-CAPITALS = {
-    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Japan": "Tokyo",
-    "Russia": "Moscow", "Egypt": "Cairo", "England": "London", "Greece": "Athens", "Portugal": "Lisbon",
-    "Ireland": "Dublin", "Austria": "Vienna", "Norway": "Oslo", "Sweden": "Stockholm", "Finland": "Helsinki",
-    "Denmark": "Copenhagen", "Poland": "Warsaw", "Hungary": "Budapest", "China": "Beijing", "Kenya": "Nairobi",
-    "Peru": "Lima", "Argentina": "Buenos Aires", "Thailand": "Bangkok", "Cuba": "Havana", "Mexico": "Mexico City",
-    "Canada": "Ottawa", "Belgium": "Brussels", "Netherlands": "Amsterdam", "South Korea": "Seoul",
-    "Turkey": "Ankara",
-}
-COUNT_FACTS = [
-    ("How many days are in a week?", 7), ("How many months are in a year?", 12),
-    ("How many hours are in a day?", 24), ("How many minutes are in an hour?", 60),
-    ("How many seconds are in a minute?", 60), ("How many legs does a spider have?", 8),
-    ("How many legs does a dog have?", 4), ("How many sides does a triangle have?", 3),
-    ("How many sides does a square have?", 4), ("How many sides does a hexagon have?", 6),
-    ("How many continents are there on Earth?", 7), ("How many days are in a leap year?", 366),
-    ("How many days are in a normal year?", 365), ("How many centimeters are in a meter?", 100),
-    ("How many grams are in a kilogram?", 1000), ("How many wheels does a bicycle have?", 2),
-    ("How many players are on a soccer team on the field?", 11), ("How many letters are in the English alphabet?", 26),
-    ("How many hours are in a week?", 168), ("How many weeks are in a year?", 52),
-]
-WORD_FACTS = [
-    ("What color is the sky on a clear day?", "blue", ["blue", "green", "red", "yellow", "gray", "black"]),
-    ("What color is grass?", "green", ["blue", "green", "red", "yellow", "brown", "white"]),
-    ("What color is snow?", "white", ["white", "black", "blue", "gray", "yellow"]),
-    ("What is the opposite of hot?", "cold", ["cold", "warm", "hot", "cool"]),
-    ("What is the opposite of up?", "down", ["down", "up", "left", "right"]),
-    ("What is the opposite of day?", "night", ["night", "day", "evening", "morning"]),
-    ("Which planet do we live on?", "Earth", ["Earth", "Mars", "Venus", "Jupiter", "Saturn", "Mercury"]),
-    ("What is frozen water called?", "ice", ["ice", "snow", "steam", "water"]),
-    ("Which animal says moo?", "cow", ["cow", "dog", "cat", "sheep", "horse", "pig"]),
-    ("Which animal barks?", "dog", ["dog", "cat", "cow", "bird", "sheep"]),
-]
-DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-SMALL_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-               "twelve"]
-
-
-def _one_step(rng: random.Random, i: int) -> Case:
-    form = i % 4
-    if form == 0:
-        a, b = rng.randint(2, 60), rng.randint(2, 40)
-        q, ans = f"What is {a} + {b}?", a + b
-    elif form == 1:
-        a, b = rng.randint(20, 99), rng.randint(1, 19)
-        q, ans = f"What is {a} - {b}?", a - b
-    elif form == 2:
-        a, b = rng.randint(2, 19), rng.randint(2, 12)
-        q, ans = f"What is {a} times {b}?", a * b
-    else:
-        b, k = rng.randint(2, 15), rng.randint(2, 15)
-        q, ans = f"What is {b * k} divided by {b}?", k
-    return _pool_case("one_step", i, f"{q} {ONLY_NUMBER}", "number", str(ans))
-
-
-def _two_step(rng: random.Random, i: int) -> Case:
-    name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    form = i % 3
-    if form == 0:
-        a, b, c = rng.randint(3, 20), rng.randint(2, 10), rng.randint(1, 3)
-        q = f"{name} has {a} {item}, gets {b} more, then gives away {c}. How many {item} does {name} have now?"
-        ans = a + b - c
-    elif form == 1:
-        bags, per = rng.randint(2, 5), rng.randint(2, 6)
-        extra = rng.randint(1, 9)
-        q = f"{name} has {bags} bags with {per} {item} in each bag and {extra} more {item}. How many {item} in all?"
-        ans = bags * per + extra
-    else:
-        a, b = rng.randint(2, 9), rng.randint(2, 9)
-        c = rng.randint(1, a + b - 1)
-        q = f"What is {a} + {b} - {c}?"
-        ans = a + b - c
-    return _pool_case("two_step", i, f"{q} {ONLY_NUMBER}", "number", str(ans))
-
-
-def _unit_pool(rng: random.Random, i: int) -> Case:
-    form = i % 5
-    n = rng.randint(2, 9)
-    if form == 0:
-        q, ans = f"How many minutes are in {n} hours?", n * 60
-    elif form == 1:
-        q, ans = f"How many centimeters are in {n} meters?", n * 100
-    elif form == 2:
-        q, ans = f"How many grams are in {n} kilograms?", n * 1000
-    elif form == 3:
-        q, ans = f"How many days are in {n} weeks?", n * 7
-    else:
-        q, ans = f"How many hours are in {n} days?", n * 24
-    return _pool_case("unit_arith", i, f"{q} {ONLY_NUMBER}", "number", str(ans))
-
-
-def _date_pool(rng: random.Random, i: int) -> Case:
-    form = i % 4
-    if form == 0:
-        d, k = rng.randrange(7), rng.randint(1, 3)
-        q, ans, opts = f"Today is {DAYS[d]}. What day is it tomorrow?", DAYS[(d + 1) % 7], DAYS
-        if k > 1:
-            q, ans = f"Today is {DAYS[d]}. What day of the week will it be in {k} days?", DAYS[(d + k) % 7]
-    elif form == 1:
-        d = rng.randrange(7)
-        q, ans, opts = f"Today is {DAYS[d]}. What day was it yesterday?", DAYS[(d - 1) % 7], DAYS
-    elif form == 2:
-        m = rng.randrange(12)
-        q, ans, opts = f"Which month comes after {MONTHS[m]}?", MONTHS[(m + 1) % 12], MONTHS
-    else:
-        m = rng.randrange(12)
-        q, ans, opts = f"Which month comes before {MONTHS[m]}?", MONTHS[(m - 1) % 12], MONTHS
-    # the day or month the question names is never the answer: an echo of it ("If today is
-    # Monday, tomorrow is Tuesday") must not be read as the reply's answer
-    asked = [o for o in opts if re.search(rf"\b{o}\b", q)]
-    return _pool_case("date_arith", i, f"{q} Reply with only the name.", "choice", ans,
-                      [o for o in opts if o not in asked])
-
-
-def _compare_pool(rng: random.Random, i: int) -> Case:
-    form = i % 3
-    if form == 0:
-        a, b = rng.sample(range(10, 100), 2)
-        return _pool_case("comparison_short", i, f"Which number is larger, {a} or {b}? {ONLY_NUMBER}", "number",
-                          str(max(a, b)))
-    if form == 1:
-        a, b = rng.sample(range(10, 100), 2)
-        return _pool_case("comparison_short", i, f"Which number is smaller, {a} or {b}? {ONLY_NUMBER}", "number",
-                          str(min(a, b)))
-    a, b = rng.sample(range(1, 50), 2)
-    return _pool_case("comparison_short", i, f"Is {a} greater than {b}? Answer with only yes or no.", "yesno",
-                      "yes" if a > b else "no")
-
-
-def _facts(rng: random.Random, i: int) -> Case:
-    form = i % 3
-    if form == 0:
-        country = rng.choice(sorted(CAPITALS))
-        return _pool_case("facts", i, f"What is the capital of {country}? Reply with only the city name.", "choice",
-                          CAPITALS[country], sorted(CAPITALS.values()))
-    if form == 1:
-        q, n = rng.choice(COUNT_FACTS)
-        return _pool_case("facts", i, f"{q} {ONLY_NUMBER}", "number", str(n))
-    q, ans, opts = rng.choice(WORD_FACTS)
-    return _pool_case("facts", i, f"{q} Reply with one word.", "choice", ans, opts)
-
-
-def _format(rng: random.Random, i: int) -> Case:
-    """Following an explicit answer format: the reply must be exactly the answer, nothing else."""
-    form = i % 3
-    if form == 0:
-        a, b = rng.randint(1, 6), rng.randint(1, 6)
-        q = f"What is {SMALL_WORDS[a]} plus {SMALL_WORDS[b]}? Reply with only the number in digits, nothing else."
-        return _pool_case("format", i, q, "exact_number", str(a + b))
-    if form == 1:
-        n = rng.randint(2, 9)
-        q = f"Write the number {SMALL_WORDS[n]} in digits. Reply with only the digits, nothing else."
-        return _pool_case("format", i, q, "exact_number", str(n))
-    a, b = rng.sample(range(1, 30), 2)
-    q = f"Is {a} an even number? Reply with only yes or no, nothing else."
-    return _pool_case("format", i, q, "exact_yesno", "yes" if a % 2 == 0 else "no")
-
-
-def _pool_case(kind: str, i: int, prompt: str, answer_kind: str, answer: str,
-               options: Sequence[str] | None = None) -> Case:
-    meta: dict[str, object] = {"answer": answer, "answer_kind": answer_kind}
-    if options is not None:
-        meta["options"] = list(options)
-    return Case(f"pool-{kind}-{i + 1:04d}", kind, prompt, f"answer:{answer}", meta)
-
-
-POOL_GENERATORS: dict[str, Callable[[random.Random, int], Case]] = {
-    "one_step": _one_step, "two_step": _two_step, "unit_arith": _unit_pool, "date_arith": _date_pool,
-    "comparison_short": _compare_pool, "facts": _facts, "format": _format,
-}
-# Draws per kind, in multiples of ``per_kind``. The kinds with thousands of distinct
-# problems draw more: the others repeat after a few dozen prompts (duplicates are dropped),
-# and SmolLM2-135M solves 35% and 47% of these two kinds against 4-58% of the others
-# (measured on the pool, docs/benchmarks.md), so the default size needs their volume.
-POOL_WEIGHTS: dict[str, int] = {"one_step": 4, "comparison_short": 4}
-
-
-def generate_pool(seed: int = POOL_SEED, per_kind: int = POOL_PER_KIND,
-                  weights: Mapping[str, int] | None = None) -> list[Case]:
-    """The selection pool: ``per_kind`` draws of each short kind (times its weight), a prompt drawn twice kept once.
-
-    Duplicates are dropped because greedy decoding answers a repeated prompt identically:
-    two copies would be one observation counted twice by the paired test.
-    """
-    weights = POOL_WEIGHTS if weights is None else weights
-    cases: list[Case] = []
-    seen: set[str] = set()
-    for k, (kind, gen) in enumerate(POOL_GENERATORS.items()):
-        rng = random.Random(seed * 1000 + k)
-        for i in range(per_kind * weights.get(kind, 1)):
-            case = gen(rng, i)
-            if case.prompt not in seen:
-                seen.add(case.prompt)
-                cases.append(case)
-    return cases
-
-
 # --- answer extraction -----------------------------------------------------------------
 
 _NUM = r"-?\d[\d,]*(?:\.\d+)?"
@@ -380,41 +162,8 @@ def _month(name: str) -> int:
     return next(i + 1 for i, m in enumerate(MONTHS) if m[:3].lower() == name)
 
 
-_EXACT_TAIL = re.compile(r"[\s.!]*$")
-
-
-def _exact(text: str) -> str:
-    """The whole reply, trimmed of surrounding space, a trailing full stop and emphasis marks."""
-    return _EXACT_TAIL.sub("", text.strip().strip("*`\"'")).strip("*`\"'").strip()
-
-
-def _choice(text: str, options: Sequence[str]) -> str | None:
-    """The option the reply names first (longest match first: "Buenos Aires" before "Aires")."""
-    best: tuple[int, int, str] | None = None
-    for opt in options:
-        m = re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", text, re.IGNORECASE)
-        if m and (best is None or (m.start(), -len(opt)) < (best[0], best[1])):
-            best = (m.start(), -len(opt), opt)
-    return best[2] if best else None
-
-
-def extract_answer(text: str, kind: str, options: Sequence[str] | None = None) -> str | None:
-    """The answer a free-text output commits to, normalised (numbers, yes/no, ISO dates, options).
-
-    ``choice`` returns the first of ``options`` the reply names; ``exact_number`` and
-    ``exact_yesno`` accept only a reply that is the answer and nothing else (the format
-    kind's point: "Reply with only the number" followed by a sentence is not followed).
-    """
-    if kind == "choice":
-        if not options:
-            raise ValueError("answer kind 'choice' needs the options")
-        return _choice(_LABEL.sub("", text, count=1), options)
-    if kind == "exact_number":
-        body = _exact(text)
-        return _to_number(body) if re.fullmatch(_NUM, body) else None
-    if kind == "exact_yesno":
-        body = _exact(text).lower()
-        return body if body in ("yes", "no") else None
+def extract_answer(text: str, kind: str) -> str | None:
+    """The answer a free-text output commits to, normalised (numbers, yes/no, ISO dates)."""
     # A house style's leading "Answer:" label is formatting, not the committed answer
     # ("Answer: 5 apples plus 12 is 17" commits to 17).
     text = _LABEL.sub("", text, count=1)
@@ -441,8 +190,7 @@ def extract_answer(text: str, kind: str, options: Sequence[str] | None = None) -
             found.append((m.start(), _iso(int(m.group(3)), _month(m.group(2)), int(m.group(1)))))
         valid = [d for _, d in sorted(found) if d]
         return valid[-1] if valid else None
-    raise ValueError(f"unknown answer kind {kind!r} (known: number, yesno, date, choice, exact_number, "
-                     f"exact_yesno)")
+    raise ValueError(f"unknown answer kind {kind!r} (known: number, yesno, date)")
 
 
 def _iso(y: int, m: int, d: int) -> str:
@@ -453,35 +201,16 @@ def _iso(y: int, m: int, d: int) -> str:
 
 
 def is_correct(case: Case, output: str) -> bool:
-    return extract_answer(output, case.meta["answer_kind"], case.meta.get("options")) == case.meta["answer"]
+    return extract_answer(output, case.meta["answer_kind"]) == case.meta["answer"]
 
 
 @register
 class ReasoningSuite(Suite):
     name = "reasoning"
-    description = ("per base model, the short problems it solves (one- and two-step, unit and date arithmetic, "
-                   "comparisons, facts, answer format) plus a share it misses; exact match")
+    description = "arithmetic, unit and date arithmetic, comparisons, simple logic; exact match"
 
     def load_cases(self) -> list[Case]:
-        """The fixed template problems (used where the policy turns per-base selection off)."""
         return generate_cases()
-
-    # --- per-base selection (evaluators.selection.SelectiveSuite) ---------------------------
-
-    def load_pool(self, policy: Policy) -> list[Case]:
-        return generate_pool(per_kind=policy.gate.reasoning.pool_per_kind)
-
-    def selection_rule(self, policy: Policy) -> SelectionRule | None:
-        from evaluators.selection import SelectionRule
-
-        gate = policy.gate.reasoning
-        if not gate.select_from_pool:
-            return None
-        cap = policy.gate.max_cases.get("reasoning")
-        return SelectionRule(size=min(gate.size, cap) if cap else gate.size, base_wrong_share=gate.base_wrong_share)
-
-    def is_correct(self, case: Case, output: str) -> bool:
-        return is_correct(case, output)
 
     def evaluate(
         self,
@@ -527,14 +256,13 @@ class ReasoningSuite(Suite):
                 f"minimum detectable drop vs {name}", mdd_obs, None, True, n, decisive=False, baseline=name,
                 detail=f"at observed discordance {psi_obs:.3f}, alpha={gate.alpha:g}, power={gate.power:g}",
             ))
-        psi_plan = gate.planning_discordance
-        mdd_plan = minimum_detectable_drop(n, psi_plan, gate.alpha, gate.power)
+        mdd_plan = minimum_detectable_drop(n, PLANNING_DISCORDANCE, gate.alpha, gate.power)
         metrics.append(Metric("minimum detectable drop (planning)", mdd_plan, None, True, n, decisive=False,
-                              detail=f"at discordance {psi_plan:g}, alpha={gate.alpha:g}, "
+                              detail=f"at discordance {PLANNING_DISCORDANCE:g}, alpha={gate.alpha:g}, "
                                      f"power={gate.power:g}: smaller true drops may pass unseen"))
         results = []
         for i, (case, out) in enumerate(zip(cases, candidate_outputs, strict=True)):
-            extracted = extract_answer(out, case.meta["answer_kind"], case.meta.get("options"))
+            extracted = extract_answer(out, case.meta["answer_kind"])
             # A case fails where the candidate is wrong and some baseline was right.
             regressed = not cand_ok[i] and any(ok[i] for ok in base_ok.values())
             results.append(CaseResult(

@@ -203,8 +203,6 @@ class RunInfo(TypedDict, total=False):
     # the coherence suite's teacher-forced pass of the bare base (answers scored, seconds)
     fluency_scored: int
     fluency_seconds: float
-    # the first gate on a base model runs the reasoning suite's selection pool (evaluators.selection)
-    selection_pool_seconds: float
 
 
 class GateReport(_Strict):

@@ -105,18 +105,6 @@ class ReasoningGate(_Section):
     power: Probability = 0.8
     max_accuracy_drop: Rate = 0.02
     compare_to: list[Baseline] = Field(default_factory=lambda: list(BASELINES))
-    # Per-base regression set (evaluators.selection): the cases the bare base answers
-    # correctly on a pool of short problems, plus `base_wrong_share` it gets wrong.
-    # false: the fixed template problems (gate.max_cases.reasoning still cuts them).
-    select_from_pool: bool = True
-    # Cases kept (gate.max_cases.reasoning, when set, caps it).
-    size: Annotated[int, Field(ge=1)] = 700
-    base_wrong_share: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
-    # Draws per problem kind in the pool (a prompt drawn twice is kept once).
-    pool_per_kind: Annotated[int, Field(ge=1, le=100_000)] = 200
-    # Discordance (share of cases where candidate and baseline disagree) assumed for the
-    # planning minimum detectable drop in the report; the observed one is shown beside it.
-    planning_discordance: Annotated[float, Field(gt=0.0, le=1.0)] = 0.10
 
     @field_validator("compare_to")
     @classmethod

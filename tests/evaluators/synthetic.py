@@ -36,8 +36,6 @@ def base_output(case: Case, rng: random.Random) -> str:
     if "answer" in case.meta:
         # Right on about three quarters of the problems, like a small model.
         if rng.random() < 0.75:
-            if case.meta["answer_kind"].startswith("exact_"):
-                return str(case.meta["answer"])
             return f"Let me work it out. The answer is {case.meta['answer']}."
         return _wrong(case)
     raise AssertionError(f"no synthetic output for {case.id}")
@@ -45,20 +43,11 @@ def base_output(case: Case, rng: random.Random) -> str:
 
 def _wrong(case: Case) -> str:
     kind, ans = case.meta["answer_kind"], case.meta["answer"]
-    if kind in ("number", "exact_number"):
+    if kind == "number":
         return f"The answer is {int(float(ans)) + 3}."
-    if kind in ("yesno", "exact_yesno"):
+    if kind == "yesno":
         return "No." if ans == "yes" else "Yes."
-    if kind == "choice":
-        return f"The answer is {next(o for o in case.meta['options'] if o != ans)}."
     return "The answer is 1999-01-01."
-
-
-def reasoning_cases() -> list[Case]:
-    """Every problem the reasoning suite can gate on: the fixed templates and the selection pool."""
-    from evaluators.suites.reasoning import generate_cases, generate_pool
-
-    return [*generate_cases(), *generate_pool()]
 
 
 def base_outputs(cases: Sequence[Case], seed: int = 7) -> list[str]:

@@ -58,7 +58,6 @@ def _small_policy() -> str:
     policy["name"] = "gate-workers-test"
     policy["gate"].update({"max_new_tokens": 8, "batch_size": 4,
                            "max_cases": {"policy_compliance": 6, "bias": 8, "reasoning": 6}})
-    policy["gate"]["reasoning"]["pool_per_kind"] = 2  # the first gate runs the selection pool: keep it tiny
     return yaml.safe_dump(policy, sort_keys=False)
 
 

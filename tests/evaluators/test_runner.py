@@ -27,7 +27,7 @@ class FakeGenerator:
     def __init__(self, suites: Sequence[Any]) -> None:
         self.cases: dict[str, Case] = {}
         for s in suites:
-            for c in [*s.load_cases(), *(synthetic.reasoning_cases() if s.name == "reasoning" else [])]:
+            for c in s.load_cases():
                 self.cases.setdefault(c.prompt, c)
         self.calls: list[list[str]] = []
 
@@ -55,12 +55,7 @@ class FakeGenerator:
 
 @pytest.fixture(scope="module")
 def policy() -> Policy:
-    # the fixed reasoning templates: these tests are about batching and caching; the
-    # per-base selection has its own tests (test_selection.py)
-    default = load_default_policy()[0]
-    gate = default.gate.model_copy(update={"reasoning": default.gate.reasoning.model_copy(
-        update={"select_from_pool": False})})
-    return default.model_copy(update={"gate": gate})
+    return load_default_policy()[0]
 
 
 @pytest.fixture(scope="module")

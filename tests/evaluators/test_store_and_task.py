@@ -16,13 +16,14 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from evaluators.runner import evidence_digest
+from evaluators.suites.base import get_suite
 from evaluators.tasks import run_gate_for_version
 from governance.auth import service as auth
 from governance.db import unit_of_work
 from governance.deployments import service as deployments
 from governance.gates.models import GateCaseResult, GateRun
 from governance.gates.service import latest_gate_run, latest_report, load_gate_report
-from governance.policy import default_policy_path, load_default_policy
+from governance.policy import default_policy_path
 from governance.principal import Principal
 from governance.registry import service as registry
 from tests.evaluators import synthetic
@@ -54,7 +55,7 @@ class ShaGenerator:
         self.base_digest = base_digest
         self.behaviours = behaviours
         self.fail = fail
-        self.cases = {c.prompt: c for c in synthetic.reasoning_cases()}
+        self.cases = {c.prompt: c for c in get_suite("reasoning").load_cases()}
 
     def decoding(self) -> dict[str, Any]:
         from evaluators.runner import aligner_decoding
@@ -126,9 +127,7 @@ def test_good_token_passes_and_evidence_is_recomputable(world: dict[str, Any], t
         assert run is not None and run.status == "passed" and run.evidence_digest == out["evidence_digest"]
         assert run.policy_sha256 == hashlib.sha256(default_policy_path().read_bytes()).hexdigest()
         n = s.scalar(select(func.count()).select_from(GateCaseResult).where(GateCaseResult.gate_run_id == run.id))
-        # the per-base selection of the default policy (the pool run by this first gate)
-        assert n == load_default_policy()[0].gate.reasoning.size
-        assert run.summary["details"]["reasoning"]["selection"]["selected"] == n
+        assert n == len(get_suite("reasoning").load_cases())
         assert run.summary["suites"]["reasoning"]["metrics"][0]["name"] == "candidate accuracy"
         report = load_gate_report(s, gate_run=run)
         # An auditor can recompute the digest from what was stored.
@@ -211,12 +210,11 @@ def test_sharded_gate_matches_the_single_process_gate(world: dict[str, Any], tmp
     engine = world["engine"]
     vid, sha = _submit(world, 5)
     gen = ShaGenerator(world["digest"], {sha: "damaged"})
-    plan = plan_sharded_gate(vid, engine=engine, state_dir=tmp_path, suites=["reasoning"], generator=gen)
-    # the planner ran the selection pool, which holds the selected cases' base outputs
-    assert _state(engine, vid) == "evaluating" and plan["cached_suites"] == ["reasoning"]
+    plan = plan_sharded_gate(vid, engine=engine, state_dir=tmp_path, suites=["reasoning"])
+    assert _state(engine, vid) == "evaluating" and plan["cached_suites"] == []
     parts = [run_gate_shard(vid, k, 3, plan["cached_suites"], engine=engine, state_dir=tmp_path, generator=gen,
                             suites=["reasoning"]) for k in range(3)]
-    assert sum(len(p) for p in parts) == load_default_policy()[0].gate.reasoning.size
+    assert sum(len(p) for p in parts) == 2 * len(get_suite("reasoning").load_cases())
     out = finish_sharded_gate(parts, vid, plan["gate_run_id"], plan["cached_suites"], engine=engine,
                               state_dir=tmp_path, suites=["reasoning"])
     assert out["verdict"] == "failed" and _state(engine, vid) == "gate_failed"
