@@ -1,7 +1,7 @@
 """Benchmarks of the evaluation gate; prints a table.
 
     .venv/bin/python -m bench.bench_gate                       # model-free parts
-    .venv/bin/python -m bench.bench_gate --model smollm2 [--limit N] [--state-dir state] [--policy FILE]
+    .venv/bin/python -m bench.bench_gate --model smollm2 [--limit N] [--state-dir state]
 
 Model-free: the Great Expectations validation of a 200-row outputs table (first call,
 which imports GE and builds the context and suite, and the cached calls after it), the
@@ -23,7 +23,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -32,11 +31,10 @@ import pandas as pd
 from evaluators.checkers import run_checkers
 from evaluators.embeddings import hashing_embedder
 from evaluators.expectations import policy_specs, validate_frame
-from evaluators.runner import DEFAULT_SUITES, AlignerGenerator, generate_and_judge, plan_gate, plan_rows
+from evaluators.runner import AlignerGenerator, generate_and_judge, plan_rows
 from evaluators.suites.base import get_suite
 from evaluators.suites.bias import BiasSuite
-from evaluators.suites.coherence import fluency_subset
-from governance.policy import COMPLIANCE_CATEGORIES, load_default_policy, load_policy
+from governance.policy import COMPLIANCE_CATEGORIES, load_default_policy
 from tests.evaluators import synthetic
 
 
@@ -77,8 +75,7 @@ def model_free() -> list[tuple[str, float, float]]:
 
 
 def with_model(
-    limit: int | None, state_dir: str, static: bool = False, cache_dir: str | None = None,
-    policy_file: str | None = None,
+    limit: int | None, state_dir: str, static: bool = False, cache_dir: str | None = None
 ) -> list[tuple[str, float, float]]:
     import torch  # defers torch
 
@@ -88,7 +85,7 @@ def with_model(
     from aligner.generation import generate  # defers torch
     from aligner.providers import load_base_model  # defers torch
 
-    policy, policy_sha = load_policy(Path(policy_file)) if policy_file else load_default_policy()
+    policy, policy_sha = load_default_policy()
     model, tokenizer, digests = load_base_model("smollm2-135m-instruct", state_dir=state_dir)
     adapter = attach(model, base_digest=digests.weights)
     adapter.set_token(None)
@@ -102,10 +99,8 @@ def with_model(
     )
     gen = AlignerGenerator(model, tokenizer, base_digest=digests.weights, max_new_tokens=policy.gate.max_new_tokens,
                            width=policy.gate.batch_size)
-    suites = [get_suite(n) for n in DEFAULT_SUITES]  # coherence included: it judges every answer
-    cases = {s.name: s.load_cases()[:limit] if limit
-             else s.select_cases(s.load_cases(), policy.gate.max_cases.get(s.name))  # type: ignore[call-overload]
-             for s in suites if not s.judges_answers}
+    suites = [get_suite(n) for n in ("policy_compliance", "bias", "reasoning")]
+    cases = {s.name: s.load_cases()[:limit] if limit else s.load_cases() for s in suites}
     rows: list[tuple[str, float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         state = cache_dir or tmp
@@ -118,21 +113,6 @@ def with_model(
         second = generate_and_judge(gen, **common)
         cached = time.perf_counter() - t
         rows.append((f"gate, base cached ({second.run['rows_generated']} rows)", cached, 0.0))
-        rows.append((f"  of which fluency scoring, uncached ({first.run.get('fluency_scored', 0)} answers)",
-                     first.run.get("fluency_seconds", 0.0), 0.0))
-        # what a token whose answers all differ from the base's adds to every gate: its
-        # answers at the fluency subset scored once (the zero token's equal the base's)
-        plan = plan_gate(base_digest=gen.base_digest, decoding=gen.decoding(), policy=policy, has_active=False,
-                         suites=suites, cases=cases, state_dir=state)
-        answers = [(c.prompt, o) for name in plan.suite_cases for c, o in zip(
-            plan.suite_cases[name], plan.cached.get(name) or [], strict=False)]
-        subset = fluency_subset(sum(len(v) for v in plan.suite_cases.values()),
-                                policy.gate.coherence.fluency_max_answers)
-        t = time.perf_counter()
-        if answers:
-            gen.score([answers[j][0] for j in subset], [answers[j][1] for j in subset])
-        rows.append((f"fluency scoring of {len(subset)} differing candidate answers (added to every gate)",
-                     time.perf_counter() - t, 0.0))
         # The raw generation the cached gate needs: the same prompts in the same groups,
         # decoded the same way (continuous batching, policy.gate.batch_size rows at a time).
         groups = plan_rows(cases, {n: ["candidate"] for n in cases}, policy.gate.batch_size)
@@ -168,15 +148,13 @@ def main() -> None:
     parser.add_argument("--static", action="store_true", help="also time model.generate on fixed batches")
     parser.add_argument("--cache-dir", help="keep the base outputs here (bench_gate_tokens can reuse them); "
                                             "default: a temporary folder")
-    parser.add_argument("--policy", help="policy file (default: policies/default.yaml); its gate.max_cases apply")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         import torch  # defers torch
 
         torch.set_num_threads(args.threads)
-    rows = model_free() if args.model == "none" else with_model(args.limit, args.state_dir, args.static, args.cache_dir,
-                                                                    args.policy)
+    rows = model_free() if args.model == "none" else with_model(args.limit, args.state_dir, args.static, args.cache_dir)
     print(f"{'what':58s} {'first / value':>14s} {'median after':>13s}")
     for what, a, b in rows:
         print(f"{what:58s} {a:14.3f} {b:13.3f}")

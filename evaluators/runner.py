@@ -2,12 +2,7 @@
 
 After the suites, the invariants (``evaluators.invariants``) judge every candidate answer
 of every suite once more (insults, repeated personal data, empty or runaway answers),
-paired with the baselines' answers; they add no generation. So does the coherence suite
-(``evaluators.suites.coherence``, a suite that ``judges_answers``): relevance and
-degeneration are functions of the texts; its fluency evidence is the bare base model's
-mean log-likelihood per token of a fixed subset of the candidate's and the base's
-answers, one teacher-forced pass (``score_fluency``) whose base half is cached like the
-base outputs, and whose candidate half is skipped where the answer equals the base's.
+paired with the baselines' answers; they add no generation.
 
 Generation is batched greedy decoding with one token per row: the candidate and the
 deployment's active version share batches (each batch holds both rows of a chunk of
@@ -34,17 +29,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from evaluators import invariants
 from evaluators.checkers import is_refusal
 from evaluators.suites.base import Case, Suite, SuiteResult, cases_digest, get_suite
-from evaluators.suites.coherence import Fluency, fluency_subset
 from governance.audit.canonical import canonical_json
 from governance.gates.report import GateReport, RunInfo
 from governance.policy import Policy
 
-DEFAULT_SUITES = ("policy_compliance", "bias", "reasoning", "coherence")
+DEFAULT_SUITES = ("policy_compliance", "bias", "reasoning")
 CACHE_DIR = "gate_cache"
 # A generation group (one ``Generator.generate`` call, one unit of sharding) holds this
 # many batches' worth of rows: long enough that continuous batching keeps its rows full,
@@ -112,12 +106,6 @@ class AlignerGenerator:
 
     def decoding(self) -> dict[str, Any]:
         return aligner_decoding(self.max_new_tokens, self.system, width=self.width)
-
-    def score(self, prompts: Sequence[str], answers: Sequence[str]) -> list[float | None]:
-        """Mean log-likelihood per answer token under the bare base model (the coherence suite's fluency)."""
-        from aligner.scoring import answer_logliks  # defers torch
-
-        return answer_logliks(self.model, self.tokenizer, prompts, answers, token=None, system=self.system)
 
     def generate(
         self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Callable[[int], None] | None = None
@@ -265,8 +253,6 @@ class GatePlan:
     groups: list[list[Row]]  # generation groups, in plan order
     # the suites planned as cached (may name a suite whose outputs this process lacks)
     assumed_cached: list[str] = field(default_factory=list)
-    # suites that generate nothing and judge every answer of the others (coherence)
-    judges: list[Suite] = field(default_factory=list)
 
     def shard(self, index: int, count: int) -> list[list[Row]]:
         """Every ``count``-th group from ``index``: shards of (almost) equal work."""
@@ -297,8 +283,7 @@ def plan_gate(
     this process can see them, and ``finish_gate`` insists on them.
     """
     state = Path(state_dir) if state_dir is not None else None
-    every = [get_suite(s) if isinstance(s, str) else s for s in suites]
-    suite_objs = [s for s in every if not s.judges_answers]
+    suite_objs = [get_suite(s) if isinstance(s, str) else s for s in suites]
     suite_cases = {
         s.name: list(cases[s.name]) if cases and s.name in cases
         else s.select_cases(s.load_cases(), policy.gate.max_cases.get(s.name))  # type: ignore[call-overload]
@@ -317,7 +302,6 @@ def plan_gate(
     groups = plan_rows(suite_cases, systems, policy.gate.batch_size)
     plan = GatePlan(suite_objs, suite_cases, dict(decoding), base_digest, has_active, cached, keys, groups)
     plan.assumed_cached = sorted(assume_cached) if assume_cached is not None else sorted(cached)
-    plan.judges = [s for s in every if s.judges_answers]
     return plan
 
 
@@ -330,12 +314,8 @@ def finish_gate(
     candidate_digest: str,
     active_digest: str | None,
     state_dir: str | Path | None = None,
-    fluency: Fluency | None = None,
 ) -> GateReport:
-    """Judge the generated outputs (all shards merged), store new base outputs, build the report.
-
-    ``fluency``: the coherence suite's scores (``score_fluency``); None: fluency not measured.
-    """
+    """Judge the generated outputs (all shards merged), store new base outputs, build the report."""
     state = Path(state_dir) if state_dir is not None else None
     absent = [name for name in plan.assumed_cached if name not in plan.cached]
     if absent:
@@ -345,103 +325,28 @@ def finish_gate(
     if missing:
         raise ValueError(f"{len(missing)} planned rows have no output (e.g. {missing[0]}); is a shard missing?")
     results: list[SuiteResult] = []
-    all_cand, all_baselines = answers_of(plan, outputs)
+    all_cand: dict[str, list[str]] = {}
+    all_baselines: dict[str, dict[str, list[str]]] = {}
     for s in plan.suites:
+        n = len(plan.suite_cases[s.name])
+        cand = [outputs[Row(s.name, i, "candidate")] for i in range(n)]
+        base = plan.cached.get(s.name) or [outputs[Row(s.name, i, "base")] for i in range(n)]
         if s.name not in plan.cached:
-            save_cached_base(state, plan.cache_keys[s.name], all_baselines[s.name]["base"])
-        results.append(s.evaluate(plan.suite_cases[s.name], all_cand[s.name], all_baselines[s.name], policy))
+            save_cached_base(state, plan.cache_keys[s.name], base)
+        baselines: dict[str, list[str]] = {"base": base}
+        if plan.has_active:
+            baselines["active"] = [outputs[Row(s.name, i, "active")] for i in range(n)]
+        results.append(s.evaluate(plan.suite_cases[s.name], cand, baselines, policy))
+        all_cand[s.name], all_baselines[s.name] = cand, baselines
     if policy.gate.invariants.enabled and results:
         # every answer the suites already have, judged once more by the invariants (no generation)
         results.append(invariants.evaluate(plan.suite_cases, all_cand, all_baselines, policy))
-    for judge in plan.judges:
-        if plan.suites:
-            base = {name: b["base"] for name, b in all_baselines.items()}
-            results.append(judge.judge(plan.suite_cases, all_cand, base, policy, fluency=fluency))
     report = build_report(
         results, policy_sha256=policy_sha256, candidate_digest=candidate_digest, active_digest=active_digest,
         base_digest=plan.base_digest, decoding=plan.decoding,
     )
     report.run = RunInfo(rows_generated=plan.rows, batches=len(plan.groups), base_cached=sorted(plan.cached))
     return report
-
-
-def answers_of(
-    plan: GatePlan, outputs: Mapping[Row, str]
-) -> tuple[dict[str, list[str]], dict[str, dict[str, list[str]]]]:
-    """Per generating suite: the candidate's answers and each baseline's (cached base outputs included)."""
-    cand: dict[str, list[str]] = {}
-    baselines: dict[str, dict[str, list[str]]] = {}
-    for s in plan.suites:
-        n = len(plan.suite_cases[s.name])
-        cand[s.name] = [outputs[Row(s.name, i, "candidate")] for i in range(n)]
-        per: dict[str, list[str]] = {
-            "base": plan.cached.get(s.name) or [outputs[Row(s.name, i, "base")] for i in range(n)]}
-        if plan.has_active:
-            per["active"] = [outputs[Row(s.name, i, "active")] for i in range(n)]
-        baselines[s.name] = per
-    return cand, baselines
-
-
-# --- fluency evidence (the coherence suite) ----------------------------------------------
-
-
-class Scorer(Protocol):
-    """What fluency needs from a model: the bare base's mean log-likelihood per answer token."""
-
-    def score(self, prompts: Sequence[str], answers: Sequence[str]) -> list[float | None]:
-        ...
-
-
-def _fluency_cache_key(plan: GatePlan, indices: Sequence[int]) -> str:
-    payload = canonical_json({"fluency": [plan.cache_keys[s.name] for s in plan.suites], "indices": list(indices)})
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-
-def score_fluency(
-    scorer: Scorer, plan: GatePlan, outputs: Mapping[Row, str], *, policy: Policy,
-    state_dir: str | Path | None = None,
-) -> tuple[Fluency | None, int]:
-    """Score the fixed fluency subset of the answers under the bare base; returns (scores, answers scored).
-
-    The base's scores are cached in the state folder, keyed by the base outputs' cache keys
-    and the subset; a candidate answer equal to the base's has the base's score (not rescored).
-    """
-    size = policy.gate.coherence.fluency_max_answers
-    if not plan.judges or not plan.suites or size == 0:
-        return None, 0
-    state = Path(state_dir) if state_dir is not None else None
-    cand, baselines = answers_of(plan, outputs)
-    prompts = [c.prompt for s in plan.suites for c in plan.suite_cases[s.name]]
-    cand_all = [o for s in plan.suites for o in cand[s.name]]
-    base_all = [o for s in plan.suites for o in baselines[s.name]["base"]]
-    indices = fluency_subset(len(prompts), size)
-    key = _fluency_cache_key(plan, indices)
-    path = state / CACHE_DIR / f"fluency-{key}.json" if state is not None else None
-    base_ll: list[float | None] | None = None
-    if path is not None:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("key") == key and len(data.get("base", [])) == len(indices):
-                base_ll = data["base"]
-        except (OSError, ValueError):
-            base_ll = None
-    scored = 0
-    if base_ll is None:
-        base_ll = scorer.score([prompts[j] for j in indices], [base_all[j] for j in indices])
-        scored += len(indices)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"key": key, "base": base_ll}), encoding="utf-8")
-            tmp.replace(path)
-    differ = [k for k, j in enumerate(indices) if cand_all[j] != base_all[j]]
-    cand_ll: list[float | None] = list(base_ll)
-    if differ:
-        fresh = scorer.score([prompts[indices[k]] for k in differ], [cand_all[indices[k]] for k in differ])
-        for k, v in zip(differ, fresh, strict=True):
-            cand_ll[k] = v
-        scored += len(differ)
-    return Fluency(indices=indices, candidate=cand_ll, base=list(base_ll)), scored
 
 
 def outputs_to_json(outputs: Mapping[Row, str]) -> list[list[Any]]:
@@ -475,15 +380,9 @@ def generate_and_judge(
     t_gen = time.perf_counter()
     outputs = generate_rows(generator, plan.groups, plan.suite_cases, tokens, progress)
     gen_seconds = time.perf_counter() - t_gen
-    t_flu = time.perf_counter()
-    fluency, scored = (score_fluency(cast(Scorer, generator), plan, outputs, policy=policy, state_dir=state_dir)
-                       if callable(getattr(generator, "score", None)) else (None, 0))
-    flu_seconds = time.perf_counter() - t_flu
     report = finish_gate(plan, outputs, policy=policy, policy_sha256=policy_sha256,
-                         candidate_digest=candidate_digest, active_digest=active_digest, state_dir=state_dir,
-                         fluency=fluency)
+                         candidate_digest=candidate_digest, active_digest=active_digest, state_dir=state_dir)
     report.run.update({"generation_seconds": round(gen_seconds, 3),
-                       "fluency_scored": scored, "fluency_seconds": round(flu_seconds, 3),
                        "total_seconds": round(time.perf_counter() - t0, 3)})
     return report
 

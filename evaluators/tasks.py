@@ -36,7 +36,6 @@ from evaluators.runner import (
     outputs_from_json,
     outputs_to_json,
     plan_gate,
-    score_fluency,
 )
 from evaluators.store import mark_gate_error, open_gate_run, save_gate_run
 from governance.db import get_engine, unit_of_work, utcnow
@@ -355,13 +354,8 @@ def finish_sharded_gate(
     engine: Engine | None = None,
     state_dir: str | Path | None = None,
     suites: Any = DEFAULT_SUITES,
-    generator: Any | None = None,
 ) -> dict[str, Any]:
-    """Merge the shards' outputs, judge, record (the chord's callback).
-
-    With the coherence suite the finisher scores the fluency subset under the bare base
-    (``generator``, else the base model loaded here), as the one-process gate does.
-    """
+    """Merge the shards' outputs, judge, record (the chord's callback)."""
     try:
         with unit_of_work(_engine(engine)) as s:
             inputs = load_inputs(s, version_id=version_id)
@@ -371,16 +365,9 @@ def finish_sharded_gate(
         merged = {}
         for part in shard_outputs:
             merged.update(outputs_from_json(part))
-        fluency = None
-        if plan.judges and policy.gate.coherence.fluency_max_answers:
-            # the coherence suite's fluency pass needs the bare base: the same evidence as a one-process gate
-            scorer = generator or _generator(inputs, state_dir=state, max_new_tokens=policy.gate.max_new_tokens,
-                                             width=policy.gate.batch_size)
-            if callable(getattr(scorer, "score", None)):
-                fluency, _ = score_fluency(scorer, plan, merged, policy=policy, state_dir=state)
         report = finish_gate(plan, merged, policy=policy, policy_sha256=policy_sha,
                              candidate_digest=inputs.candidate_sha256, active_digest=inputs.active_sha256,
-                             state_dir=state, fluency=fluency)
+                             state_dir=state)
     except Exception as exc:
         log.exception("sharded gate of version %s failed", version_id)
         record_error(gate_run_id, exc, engine=engine)

@@ -138,9 +138,6 @@ class Suite(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
-    # True: the suite ships no cases; the runner hands it every answer of the other suites
-    # (``judge``) instead of generating for it (the coherence suite).
-    judges_answers: ClassVar[bool] = False
 
     @abstractmethod
     def load_cases(self) -> list[Case]:
@@ -178,17 +175,6 @@ class Suite(ABC):
         policy: Policy,
     ) -> SuiteResult:
         """Judge the candidate's outputs (and the baselines', same order as ``cases``)."""
-
-    def judge(
-        self,
-        suite_cases: Mapping[str, Sequence[Case]],
-        candidate: Mapping[str, Sequence[str]],
-        base: Mapping[str, Sequence[str]],
-        policy: Policy,
-        fluency: Any = None,
-    ) -> SuiteResult:
-        """Judge every answer of the other suites (only suites that set ``judges_answers``)."""
-        raise NotImplementedError(f"suite {self.name!r} judges its own cases, not every answer")
 
     @staticmethod
     def check_aligned(

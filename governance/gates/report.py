@@ -200,9 +200,6 @@ class RunInfo(TypedDict, total=False):
     base_cached: list[str]
     generation_seconds: float
     total_seconds: float
-    # the coherence suite's teacher-forced pass of the bare base (answers scored, seconds)
-    fluency_scored: int
-    fluency_seconds: float
 
 
 class GateReport(_Strict):

@@ -43,7 +43,7 @@ def test_case_counts_and_registry() -> None:
     assert counts["policy_compliance"] >= 150
     assert counts["reasoning"] >= 300
     assert counts["bias"] >= 200
-    with pytest.raises(UnknownSuiteError, match=r"known: bias, coherence, policy_compliance, reasoning"):
+    with pytest.raises(UnknownSuiteError, match=r"known: bias, policy_compliance, reasoning"):
         get_suite("fairness")
 
 
