@@ -15,7 +15,7 @@ from typing import Any
 
 import redis as redis_lib
 from celery import chord
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -29,7 +29,7 @@ from evaluators.tasks import (
 from governance.audit.service import write_checkpoint
 from governance.audit.signing import load_signing_key
 from governance.db import DatabaseUnavailable, get_engine, unit_of_work
-from governance.deployments.service import active_version, deployment_policy, list_deployments
+from governance.deployments.models import Deployment
 from governance.embedded import resolve_redis_url
 from governance.monitoring.models import DriftCheck
 from governance.outbox.names import (
@@ -47,6 +47,9 @@ from governance.outbox.names import (
     SWEEP_OUTBOX_TASK,
 )
 from governance.outbox.service import publish_pending, unit_of_work_then_publish
+from governance.policy import parse_policy
+from governance.registry.models import Policy as PolicyRow
+from governance.registry.models import TokenVersion, VersionState
 from governance.settings import get_settings
 from monitors.alerting import deliver
 from monitors.celery_app import app
@@ -95,22 +98,33 @@ def auto_rollback_task(deployment_id: int, expected_version_id: int | None, chec
 
 
 def due_checks(session: Session, now: datetime) -> list[tuple[int, str, int]]:
-    """(deployment id, window key, interval) of every active deployment whose last window is unchecked."""
-    due = []
-    for dep in list_deployments(session):
-        if active_version(session, deployment=dep) is None:
-            continue
+    """(deployment id, window key, interval) of every active deployment whose last window is unchecked.
+
+    Two queries whatever the number of deployments (the dispatcher runs every few seconds
+    on the worker that also runs the checks and the rollout looks): the deployments that
+    have an active version, with their policy's text, then the drift checks already
+    claimed for their windows. Parsed policies are memoised on their bytes.
+    """
+    rows = session.execute(
+        select(Deployment.id, Deployment.name, PolicyRow.content)
+        .join(PolicyRow, PolicyRow.id == Deployment.policy_id)
+        .where(exists().where(TokenVersion.deployment_id == Deployment.id,
+                              TokenVersion.state == VersionState.active.value))
+        .order_by(Deployment.id)).tuples().all()
+    wanted: list[tuple[int, str, int]] = []
+    for dep_id, name, content in rows:
         try:
-            interval = deployment_policy(session, deployment=dep).monitoring.interval_seconds
+            interval = parse_policy(content)[0].monitoring.interval_seconds
         except ValueError as exc:  # a policy this release cannot read: say so, check the others
-            log.error("deployment %s: policy unreadable, not monitored: %s", dep.name, exc)
+            log.error("deployment %s: policy unreadable, not monitored: %s", name, exc)
             continue
-        key, _, _ = window_key(dep.id, interval, now)
-        done = session.scalar(select(DriftCheck.id).where(DriftCheck.deployment_id == dep.id,
-                                                          DriftCheck.window_key == key))
-        if done is None:
-            due.append((dep.id, key, interval))
-    return due
+        wanted.append((int(dep_id), window_key(int(dep_id), interval, now)[0], interval))
+    if not wanted:
+        return []
+    done = set(session.scalars(select(DriftCheck.window_key).where(  # keys name their deployment
+        DriftCheck.deployment_id.in_([d for d, _, _ in wanted]),
+        DriftCheck.window_key.in_([key for _, key, _ in wanted]))))
+    return [w for w in wanted if w[1] not in done]
 
 
 def dispatch(now: datetime | None = None, *, redis_url: str | None = None) -> list[str]:
@@ -142,15 +156,24 @@ def dispatch_checks_task() -> list[str]:
 
 
 @_task(EVALUATE_ROLLOUT_TASK)
-def evaluate_rollout_task(rollout_id: int) -> dict[str, Any]:
+def evaluate_rollout_task(rollout_id: int, dispatch_key: str | None = None) -> dict[str, Any]:
     """One look at a running rollout's pairs: the verdict, and what it changes (end, advance, abort).
 
     The verdict, the rollout's change, its audit entry and the deployment's publish commit
     together; the publish goes out right after the commit (replicas stop serving a failed
-    canary now, not at the next sweep), the alert webhooks last."""
+    canary now, not at the next sweep), the alert webhooks last. A look that recorded
+    nothing (no new pair) releases the dispatcher's key, so the next dispatch looks again
+    instead of waiting for the key to expire: pairs that arrive just after a quiet look
+    are judged within one interval."""
     with unit_of_work_then_publish(get_engine(), resolve_redis_url) as session:
         result = evaluate_rollout(session, rollout_id=rollout_id, cache_dir=state_dirs()[1])
     deliver(result.notifications)
+    if dispatch_key is not None and result.status != "recorded":
+        client = redis_lib.Redis.from_url(resolve_redis_url())
+        try:
+            client.delete(f"govern:rollout:enqueued:{dispatch_key}")
+        finally:
+            client.close()
     return result.to_json()
 
 
@@ -159,8 +182,8 @@ def dispatch_rollouts(now: datetime | None = None, *, redis_url: str | None = No
 
     As for the drift checks, a Redis ``SET NX`` per (rollout, step, last verdict) keeps
     concurrent dispatchers, and a look still queued or running, from queueing it twice; the
-    key expires after two intervals and a minute, so a task lost with its worker is queued again,
-    and so does a look that found no new pair (it records nothing, the key stays until then).
+    key expires after two intervals and a minute, so a task lost with its worker is queued again;
+    a look that found no new pair records nothing and deletes its key when it ends.
     `record_verdict` dropping a verdict for a step that moved on is what keeps a late one harmless.
     """
     now = now or _now()
@@ -173,7 +196,7 @@ def dispatch_rollouts(now: datetime | None = None, *, redis_url: str | None = No
     try:
         for d in due:
             if client.set(f"govern:rollout:enqueued:{d.key}", "1", nx=True, ex=2 * d.interval_seconds + 60):
-                evaluate_rollout_task.apply_async(kwargs={"rollout_id": d.rollout_id})
+                evaluate_rollout_task.apply_async(kwargs={"rollout_id": d.rollout_id, "dispatch_key": d.key})
                 sent.append(d.rollout_id)
     finally:
         client.close()

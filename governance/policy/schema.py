@@ -10,6 +10,7 @@ runs and approvals record.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -389,6 +390,14 @@ def parse_policy(text: str | bytes) -> tuple[Policy, str]:
     through ``load_policy``. Raises ``PolicyError`` naming the path of every bad key.
     """
     raw = text.encode("utf-8") if isinstance(text, str) else text
+    return _parse_bytes(raw)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_bytes(raw: bytes) -> tuple[Policy, str]:
+    # Memoised on the exact bytes: the worker's dispatchers read every deployment's policy
+    # every few seconds, and a parsed Policy is frozen, so one object can be shared. A file
+    # that fails raises every time (exceptions are not cached).
     digest = hashlib.sha256(raw).hexdigest()
     try:
         data = yaml.safe_load(raw.decode("utf-8"))

@@ -445,3 +445,12 @@ def test_the_dispatcher_queues_each_due_rollout_once(rworld: World, redis_url: s
     assert _evaluate(rid)["decision"] == "pending"
     # a new verdict is a new look: due again one interval later, under a new key
     assert rid in tasks.dispatch_rollouts(datetime.now(UTC) + timedelta(seconds=2), redis_url=redis_url)
+    # a look that finds no new pair records nothing and gives its key back: the next dispatch
+    # looks again at once, so pairs arriving right after a quiet look wait one interval, not the key's expiry
+    nxt = datetime.now(UTC) + timedelta(seconds=4)
+    assert rid not in tasks.dispatch_rollouts(nxt, redis_url=redis_url)  # that look is still queued
+    with unit_of_work(w.engine) as s:
+        [due] = [d for d in due_rollouts(s, nxt) if d.rollout_id == rid]
+    quiet = tasks.evaluate_rollout_task(rid, dispatch_key=due.key)
+    assert quiet["status"] == "unchanged"
+    assert rid in tasks.dispatch_rollouts(nxt, redis_url=redis_url)
