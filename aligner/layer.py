@@ -57,6 +57,14 @@ def prefix_attention(
     if k_scaled.shape[2] == 1 and mask_bias is None:
         # A softmax over a single key is exactly 1: the term is V_p itself, whatever Q is.
         return v_gated.transpose(1, 2)  # (Bp, 1, H, hd), broadcast over T
+    B = query.shape[0]
+    if k_scaled.shape[0] != B:
+        # A token shared by the batch (Bp = 1) is materialised per row: a matmul against a
+        # broadcast operand may fold the batch into one larger GEMM whose rounding differs
+        # (1e-7 on some CPUs) from the per-row matmuls of `set_row_tokens`, and a row's numbers
+        # must not depend on whether its neighbours carry the same token or another one.
+        k_scaled = k_scaled.expand(B, -1, -1, -1).contiguous()
+        v_gated = v_gated.expand(B, -1, -1, -1).contiguous()
     scores = torch.matmul(query, k_scaled.transpose(2, 3))  # (B, H, T, n)
     if mask_bias is not None:
         scores = scores + mask_bias  # (B, H, T, n)

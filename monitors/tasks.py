@@ -15,7 +15,7 @@ from typing import Any
 
 import redis as redis_lib
 from celery import chord
-from sqlalchemy import exists, select
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -29,7 +29,7 @@ from evaluators.tasks import (
 from governance.audit.service import write_checkpoint
 from governance.audit.signing import load_signing_key
 from governance.db import DatabaseUnavailable, get_engine, unit_of_work
-from governance.deployments.models import Deployment
+from governance.deployments.service import monitored_deployments
 from governance.embedded import resolve_redis_url
 from governance.monitoring.models import DriftCheck
 from governance.outbox.names import (
@@ -48,8 +48,6 @@ from governance.outbox.names import (
 )
 from governance.outbox.service import publish_pending, unit_of_work_then_publish
 from governance.policy import parse_policy
-from governance.registry.models import Policy as PolicyRow
-from governance.registry.models import TokenVersion, VersionState
 from governance.settings import get_settings
 from monitors.alerting import deliver
 from monitors.celery_app import app
@@ -100,17 +98,12 @@ def auto_rollback_task(deployment_id: int, expected_version_id: int | None, chec
 def due_checks(session: Session, now: datetime) -> list[tuple[int, str, int]]:
     """(deployment id, window key, interval) of every active deployment whose last window is unchecked.
 
-    Two queries whatever the number of deployments (the dispatcher runs every few seconds
-    on the worker that also runs the checks and the rollout looks): the deployments that
-    have an active version, with their policy's text, then the drift checks already
-    claimed for their windows. Parsed policies are memoised on their bytes.
+    A fixed number of queries whatever the number of deployments (the dispatcher runs every
+    few seconds on the worker that also runs the checks and the rollout looks): the
+    deployments that have an active version, with their policy's text, then the drift
+    checks already claimed for their windows. Parsed policies are memoised on their bytes.
     """
-    rows = session.execute(
-        select(Deployment.id, Deployment.name, PolicyRow.content)
-        .join(PolicyRow, PolicyRow.id == Deployment.policy_id)
-        .where(exists().where(TokenVersion.deployment_id == Deployment.id,
-                              TokenVersion.state == VersionState.active.value))
-        .order_by(Deployment.id)).tuples().all()
+    rows = monitored_deployments(session)
     wanted: list[tuple[int, str, int]] = []
     for dep_id, name, content in rows:
         try:

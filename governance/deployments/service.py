@@ -126,6 +126,18 @@ def submission_target(session: Session, *, name: str | None) -> registry.Submiss
     return registry.SubmissionTarget(name, dep.id, dep.base_model_id)
 
 
+def monitored_deployments(session: Session) -> list[tuple[int, str, str]]:
+    """(id, name, policy text) of every deployment with an active version, in three queries.
+
+    For the worker's drift dispatcher, which runs every few seconds whatever the number of
+    deployments: it parses each text itself (`parse_policy` is memoised on the bytes).
+    """
+    active = registry.deployments_with_active_version(session)
+    deps = [d for d in list_deployments(session) if d.id in active]
+    texts = registry.policy_texts(session, policy_ids={int(d.policy_id) for d in deps})
+    return [(int(d.id), d.name, texts[int(d.policy_id)]) for d in deps]
+
+
 def policy_of(session: Session, *, deployment: Deployment) -> Policy:
     policy = registry.get_policy(session, policy_id=deployment.policy_id)
     assert policy is not None  # foreign key

@@ -193,6 +193,13 @@ def active_version(session: Session, *, deployment_id: int, lock: bool = False) 
     return session.scalars(stmt).first()
 
 
+def deployments_with_active_version(session: Session) -> set[int]:
+    """Ids of the deployments that have an active version, in one query."""
+    stmt = select(TokenVersion.deployment_id).where(TokenVersion.state == VersionState.active.value,
+                                                    TokenVersion.deployment_id.is_not(None)).distinct()
+    return {int(i) for i in session.scalars(stmt) if i is not None}
+
+
 def version_shas(session: Session, *, version_ids: list[int]) -> dict[int, str]:
     """version id -> artifact sha256, in one query (unknown ids are left out)."""
     if not version_ids:
