@@ -203,7 +203,7 @@ def test_shadow_catches_a_leaking_candidate_and_a_good_one_goes_through_canary_t
     served = _traffic(ports, world, 32)
     assert all(a.system_fingerprint.startswith(f"govern-v{active}-") for a in served)
     assert not any("@" in (a.choices[0].message.content or "") for a in served)
-    _until(lambda: _rollout(api, world)["state"] != "running", procs, 120, "the shadow verdict")
+    _until(lambda: _rollout(api, world)["state"] != "running", procs, 240, "the shadow verdict")
     ro = _rollout(api, world)
     with unit_of_work(engine) as s:
         said = [o.output for o in s.scalars(select(Output).where(Output.version_id == leaky).limit(6))]
@@ -227,7 +227,7 @@ def test_shadow_catches_a_leaking_candidate_and_a_good_one_goes_through_canary_t
     _until(lambda: all(_applied(p).get("version_id") == good for p in ports), procs, 30,
            "replicas apply the second shadow")
     _traffic(ports, world, 32)
-    _until(lambda: _rollout(api, world)["state"] != "running", procs, 120, "the second shadow verdict")
+    _until(lambda: _rollout(api, world)["state"] != "running", procs, 240, "the second shadow verdict")
     assert _rollout(api, world)["state"] == "passed", _rollout(api, world)
     r = _api(api, world, "POST", f"/v1/versions/{good}/approve", role="compliance_officer",
              json={"comment": "gate and shadow clean"})
