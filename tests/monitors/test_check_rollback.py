@@ -272,3 +272,37 @@ def test_the_manual_and_the_automatic_rollback_share_one_set_of_guards(world: Wo
     done = guard(v2, automatic=True)
     assert done is not None and done.status == "already_done"
     assert world.active() == v1
+
+
+def test_the_dispatcher_reads_all_deployments_in_a_fixed_number_of_queries(world: World) -> None:
+    """The drift dispatcher runs every few seconds on the worker that also runs the checks and
+    the rollout looks: its cost must not grow by a query (and a policy parse) per deployment."""
+    from sqlalchemy import event
+
+    from monitors import tasks
+    from tests.monitors.conftest import make_world
+
+    def queries(now: datetime) -> tuple[int, list[tuple[int, str, int]]]:
+        seen: list[str] = []
+
+        def count(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+            seen.append(statement)
+
+        event.listen(world.engine, "before_cursor_execute", count)
+        try:
+            with unit_of_work(world.engine) as s:
+                due = tasks.due_checks(s, now)
+        finally:
+            event.remove(world.engine, "before_cursor_execute", count)
+        return len(seen), due
+
+    world.release()
+    now = datetime.now(UTC)
+    before, due = queries(now)
+    assert world.deployment_id in [d for d, _, _ in due]
+    others = [make_world(world.engine) for _ in range(3)]
+    for other in others:
+        other.release()
+    after, due = queries(now)
+    assert after == before, (before, after)
+    assert {world.deployment_id, *(o.deployment_id for o in others)} <= {d for d, _, _ in due}
