@@ -219,8 +219,17 @@ def test_shadow_catches_a_leaking_candidate_and_a_good_one_goes_through_canary_t
         assert all(o.twin_of is not None for o in rows), "no user received an answer of the leaking candidate"
     _until(lambda: all(not _status(p).get("rollout") for p in ports), procs, 30, "twins stop after the verdict")
 
-    # 2. a good candidate: shadow passes, the officer approves, the canary steps to 100%
-    good = world.gate_passed()
+    # 2. a good candidate: shadow passes, the officer approves, the canary steps to 100%. It is
+    # the active token's tensors under another manifest (a new artifact, the same behaviour):
+    # two random tokens of the tiny model differ in length and wording for real, and the
+    # paired tests are right to see it; a good candidate here must be one with nothing to see.
+    from aligner.artifact import AlignerToken
+
+    same = world.tokens[active]
+    good = world.gate_passed(data=bytes(AlignerToken.create(
+        same.prefix, same.gates, base_model=same.manifest.base_model,
+        base_model_digest=same.manifest.base_model_digest, tokenizer_digest=same.manifest.tokenizer_digest,
+        training_method="manual", seed=10_000 + active).to_bytes()))
     r = _api(api, world, "POST", f"/v1/deployments/{world.deployment}/rollouts",
              json={"version_id": good, "mode": "shadow", "sample": 1.0})
     assert r.status_code == 201, r.text
