@@ -103,15 +103,14 @@ def due_checks(session: Session, now: datetime) -> list[tuple[int, str, int]]:
     deployments that have an active version, with their policy's text, then the drift
     checks already claimed for their windows. Parsed policies are memoised on their bytes.
     """
-    rows = monitored_deployments(session)
     wanted: list[tuple[int, str, int]] = []
-    for dep_id, name, content in rows:
+    for dep_id, name, content in monitored_deployments(session):
         try:
             interval = parse_policy(content)[0].monitoring.interval_seconds
         except ValueError as exc:  # a policy this release cannot read: say so, check the others
             log.error("deployment %s: policy unreadable, not monitored: %s", name, exc)
             continue
-        wanted.append((int(dep_id), window_key(int(dep_id), interval, now)[0], interval))
+        wanted.append((dep_id, window_key(dep_id, interval, now)[0], interval))
     if not wanted:
         return []
     done = set(session.scalars(select(DriftCheck.window_key).where(  # keys name their deployment
@@ -148,6 +147,11 @@ def dispatch_checks_task() -> list[str]:
     return dispatch()
 
 
+def _rollout_enqueued(key: str) -> str:
+    """The Redis key that marks a rollout look as queued or running (`dispatch_rollouts`)."""
+    return f"govern:rollout:enqueued:{key}"
+
+
 @_task(EVALUATE_ROLLOUT_TASK)
 def evaluate_rollout_task(rollout_id: int, dispatch_key: str | None = None) -> dict[str, Any]:
     """One look at a running rollout's pairs: the verdict, and what it changes (end, advance, abort).
@@ -164,7 +168,7 @@ def evaluate_rollout_task(rollout_id: int, dispatch_key: str | None = None) -> d
     if dispatch_key is not None and result.status != "recorded":
         client = redis_lib.Redis.from_url(resolve_redis_url())
         try:
-            client.delete(f"govern:rollout:enqueued:{dispatch_key}")
+            client.delete(_rollout_enqueued(dispatch_key))
         finally:
             client.close()
     return result.to_json()
@@ -188,7 +192,7 @@ def dispatch_rollouts(now: datetime | None = None, *, redis_url: str | None = No
     sent = []
     try:
         for d in due:
-            if client.set(f"govern:rollout:enqueued:{d.key}", "1", nx=True, ex=2 * d.interval_seconds + 60):
+            if client.set(_rollout_enqueued(d.key), "1", nx=True, ex=2 * d.interval_seconds + 60):
                 evaluate_rollout_task.apply_async(kwargs={"rollout_id": d.rollout_id, "dispatch_key": d.key})
                 sent.append(d.rollout_id)
     finally:

@@ -133,7 +133,7 @@ def monitored_deployments(session: Session) -> list[tuple[int, str, str]]:
     deployments: it parses each text itself (`parse_policy` is memoised on the bytes).
     """
     active = registry.deployments_with_active_version(session)
-    deps = [d for d in list_deployments(session) if d.id in active]
+    deps = list(session.scalars(select(Deployment).where(Deployment.id.in_(active)).order_by(Deployment.id)))
     texts = registry.policy_texts(session, policy_ids={int(d.policy_id) for d in deps})
     return [(int(d.id), d.name, texts[int(d.policy_id)]) for d in deps]
 

@@ -195,8 +195,7 @@ def active_version(session: Session, *, deployment_id: int, lock: bool = False) 
 
 def deployments_with_active_version(session: Session) -> set[int]:
     """Ids of the deployments that have an active version, in one query."""
-    stmt = select(TokenVersion.deployment_id).where(TokenVersion.state == VersionState.active.value,
-                                                    TokenVersion.deployment_id.is_not(None)).distinct()
+    stmt = select(TokenVersion.deployment_id).where(TokenVersion.state == VersionState.active.value).distinct()
     return {int(i) for i in session.scalars(stmt) if i is not None}
 
 
