@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from aligner.artifact import AlignerToken, data_digest
 from aligner.config import AlignerConfig
 from aligner.errors import DataError
-from aligner.model import AlignerAdapter, attach, get_adapter
+from aligner.model import AlignerAdapter, Token, attach, get_adapter
 
 Method = Literal["sft", "dpo"]
 
@@ -205,7 +205,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     eval_every: int = 0  # steps between evaluations; 0 = once per epoch
-    eval_fraction: float = 0.1  # held out of the training file when no eval file is given
+    eval_fraction: float = 0.1  # validation split held out of the training file when no eval file is given
+    test_fraction: float = 0.1  # test split held out of the training file when no test file is given
     system: str | None = None  # system prompt added to every example (None: the template's default)
 
     def to_dict(self) -> dict[str, Any]:
@@ -219,6 +220,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     out_dir: Path | None = None
+    report: dict[str, Any] = field(default_factory=dict)
 
 
 def _adapter_for(model: Any, config: TrainConfig, base_digest: str | None) -> AlignerAdapter:
@@ -236,12 +238,21 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def _split(items: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
-    if len(items) < 2:
-        raise DataError("need at least 2 examples to hold out an evaluation split; pass an eval file")
+def split_three(
+    items: list[Any], validation: float | None, test: float | None, seed: int
+) -> tuple[list[Any], list[Any], list[Any]]:
+    """(train, validation, test) drawn from one seeded permutation; a fraction of None holds nothing out.
+
+    A non-zero fraction holds out at least one example, and at least one is always left to train on.
+    """
+    ks = [0 if f is None or f <= 0 else max(1, round(len(items) * f)) for f in (validation, test)]
+    if len(items) - sum(ks) < 1:
+        need = sum(ks) + 1
+        raise DataError(f"need at least {need} examples to hold out the validation and test splits "
+                        f"(got {len(items)}); pass --eval and --test files")
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
-    k = max(1, round(len(items) * fraction))
-    return [items[i] for i in order[k:]], [items[i] for i in order[:k]]
+    val_ids, test_ids, train_ids = order[: ks[0]], order[ks[0] : ks[0] + ks[1]], order[ks[0] + ks[1] :]
+    return [items[i] for i in train_ids], [items[i] for i in val_ids], [items[i] for i in test_ids]
 
 
 class _Progress:
@@ -422,29 +433,150 @@ def train_dpo(
     return adapter, best, history
 
 
+# -- the held-out test split and the training report ----------------------------------------
+# Checks a generated answer can be held to, by name. `auto` applies a check when at least
+# CHECK_AUTO_SHARE of the training targets satisfy it (the data teaches that form).
+CHECK_AUTO_SHARE = 0.8
+REPORT_FILE = "training_report.json"
+
+
+def _checks() -> dict[str, Callable[[str], bool]]:
+    from aligner.evaluation import format_adherence
+
+    return {"house_format": format_adherence}
+
+
+def check_names() -> list[str]:
+    return sorted(_checks())
+
+
+def _target(example: Any) -> str:
+    return example.messages[-1]["content"] if isinstance(example, SFTExample) else example.chosen
+
+
+def resolve_check(check: str | None, method: Method, train: Sequence[Any]) -> str | None:
+    """The generation check the test split is held to: a name, None (no check), or `auto`."""
+    if check is None or check == "none":
+        return None
+    checks = _checks()
+    if check != "auto":
+        if check not in checks:
+            raise DataError(f"unknown check {check!r} (known: auto, none, {', '.join(sorted(checks))})")
+        return check
+    if method != "sft" or not train:
+        return None
+    for name, fn in sorted(checks.items()):
+        if sum(fn(_target(e)) for e in train) >= CHECK_AUTO_SHARE * len(train):
+            return name
+    return None
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n)))
+
+
+@torch.no_grad()
+def _test_loss(
+    model: Any, tokenizer: Any, method: Method, test: Sequence[Any], config: TrainConfig
+) -> dict[str, float]:
+    """The held-out loss of the adapter's active token: SFT NLL per response token; DPO loss and reward accuracy."""
+    adapter = get_adapter(model)
+    assert adapter is not None
+    pad = tokenizer.pad_token_id
+    if method == "sft":
+        enc = [encode_pair(tokenizer, _as_messages(e.messages[:-1], config.system), e.messages[-1]["content"],
+                           config.max_length) for e in test]
+        total, count = 0.0, 0.0
+        for idx in _batches(len(enc), config.batch_size, None):
+            sums, counts = response_logprobs(model, _collate([enc[i] for i in idx], pad))
+            total, count = total - sums.sum().item(), count + counts.sum().item()
+        return {"loss": total / max(count, 1.0)}
+    losses, wins, n = 0.0, 0, 0
+    for idx in _batches(len(test), config.batch_size, None):
+        rows = [test[i] for i in idx]
+        batch = _collate(
+            [encode_pair(tokenizer, _as_messages(e.prompt, config.system), e.chosen, config.max_length) for e in rows]
+            + [encode_pair(tokenizer, _as_messages(e.prompt, config.system), e.rejected, config.max_length)
+               for e in rows], pad)
+        policy = response_logprobs(model, batch)[0].view(2, -1).T
+        with adapter.disabled():
+            ref = response_logprobs(model, batch)[0].view(2, -1).T
+        margin = config.beta * ((policy - ref)[:, 0] - (policy - ref)[:, 1])
+        losses += float(-F.logsigmoid(margin).sum())
+        wins += int((margin > 0).sum())
+        n += len(rows)
+    return {"loss": losses / max(n, 1), "reward_accuracy": wins / max(n, 1)}
+
+
+def _test_check(model: Any, tokenizer: Any, check: str, test: Sequence[SFTExample], token: AlignerToken,
+                config: TrainConfig) -> dict[str, Any]:
+    """Greedy answers to the test prompts, base and token, held to the named check."""
+    from aligner.batching import generate_continuous
+
+    fn = _checks()[check]
+    prompts = [_as_messages(e.messages[:-1], None) for e in test]
+    out: dict[str, Any] = {"check": check, "n": len(prompts), "max_new_tokens": 96}
+    candidates: list[tuple[str, Token | None]] = [("token", cast(Token, token)), ("base", None)]
+    for name, tok in candidates:
+        texts = generate_continuous(model, tokenizer, prompts, row_tokens=[tok] * len(prompts), max_new_tokens=96,
+                                    system=config.system)
+        k = sum(fn(t) for t in texts)
+        out[name] = {"passed": k, "rate": k / max(len(texts), 1), "ci95": list(wilson(k, len(texts)))}
+        if name == "token":
+            out["failing_samples"] = [t for t in texts if not fn(t)][:3]
+    return out
+
+
+def _curve(history: Sequence[dict[str, float]], limit: int = 12) -> list[dict[str, float]]:
+    """At most `limit` evaluation points, evenly spaced, always with the first and the last."""
+    if len(history) <= limit:
+        picked = list(history)
+    else:
+        picked = [history[round(i * (len(history) - 1) / (limit - 1))] for i in range(limit)]
+    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()} for h in picked]
+
+
 def train_file(
     method: Method,
     data: str | Path,
     out_dir: str | Path,
     *,
     eval_data: str | Path | None = None,
+    test_data: str | Path | None = None,
+    check: str | None = "auto",
     model_name: str = "smollm2-135m-instruct",
     state_dir: str | Path = "state",
     config: TrainConfig | None = None,
     parent: AlignerToken | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Validate the data, load the base model, train, and write the best token to `out_dir`."""
+    """Validate the data, load the base model, train, write the best token and its training report to `out_dir`.
+
+    Three splits: train; validation (`eval_data`, or `eval_fraction` of `data`), which picks
+    the checkpoint (lowest validation loss); and test (`test_data`, or `test_fraction` of
+    `data`), never seen while training or choosing, on which the report's numbers are taken.
+    """
     from aligner.providers import load_base_model
 
     config = config or TrainConfig()
     loader: Callable[[str | Path], Sequence[Any]] = load_sft_jsonl if method == "sft" else load_dpo_jsonl
     examples = list(loader(data))  # validate before the heavy work
+    train, held_out, test = split_three(
+        examples, None if eval_data is not None else config.eval_fraction,
+        None if test_data is not None else config.test_fraction, config.seed)
     if eval_data is not None:
-        train, held_out = examples, list(loader(eval_data))
-    else:
-        train, held_out = _split(examples, config.eval_fraction, config.seed)
-    digest = data_digest(data, *([eval_data] if eval_data is not None else []))
+        held_out = list(loader(eval_data))
+    if test_data is not None:
+        test = list(loader(test_data))
+    if not held_out:
+        raise DataError("the validation split is empty: pass --eval or a positive eval_fraction")
+    check_name = resolve_check(check, method, train) if test else None
+    sources = [data, *(p for p in (eval_data, test_data) if p is not None)]
+    digest = data_digest(*sources)
     model, tokenizer, digests = load_base_model(model_name, state_dir=state_dir, dtype="float32")
     if parent is not None:
         parent.check_base(digests)
@@ -461,13 +593,38 @@ def train_file(
             parent_sha256=parent.sha256 if parent is not None else None,
             hyperparameters=config.to_dict(),
             metrics={**metrics, "train_examples": len(train), "eval_examples": len(held_out),
-                     "seconds": round(time.time() - started, 1)},
+                     "test_examples": len(test), "seconds": round(time.time() - started, 1)},
         )
         token.save(out)  # checkpoint on every improvement: a crash keeps the best so far
-        state["token"] = token
+        state["token"], state["step"] = token, int(metrics["step"])
 
     trainer = train_sft if method == "sft" else train_dpo
-    _, best, history = trainer(
+    adapter, best, history = trainer(
         model, tokenizer, train, held_out, config, base_digest=digests.weights, on_best=save_best, progress=progress,
     )
-    return TrainResult(state["token"], best, history, time.time() - started, out)
+    train_seconds = time.time() - started
+    token = state["token"]
+    report: dict[str, Any] = {
+        "method": method, "base_model": model_name, "token_sha256": token.sha256,
+        "hyperparameters": config.to_dict(),
+        "splits": {
+            "train": len(train), "validation": len(held_out), "test": len(test),
+            "validation_source": str(eval_data) if eval_data is not None else f"{config.eval_fraction:g} of --data",
+            "test_source": (str(test_data) if test_data is not None
+                            else f"{config.test_fraction:g} of --data" if test else "none"),
+        },
+        "curve": _curve(history), "evaluations": len(history),
+        "chosen_step": state["step"], "total_steps": int(history[-1]["step"]) if history else 0,
+        "best_validation_loss": round(best, 4), "train_seconds": round(train_seconds, 1),
+        "test": None,
+    }
+    if test:
+        with adapter.using(token):
+            test_result: dict[str, Any] = {k: round(v, 4) for k, v in
+                                           _test_loss(model, tokenizer, method, test, config).items()}
+        if check_name is not None:
+            test_result.update(_test_check(model, tokenizer, check_name, test, token, config))
+        report["test"] = test_result
+    report["seconds"] = round(time.time() - started, 1)
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return TrainResult(token, best, history, time.time() - started, out, report)

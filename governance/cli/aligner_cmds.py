@@ -20,6 +20,8 @@ from governance.principal import Principal
 from governance.registry import service as registry
 from governance.settings import get_settings
 
+REPORT_NAME = "training_report.json"  # aligner.training.REPORT_FILE, named here without importing torch
+
 model_app = typer.Typer(help="Base models: prepare and cache.", no_args_is_help=True)
 train_app = typer.Typer(help="Train Aligner tokens (SFT, DPO).", no_args_is_help=True)
 
@@ -80,8 +82,8 @@ def _register(info: dict[str, Any]) -> None:
         fail(str(exc))
 
 
-def _train(method: str, data: Path, out: Path, eval_data: Path | None, model: str | None, parent: Path | None,
-           force: bool, **config: Any) -> None:
+def _train(method: str, data: Path, out: Path, eval_data: Path | None, test_data: Path | None, check: str,
+           model: str | None, parent: Path | None, force: bool, **config: Any) -> None:
     from aligner.artifact import TOKEN_FILE, AlignerToken  # defers torch
     from aligner.errors import AlignerError  # defers torch
     from aligner.training import TrainConfig, load_dpo_jsonl, load_sft_jsonl, train_file  # defers torch
@@ -89,8 +91,9 @@ def _train(method: str, data: Path, out: Path, eval_data: Path | None, model: st
     loader = load_sft_jsonl if method == "sft" else load_dpo_jsonl
     try:
         loader(data)  # validate the files before the heavy work
-        if eval_data is not None:
-            loader(eval_data)
+        for extra in (eval_data, test_data):
+            if extra is not None:
+                loader(extra)
         parent_token = AlignerToken.load(parent) if parent is not None else None
         if (out / TOKEN_FILE).exists() and not force:
             fail(f"{out} already holds a token; choose another --out or pass --force")
@@ -102,6 +105,8 @@ def _train(method: str, data: Path, out: Path, eval_data: Path | None, model: st
             data,
             out,
             eval_data=eval_data,
+            test_data=test_data,
+            check=check,
             model_name=model or settings.base_model,
             state_dir=settings.ensure_state_dir(),
             config=TrainConfig(**config),
@@ -112,14 +117,52 @@ def _train(method: str, data: Path, out: Path, eval_data: Path | None, model: st
     m = result.token.manifest
     console.print(
         f"wrote {out} sha256 {result.token.sha256} ({m.param_count} parameters, {m.n_tokens} token(s)); "
-        f"best eval loss {result.best_eval_loss:.4f} in {result.seconds:.0f}s",
+        f"best validation loss {result.best_eval_loss:.4f} in {result.seconds:.0f}s",
         highlight=False,
     )
+    for line in report_lines(result.report):
+        console.print(line, highlight=False, markup=False)
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """The training report in a few lines: splits, loss curve, chosen step, test numbers."""
+    if not report:
+        return []
+    sp = report["splits"]
+    lines = [f"splits: train {sp['train']}, validation {sp['validation']} ({sp['validation_source']}), "
+             f"test {sp['test']} ({sp['test_source']})"]
+    lines.append("step  train loss  validation loss" + ("  reward acc" if report["method"] == "dpo" else ""))
+    for h in report["curve"]:
+        acc = f"  {h['eval_reward_accuracy']:10.3f}" if "eval_reward_accuracy" in h else ""
+        lines.append(f"{int(h['step']):>4}  {h['train_loss']:10.4f}  {h['eval_loss']:15.4f}{acc}")
+    lines.append(f"chosen step {report['chosen_step']} of {report['total_steps']} "
+                 f"(lowest validation loss {report['best_validation_loss']:.4f})")
+    test = report.get("test")
+    if test:
+        parts = [f"test loss {test['loss']:.4f}"]
+        if "reward_accuracy" in test:
+            parts.append(f"reward accuracy {test['reward_accuracy']:.3f}")
+        if "check" in test:
+            tok, base = test["token"], test["base"]
+            lo, hi = tok["ci95"]
+            parts.append(f"{test['check']} {tok['passed']}/{test['n']} = {tok['rate']:.1%} "
+                         f"[{lo:.1%}, {hi:.1%}] (base {base['rate']:.1%})")
+        lines.append("test: " + "; ".join(parts))
+    else:
+        lines.append("test: none (no test split)")
+    lines.append(f"report: {REPORT_NAME} beside the token")
+    return lines
 
 
 DataOpt = Annotated[Path, typer.Option("--data", help="training JSONL", show_default=False)]
 OutOpt = Annotated[Path, typer.Option("--out", help="directory for token.safetensors + manifest.json")]
-EvalOpt = Annotated[Path | None, typer.Option("--eval", help="held-out JSONL (default: 10% of --data)")]
+EvalOpt = Annotated[Path | None, typer.Option(
+    "--eval", help="validation JSONL: early stopping and checkpoint choice (default: 10% of --data)")]
+TestOpt = Annotated[Path | None, typer.Option(
+    "--test", help="test JSONL for the reported numbers, never trained or chosen on (default: 10% of --data)")]
+CheckOpt = Annotated[str, typer.Option(
+    "--check", help="generation check on the test split: auto (house_format when the data has that form), "
+    "none, or house_format")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="base model (default: GOVERN_BASE_MODEL)")]
 ParentOpt = Annotated[Path | None, typer.Option("--parent", help="token dir this version derives from")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite a token already in --out")]
@@ -132,6 +175,8 @@ def sft_cmd(
     data: DataOpt,
     out: OutOpt,
     eval_data: EvalOpt = None,
+    test_data: TestOpt = None,
+    check: CheckOpt = "auto",
     tokens: Annotated[int, typer.Option("--tokens", min=1, help="global tokens n")] = 1,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 2,
     lr: Annotated[float, typer.Option("--lr", min=0.0)] = 2e-2,
@@ -144,7 +189,7 @@ def sft_cmd(
 ) -> None:
     """Supervised fine-tuning of a token on {"messages": [...]} or {"prompt", "response"} lines."""
     limit_torch_threads(torch_threads)
-    _train("sft", data, out, eval_data, model, parent, force,
+    _train("sft", data, out, eval_data, test_data, check, model, parent, force,
            n_tokens=tokens, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size)
 
 
@@ -154,6 +199,7 @@ def dpo_cmd(
     data: DataOpt,
     out: OutOpt,
     eval_data: EvalOpt = None,
+    test_data: TestOpt = None,
     tokens: Annotated[int, typer.Option("--tokens", min=1, help="global tokens n")] = 10,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 2,
     lr: Annotated[float, typer.Option("--lr", min=0.0)] = 2e-2,
@@ -170,6 +216,6 @@ def dpo_cmd(
     """Direct preference optimisation on {"prompt", "chosen", "rejected"} lines; the reference
     policy is the base model with the token switched off."""
     limit_torch_threads(torch_threads)
-    _train("dpo", data, out, eval_data, model, parent, force,
+    _train("dpo", data, out, eval_data, test_data, "none", model, parent, force,
            n_tokens=tokens, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, beta=beta,
            sft_weight=sft_weight)

@@ -65,3 +65,19 @@ def test_bad_data_fails_before_loading_a_model(tmp_path) -> None:
     assert "bad.jsonl:2:" in result.output
     missing = runner.invoke(train_app, ["dpo", "--data", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o")])
     assert missing.exit_code != 0 and "no such file" in missing.output
+
+
+def test_train_prints_its_report_and_names_a_bad_check(tmp_path) -> None:
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"Answer: {i}.\n\n— Acme Assistant"}) + "\n"
+                           for i in range(12)))
+    out = tmp_path / "tok"
+    result = runner.invoke(train_app, ["sft", "--data", str(sft), "--out", str(out), "--epochs", "1",
+                                       "--model", "tiny-random-llama"])
+    assert result.exit_code == 0, result.output
+    assert "splits: train 10, validation 1" in result.output and "chosen step" in result.output
+    assert "house_format 0/1" in result.output or "house_format 1/1" in result.output
+    assert (out / "training_report.json").is_file()
+    bad = runner.invoke(train_app, ["sft", "--data", str(sft), "--out", str(tmp_path / "t2"), "--check", "tone",
+                                    "--model", "tiny-random-llama"])
+    assert bad.exit_code != 0 and "unknown check 'tone'" in bad.output

@@ -10,10 +10,13 @@ import torch
 from aligner import DataError
 from aligner.artifact import AlignerToken
 from aligner.training import (
+    SFTExample,
     TrainConfig,
     encode_pair,
     load_dpo_jsonl,
     load_sft_jsonl,
+    resolve_check,
+    split_three,
     train_dpo,
     train_file,
     train_sft,
@@ -28,6 +31,15 @@ DPO_ROWS = [
     {"prompt": f"Bad request {i}", "chosen": "I can't help with that.", "rejected": f"Sure, step {i}:"}
     for i in range(5)
 ]
+
+
+def load_sft_rows(rows) -> list[SFTExample]:
+    out = []
+    for r in rows:
+        msgs = r.get("messages") or [{"role": "user", "content": r["prompt"]},
+                                     {"role": "assistant", "content": r["response"]}]
+        out.append(SFTExample(msgs))
+    return out
 
 
 def _write(path, rows) -> str:
@@ -167,3 +179,63 @@ def test_sft_on_smollm2_learns_the_house_format(state_dir, tmp_path) -> None:
     assert losses[-1] < losses[0]
     token = AlignerToken.load(tmp_path / "tok")
     assert token.manifest.param_count == 846 and token.manifest.base_model == "smollm2-135m-instruct"
+
+
+def test_three_splits_are_disjoint_seeded_and_cover_the_data() -> None:
+    items = list(range(50))
+    train, val, test = split_three(items, 0.1, 0.2, seed=3)
+    assert (len(train), len(val), len(test)) == (35, 5, 10)
+    assert sorted(train + val + test) == items and not (set(train) & set(val) | set(train) & set(test))
+    assert split_three(items, 0.1, 0.2, seed=3) == (train, val, test)
+    assert split_three(items, 0.1, 0.2, seed=4) != (train, val, test)
+    # a file given for a split holds nothing out of the data for it
+    train2, val2, test2 = split_three(items, None, 0.2, seed=3)
+    assert (len(train2), len(val2), len(test2)) == (40, 0, 10)
+    with pytest.raises(DataError, match=r"need at least 3 examples .* \(got 2\)"):
+        split_three([1, 2], 0.1, 0.1, seed=0)
+
+
+def test_the_automatic_check_follows_the_training_targets() -> None:
+    house = load_sft_rows(SFT_ROWS)
+    assert resolve_check("auto", "sft", house) == "house_format"
+    plain = [SFTExample([{"role": "user", "content": "q"}, {"role": "assistant", "content": "plain"}])] * 5
+    assert resolve_check("auto", "sft", plain) is None
+    assert resolve_check("none", "sft", house) is None
+    assert resolve_check("house_format", "sft", plain) == "house_format"
+    with pytest.raises(DataError, match=r"unknown check 'tone'.*house_format"):
+        resolve_check("tone", "sft", house)
+
+
+def test_train_file_reports_on_a_test_split_it_never_trained_on(state_dir, tmp_path) -> None:
+    rows = SFT_ROWS * 3  # 21 examples: 2 validation, 2 test, 17 train
+    data = _write(tmp_path / "d.jsonl", rows)
+    result = train_file(
+        "sft", data, tmp_path / "out", model_name="tiny-random-llama", state_dir=state_dir,
+        config=TrainConfig(epochs=2, batch_size=4, seed=1, eval_every=2), progress=False,
+    )
+    report = json.loads((tmp_path / "out" / "training_report.json").read_text())
+    assert report == result.report
+    assert report["splits"]["train"] == 17 and report["splits"]["validation"] == 2 and report["splits"]["test"] == 2
+    assert report["token_sha256"] == AlignerToken.load(tmp_path / "out").sha256
+    steps = [h["step"] for h in report["curve"]]
+    assert steps == sorted(steps) and steps[-1] == report["total_steps"] == 10
+    assert report["chosen_step"] in steps
+    best = min(h["eval_loss"] for h in result.history)
+    assert report["best_validation_loss"] == round(best, 4)
+    test = report["test"]
+    assert test["loss"] > 0 and test["check"] == "house_format" and test["n"] == 2
+    assert 0 <= test["token"]["rate"] <= 1 and test["base"]["ci95"][0] <= test["base"]["ci95"][1]
+    manifest = AlignerToken.load(tmp_path / "out").manifest
+    assert manifest.metrics["test_examples"] == 2
+
+
+def test_train_file_dpo_test_split_reports_reward_accuracy(state_dir, tmp_path) -> None:
+    data = _write(tmp_path / "p.jsonl", DPO_ROWS * 4)
+    held = _write(tmp_path / "t.jsonl", DPO_ROWS[:3])
+    result = train_file(
+        "dpo", data, tmp_path / "out", test_data=held, model_name="tiny-random-llama", state_dir=state_dir,
+        config=TrainConfig(n_tokens=2, epochs=1, batch_size=4, seed=1), progress=False,
+    )
+    assert result.report["splits"]["test"] == 3 and result.report["splits"]["test_source"] == held
+    assert result.report["splits"]["train"] == 18  # 20 less the 10% validation; the test came from a file
+    assert 0 <= result.report["test"]["reward_accuracy"] <= 1 and "check" not in result.report["test"]
