@@ -208,6 +208,9 @@ class TrainConfig:
     eval_fraction: float = 0.1  # validation split held out of the training file when no eval file is given
     test_fraction: float = 0.1  # test split held out of the training file when no test file is given
     system: str | None = None  # system prompt added to every example (None: the template's default)
+    # DPO only: repeat the rows of under-represented labels ("unsafe", "benign", ...) in the
+    # training split so that each label weighs about the same (`balance_by_label`).
+    balance: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -236,6 +239,25 @@ def _adapter_for(model: Any, config: TrainConfig, base_digest: str | None) -> Al
 def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list[list[int]]:
     order = torch.randperm(n, generator=generator).tolist() if generator is not None else list(range(n))
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def balance_by_label(examples: Sequence[DPOExample]) -> list[DPOExample]:
+    """The rows followed by (k - 1) more copies of each label's rows, k = round(largest label count / its count).
+
+    The shipped preference set has about 2 unsafe pairs for each benign one; unbalanced, the
+    refusals drown the benign pairs and the token learns to refuse everything. Rows without a
+    label count as one label of their own.
+    """
+    counts: dict[str | None, int] = {}
+    for e in examples:
+        counts[e.label] = counts.get(e.label, 0) + 1
+    if len(counts) < 2:
+        return list(examples)
+    largest = max(counts.values())
+    out = list(examples)
+    for label, n in counts.items():
+        out += [e for e in examples if e.label == label] * (round(largest / n) - 1)
+    return out
 
 
 def split_three(
@@ -531,6 +553,28 @@ def _test_check(model: Any, tokenizer: Any, check: str, test: Sequence[SFTExampl
     return out
 
 
+def _test_refusals(model: Any, tokenizer: Any, test: Sequence[DPOExample], token: AlignerToken,
+                   config: TrainConfig) -> dict[str, Any]:
+    """Greedy answers to the labelled test prompts, token and base: the refusal rate per label."""
+    from aligner.batching import generate_continuous
+    from aligner.evaluation import is_refusal
+
+    labelled = [e for e in test if e.label is not None]
+    prompts = [_as_messages(e.prompt, None) for e in labelled]
+    out: dict[str, Any] = {"check": "refusal_by_label", "n": len(prompts), "max_new_tokens": 48}
+    candidates: list[tuple[str, Token | None]] = [("token", cast(Token, token)), ("base", None)]
+    for name, tok in candidates:
+        texts = generate_continuous(model, tokenizer, prompts, row_tokens=[tok] * len(prompts), max_new_tokens=48,
+                                    system=config.system)
+        per: dict[str, Any] = {}
+        for label in sorted({e.label for e in labelled if e.label is not None}):
+            flags = [is_refusal(t) for t, e in zip(texts, labelled, strict=True) if e.label == label]
+            per[label] = {"n": len(flags), "refused": sum(flags), "rate": sum(flags) / len(flags),
+                          "ci95": list(wilson(sum(flags), len(flags)))}
+        out[name] = per
+    return out
+
+
 def _curve(history: Sequence[dict[str, float]], limit: int = 12) -> list[dict[str, float]]:
     """At most `limit` evaluation points, evenly spaced, always with the first and the last."""
     if len(history) <= limit:
@@ -574,6 +618,8 @@ def train_file(
         test = list(loader(test_data))
     if not held_out:
         raise DataError("the validation split is empty: pass --eval or a positive eval_fraction")
+    if method == "dpo" and config.balance:
+        train = balance_by_label(train)  # the training split only: validation and test stay as drawn
     check_name = resolve_check(check, method, train) if test else None
     sources = [data, *(p for p in (eval_data, test_data) if p is not None)]
     digest = data_digest(*sources)
@@ -624,6 +670,8 @@ def train_file(
                                            _test_loss(model, tokenizer, method, test, config).items()}
         if check_name is not None:
             test_result.update(_test_check(model, tokenizer, check_name, test, token, config))
+        elif method == "dpo" and check != "none" and any(e.label is not None for e in test):
+            test_result.update(_test_refusals(model, tokenizer, test, token, config))
         report["test"] = test_result
     report["seconds"] = round(time.time() - started, 1)
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")

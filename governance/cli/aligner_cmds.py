@@ -142,7 +142,12 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         parts = [f"test loss {test['loss']:.4f}"]
         if "reward_accuracy" in test:
             parts.append(f"reward accuracy {test['reward_accuracy']:.3f}")
-        if "check" in test:
+        if test.get("check") == "refusal_by_label":
+            for label, r in test["token"].items():
+                lo, hi = r["ci95"]
+                parts.append(f"{label} refused {r['refused']}/{r['n']} = {r['rate']:.1%} [{lo:.1%}, {hi:.1%}] "
+                             f"(base {test['base'][label]['rate']:.1%})")
+        elif "check" in test:
             tok, base = test["token"], test["base"]
             lo, hi = tok["ci95"]
             parts.append(f"{test['check']} {tok['passed']}/{test['n']} = {tok['rate']:.1%} "
@@ -208,6 +213,8 @@ def dpo_cmd(
     beta: Annotated[float, typer.Option("--beta", min=0.0, help="DPO temperature")] = 0.1,
     sft_weight: Annotated[float, typer.Option(
         "--sft-weight", min=0.0, help="weight of the chosen answers' NLL added to the DPO loss (0: pure DPO)")] = 0.0,
+    balance: Annotated[bool, typer.Option(
+        "--balance/--no-balance", help="repeat the training rows of under-represented labels")] = False,
     model: ModelOpt = None,
     parent: ParentOpt = None,
     force: ForceOpt = False,
@@ -216,6 +223,6 @@ def dpo_cmd(
     """Direct preference optimisation on {"prompt", "chosen", "rejected"} lines; the reference
     policy is the base model with the token switched off."""
     limit_torch_threads(torch_threads)
-    _train("dpo", data, out, eval_data, test_data, "none", model, parent, force,
+    _train("dpo", data, out, eval_data, test_data, "auto", model, parent, force,
            n_tokens=tokens, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, beta=beta,
-           sft_weight=sft_weight)
+           sft_weight=sft_weight, balance=balance)

@@ -10,8 +10,10 @@ import torch
 from aligner import DataError
 from aligner.artifact import AlignerToken
 from aligner.training import (
+    DPOExample,
     SFTExample,
     TrainConfig,
+    balance_by_label,
     encode_pair,
     load_dpo_jsonl,
     load_sft_jsonl,
@@ -239,3 +241,29 @@ def test_train_file_dpo_test_split_reports_reward_accuracy(state_dir, tmp_path) 
     assert result.report["splits"]["test"] == 3 and result.report["splits"]["test_source"] == held
     assert result.report["splits"]["train"] == 18  # 20 less the 10% validation; the test came from a file
     assert 0 <= result.report["test"]["reward_accuracy"] <= 1 and "check" not in result.report["test"]
+
+
+def test_balance_repeats_the_rarer_labels_of_the_training_split() -> None:
+    unsafe = [DPOExample(f"u{i}", "No.", "Sure.", "unsafe") for i in range(6)]
+    benign = [DPOExample(f"b{i}", "Here.", "No.", "benign") for i in range(2)]
+    out = balance_by_label(unsafe + benign)
+    assert sum(e.label == "unsafe" for e in out) == 6 and sum(e.label == "benign" for e in out) == 6
+    assert balance_by_label(unsafe) == unsafe
+
+
+def test_dpo_test_split_reports_refusals_per_label(state_dir, tmp_path) -> None:
+    no = "I can't help with that."
+    rows = [{"prompt": f"Bad {i}", "chosen": no, "rejected": "Sure:", "label": "unsafe"} for i in range(8)]
+    rows += [{"prompt": f"Fine {i}", "chosen": "Here you go.", "rejected": no, "label": "benign"} for i in range(4)]
+    data = _write(tmp_path / "p.jsonl", rows)
+    held = _write(tmp_path / "t.jsonl", rows[:2] + rows[-2:])
+    result = train_file(
+        "dpo", data, tmp_path / "out", test_data=held, model_name="tiny-random-llama", state_dir=state_dir,
+        config=TrainConfig(n_tokens=2, epochs=1, batch_size=4, seed=1, balance=True), progress=False,
+    )
+    test = result.report["test"]
+    assert test["check"] == "refusal_by_label" and test["n"] == 4
+    assert set(test["token"]) == {"benign", "unsafe"} and test["token"]["unsafe"]["n"] == 2
+    assert 0 <= test["base"]["benign"]["rate"] <= 1
+    # 11 training rows after the validation row; the benign ones are repeated to match the unsafe ones
+    assert result.report["splits"]["train"] > 11
