@@ -204,6 +204,7 @@ class TrainConfig:
     sft_weight: float = 0.0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    warmup: float = 0.0  # share of the steps with a linear warm-up, then cosine decay (0: constant rate)
     eval_every: int = 0  # steps between evaluations; 0 = once per epoch
     eval_fraction: float = 0.1  # validation split held out of the training file when no eval file is given
     test_fraction: float = 0.1  # test split held out of the training file when no test file is given
@@ -214,6 +215,18 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The recipes `govern train` and `govern demo` use by default, measured on the shipped sets'
+# held-out test splits (docs/benchmarks.md, "Training defaults"). SFT: one token learns a
+# house format to >= 90 % adherence on unseen topics; the checkpoint with the lowest
+# validation loss is kept, so the extra epochs cannot overfit what is written. DPO: four
+# tokens, the chosen answers' NLL as an anchor (RPO) and balanced labels, which raised the
+# refusals of unseen unsafe requests without refusing benign ones.
+SFT_DEFAULTS: dict[str, Any] = {"n_tokens": 2, "epochs": 4, "lr": 5e-2, "batch_size": 4, "eval_every": 25,
+                                "warmup": 0.1}
+DPO_DEFAULTS: dict[str, Any] = {"n_tokens": 4, "epochs": 2, "lr": 1e-2, "batch_size": 4, "eval_every": 25,
+                                "sft_weight": 0.6, "balance": True, "beta": 0.1}
 
 
 @dataclass
@@ -301,6 +314,18 @@ class _Progress:
             self.bar.stop()
 
 
+def lr_factor(step: int, total: int, warmup: float) -> float:
+    """The learning rate's multiplier at `step`: linear warm-up over the first `warmup` share of
+    the steps, then a cosine decay to zero (`warmup` 0: constant). Large constant steps on a
+    fresh prefix diverged on one seed in three (validation loss 6.6 against 0.6)."""
+    if warmup <= 0:
+        return 1.0
+    ramp = max(1, round(total * warmup))
+    if step < ramp:
+        return (step + 1) / ramp
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - ramp) / max(1, total - ramp))))
+
+
 def _run(
     model: Any,
     adapter: AlignerAdapter,
@@ -318,6 +343,7 @@ def _run(
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     total = steps_per_epoch * config.epochs
     eval_every = config.eval_every or steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: lr_factor(k, total, config.warmup))
     model.eval()  # no dropout: the base model is frozen and runs as in serving
     adapter.use_trainable()
     history: list[dict[str, float]] = []
@@ -332,6 +358,7 @@ def _run(
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(adapter.parameters(), config.grad_clip)
                 optimizer.step()
+                scheduler.step()
                 step += 1
                 bar.advance(f"epoch {epoch + 1} loss {loss.item():.4f}")
                 if step % eval_every == 0 or step == total:

@@ -118,10 +118,10 @@ def _train(method: str, data: Path, out: Path, eval_data: Path | None, test_data
     console.print(
         f"wrote {out} sha256 {result.token.sha256} ({m.param_count} parameters, {m.n_tokens} token(s)); "
         f"best validation loss {result.best_eval_loss:.4f} in {result.seconds:.0f}s",
-        highlight=False,
+        highlight=False, soft_wrap=True,
     )
     for line in report_lines(result.report):
-        console.print(line, highlight=False, markup=False)
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def report_lines(report: dict[str, Any]) -> list[str]:
@@ -171,6 +171,11 @@ CheckOpt = Annotated[str, typer.Option(
 ModelOpt = Annotated[str | None, typer.Option("--model", help="base model (default: GOVERN_BASE_MODEL)")]
 ParentOpt = Annotated[Path | None, typer.Option("--parent", help="token dir this version derives from")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="overwrite a token already in --out")]
+EvalEveryOpt = Annotated[int, typer.Option(
+    "--eval-every", min=0, help="training steps between validations (0: once per epoch); each may checkpoint")]
+WarmupOpt = Annotated[float, typer.Option(
+    "--warmup", min=0.0, max=1.0, help="share of the steps with a linear learning-rate warm-up, then cosine "
+    "decay (0: a constant rate)")]
 ThreadsOpt = Annotated[int, typer.Option("--torch-threads", min=0, help=TORCH_THREADS_HELP)]
 
 
@@ -182,11 +187,13 @@ def sft_cmd(
     eval_data: EvalOpt = None,
     test_data: TestOpt = None,
     check: CheckOpt = "auto",
-    tokens: Annotated[int, typer.Option("--tokens", min=1, help="global tokens n")] = 1,
-    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 2,
-    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 2e-2,
+    tokens: Annotated[int, typer.Option("--tokens", min=1, help="global tokens n")] = 2,
+    epochs: Annotated[int, typer.Option("--epochs", min=1)] = 4,
+    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 5e-2,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4,
+    eval_every: EvalEveryOpt = 25,
+    warmup: WarmupOpt = 0.1,
     model: ModelOpt = None,
     parent: ParentOpt = None,
     force: ForceOpt = False,
@@ -195,7 +202,8 @@ def sft_cmd(
     """Supervised fine-tuning of a token on {"messages": [...]} or {"prompt", "response"} lines."""
     limit_torch_threads(torch_threads)
     _train("sft", data, out, eval_data, test_data, check, model, parent, force,
-           n_tokens=tokens, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size)
+           n_tokens=tokens, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, eval_every=eval_every,
+           warmup=warmup)
 
 
 @train_app.command("dpo")
@@ -205,16 +213,17 @@ def dpo_cmd(
     out: OutOpt,
     eval_data: EvalOpt = None,
     test_data: TestOpt = None,
-    tokens: Annotated[int, typer.Option("--tokens", min=1, help="global tokens n")] = 10,
+    tokens: Annotated[int, typer.Option("--tokens", min=1, help="global tokens n")] = 4,
     epochs: Annotated[int, typer.Option("--epochs", min=1)] = 2,
-    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 2e-2,
+    lr: Annotated[float, typer.Option("--lr", min=0.0)] = 1e-2,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 4,
+    eval_every: EvalEveryOpt = 25,
     beta: Annotated[float, typer.Option("--beta", min=0.0, help="DPO temperature")] = 0.1,
     sft_weight: Annotated[float, typer.Option(
-        "--sft-weight", min=0.0, help="weight of the chosen answers' NLL added to the DPO loss (0: pure DPO)")] = 0.0,
+        "--sft-weight", min=0.0, help="weight of the chosen answers' NLL added to the DPO loss (0: pure DPO)")] = 0.6,
     balance: Annotated[bool, typer.Option(
-        "--balance/--no-balance", help="repeat the training rows of under-represented labels")] = False,
+        "--balance/--no-balance", help="repeat the training rows of under-represented labels")] = True,
     model: ModelOpt = None,
     parent: ParentOpt = None,
     force: ForceOpt = False,
@@ -225,4 +234,4 @@ def dpo_cmd(
     limit_torch_threads(torch_threads)
     _train("dpo", data, out, eval_data, test_data, "auto", model, parent, force,
            n_tokens=tokens, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, beta=beta,
-           sft_weight=sft_weight, balance=balance)
+           sft_weight=sft_weight, balance=balance, eval_every=eval_every)

@@ -81,3 +81,17 @@ def test_train_prints_its_report_and_names_a_bad_check(tmp_path) -> None:
     bad = runner.invoke(train_app, ["sft", "--data", str(sft), "--out", str(tmp_path / "t2"), "--check", "tone",
                                     "--model", "tiny-random-llama"])
     assert bad.exit_code != 0 and "unknown check 'tone'" in bad.output
+
+
+def test_the_cli_defaults_are_the_measured_recipes() -> None:
+    """`govern train` defaults are aligner.training's SFT_DEFAULTS / DPO_DEFAULTS (docs/benchmarks.md)."""
+    import inspect
+
+    from aligner.training import DPO_DEFAULTS, SFT_DEFAULTS
+    from governance.cli.aligner_cmds import dpo_cmd, sft_cmd
+
+    names = {"n_tokens": "tokens"}
+    for fn, recipe in ((sft_cmd, SFT_DEFAULTS), (dpo_cmd, DPO_DEFAULTS)):
+        params = inspect.signature(fn).parameters
+        for key, value in recipe.items():
+            assert params[names.get(key, key)].default == value, (fn.__name__, key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -267,3 +268,14 @@ def test_dpo_test_split_reports_refusals_per_label(state_dir, tmp_path) -> None:
     assert 0 <= test["base"]["benign"]["rate"] <= 1
     # 11 training rows after the validation row; the benign ones are repeated to match the unsafe ones
     assert result.report["splits"]["train"] > 11
+
+
+def test_warmup_ramps_up_then_decays_to_zero_and_zero_means_constant() -> None:
+    from aligner.training import lr_factor
+
+    factors = [lr_factor(k, 100, 0.1) for k in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in itertools.pairwise(factors[:10]))
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
+    assert factors[-1] < 0.01
+    assert {lr_factor(k, 100, 0.0) for k in range(100)} == {1.0}

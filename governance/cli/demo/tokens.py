@@ -12,6 +12,7 @@ from typing import Any, Literal
 from aligner.artifact import AlignerToken
 from aligner.data import DATA_DIR
 from aligner.training import TrainConfig, train_file
+from governance.cli.aligner_cmds import report_lines
 from governance.cli.demo.state import ADAPTER, DEPLOYMENT, DemoState, say
 
 
@@ -25,6 +26,8 @@ class Recipe:
     epochs: int
     limit: int | None
     lr: float
+    batch_size: int = 8
+    eval_every: int = 0
 
 
 def recipes(fast: bool) -> list[Recipe]:
@@ -32,9 +35,13 @@ def recipes(fast: bool) -> list[Recipe]:
     pref = str(DATA_DIR / "preference" / "train.jsonl")
     n = 48 if fast else 120
     n_dpo = 32 if fast else 64  # a DPO step costs four forward passes
-    epochs = 1 if fast else 2
     return [
-        Recipe("house", "house style (SFT, 1 token)", "sft", house, 1, epochs, n, 2e-2),
+        # Lighter than `govern train sft`'s defaults (SFT_DEFAULTS): a house token trained that
+        # hard on the fast demo's 38 examples (2 tokens, 4 epochs, lr 5e-2) also learned to sign
+        # off with the customer's SSN or card number taken from the prompt, and the demo gate's
+        # personal-data expectations failed it (docs/benchmarks.md, "Training defaults"). The
+        # demo's good version must be good, so it keeps this lighter recipe.
+        Recipe("house", "house style (SFT, 1 token)", "sft", house, 1, 1 if fast else 2, n, 2e-2),
         # one gentle epoch: a stronger DPO push (lr 2e-2, two epochs) drove the loss to 0.01
         # and the answers off topic, the classic over-optimisation of DPO
         Recipe("safer", "house style + safer refusals (DPO, 4 tokens)", "dpo", pref, 4, 1, n_dpo, 5e-3),
@@ -100,7 +107,9 @@ def _train(st: DemoState, r: Recipe, *, parent: AlignerToken | None) -> AlignerT
     out = st.work / "tokens" / r.key
     method: Literal["sft", "dpo"] = "dpo" if r.method.startswith("dpo") else "sft"
     data = _subset(Path(r.data), st.work / "data" / f"{r.key}.jsonl", r.limit, r.method)
-    config = TrainConfig(n_tokens=r.n_tokens, epochs=r.epochs, lr=r.lr, seed=7, batch_size=8)
+    # no test split: the demo's tokens are judged by the gate, on the gate's own cases
+    config = TrainConfig(n_tokens=r.n_tokens, epochs=r.epochs, lr=r.lr, seed=7, batch_size=r.batch_size,
+                         eval_every=r.eval_every, test_fraction=0.0)
     t0 = time.monotonic()
     say(st, f"training '{r.title}' on {sum(1 for _ in data.open())} examples")
     result = train_file(method, data, out, model_name="smollm2-135m-instruct", state_dir=st.state_dir,
@@ -108,4 +117,7 @@ def _train(st: DemoState, r: Recipe, *, parent: AlignerToken | None) -> AlignerT
     token = result.token
     say(st, f"  -> sha256 {token.sha256[:12]}…, {token.manifest.param_count} parameters, trained in "
             f"{time.monotonic() - t0:.0f} s")
+    test = [line for line in report_lines(result.report) if line.startswith("chosen step")]
+    for line in test:
+        say(st, f"     {line}")
     return token
