@@ -217,12 +217,12 @@ class TrainConfig:
         return asdict(self)
 
 
-# The recipes `govern train` and `govern demo` use by default, measured on the shipped sets'
-# held-out test splits (docs/benchmarks.md, "Training defaults"). SFT: one token learns a
-# house format to >= 90 % adherence on unseen topics; the checkpoint with the lowest
-# validation loss is kept, so the extra epochs cannot overfit what is written. DPO: four
+# The recipes `govern train` uses by default (docs/benchmarks.md, "Training defaults"). SFT:
+# two tokens learn the shipped house format to 96.7 % ± 3.1 adherence (3 seeds) on the test
+# split of unseen topics; the checkpoint with the lowest validation loss is kept, and the
+# warm-up stops the constant large rate from diverging (one seed in three did). DPO: four
 # tokens, the chosen answers' NLL as an anchor (RPO) and balanced labels, which raised the
-# refusals of unseen unsafe requests without refusing benign ones.
+# refusals of held-out unsafe requests without refusing benign ones.
 SFT_DEFAULTS: dict[str, Any] = {"n_tokens": 2, "epochs": 4, "lr": 5e-2, "batch_size": 4, "eval_every": 25,
                                 "warmup": 0.1}
 DPO_DEFAULTS: dict[str, Any] = {"n_tokens": 4, "epochs": 2, "lr": 1e-2, "batch_size": 4, "eval_every": 25,
@@ -258,8 +258,7 @@ def balance_by_label(examples: Sequence[DPOExample]) -> list[DPOExample]:
     """The rows followed by (k - 1) more copies of each label's rows, k = round(largest label count / its count).
 
     The shipped preference set has about 2 unsafe pairs for each benign one; unbalanced, the
-    refusals drown the benign pairs and the token learns to refuse everything. Rows without a
-    label count as one label of their own.
+    refusal pairs outweigh the benign ones. Rows without a label count as one label of their own.
     """
     counts: dict[str | None, int] = {}
     for e in examples:
