@@ -494,14 +494,6 @@ def _checks() -> dict[str, Callable[[str], bool]]:
     return {"house_format": format_adherence}
 
 
-def check_names() -> list[str]:
-    return sorted(_checks())
-
-
-def _target(example: Any) -> str:
-    return example.messages[-1]["content"] if isinstance(example, SFTExample) else example.chosen
-
-
 def resolve_check(check: str | None, method: Method, train: Sequence[Any]) -> str | None:
     """The generation check the test split is held to: a name, None (no check), or `auto`."""
     if check is None or check == "none":
@@ -514,12 +506,13 @@ def resolve_check(check: str | None, method: Method, train: Sequence[Any]) -> st
     if method != "sft" or not train:
         return None
     for name, fn in sorted(checks.items()):
-        if sum(fn(_target(e)) for e in train) >= CHECK_AUTO_SHARE * len(train):
+        if sum(fn(e.messages[-1]["content"]) for e in train) >= CHECK_AUTO_SHARE * len(train):
             return name
     return None
 
 
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson 95 % interval; evaluators.stats.wilson_interval is the gate's, which aligner may not import."""
     if n == 0:
         return (0.0, 1.0)
     p = k / n

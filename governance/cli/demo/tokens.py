@@ -12,7 +12,6 @@ from typing import Any, Literal
 from aligner.artifact import AlignerToken
 from aligner.data import DATA_DIR
 from aligner.training import TrainConfig, train_file
-from governance.cli.aligner_cmds import report_lines
 from governance.cli.demo.state import ADAPTER, DEPLOYMENT, DemoState, say
 
 
@@ -26,8 +25,6 @@ class Recipe:
     epochs: int
     limit: int | None
     lr: float
-    batch_size: int = 8
-    eval_every: int = 0
 
 
 def recipes(fast: bool) -> list[Recipe]:
@@ -108,8 +105,7 @@ def _train(st: DemoState, r: Recipe, *, parent: AlignerToken | None) -> AlignerT
     method: Literal["sft", "dpo"] = "dpo" if r.method.startswith("dpo") else "sft"
     data = _subset(Path(r.data), st.work / "data" / f"{r.key}.jsonl", r.limit, r.method)
     # no test split: the demo's tokens are judged by the gate, on the gate's own cases
-    config = TrainConfig(n_tokens=r.n_tokens, epochs=r.epochs, lr=r.lr, seed=7, batch_size=r.batch_size,
-                         eval_every=r.eval_every, test_fraction=0.0)
+    config = TrainConfig(n_tokens=r.n_tokens, epochs=r.epochs, lr=r.lr, seed=7, batch_size=8, test_fraction=0.0)
     t0 = time.monotonic()
     say(st, f"training '{r.title}' on {sum(1 for _ in data.open())} examples")
     result = train_file(method, data, out, model_name="smollm2-135m-instruct", state_dir=st.state_dir,
@@ -117,7 +113,6 @@ def _train(st: DemoState, r: Recipe, *, parent: AlignerToken | None) -> AlignerT
     token = result.token
     say(st, f"  -> sha256 {token.sha256[:12]}…, {token.manifest.param_count} parameters, trained in "
             f"{time.monotonic() - t0:.0f} s")
-    test = [line for line in report_lines(result.report) if line.startswith("chosen step")]
-    for line in test:
-        say(st, f"     {line}")
+    say(st, f"     chosen step {result.report['chosen_step']} of {result.report['total_steps']} "
+            f"(lowest validation loss {result.report['best_validation_loss']:.4f})")
     return token
