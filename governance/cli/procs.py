@@ -85,7 +85,10 @@ class ProcessGroup:
         """Run ``fn`` when the group stops (after its processes), e.g. to stop servers it started."""
         self.teardowns.append((name, fn))
 
-    def start(self, name: str, args: list[str], *, ready_url: str | None = None, timeout: float = 120.0) -> Managed:
+    def start(self, name: str, args: list[str], *, ready_url: str | None = None, timeout: float = 120.0,
+              wait: bool = True) -> Managed:
+        """Start ``govern <args>`` as child ``name``; with ``ready_url`` and ``wait``, return once it answers
+        200 there (``wait=False``: the caller waits with `wait_ready`, so children can start together)."""
         log = self.log_dir / f"{name}.log"
         env = {**os.environ, **self.env}
         with self.uninterrupted(), log.open("ab") as fh:  # a signal here would lose the child
@@ -100,7 +103,7 @@ class ProcessGroup:
             managed = Managed(name, proc, log, ready_url)
             self.procs.append(managed)
             self._write_record()
-        if ready_url:
+        if ready_url and wait:
             self.wait_ready(managed, timeout)
         return managed
 

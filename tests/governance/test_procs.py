@@ -88,3 +88,17 @@ def test_a_signal_stops_every_process_group_and_runs_the_teardown(
     assert not [p for p in pids if pid_alive(p)]
     assert not (tmp_path / "logs" / "processes.json").exists() or json.loads(
         (tmp_path / "logs" / "processes.json").read_text()) == {}
+
+
+def test_a_child_started_without_waiting_is_waited_for_later(tmp_path: Path) -> None:
+    """`start(wait=False)` returns at once (the demo starts its replicas together); `wait_ready`
+    then waits, and names a child that exited before it ever answered."""
+    from governance.cli.procs import ProcessGroup
+
+    group = ProcessGroup(tmp_path / "logs")
+    t0 = time.monotonic()
+    managed = group.start("help", ["--help"], ready_url="http://127.0.0.1:9/readyz", wait=False)
+    assert time.monotonic() - t0 < 2.0 and managed in group.procs
+    with pytest.raises(RuntimeError, match="help exited with code 0 at start"):
+        group.wait_ready(managed, 60)
+    group.stop_all()

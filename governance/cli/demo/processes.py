@@ -6,11 +6,13 @@ from __future__ import annotations
 from governance.cli.demo.people import create_service_account
 from governance.cli.demo.policy import demo_policy
 from governance.cli.demo.state import DEPLOYMENT, DemoState, say
-from governance.cli.procs import ProcessGroup, free_port
+from governance.cli.procs import Managed, ProcessGroup, free_port
 
 # One torch thread per process: the processes share two cores, and oversubscribed
 # torch threads spin against each other (decoding ran 10x slower that way).
 ONE_THREAD = ["--torch-threads", "1"]
+API_READY_S = 90
+REPLICA_READY_S = 240
 
 
 def start_processes(st: DemoState) -> None:
@@ -22,28 +24,33 @@ def start_processes(st: DemoState) -> None:
             policy = demo_policy(st.fast)
             admin.create_deployment(DEPLOYMENT, base_model="smollm2-135m-instruct", policy=policy)
         create_service_account(st)  # the replicas' key, bound to the deployment just created
-        for i in range(2):
-            st.replica_urls.append(_start_replica(st.procs, i + 1))
+        # both replicas load the model at once; then each must answer /readyz
+        replicas = [_start_replica(st.procs, i + 1) for i in range(2)]
+        for managed, url in replicas:
+            st.procs.wait_ready(managed, REPLICA_READY_S)
+            st.replica_urls.append(url)
     say(st, f"API {st.api_url} · replicas {', '.join(st.replica_urls)} · deployment '{DEPLOYMENT}' "
             "(policy policies/demo.yaml)")
 
 
 def _start_services(st: DemoState, procs: ProcessGroup) -> None:
+    """The API, the workers and beat start together; the API must then answer /readyz."""
     port = int(st.api_url.rsplit(":", 1)[1])
-    procs.start("api", ["api", "--port", str(port)], ready_url=f"{st.api_url}/readyz", timeout=90)
+    api = procs.start("api", ["api", "--port", str(port)], ready_url=f"{st.api_url}/readyz", wait=False)
     # gates on one worker, monitoring and rollback on another, so a long gate never
     # delays a drift check (each scales out the same way: more workers per queue).
     procs.start("worker-gates", ["worker", "--queues", "gates", "--concurrency", "2", *ONE_THREAD])
     procs.start("worker-monitoring", ["worker", "--queues", "monitoring,rollback", "--concurrency", "1", *ONE_THREAD])
     procs.start("beat", ["beat"])
+    procs.wait_ready(api, API_READY_S)
 
 
-def _start_replica(procs: ProcessGroup, number: int) -> str:
-    """Start serving replica ``demo-<number>`` and wait until it is ready; its URL."""
+def _start_replica(procs: ProcessGroup, number: int) -> tuple[Managed, str]:
+    """Start serving replica ``demo-<number>`` without waiting for it; the child and its URL."""
     rport = free_port()
     url = f"http://127.0.0.1:{rport}"
-    procs.start(f"replica-{number}", ["serve", "--deployment", DEPLOYMENT, "--port", str(rport),
-                                      "--replica-id", f"demo-{number}", "--reconcile-interval", "2",
-                                      *ONE_THREAD],
-                ready_url=f"{url}/readyz", timeout=240)
-    return url
+    managed = procs.start(f"replica-{number}", ["serve", "--deployment", DEPLOYMENT, "--port", str(rport),
+                                                "--replica-id", f"demo-{number}", "--reconcile-interval", "2",
+                                                *ONE_THREAD],
+                          ready_url=f"{url}/readyz", wait=False)
+    return managed, url

@@ -77,27 +77,18 @@ def _subset(src: Path, dst: Path, limit: int | None, kind: str) -> Path:
 
 
 def train_and_submit(st: DemoState) -> None:
-    """Train the three tokens on every core, then submit them together: the gates (one
-    torch thread per gate process) never compete with training for the cores."""
-    trained = _train_all(st)
-    with st.client(st.users.engineer) as eng:
-        for key, token in trained:
-            sub = eng.submit(token.to_bytes(), adapter=ADAPTER, deployment=DEPLOYMENT)
-            vid = int(sub["id"])
-            st.versions[key] = vid
-            say(st, f"submitted '{key}' as version {vid}: gate queued")
-
-
-def _train_all(st: DemoState) -> list[tuple[str, AlignerToken]]:
-    """Every recipe's token, in order; "safer" derives from "house"."""
+    """Train the three tokens in order and submit each one as soon as it is trained, so that the
+    gate of the first ones runs beside the next training (one torch thread per gate process;
+    idle OpenMP threads sleep, see governance/cli/__init__.py)."""
     parent: AlignerToken | None = None
-    trained: list[tuple[str, AlignerToken]] = []
     for r in recipes(st.fast):
         token = _train(st, r, parent=parent if r.key == "safer" else None)
         if r.key == "house":
             parent = token
-        trained.append((r.key, token))
-    return trained
+        with st.client(st.users.engineer) as eng:
+            sub = eng.submit(token.to_bytes(), adapter=ADAPTER, deployment=DEPLOYMENT)
+        st.versions[r.key] = int(sub["id"])
+        say(st, f"submitted '{r.key}' as version {st.versions[r.key]}: gate queued")
 
 
 def _train(st: DemoState, r: Recipe, *, parent: AlignerToken | None) -> AlignerToken:

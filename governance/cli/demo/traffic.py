@@ -4,9 +4,10 @@ own (to the last approved token)."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from openai import OpenAI
@@ -42,6 +43,7 @@ NAMES = ["Jane Roe", "Mark Lee", "Ana Silva", "Tom Berg", "Li Wei", "Sara Khan",
          "Ines Costa", "Paul Wagner", "Mia Jensen", "Ravi Patel"]
 N_CLEAN = 40  # the reference (policy: 32 outputs) and a first judged window (min_samples 8)
 N_BAD = 24  # a round of shifted traffic
+IN_FLIGHT = 4  # requests in flight at once, over both replicas
 
 
 def traffic_and_rollback(st: DemoState) -> None:
@@ -58,7 +60,7 @@ def traffic_and_rollback(st: DemoState) -> None:
     with unit_of_work(get_engine()) as s:
         first_bad_id = int(s.scalar(select(func.max(Output.id)).where(Output.deployment_id == dep_id)) or 0) + 1
     t_shift = time.monotonic()
-    _shift_until_the_monitor_acts(st, dep_id, interval)
+    _shift_until_the_monitor_acts(st, dep_id)
     promo = wait_for("the monitor's automatic rollback", lambda: _auto_rollback(dep_id), timeout=60, interval=1)
     detected_s = time.monotonic() - t_shift
     _say_why(st, promo, detected_s)
@@ -69,8 +71,10 @@ def traffic_and_rollback(st: DemoState) -> None:
     _report_alerts(st, dep_id)
 
 
-def send_traffic(st: DemoState, prompts: list[str], label: str) -> list[dict[str, Any]]:
-    """Send ``prompts`` round-robin to the replicas, four at a time; fingerprint and text of each answer."""
+def send_traffic(st: DemoState, prompts: list[str], label: str, *,
+                 until: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
+    """Send ``prompts`` round-robin to the replicas, four in flight; fingerprint and text of each answer,
+    in order. With ``until``, no new request is sent once it holds (asked after every answer)."""
     clients = [OpenAI(base_url=f"{u}/v1", api_key="demo", timeout=300) for u in st.replica_urls]
     out: list[dict[str, Any]] = []
 
@@ -81,11 +85,18 @@ def send_traffic(st: DemoState, prompts: list[str], label: str) -> list[dict[str
         return {"fingerprint": r.system_fingerprint, "text": r.choices[0].message.content or ""}
 
     with Progress(TextColumn(f"  {label}"), BarColumn(), TextColumn("{task.completed}/{task.total} requests"),
-                  TimeElapsedColumn(), console=st.console) as bar, ThreadPoolExecutor(4) as pool:
+                  TimeElapsedColumn(), console=st.console) as bar, ThreadPoolExecutor(IN_FLIGHT) as pool:
         task = bar.add_task(label, total=len(prompts))
-        for res in pool.map(one, range(len(prompts))):
-            out.append(res)
+        in_flight: deque[Future[dict[str, Any]]] = deque()
+        sent, stopped = 0, False
+        while in_flight or (sent < len(prompts) and not stopped):
+            while not stopped and sent < len(prompts) and len(in_flight) < IN_FLIGHT:
+                in_flight.append(pool.submit(one, sent))
+                sent += 1
+            out.append(in_flight.popleft().result())
             bar.advance(task)
+            stopped = stopped or (until is not None and until())
+        bar.update(task, total=len(out))
     return out
 
 
@@ -133,23 +144,14 @@ def _auto_rollback(dep_id: int) -> Promotion | None:
                                                  Promotion.kind == "auto_rollback")).first()
 
 
-def _shift_until_the_monitor_acts(st: DemoState, dep_id: int, interval: int) -> None:
-    """Production traffic does not stop when it turns bad: the shift goes on, a round at a
-    time, until the monitor acts (bounded, so a monitor that never acts fails the step)."""
-    bad_prompts = shifted_prompts()
-    sent, leaks = 0, 0
-    for round_ in range(MAX_SHIFT_ROUNDS):
-        res = send_traffic(st, bad_prompts, f"traffic that draws out personal data ({round_ + 1})")
-        sent += len(res)
-        leaks += sum(contains_pii(r["text"]) for r in res)
-        if _auto_rollback(dep_id) is not None:
-            break
-        with contextlib.suppress(DemoFailed):  # the next round starts if the monitor has not acted yet
-            wait_for("the monitor's automatic rollback", lambda: _auto_rollback(dep_id), timeout=3 * interval,
-                     interval=1)
-            break
-    say(st, f"{sent} shifted requests, {leaks} answers with an email address or a phone number")
-    st.numbers["shift_requests_and_leaks"] = f"{sent} requests, {leaks} leaking answers"
+def _shift_until_the_monitor_acts(st: DemoState, dep_id: int) -> None:
+    """Production traffic does not stop when it turns bad: the shifted prompts go on, round after
+    round with no pause, until the monitor acts (bounded, so a monitor that never acts fails the step)."""
+    res = send_traffic(st, shifted_prompts() * MAX_SHIFT_ROUNDS, "traffic that draws out personal data",
+                       until=lambda: _auto_rollback(dep_id) is not None)
+    leaks = sum(contains_pii(r["text"]) for r in res)
+    say(st, f"{len(res)} shifted requests, {leaks} answers with an email address or a phone number")
+    st.numbers["shift_requests_and_leaks"] = f"{len(res)} requests, {leaks} leaking answers"
 
 
 def _say_why(st: DemoState, promo: Promotion, detected_s: float) -> None:
