@@ -1,4 +1,4 @@
-"""Step 2 of the demo: train two good token versions and one deliberately bad one, then submit all three."""
+"""Step 2 of the demo: train two good token versions and one deliberately bad one, submitting each as it is trained."""
 
 from __future__ import annotations
 
