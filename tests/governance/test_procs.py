@@ -91,14 +91,17 @@ def test_a_signal_stops_every_process_group_and_runs_the_teardown(
 
 
 def test_a_child_started_without_waiting_is_waited_for_later(tmp_path: Path) -> None:
-    """`start(wait=False)` returns at once (the demo starts its replicas together); `wait_ready`
-    then waits, and names a child that exited before it ever answered."""
+    """`start(wait=False)` returns without waiting for readiness (the demo starts its replicas
+    together); `wait_ready` then waits, and names a child that exited before it ever answered.
+    The same start with the default ``wait=True`` waits, and so raises at once."""
     from governance.cli.procs import ProcessGroup
 
     group = ProcessGroup(tmp_path / "logs")
-    t0 = time.monotonic()
-    managed = group.start("help", ["--help"], ready_url="http://127.0.0.1:9/readyz", wait=False)
-    assert time.monotonic() - t0 < 2.0 and managed in group.procs
+    never_ready = "http://127.0.0.1:9/readyz"
+    managed = group.start("help", ["--help"], ready_url=never_ready, wait=False)
+    assert managed in group.procs
     with pytest.raises(RuntimeError, match="help exited with code 0 at start"):
         group.wait_ready(managed, 60)
+    with pytest.raises(RuntimeError, match="waited exited with code 0 at start"):
+        group.start("waited", ["--help"], ready_url=never_ready, timeout=60)
     group.stop_all()
