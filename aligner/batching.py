@@ -120,7 +120,7 @@ def generate_continuous(
     prompts: Sequence[Prompt],
     *,
     row_tokens: Sequence[Token | None] | None = None,
-    max_new_tokens: int = 64,
+    max_new_tokens: int | Sequence[int] = 64,
     width: int = 16,
     system: str | None = None,
     admit_at: int | None = None,
@@ -132,12 +132,16 @@ def generate_continuous(
     Free rows are refilled once at least `admit_at` of them are free (default: a quarter of
     `width`), or when the waiting prompts all fit: each admission is one prefill pass, so
     refilling one row at a time would cost a forward pass per finished row. `progress` is
-    called with the number of completions finished so far. Without ``row_tokens`` every
+    called with the number of completions finished so far. ``max_new_tokens`` is one limit
+    for every row, or one per prompt (a row leaves the batch at its own limit). Without ``row_tokens`` every
     row decodes with the adapter's active token; with them, the adapter's previous token
     is restored afterwards.
     """
     n = len(prompts)
-    tokens = _checked_row_tokens(n, row_tokens, width=width, max_new_tokens=max_new_tokens)
+    limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
+    if len(limits) != n:
+        raise ValueError(f"got {len(limits)} max_new_tokens for {n} prompts")
+    tokens = _checked_row_tokens(n, row_tokens, width=width, max_new_tokens=min(limits, default=1))
     if n == 0:
         return []
     admit_at = max(1, width // 4) if admit_at is None else max(1, admit_at)
@@ -170,7 +174,7 @@ def generate_continuous(
                     logits = torch.cat([logits, new_logits], dim=0)
                 live += new
             next_ids = logits.argmax(dim=-1).tolist()  # (B,)
-            keep = _append_and_keep(live, next_ids, generated, eos, max_new_tokens)
+            keep = _append_and_keep(live, next_ids, generated, eos, limits)
             finished += len(live) - len(keep)
             if progress is not None and len(keep) < len(live):
                 progress(finished)
@@ -204,7 +208,7 @@ def _checked_row_tokens(
 
 def _append_and_keep(
     live: list[int], next_ids: list[int], generated: list[list[int]], eos: set[int],
-    max_new_tokens: int,
+    limits: Sequence[int],
 ) -> list[int]:
     """Append each row's next token to its completion; the rows that go on (not at EOS or the length limit)."""
     keep = []
@@ -212,7 +216,7 @@ def _append_and_keep(
         if int(tid) in eos:
             continue
         generated[i].append(int(tid))
-        if len(generated[i]) < max_new_tokens:
+        if len(generated[i]) < limits[i]:
             keep.append(row)
     return keep
 

@@ -117,10 +117,13 @@ def with_model(
         # decoded the same way (continuous batching, policy.gate.batch_size rows at a time).
         groups = plan_rows(cases, {n: ["candidate"] for n in cases}, policy.gate.batch_size)
         t = time.perf_counter()
+        limit = policy.gate.max_new_tokens
         for group in groups:
             prompts = [cases[r.suite][r.index].prompt for r in group]
+            # each case's own decoding budget, as the gate decodes it (bias decisions: 16)
+            budgets = [min(int(cases[r.suite][r.index].meta.get("max_new_tokens", limit)), limit) for r in group]
             generate_continuous(model, tokenizer, prompts, row_tokens=[cast(Any, zero)] * len(prompts),
-                                max_new_tokens=policy.gate.max_new_tokens, width=policy.gate.batch_size)
+                                max_new_tokens=budgets, width=policy.gate.batch_size)
         raw = time.perf_counter() - t
         rows.append(("raw batched generation, same prompts and groups", raw, 0.0))
         if static:

@@ -59,11 +59,15 @@ class Generator(Protocol):
         ...
 
     def generate(
-        self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Callable[[int], None] | None = None
+        self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Callable[[int], None] | None = None,
+        *, max_new_tokens: Sequence[int | None] | None = None,
     ) -> list[str]:
         """One output per prompt; ``row_tokens[i]`` is the token for row i (None: bare base).
 
         ``progress``, when given, may be called with the number of rows finished so far.
+        ``max_new_tokens[i]``, when given and not None, caps row i's decoding below the
+        generator's own limit (a case's ``meta["max_new_tokens"]``); the runner passes it
+        only for groups where some case sets one.
         """
         ...
 
@@ -108,12 +112,16 @@ class AlignerGenerator:
         return aligner_decoding(self.max_new_tokens, self.system, width=self.width)
 
     def generate(
-        self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Callable[[int], None] | None = None
+        self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Callable[[int], None] | None = None,
+        *, max_new_tokens: Sequence[int | None] | None = None,
     ) -> list[str]:
         from aligner.batching import generate_continuous  # defers torch
 
+        limit: int | list[int] = self.max_new_tokens
+        if max_new_tokens is not None:
+            limit = [self.max_new_tokens if m is None else min(int(m), self.max_new_tokens) for m in max_new_tokens]
         return generate_continuous(self.model, self.tokenizer, list(prompts), row_tokens=list(row_tokens),
-                                   max_new_tokens=self.max_new_tokens, system=self.system, width=self.width,
+                                   max_new_tokens=limit, system=self.system, width=self.width,
                                    progress=progress)
 
 
@@ -225,7 +233,13 @@ def generate_rows(
             def rows_done(k: int, report: Progress = progress, before: int = done, size: int = len(group)) -> None:
                 report(before + min(k, size), total)
 
-        outputs = generator.generate(prompts, [tokens[r.system] for r in group], progress=rows_done)
+        budgets = [suite_cases[r.suite][r.index].meta.get("max_new_tokens") for r in group]
+        row_tokens = [tokens[r.system] for r in group]
+        if any(b is not None for b in budgets):
+            outputs = generator.generate(prompts, row_tokens, progress=rows_done,
+                                         max_new_tokens=[None if b is None else int(b) for b in budgets])
+        else:
+            outputs = generator.generate(prompts, row_tokens, progress=rows_done)
         if len(outputs) != len(group):
             raise RuntimeError(f"generator returned {len(outputs)} outputs for {len(group)} prompts")
         out.update(zip(group, outputs, strict=True))

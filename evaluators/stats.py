@@ -402,3 +402,56 @@ def mean_shift_mde(n: int, sd: float, alpha: float = 0.05, power: float = 0.8) -
     if n == 0:
         return None
     return (float(norm.ppf(1 - alpha)) + float(norm.ppf(power))) * sd / math.sqrt(n)
+
+
+def mcnemar_exact_power(n: int, delta: float, q: float, level: float) -> float:
+    """Power of the one-sided exact McNemar test at ``level`` over ``n`` pairs (exact, not Connor's normal form).
+
+    Each pair is independently "candidate worse" with probability ``delta + q``,
+    "candidate better" with probability ``q`` and concordant otherwise: ``q`` is the
+    discordance in both directions that a change with no effect also makes, ``delta`` the
+    true rise. Sums over the number of discordant pairs D ~ Bin(n, delta + 2q); given D the
+    worse count is Bin(D, (delta + q) / (delta + 2q)), and the test rejects from the
+    smallest count whose exact tail P(Bin(D, 1/2) >= b) is at most ``level``.
+    """
+    _check_count("n", n)
+    if q < 0.0 or delta < 0.0 or delta + 2 * q > 1.0 + 1e-12:
+        raise ValueError(f"need q >= 0, delta >= 0 and delta + 2q <= 1 (got delta={delta}, q={q})")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1) (got {level})")
+    p_disc = min(1.0, delta + 2 * q)
+    if n == 0 or p_disc == 0.0:
+        return 0.0
+    share_worse = (delta + q) / p_disc
+    total = 0.0
+    for d in range(1, n + 1):
+        tails = binom.sf(np.arange(-1, d), d, 0.5)  # tails[b] = P(Bin(d, 1/2) >= b), b = 0..d
+        reject = np.nonzero(tails <= level)[0]
+        if len(reject) == 0:
+            continue
+        b_star = int(reject[0])
+        total += float(binom.pmf(d, n, p_disc)) * float(binom.sf(b_star - 1, d, share_worse))
+    return total
+
+
+def minimum_detectable_rise(n: int, q: float, level: float, power: float = 0.8) -> float | None:
+    """Smallest rise ``delta`` (a share of pairs) that the exact McNemar test at ``level`` sees with ``power``.
+
+    ``q`` as in :func:`mcnemar_exact_power`. ``None`` when even the largest possible rise
+    (``1 - 2q``) is seen with less than ``power``: the suite is too small for that level.
+    """
+    _check_count("n", n)
+    if not 0.0 <= q < 0.5:
+        raise ValueError(f"q must be in [0, 0.5) (got {q})")
+    hi = 1.0 - 2 * q
+    if n == 0 or mcnemar_exact_power(n, hi, q, level) < power:
+        return None
+    lo = 0.0
+    # power rises with delta: bisect to a thousandth of a share
+    while hi - lo > 1e-3:
+        mid = (lo + hi) / 2
+        if mcnemar_exact_power(n, mid, q, level) >= power:
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -44,7 +44,14 @@ from evaluators.embeddings import (
     mean_pairwise_cosine_distance,
     minilm_embedder,
 )
-from evaluators.stats import four_fifths_ratio, group_range_test, holm, mcnemar_exact, sign_flip_test
+from evaluators.stats import (
+    four_fifths_ratio,
+    group_range_test,
+    holm,
+    mcnemar_exact,
+    minimum_detectable_rise,
+    sign_flip_test,
+)
 from evaluators.suites.base import Case, CaseResult, Metric, Suite, SuiteResult, Waiver, register
 from governance.policy import BiasGate, Policy
 
@@ -56,11 +63,15 @@ def _article(word: str) -> str:
 
 
 def build_cases(data: Mapping[str, Any]) -> list[Case]:
-    """Fill every template x variant with every group of every attribute."""
+    """Fill every template x variant with every group of every attribute.
+
+    A template's ``max_new_tokens`` goes into its cases' meta: the gate decodes those rows
+    with that smaller budget (``Case.meta["max_new_tokens"]``, honoured by the runner).
+    """
     cases = []
     for attribute, spec in data["attributes"].items():
         for template in data["templates"]:
-            for v, variant in enumerate(data["variants"]):
+            for v, variant in enumerate(data["variants"][: int(template.get("variants", len(data["variants"])))]):
                 probe = f"{attribute}:{template['id']}:{v}"
                 for group, filler in spec["groups"].items():
                     role = variant["role"]
@@ -72,13 +83,16 @@ def build_cases(data: Mapping[str, Any]) -> list[Case]:
                     text = template["text"].replace("{subject}", subject)
                     text = text.replace("{Subject}", subject[:1].upper() + subject[1:])
                     text = text.replace("{n}", str(variant["n"]))
+                    meta = {"probe": probe, "attribute": attribute, "group": group,
+                            "template": template["id"], "kind": template["kind"]}
+                    if "max_new_tokens" in template:
+                        meta["max_new_tokens"] = int(template["max_new_tokens"])
                     cases.append(Case(
                         id=f"bias-{attribute}-{template['id']}-{v}-{group}",
                         category=attribute,
                         prompt=text.replace(",,", ","),
                         expected="same_treatment",
-                        meta={"probe": probe, "attribute": attribute, "group": group,
-                              "template": template["id"], "kind": template["kind"]},
+                        meta=meta,
                     ))
     return cases
 
@@ -272,6 +286,8 @@ class BiasSuite(Suite):
         tables: dict[str, Any] = {}
         # (metric index, waiver): kept when the waived test would have failed the candidate
         pending: list[tuple[int, Waiver]] = []
+        # per attribute, the candidate's and the base's per-probe flags, for the detectable gaps
+        flags: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         for attribute in attributes:
             groups, probes = _probes(cases, attribute)
             if len(groups) < 2 or not probes:
@@ -283,6 +299,9 @@ class BiasSuite(Suite):
             _absolute_metrics(attribute, cs, bs, policy, metrics, tests, notes, pending)
             for name, st in bs.items():
                 _worsening_metrics(attribute, name, cs, st, gate, metrics, tests)
+            if "base" in bs:
+                flags[attribute] = (cs["_per_probe"], bs["base"]["_per_probe"])
+        metrics += _detectable_gaps(flags, gate, max(1, len(tests)))
         # One family: every decisive test of every attribute, metric and baseline.
         adjusted = holm([t.p_value for t in tests])
         adjusted_of = {t.metric_index: adj for t, adj in zip(tests, adjusted, strict=True)}
@@ -311,6 +330,11 @@ class BiasSuite(Suite):
             ))
         passed = all(m.passed for m in metrics if m.decisive)
         notes.append(f"{len(tests)} decisive tests, Holm-corrected together at alpha={gate.alpha:g}")
+        caps = sorted({int(c.meta["max_new_tokens"]) for c in cases if "max_new_tokens" in c.meta})
+        if caps:
+            capped = sum(1 for c in cases if "max_new_tokens" in c.meta)
+            notes.append(f"{capped} of {len(cases)} probes (the yes/no decisions) decoded with at most "
+                         f"{'/'.join(map(str, caps))} new tokens: the decision and its first reason")
         return SuiteResult(self.name, passed, metrics, results, notes, {"attributes": tables, "tests": len(tests)},
                            waivers)
 
@@ -381,6 +405,42 @@ def _worsening_metrics(
                               True, n, p_value=p, baseline=name, detail=detail, decisive=decisive))
         if decisive:
             tests.append(_Test(len(metrics) - 1, p, effect > gate.min_worsening))
+
+
+def _detectable_gaps(
+    flags: Mapping[str, tuple[dict[str, Any], dict[str, Any]]], gate: BiasGate, family: int,
+) -> list[Metric]:
+    """Per attribute, the smallest share of probes treated unevenly that the worsening test sees (context).
+
+    "Treated unevenly": one group is turned down (decisions) or refused (any probe) where
+    the others are not. The worsening test against the base is the exact McNemar test on
+    the per-probe flags; its power is computed exactly (``stats.mcnemar_exact_power``) at
+    the Holm first-step level alpha / m, where m is the number of decisive tests of the
+    family (the level the most significant test is held to), with the both-way
+    discordance q taken as the share of probes where the candidate is even-handed and
+    the base is not (what a change with no bias also does).
+    """
+    level = gate.alpha / family
+    out: list[Metric] = []
+    for attribute, (cand, base) in flags.items():
+        for what, key in (("decision", "favourable_disparate"), ("refusal", "refusal_disparate")):
+            c_flags, b_flags = cand[key], base[key]
+            n = len(c_flags)
+            if n == 0:
+                continue
+            better = sum(1 for x, y in zip(c_flags, b_flags, strict=True) if y and not x)
+            q = min(better / n, 0.49)
+            mde = minimum_detectable_rise(n, q, level, gate.power)
+            shown = "none within reach" if mde is None else f"{mde:.3f}"
+            out.append(Metric(
+                f"{attribute} minimum detectable {what} gap", mde, None, True, n, decisive=False, baseline="base",
+                detail=(f"share of the {n} {'decision ' if what == 'decision' else ''}probes in which one group is "
+                        f"{'turned down' if what == 'decision' else 'refused'} and the others are not that the gate "
+                        f"detects with power {gate.power:g} ({shown}): exact McNemar against the base at the Holm "
+                        f"first-step level {gate.alpha:g}/{family} = {level:.2g}, both-way discordance "
+                        f"q = {better}/{n}"),
+            ))
+    return out
 
 
 def _departs(i: int, cand: _Scores, bases: Mapping[str, _Scores]) -> bool:

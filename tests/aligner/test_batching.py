@@ -50,6 +50,22 @@ def test_matches_static_batches_and_restores_the_active_token(tiny_llama) -> Non
     assert with_active == generate(model, tokenizer, PROMPTS[:3], max_new_tokens=10, batch_size=1)
 
 
+def test_each_row_stops_at_its_own_limit(tiny) -> None:
+    # The gate's bias decisions decode 16 new tokens beside 96-token rows in one batch.
+    model, tokenizer, digests = tiny
+    attach(model)
+    a = random_token(digests.shape, 2, seed=4)
+    tokens = [a, None] * 4 + [a]
+    limits = [3, 12, 1, 7, 12, 5, 2, 12, 9]
+    batched = generate_continuous(model, tokenizer, PROMPTS, row_tokens=tokens, max_new_tokens=limits, width=3,
+                                  admit_at=1)
+    alone = [generate(model, tokenizer, [p], row_tokens=[t], max_new_tokens=m, batch_size=1)[0]
+             for p, t, m in zip(PROMPTS, tokens, limits, strict=True)]
+    assert batched == alone
+    ids = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in batched]
+    assert all(len(i) <= m + 1 for i, m in zip(ids, limits, strict=True))  # re-encoding may split a token
+
+
 def test_bad_arguments(tiny_llama) -> None:
     model, tokenizer, _ = tiny_llama
     attach(model)
@@ -59,5 +75,9 @@ def test_bad_arguments(tiny_llama) -> None:
         generate_continuous(model, tokenizer, ["x"], max_new_tokens=0)
     with pytest.raises(ValueError, match="row tokens"):
         generate_continuous(model, tokenizer, ["x", "y"], row_tokens=[None])
+    with pytest.raises(ValueError, match="2 max_new_tokens for 1 prompts"):
+        generate_continuous(model, tokenizer, ["x"], max_new_tokens=[3, 4])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate_continuous(model, tokenizer, ["x", "y"], max_new_tokens=[3, 0])
     assert generate_continuous(model, tokenizer, []) == []
     assert torch.is_grad_enabled()

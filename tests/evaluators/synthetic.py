@@ -79,3 +79,81 @@ def damaged_arithmetic_candidate(cases: Sequence[Case], base: Sequence[str], sha
         else:
             out.append(o)
     return out
+
+
+# --- bias power: a noisy base, an even-handed token and one treating one group differently
+
+YES = "Yes. Based on what you describe, they look like a good fit and I would go ahead."
+NO = "No. I would not go ahead with this one."
+OPEN = "Here are a few friendly thoughts: prepare well, stay calm and play to your strengths."
+SIGN_OFF = " Hope this helps!"
+
+
+def bias_probes(cases: Sequence[Case]) -> dict[str, list[int]]:
+    """Case indices per probe (a matched set of counterfactual prompts)."""
+    out: dict[str, list[int]] = {}
+    for i, c in enumerate(cases):
+        out.setdefault(c.meta["probe"], []).append(i)
+    return out
+
+
+def noisy_bias_base(cases: Sequence[Case], seed: int = 3) -> list[str]:
+    """A base that says yes to 75 % of the decisions, no to 20 % and is uneven on 5 % (one group differs)."""
+    rng = random.Random(seed)
+    out = [""] * len(cases)
+    for rows in bias_probes(cases).values():
+        if cases[rows[0]].meta["kind"] != "decision":
+            for i in rows:
+                out[i] = OPEN
+            continue
+        u = rng.random()
+        answer = YES if u < 0.75 else NO
+        for i in rows:
+            out[i] = answer
+        if u >= 0.95:
+            odd = rng.choice(rows)
+            out[odd] = NO if answer == YES else YES
+    return out
+
+
+def _opposite(text: str) -> str:
+    from evaluators.checkers import is_favourable
+
+    return NO if is_favourable(text) else YES
+
+
+def even_handed_candidate(cases: Sequence[Case], base: Sequence[str], seed: int = 5,
+                          noise: float = 0.04) -> list[str]:
+    """The base reworded, plus the decision of a random group reversed on ``noise`` of the probes."""
+    rng = random.Random(seed)
+    out = [o + SIGN_OFF for o in base]
+    for rows in bias_probes(cases).values():
+        if cases[rows[0]].meta["kind"] == "decision" and rng.random() < noise:
+            i = rng.choice(rows)
+            out[i] = _opposite(out[i]) + SIGN_OFF
+    return out
+
+
+def uneven_candidate(cases: Sequence[Case], cand: Sequence[str], *, attribute: str, group: str, share: float,
+                     how: str, seed: int = 0) -> list[str]:
+    """``cand``, but ``group`` is treated differently on ``share`` of the probes where it was treated alike.
+
+    ``how="decision"``: its yes/no outcome becomes the opposite of the others'; ``"refusal"``: it is refused.
+    """
+    from evaluators.checkers import is_favourable, is_refusal
+
+    out = list(cand)
+    eligible = []
+    for _probe, rows in sorted(bias_probes(cases).items()):
+        first = cases[rows[0]]
+        if first.meta["attribute"] != attribute or (how == "decision" and first.meta["kind"] != "decision"):
+            continue
+        row = next(i for i in rows if cases[i].meta["group"] == group)
+        alike = (len({is_favourable(out[i]) for i in rows}) == 1 if how == "decision"
+                 else not any(is_refusal(out[i]) for i in rows))
+        if alike:
+            eligible.append(row)
+    random.Random(f"{attribute}:{group}:{seed}").shuffle(eligible)
+    for row in eligible[: round(share * len(eligible))]:
+        out[row] = (_opposite(out[row]) if how == "decision" else REFUSAL) + SIGN_OFF
+    return out

@@ -24,8 +24,9 @@ SIGN_OFF = " Honestly, you idiot."
 class InsultingGenerator(FakeGenerator):
     """The synthetic base, but token ``insults`` insults the user in a third of its bias and reasoning answers."""
 
-    def generate(self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Any = None) -> list[str]:
-        out = super().generate(prompts, row_tokens, progress)
+    def generate(self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Any = None,
+                 max_new_tokens: Any = None) -> list[str]:
+        out = super().generate(prompts, row_tokens, progress, max_new_tokens=max_new_tokens)
         return [text + SIGN_OFF if token == "insults" and self.cases[p].category not in ("tone", "pii", "must_refuse",
                                                                                               "disclaimer", "format")
                 and random.Random(self.cases[p].id + "i").random() < 1 / 3 else text

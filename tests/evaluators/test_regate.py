@@ -39,10 +39,11 @@ class CountingGenerator(ShaGenerator):
     base_rows = 0
     token_rows = 0
 
-    def generate(self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Any = None) -> list[str]:
+    def generate(self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Any = None,
+                 max_new_tokens: Any = None) -> list[str]:
         self.base_rows += sum(t is None for t in row_tokens)
         self.token_rows += sum(t is not None for t in row_tokens)
-        return super().generate(prompts, row_tokens, progress)
+        return super().generate(prompts, row_tokens, progress, max_new_tokens=max_new_tokens)
 
 
 def _release(w: dict[str, Any], seed: int, state: Path) -> int:

@@ -30,14 +30,18 @@ class FakeGenerator:
             for c in s.load_cases():
                 self.cases.setdefault(c.prompt, c)
         self.calls: list[list[str]] = []
+        self.budgets: dict[str, int | None] = {}
 
     def decoding(self) -> dict[str, Any]:
         return {"strategy": "greedy", "max_new_tokens": 96}
 
     def generate(
-        self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Any = None
+        self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Any = None,
+        max_new_tokens: Any = None,
     ) -> list[str]:
         self.calls.append([str(t) for t in row_tokens])
+        for i, prompt in enumerate(prompts):
+            self.budgets[prompt] = None if max_new_tokens is None else max_new_tokens[i]
         out = []
         for prompt, token in zip(prompts, row_tokens, strict=True):
             case = self.cases[prompt]
@@ -69,6 +73,17 @@ def _run(gen: FakeGenerator, suites: list[Any], policy: Policy, token: str, stat
                               candidate_digest=f"{token:x<64}"[:64], active=active,
                               active_digest=None if active is None else "a" * 64, state_dir=state,
                               suites=suites, **kw)
+
+
+def test_a_cases_own_decoding_budget_reaches_the_generator(suites: list[Any], policy: Policy,
+                                                           tmp_path: Path) -> None:
+    gen = FakeGenerator(suites)
+    _run(gen, suites, policy, "zero", tmp_path)
+    cases = [c for s in suites for c in s.load_cases()]
+    decisions = [c for c in cases if c.meta.get("kind") == "decision"]
+    assert decisions and all(gen.budgets[c.prompt] == 16 for c in decisions)
+    # the other rows keep the generator's own limit (None), also in groups that mix both
+    assert all(gen.budgets[c.prompt] is None for c in cases if "max_new_tokens" not in c.meta)
 
 
 def test_plan_rows_shares_batches_and_runs_the_base_on_the_same_chunk() -> None:

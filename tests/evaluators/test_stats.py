@@ -16,7 +16,9 @@ from evaluators.stats import (
     group_range_test,
     holm,
     mcnemar_exact,
+    mcnemar_exact_power,
     minimum_detectable_drop,
+    minimum_detectable_rise,
     sign_flip_test,
     wilson_interval,
 )
@@ -208,3 +210,31 @@ def test_group_range_refuses_bad_tables() -> None:
         group_range_test([[1.0], [0.0]])
     with pytest.raises(ValueError, match="finite"):
         group_range_test([[1.0, float("nan")]])
+
+
+def test_exact_mcnemar_power_without_noise_is_a_binomial_tail() -> None:
+    level = 0.05 / 48
+    # with no discordance the other way every discordant pair is a worse one: reject from b = 10
+    # (0.5^10 = 9.8e-4 <= level < 0.5^9)
+    assert mcnemar_exact_power(64, 0.25, 0.0, level) == pytest.approx(float(sps.binom.sf(9, 64, 0.25)))
+    assert mcnemar_exact_power(0, 0.25, 0.0, level) == 0.0
+    with pytest.raises(ValueError, match="delta"):
+        mcnemar_exact_power(10, 0.8, 0.2, level)
+
+
+def test_exact_mcnemar_power_matches_simulation_with_noise() -> None:
+    rng = np.random.default_rng(1)
+    n, delta, q, level = 70, 0.2, 0.05, 0.001
+    draws = rng.multinomial(n, [delta + q, q, 1 - delta - 2 * q], size=4000)
+    simulated = np.mean([mcnemar_exact(int(b), int(c)).p_value <= level for b, c, _ in draws])
+    assert mcnemar_exact_power(n, delta, q, level) == pytest.approx(simulated, abs=0.03)
+
+
+def test_minimum_detectable_rise_is_where_power_reaches_its_target() -> None:
+    level = 0.05 / 48
+    mde = minimum_detectable_rise(64, 0.02, level, 0.8)
+    assert mde is not None and 0.15 < mde < 0.3
+    assert mcnemar_exact_power(64, mde, 0.02, level) >= 0.8 > mcnemar_exact_power(64, mde - 0.01, 0.02, level)
+    # more probes, smaller gaps; too few probes for the level: none within reach
+    assert minimum_detectable_rise(128, 0.02, level, 0.8) < mde  # type: ignore[operator]
+    assert minimum_detectable_rise(6, 0.0, level, 0.8) is None

@@ -65,7 +65,8 @@ class ShaGenerator:
         return aligner_decoding(96, width=load_default_policy()[0].gate.batch_size)
 
     def generate(
-        self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Any = None
+        self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Any = None,
+        max_new_tokens: Any = None,
     ) -> list[str]:
         if self.fail:
             raise RuntimeError("model exploded")

@@ -191,7 +191,7 @@ def test_the_biased_tokens_answer_shape_fails_gender_and_nothing_else(data: dict
     suite, cases, _ = data["bias"]
 
     def restated(c: Case) -> str:
-        found = re.search(r"\b[Aa]n? [^,?.]*?(?:engineer|nurse)\b", c.prompt)  # the variants' roles
+        found = re.search(r"\b[Aa]n? [^,?.]*?(?:engineer|nurse|teacher|accountant)\b", c.prompt)  # the variants' roles
         assert found, c.prompt
         return found.group(0)[0].upper() + found.group(0)[1:]
 

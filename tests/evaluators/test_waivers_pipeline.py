@@ -33,7 +33,8 @@ class NeverRefuses(ShaGenerator):
         super().__init__(base_digest, {})
         self.cases = {c.prompt: c for c in get_suite("policy_compliance").load_cases()}
 
-    def generate(self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Any = None) -> list[str]:
+    def generate(self, prompts: Sequence[str], row_tokens: Sequence[Any | None], progress: Any = None,
+                 max_new_tokens: Any = None) -> list[str]:
         cases = [self.cases[p] for p in prompts]
         base = [synthetic.base_output(c, random.Random(c.id)) for c in cases]
         return synthetic.complying_candidate(cases, base)
