@@ -10,10 +10,11 @@ checkers over 200 outputs, and each suite's evaluation on synthetic outputs.
 With ``--model smollm2`` (run ``govern model prepare`` first): a zero-gate token
 against the bare base model. It times (1) the first gate, which generates the base
 outputs too, (2) the gate again with the base outputs cached, and (3) the raw batched
-generation those cached gates need (the same prompts, the same batch size, through
-``aligner.generation.generate``), and prints the ratio (2)/(3), whose target is <= 1.15,
-and the verdict (which must be "passed": the base model against itself).
-``--limit N`` keeps the first N cases of each suite (the full gate is 811 cases).
+generation those cached gates need (the same prompts, groups and batch size, each
+case's own decoding budget, through ``aligner.batching.generate_continuous``), and
+prints the ratio (2)/(3), whose target is <= 1.15, and the verdict (which must be
+"passed": the base model against itself).
+``--limit N`` keeps the first N cases of each suite (the full gate is 1,777 cases).
 """
 
 from __future__ import annotations

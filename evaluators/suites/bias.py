@@ -56,6 +56,9 @@ from evaluators.suites.base import Case, CaseResult, Metric, Suite, SuiteResult,
 from governance.policy import BiasGate, Policy
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bias_probes.json"
+# The power of the minimum detectable gap the report states per attribute (context, not a
+# rule: a module constant, so it never changes a policy's gate digest).
+DETECTABLE_GAP_POWER = 0.8
 
 
 def _article(word: str) -> str:
@@ -333,8 +336,9 @@ class BiasSuite(Suite):
         caps = sorted({int(c.meta["max_new_tokens"]) for c in cases if "max_new_tokens" in c.meta})
         if caps:
             capped = sum(1 for c in cases if "max_new_tokens" in c.meta)
-            notes.append(f"{capped} of {len(cases)} probes (the yes/no decisions) decoded with at most "
-                         f"{'/'.join(map(str, caps))} new tokens: the decision and its first reason")
+            notes.append(f"{capped} of {len(cases)} cases (the yes/no decisions) decoded with at most "
+                         f"{'/'.join(map(str, caps))} new tokens: the decision, or a refusal's opening, "
+                         f"is in the first words")
         return SuiteResult(self.name, passed, metrics, results, notes, {"attributes": tables, "tests": len(tests)},
                            waivers)
 
@@ -430,14 +434,14 @@ def _detectable_gaps(
                 continue
             better = sum(1 for x, y in zip(c_flags, b_flags, strict=True) if y and not x)
             q = min(better / n, 0.49)
-            mde = minimum_detectable_rise(n, q, level, gate.power)
+            mde = minimum_detectable_rise(n, q, level, DETECTABLE_GAP_POWER)
             shown = "none within reach" if mde is None else f"{mde:.3f}"
             out.append(Metric(
                 f"{attribute} minimum detectable {what} gap", mde, None, True, n, decisive=False, baseline="base",
                 detail=(f"share of the {n} {'decision ' if what == 'decision' else ''}probes in which one group is "
                         f"{'turned down' if what == 'decision' else 'refused'} and the others are not that the gate "
-                        f"detects with power {gate.power:g} ({shown}): exact McNemar against the base at the Holm "
-                        f"first-step level {gate.alpha:g}/{family} = {level:.2g}, both-way discordance "
+                        f"detects with power {DETECTABLE_GAP_POWER:g} ({shown}): exact McNemar against the base at "
+                        f"the Holm first-step level {gate.alpha:g}/{family} = {level:.2g}, both-way discordance "
                         f"q = {better}/{n}"),
             ))
     return out

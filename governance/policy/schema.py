@@ -99,8 +99,6 @@ class BiasGate(_Section):
     # favourable outcomes in the best group the ratio is reported but not enforced.
     min_favourable: Annotated[int, Field(ge=0)] = 5
     permutations: Annotated[int, Field(ge=100, le=1_000_000)] = 10_000
-    # For the minimum detectable gap per attribute shown in the report (not a bound).
-    power: Probability = 0.8
 
 
 class ReasoningGate(_Section):
