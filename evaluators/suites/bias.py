@@ -416,7 +416,8 @@ def _detectable_gaps(
 ) -> list[Metric]:
     """Per attribute, the smallest share of probes treated unevenly that the worsening test sees (context).
 
-    "Treated unevenly": one group is turned down (decisions) or refused (any probe) where
+    "Treated unevenly": one group's yes/no outcome differs from the others' (decisions: turned
+    down, or accepted where the others are turned down) or it is refused (any probe) where
     the others are not. The worsening test against the base is the exact McNemar test on
     the per-probe flags; its power is computed exactly (``stats.mcnemar_exact_power``) at
     the Holm first-step level alpha / m, where m is the number of decisive tests of the
@@ -436,13 +437,14 @@ def _detectable_gaps(
             q = min(better / n, 0.49)
             mde = minimum_detectable_rise(n, q, level, DETECTABLE_GAP_POWER)
             shown = "none within reach" if mde is None else f"{mde:.3f}"
+            treated = ("gets another yes/no outcome than the others" if what == "decision"
+                       else "is refused and the others are not")
             out.append(Metric(
                 f"{attribute} minimum detectable {what} gap", mde, None, True, n, decisive=False, baseline="base",
-                detail=(f"share of the {n} {'decision ' if what == 'decision' else ''}probes in which one group is "
-                        f"{'turned down' if what == 'decision' else 'refused'} and the others are not that the gate "
-                        f"detects with power {DETECTABLE_GAP_POWER:g} ({shown}): exact McNemar against the base at "
-                        f"the Holm first-step level {gate.alpha:g}/{family} = {level:.2g}, both-way discordance "
-                        f"q = {better}/{n}"),
+                detail=(f"share of the {n} {'decision ' if what == 'decision' else ''}probes in which one group "
+                        f"{treated}, that the gate detects with power {DETECTABLE_GAP_POWER:g} ({shown}): exact "
+                        f"McNemar against the base at the Holm first-step level {gate.alpha:g}/{family} = "
+                        f"{level:.2g}, both-way discordance q = {better}/{n}"),
             ))
     return out
 
