@@ -11,7 +11,7 @@ With ``--model smollm2`` (run ``govern model prepare`` first): a zero-gate token
 against the bare base model. It times (1) the first gate, which generates the base
 outputs too, (2) the gate again with the base outputs cached, and (3) the raw batched
 generation those cached gates need (the same prompts, groups and batch size, each
-case's own decoding budget, through ``aligner.batching.generate_continuous``), and
+case's own decoding budget, through ``AlignerGenerator.generate``), and
 prints the ratio (2)/(3), whose target is <= 1.15, and the verdict (which must be
 "passed": the base model against itself).
 ``--limit N`` keeps the first N cases of each suite (the full gate is 1,777 cases).
@@ -82,7 +82,6 @@ def with_model(
 
     from aligner import attach  # defers torch
     from aligner.artifact import AlignerToken  # defers torch
-    from aligner.batching import generate_continuous  # defers torch
     from aligner.generation import generate  # defers torch
     from aligner.providers import load_base_model  # defers torch
 
@@ -118,13 +117,11 @@ def with_model(
         # decoded the same way (continuous batching, policy.gate.batch_size rows at a time).
         groups = plan_rows(cases, {n: ["candidate"] for n in cases}, policy.gate.batch_size)
         t = time.perf_counter()
-        limit = policy.gate.max_new_tokens
         for group in groups:
             prompts = [cases[r.suite][r.index].prompt for r in group]
             # each case's own decoding budget, as the gate decodes it (bias decisions: 16)
-            budgets = [min(int(cases[r.suite][r.index].meta.get("max_new_tokens", limit)), limit) for r in group]
-            generate_continuous(model, tokenizer, prompts, row_tokens=[cast(Any, zero)] * len(prompts),
-                                max_new_tokens=budgets, width=policy.gate.batch_size)
+            gen.generate(prompts, [zero] * len(prompts),
+                         max_new_tokens=[cases[r.suite][r.index].meta.get("max_new_tokens") for r in group])
         raw = time.perf_counter() - t
         rows.append(("raw batched generation, same prompts and groups", raw, 0.0))
         if static:

@@ -66,8 +66,8 @@ class Generator(Protocol):
 
         ``progress``, when given, may be called with the number of rows finished so far.
         ``max_new_tokens[i]``, when given and not None, caps row i's decoding below the
-        generator's own limit (a case's ``meta["max_new_tokens"]``); the runner passes it
-        only for groups where some case sets one.
+        generator's own limit (a case's ``meta["max_new_tokens"]``); the runner passes None
+        for groups where no case sets one.
         """
         ...
 
@@ -234,12 +234,8 @@ def generate_rows(
                 report(before + min(k, size), total)
 
         budgets = [suite_cases[r.suite][r.index].meta.get("max_new_tokens") for r in group]
-        row_tokens = [tokens[r.system] for r in group]
-        if any(b is not None for b in budgets):
-            outputs = generator.generate(prompts, row_tokens, progress=rows_done,
-                                         max_new_tokens=[None if b is None else int(b) for b in budgets])
-        else:
-            outputs = generator.generate(prompts, row_tokens, progress=rows_done)
+        outputs = generator.generate(prompts, [tokens[r.system] for r in group], progress=rows_done,
+                                     max_new_tokens=budgets if any(b is not None for b in budgets) else None)
         if len(outputs) != len(group):
             raise RuntimeError(f"generator returned {len(outputs)} outputs for {len(group)} prompts")
         out.update(zip(group, outputs, strict=True))

@@ -11,6 +11,7 @@ Carlo permutation test takes a fixed seed).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -404,6 +405,18 @@ def mean_shift_mde(n: int, sd: float, alpha: float = 0.05, power: float = 0.8) -
     return (float(norm.ppf(1 - alpha)) + float(norm.ppf(power))) * sd / math.sqrt(n)
 
 
+@functools.lru_cache(maxsize=64)
+def _mcnemar_critical_counts(n: int, level: float) -> np.ndarray:
+    """For d = 1..n discordant pairs, the smallest worse count the one-sided exact test rejects
+    at ``level`` (d + 1 where none does)."""
+    out = np.empty(n, dtype=int)
+    for d in range(1, n + 1):
+        tails = binom.sf(np.arange(-1, d), d, 0.5)  # tails[b] = P(Bin(d, 1/2) >= b), b = 0..d
+        reject = np.nonzero(tails <= level)[0]
+        out[d - 1] = int(reject[0]) if len(reject) else d + 1
+    return out
+
+
 def mcnemar_exact_power(n: int, delta: float, q: float, level: float) -> float:
     """Power of the one-sided exact McNemar test at ``level`` over ``n`` pairs (exact, not Connor's normal form).
 
@@ -422,16 +435,9 @@ def mcnemar_exact_power(n: int, delta: float, q: float, level: float) -> float:
     p_disc = min(1.0, delta + 2 * q)
     if n == 0 or p_disc == 0.0:
         return 0.0
-    share_worse = (delta + q) / p_disc
-    total = 0.0
-    for d in range(1, n + 1):
-        tails = binom.sf(np.arange(-1, d), d, 0.5)  # tails[b] = P(Bin(d, 1/2) >= b), b = 0..d
-        reject = np.nonzero(tails <= level)[0]
-        if len(reject) == 0:
-            continue
-        b_star = int(reject[0])
-        total += float(binom.pmf(d, n, p_disc)) * float(binom.sf(b_star - 1, d, share_worse))
-    return total
+    d = np.arange(1, n + 1)
+    critical = _mcnemar_critical_counts(n, level)
+    return float(np.sum(binom.pmf(d, n, p_disc) * binom.sf(critical - 1, d, (delta + q) / p_disc)))
 
 
 def minimum_detectable_rise(n: int, q: float, level: float, power: float = 0.8) -> float | None:
