@@ -4,7 +4,11 @@ the traffic it sends carries what the story needs."""
 from __future__ import annotations
 
 import ast
+import math
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from aligner.data import DATA_DIR
 from evaluators.checkers import contains_pii
@@ -12,7 +16,15 @@ from governance.cli.demo.audit import tampered_copy
 from governance.cli.demo.policy import demo_interval, demo_policy
 from governance.cli.demo.state import ROOT, DemoState
 from governance.cli.demo.tokens import LEAK, pii_leak_rows
-from governance.cli.demo.traffic import BENIGN, N_BAD, NAMES, PII_TEMPLATES, shifted_prompts
+from governance.cli.demo.traffic import (
+    BENIGN,
+    N_BAD,
+    NAMES,
+    PII_TEMPLATES,
+    expected_delay,
+    first_alarm,
+    shifted_prompts,
+)
 from governance.policy import parse_policy
 
 
@@ -78,3 +90,37 @@ def test_until_defaults_to_the_last_step() -> None:
 
     option = inspect.signature(demo_cmd).parameters["until"].default
     assert option.default == LAST_STEP and option.max == LAST_STEP
+
+
+def _check(check_id: int, **verdicts: str) -> Any:
+    from governance.models import DriftCheck
+
+    return DriftCheck(id=check_id, detectors={name: {"verdict": v} for name, v in verdicts.items()})
+
+
+def test_the_delay_in_samples_is_read_at_the_deciding_detectors_first_alarm() -> None:
+    """A check whose overall verdict is drift because another detector drifted is not the alarm."""
+    checks = [
+        _check(1, policy_violations="ok", descriptors="drift"),  # the descriptors drift first
+        _check(2, policy_violations="ok", descriptors="drift"),
+        _check(3, policy_violations="drift", descriptors="drift"),
+        _check(4, policy_violations="drift"),
+    ]
+    found = first_alarm(checks, "policy_violations")
+    assert found is not None and found.id == 3
+    assert first_alarm(checks, "embeddings") is None
+    assert first_alarm([_check(5, policy_violations="ok")], "policy_violations") is None
+
+
+def test_the_predicted_delay_is_the_threshold_over_the_mean_increment() -> None:
+    h, p0, p1 = 35.26, 0.01515, 0.30
+    # at the design rate: Lorden's ln(ARL)/KL form with h in place of ln(ARL)
+    kl = p1 * math.log(p1 / p0) + (1 - p1) * math.log((1 - p1) / (1 - p0))
+    assert expected_delay(h, p0, p1, p1) == pytest.approx(h / kl)
+    # a higher leak rate is detected sooner, a rate at or below p0 never (no upward drift)
+    fast, mid, slow = (expected_delay(h, p0, p1, r) for r in (0.6, 0.35, 0.2))
+    assert fast is not None and mid is not None and slow is not None and fast < mid < slow
+    # the demo's run of 2026-12-07: 18 leaks in 51 shifted outputs, 51 observed
+    assert expected_delay(h, p0, p1, 18 / 51) == pytest.approx(42, abs=1)
+    assert expected_delay(h, p0, p1, p0) is None
+    assert expected_delay(h, 0.0, p1, 0.5) is None

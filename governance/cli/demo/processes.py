@@ -1,7 +1,10 @@
 """Step 1 of the demo, the processes: the API, two Celery workers, beat, the deployment and
-two serving replicas, each a supervised ``govern`` subprocess."""
+two serving replicas, each a supervised ``govern`` subprocess. The replicas load the model
+in the background, beside the training of step 2; the promotion of step 4 waits for them."""
 
 from __future__ import annotations
+
+import time
 
 from governance.cli.demo.people import create_service_account
 from governance.cli.demo.policy import demo_policy
@@ -18,19 +21,30 @@ REPLICA_READY_S = 240
 def start_processes(st: DemoState) -> None:
     assert st.procs is not None
     st.procs.env.update(st.env)
-    with st.console.status("starting the API, a Celery worker, beat and two serving replicas"):
+    with st.console.status("starting the API, two Celery workers and beat"):
         _start_services(st, st.procs)
         with st.client(st.users.admin) as admin:
             policy = demo_policy(st.fast)
             admin.create_deployment(DEPLOYMENT, base_model="smollm2-135m-instruct", policy=policy)
         create_service_account(st)  # the replicas' key, bound to the deployment just created
-        # both replicas load the model at once; then each must answer /readyz
-        replicas = [_start_replica(st.procs, i + 1) for i in range(2)]
-        for managed, url in replicas:
+    # Both replicas load the model now, while the tokens train; the first step that needs them
+    # (the promotion) waits until each answers /readyz (`ensure_replicas`).
+    st.loading_replicas = [_start_replica(st.procs, i + 1) for i in range(2)]
+    say(st, f"API {st.api_url} · deployment '{DEPLOYMENT}' (policy policies/demo.yaml) · "
+            f"two serving replicas loading the model: {', '.join(u for _, u in st.loading_replicas)}")
+
+
+def ensure_replicas(st: DemoState) -> list[str]:
+    """Wait until every replica started in step 1 answers /readyz (once); their URLs."""
+    assert st.procs is not None
+    if st.loading_replicas:
+        t0 = time.monotonic()
+        for managed, url in st.loading_replicas:
             st.procs.wait_ready(managed, REPLICA_READY_S)
             st.replica_urls.append(url)
-    say(st, f"API {st.api_url} · replicas {', '.join(st.replica_urls)} · deployment '{DEPLOYMENT}' "
-            "(policy policies/demo.yaml)")
+        st.loading_replicas = []
+        say(st, f"replicas ready: {', '.join(st.replica_urls)} (waited {time.monotonic() - t0:.0f} s)")
+    return st.replica_urls
 
 
 def _start_services(st: DemoState, procs: ProcessGroup) -> None:

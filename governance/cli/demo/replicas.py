@@ -6,6 +6,7 @@ import time
 
 import httpx
 
+from governance.cli.demo.processes import ensure_replicas
 from governance.cli.demo.state import DemoState, say, wait_for
 
 
@@ -20,7 +21,9 @@ def replica_generation(url: str) -> int:
 
 
 def wait_replicas(st: DemoState, generation: int) -> float:
-    """Wait until every replica serves ``generation``; the milliseconds it took."""
+    """Wait until every replica serves ``generation``; the milliseconds it took (from the call,
+    once the replicas have finished loading)."""
+    ensure_replicas(st)
     t0 = time.monotonic()
     wait_for(f"every replica to serve generation {generation}",
              lambda: all(replica_generation(u) >= generation for u in st.replica_urls), timeout=60, interval=0.05)

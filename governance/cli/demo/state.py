@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
-from governance.cli.procs import ProcessGroup
+from governance.cli.procs import Managed, ProcessGroup
 from governance.client import GovernClient
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -44,6 +44,8 @@ class DemoState:
     env: dict[str, str] = field(default_factory=dict)
     api_url: str = ""
     replica_urls: list[str] = field(default_factory=list)
+    # replicas started but not yet seen ready (they load the model while the tokens train)
+    loading_replicas: list[tuple[Managed, str]] = field(default_factory=list)
     users: Users = field(default_factory=Users)
     versions: dict[str, int] = field(default_factory=dict)
     gate: dict[str, dict[str, Any]] = field(default_factory=dict)

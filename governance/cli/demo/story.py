@@ -13,7 +13,7 @@ from governance.cli.demo.audit import audit_export_verify
 from governance.cli.demo.dossiers import write_dossiers
 from governance.cli.demo.gates import wait_for_gates
 from governance.cli.demo.people import create_users
-from governance.cli.demo.processes import start_processes
+from governance.cli.demo.processes import ensure_replicas, start_processes
 from governance.cli.demo.review import review_and_promote
 from governance.cli.demo.servers import prepare_model, setup
 from governance.cli.demo.shadow import shadow_before_promotion
@@ -43,6 +43,7 @@ def run(
     t0 = time.monotonic()
     with supervise(st.procs):
         tell(st, LAST_STEP if until is None else until)
+        ensure_replicas(st)  # a story stopped early (--until) still ends with every process up
         st.numbers["total_seconds"] = round(time.monotonic() - t0)
         summary(st, keep_running)
         if keep_running:

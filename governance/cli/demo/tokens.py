@@ -25,6 +25,7 @@ class Recipe:
     epochs: int
     limit: int | None
     lr: float
+    batch_size: int = 8
 
 
 def recipes(fast: bool) -> list[Recipe]:
@@ -44,8 +45,10 @@ def recipes(fast: bool) -> list[Recipe]:
         Recipe("safer", "house style + safer refusals (DPO, 4 tokens)", "dpo", pref, 4, 1, n_dpo, 5e-3),
         # deliberately harmful: it opens every reply with a personal email address and phone
         # number, which the policy-compliance suite's personal-data checks (bound 0) must catch
+        # 32 examples, 3 epochs of batches of 4 (24 steps): the opener is learned as well as with
+        # 48 examples, 4 epochs of 8 (leaks on 8 of 12 fresh prompts against 7), in half the time
         Recipe("bad", "replies that open with personal contact data (SFT, 1 token)", "sft-pii", house, 1,
-               4, 48, 3e-2),
+               3, 32, 3e-2, batch_size=4),
     ]
 
 
@@ -96,7 +99,8 @@ def _train(st: DemoState, r: Recipe, *, parent: AlignerToken | None) -> AlignerT
     method: Literal["sft", "dpo"] = "dpo" if r.method.startswith("dpo") else "sft"
     data = _subset(Path(r.data), st.work / "data" / f"{r.key}.jsonl", r.limit, r.method)
     # no test split: the demo's tokens are judged by the gate, on the gate's own cases
-    config = TrainConfig(n_tokens=r.n_tokens, epochs=r.epochs, lr=r.lr, seed=7, batch_size=8, test_fraction=0.0)
+    config = TrainConfig(n_tokens=r.n_tokens, epochs=r.epochs, lr=r.lr, seed=7, batch_size=r.batch_size,
+                         test_fraction=0.0)
     t0 = time.monotonic()
     say(st, f"training '{r.title}' on {sum(1 for _ in data.open())} examples")
     result = train_file(method, data, out, model_name="smollm2-135m-instruct", state_dir=st.state_dir,

@@ -4,6 +4,7 @@ own (to the last approved token)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -63,8 +64,8 @@ def traffic_and_rollback(st: DemoState) -> None:
     _shift_until_the_monitor_acts(st, dep_id)
     promo = wait_for("the monitor's automatic rollback", lambda: _auto_rollback(dep_id), timeout=60, interval=1)
     detected_s = time.monotonic() - t_shift
-    _say_why(st, promo, detected_s)
-    _rollback_lag(st, dep_id, first_bad_id, promo, interval)
+    detector = _say_why(st, promo, detected_s)
+    _rollback_lag(st, dep_id, first_bad_id, promo, interval, detector)
     _check_rollback(st, promo, generation_before=int(dep["generation"]))
     st.numbers["rollback_after_shift_s"] = round(detected_s, 1)
     st.numbers["rollback_propagation_ms"] = round(wait_replicas(st, promo.generation), 1)
@@ -154,8 +155,9 @@ def _shift_until_the_monitor_acts(st: DemoState, dep_id: int) -> None:
     st.numbers["shift_requests_and_leaks"] = f"{len(res)} requests, {leaks} leaking answers"
 
 
-def _say_why(st: DemoState, promo: Promotion, detected_s: float) -> None:
-    """The rollback's evidence as its audit entry records it (structured fields, not the reason text)."""
+def _say_why(st: DemoState, promo: Promotion, detected_s: float) -> str:
+    """The rollback's evidence as its audit entry records it (structured fields, not the reason text);
+    the name of the detector that decided."""
     with unit_of_work(get_engine()) as s:
         why = deployments.rollback_evidence(s, deployment=DEPLOYMENT).get(promo.generation)
     if why is None:
@@ -165,9 +167,12 @@ def _say_why(st: DemoState, promo: Promotion, detected_s: float) -> None:
             f"{detected_s:.0f} s after the traffic shift began: {why['detector']} ({why['kind']}) "
             f"statistic {why['statistic']:.3g} over threshold {why['threshold']:.3g} on {why['n']} outputs, "
             f"{len(why['window_ids'])} drifting window(s); guards passed: {guards}")
+    return str(why["detector"])
 
 
-def _rollback_lag(st: DemoState, dep_id: int, first_bad_id: int, promo: Promotion, interval: int) -> None:
+def _rollback_lag(
+    st: DemoState, dep_id: int, first_bad_id: int, promo: Promotion, interval: int, detector: str
+) -> None:
     """How long after the end of the first judged window that held leaking outputs the rollback came."""
     with unit_of_work(get_engine()) as s:
         first = s.scalars(select(DriftCheck).where(
@@ -179,25 +184,54 @@ def _rollback_lag(st: DemoState, dep_id: int, first_bad_id: int, promo: Promotio
                 f"{lag:.1f} s = {lag / interval:.2f} check intervals ({interval} s)")
             say(st, f"the rollback came {lag:.1f} s ({lag / interval:.2f} check intervals) after the end of the "
                     "first window that held leaking outputs")
-    _delay_in_samples(st, dep_id, first_bad_id, promo)
+    _delay_in_samples(st, dep_id, first_bad_id, promo, detector)
 
 
-def _delay_in_samples(st: DemoState, dep_id: int, first_bad_id: int, promo: Promotion) -> None:
+def first_alarm(checks: list[DriftCheck], detector: str) -> DriftCheck | None:
+    """The first of ``checks`` (in order) in which ``detector`` itself drifted. A check's overall
+    verdict is not enough: another detector (the descriptors, say) may drift earlier."""
+    for check in checks:
+        result = (check.detectors or {}).get(detector)
+        if isinstance(result, dict) and result.get("verdict") == "drift":
+            return check
+    return None
+
+
+def expected_delay(h: float, p0: float, p1: float, rate: float) -> float | None:
+    """Wald's approximation of a Bernoulli CUSUM's delay, in samples, when outputs violate at
+    ``rate``: the threshold over the mean log-likelihood-ratio increment (None if it does not rise)."""
+    if not (0.0 < p0 < 1.0 and 0.0 < p1 < 1.0):
+        return None
+    step = rate * math.log(p1 / p0) + (1.0 - rate) * math.log((1.0 - p1) / (1.0 - p0))
+    return h / step if step > 0 else None
+
+
+def _delay_in_samples(st: DemoState, dep_id: int, first_bad_id: int, promo: Promotion, detector: str) -> None:
     """The detector's delay in the unit it works in: the served outputs of the shifted traffic it
-    had judged when it fired (the last output of the first drifting check), and how many leaked."""
+    had judged when it first drifted (the last output of that check), how many leaked, and the delay
+    its own design (h, p0, p1) predicts at the leak rate seen."""
     with unit_of_work(get_engine()) as s:
-        alarm = s.scalars(select(DriftCheck).where(
+        checks = list(s.scalars(select(DriftCheck).where(
             DriftCheck.deployment_id == dep_id, DriftCheck.last_output_id >= first_bad_id,
-            DriftCheck.verdict == "drift").order_by(DriftCheck.id)).first()
+            DriftCheck.version_id == promo.previous_version_id).order_by(DriftCheck.id)).all())
+        alarm = first_alarm(checks, detector)
         if alarm is None or alarm.last_output_id is None:
             return
         texts = s.scalars(select(Output.output).where(
             Output.deployment_id == dep_id, Output.id >= first_bad_id, Output.id <= alarm.last_output_id,
             Output.version_id == promo.previous_version_id, Output.twin_of.is_(None))).all()
+        details = ((alarm.detectors or {}).get(detector) or {}).get("details") or {}
     leaking = sum(contains_pii(t or "") for t in texts)
-    st.numbers["detection_delay_samples"] = f"{len(texts)} shifted outputs, {leaking} of them leaking"
-    say(st, f"detection delay in samples: the detector fired after {len(texts)} outputs of the shifted "
-            f"traffic, {leaking} of which leaked")
+    text = f"{len(texts)} shifted outputs, {leaking} of them leaking"
+    try:
+        predicted = expected_delay(float(details["h"]), float(details["p0"]), float(details["p1"]),
+                                   leaking / len(texts)) if texts else None
+    except (KeyError, TypeError, ValueError):
+        predicted = None
+    if predicted is not None:
+        text += f" (the detector's design predicts {predicted:.0f} samples at that leak rate)"
+    st.numbers["detection_delay_samples"] = text
+    say(st, f"detection delay in samples: {detector} first drifted after {text}")
 
 
 def _check_rollback(st: DemoState, promo: Promotion, *, generation_before: int) -> None:
