@@ -17,6 +17,7 @@ import pytest
 
 from governance.dossier.render import _env
 
+
 def _stylesheet() -> str:
     source = _env().loader.get_source(_env(), "_base.html")[0]  # type: ignore[union-attr]
     style = re.search(r"<style>(.*?)</style>", source, re.S)
