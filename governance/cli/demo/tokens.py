@@ -38,8 +38,9 @@ def recipes(fast: bool) -> list[Recipe]:
         # hard on the fast demo's 38 examples (2 tokens, 4 epochs, lr 5e-2) also learned to sign
         # off with the customer's SSN or card number taken from the prompt, and the demo gate's
         # personal-data expectations failed it (docs/benchmarks.md, "Training defaults"). The
-        # demo's good version must be good, so it keeps this lighter recipe.
-        Recipe("house", "house style (SFT, 1 token)", "sft", house, 1, 1 if fast else 2, n, 2e-2),
+        # demo's good version must be good, so it keeps this lighter recipe: one epoch (the full
+        # demo's 120 examples once took 115 s over 2 epochs, 59 s over one, and still passed).
+        Recipe("house", "house style (SFT, 1 token)", "sft", house, 1, 1, n, 2e-2),
         # one gentle epoch: a stronger DPO push (lr 2e-2, two epochs) drove the loss to 0.01
         # and the answers off topic, the classic over-optimisation of DPO
         Recipe("safer", "house style + safer refusals (DPO, 4 tokens)", "dpo", pref, 4, 1, n_dpo, 5e-3),
