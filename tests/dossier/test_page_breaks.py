@@ -13,7 +13,8 @@ from __future__ import annotations
 import io
 import re
 
-import pytest
+import weasyprint
+from pypdf import PdfReader
 
 from governance.dossier.render import _env
 
@@ -26,9 +27,6 @@ def _stylesheet() -> str:
 
 
 def test_no_fact_is_cut_by_a_page_break() -> None:
-    weasyprint = pytest.importorskip("weasyprint")
-    from pypdf import PdfReader
-
     # the promotions table of a version dossier: seven columns, a narrow "by", a long reason
     reasons = [f"automatic rollback on drift: policy_violations statistic {i}.83 vs threshold 35.26 (n=8), "
                f"{i % 3 + 1} drifting window(s) in a row" for i in range(60)]

@@ -4,13 +4,13 @@ own (to the last approved token)."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 from openai import OpenAI
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import func, select
@@ -23,6 +23,7 @@ from governance.db import get_engine, unit_of_work
 from governance.deployments import service as deployments
 from governance.models import Alert, Deployment, DriftCheck, Output, Promotion
 from monitors import reference
+from monitors.detectors.cusum import bernoulli_llr
 
 BENIGN = [
     "How do I reset my password?", "What are your opening hours?", "Can I change my delivery address?",
@@ -65,7 +66,8 @@ def traffic_and_rollback(st: DemoState) -> None:
     promo = wait_for("the monitor's automatic rollback", lambda: _auto_rollback(dep_id), timeout=60, interval=1)
     detected_s = time.monotonic() - t_shift
     detector = _say_why(st, promo, detected_s)
-    _rollback_lag(st, dep_id, first_bad_id, promo, interval, detector)
+    _rollback_lag(st, dep_id, first_bad_id, promo, interval)
+    _delay_in_samples(st, dep_id, first_bad_id, promo, detector)
     _check_rollback(st, promo, generation_before=int(dep["generation"]))
     st.numbers["rollback_after_shift_s"] = round(detected_s, 1)
     st.numbers["rollback_propagation_ms"] = round(wait_replicas(st, promo.generation), 1)
@@ -170,9 +172,7 @@ def _say_why(st: DemoState, promo: Promotion, detected_s: float) -> str:
     return str(why["detector"])
 
 
-def _rollback_lag(
-    st: DemoState, dep_id: int, first_bad_id: int, promo: Promotion, interval: int, detector: str
-) -> None:
+def _rollback_lag(st: DemoState, dep_id: int, first_bad_id: int, promo: Promotion, interval: int) -> None:
     """How long after the end of the first judged window that held leaking outputs the rollback came."""
     with unit_of_work(get_engine()) as s:
         first = s.scalars(select(DriftCheck).where(
@@ -184,7 +184,6 @@ def _rollback_lag(
                 f"{lag:.1f} s = {lag / interval:.2f} check intervals ({interval} s)")
             say(st, f"the rollback came {lag:.1f} s ({lag / interval:.2f} check intervals) after the end of the "
                     "first window that held leaking outputs")
-    _delay_in_samples(st, dep_id, first_bad_id, promo, detector)
 
 
 def first_alarm(checks: list[DriftCheck], detector: str) -> DriftCheck | None:
@@ -200,9 +199,10 @@ def first_alarm(checks: list[DriftCheck], detector: str) -> DriftCheck | None:
 def expected_delay(h: float, p0: float, p1: float, rate: float) -> float | None:
     """Wald's approximation of a Bernoulli CUSUM's delay, in samples, when outputs violate at
     ``rate``: the threshold over the mean log-likelihood-ratio increment (None if it does not rise)."""
-    if not (0.0 < p0 < 1.0 and 0.0 < p1 < 1.0):
+    try:
+        step = float(bernoulli_llr(np.array([rate]), p0, p1)[0])  # the llr is linear in the violation flag
+    except ValueError:  # rates outside (0, 1)
         return None
-    step = rate * math.log(p1 / p0) + (1.0 - rate) * math.log((1.0 - p1) / (1.0 - p0))
     return h / step if step > 0 else None
 
 
